@@ -1,0 +1,88 @@
+# TitanInfer — every command a learner needs. `make` lists them.
+# Set-up is automatic: any target that needs Python creates .venv and installs the project first.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.stamp-setup
+RUST    := phase1_rust_memory/rust
+RUST_STAMP := $(VENV)/.stamp-rust
+IMPL    ?= solution
+SIZE    ?=
+CHECK    = $(PYTHON) -m module0_profiling.check --impl $(IMPL) $(if $(SIZE),--size $(SIZE),)
+PHASE_DIRS := module0_profiling phase0_prototype phase1_rust_memory phase2_rope_cuda \
+              phase3_paged_attention phase4_scheduler phase5_quantization phase6_tensor_parallel shared
+NOTEBOOKS = $(wildcard $(addsuffix /notebook.ipynb,$(PHASE_DIRS)))
+RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.rs $(RUST)/src/*/*.rs)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
+        check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
+        notebooks lab clean
+
+help: ## list the targets
+	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: $(STAMP) $(if $(wildcard $(RUST)/Cargo.toml),$(RUST_STAMP),) ## create .venv, install the project (+dev) and build the Rust extension
+
+$(STAMP): pyproject.toml
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(RUST_STAMP): $(STAMP) $(RUST_SRC)
+	@command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (https://rustup.rs) to build phase 1's extension" >&2; exit 2; }
+	rm -rf $(RUST)/dist
+	$(BIN)/maturin build --release --quiet -m $(RUST)/Cargo.toml -o $(RUST)/dist
+	$(PYTHON) -m pip install -q --force-reinstall --no-deps $(RUST)/dist/*.whl
+	@touch $@
+
+run: setup ## generate text offline with the bundled model (CPU is fine)
+	$(BIN)/titaninfer generate
+
+test: setup test-rust test-python test-notebooks ## what CI runs: Rust tests, CPU pytest of every phase, notebooks
+
+test-python: setup
+	$(PYTHON) -m pytest -q $(wildcard $(addsuffix /tests,$(PHASE_DIRS)))
+
+test-rust:
+	@if [ -f $(RUST)/Cargo.toml ]; then cargo test -q --manifest-path $(RUST)/Cargo.toml; else echo "no Rust crate yet"; fi
+
+test-notebooks: setup
+	@if [ -n "$(NOTEBOOKS)" ]; then $(PYTHON) -m pytest -q -p no:randomly --nbval-lax $(NOTEBOOKS); else echo "no notebooks yet"; fi
+
+check-module0: setup ## M0.1–M0.3: the measuring layer and the CUDA-graph lesson
+	$(CHECK) module0
+check-phase0: setup ## P0.1–P0.5: TinyLlama prototype, KV cache, compile + graphs, CUDA basics
+	$(CHECK) phase0
+check-phase1: setup ## P1.1–P1.3: Rust block allocators and block manager
+	$(CHECK) phase1
+check-phase2: setup ## P2.1–P2.4: RoPE CUDA kernels
+	$(CHECK) phase2
+check-phase3: setup ## P3.1–P3.4: Triton paged attention and FA-2 prefill
+	$(CHECK) phase3
+check-phase4: setup ## P4.1–P4.5: continuous batching and the server
+	$(CHECK) phase4
+check-phase5: setup ## P5.1–P5.3: INT4 weight-only quantization
+	$(CHECK) phase5
+check-phase6: setup ## P6.1–P6.4: tensor parallelism
+	$(CHECK) phase6
+check-engine: setup ## E.1: the assembled engine
+	$(CHECK) engine
+
+check-all: setup ## every check that exists (continues past failures, fails at the end if any failed)
+	@rc=0; for p in $(PHASE_DIRS); do \
+	  if [ -f $$p/checks.py ]; then $(CHECK) $$p || rc=1; fi; done; exit $$rc
+
+notebooks: setup ## execute every notebook in place (outputs from this machine)
+	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
+
+lab: setup ## open JupyterLab
+	$(BIN)/jupyter lab
+
+clean: ## remove the virtualenv, build outputs and caches (reports stay)
+	rm -rf $(VENV) $(RUST)/target $(RUST)/dist .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

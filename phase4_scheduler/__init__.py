@@ -1,0 +1,1 @@
+"""Contract pending: see the phase issue."""
