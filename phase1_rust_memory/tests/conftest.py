@@ -1,0 +1,7 @@
+"""Shared fixtures: the implementations under test and a skip when the Rust extension is not built."""
+
+import pytest
+
+from phase1_rust_memory import BUILD_HINT, native_available
+
+needs_native = pytest.mark.skipif(not native_available(), reason=f"Rust extension not built: {BUILD_HINT}")
