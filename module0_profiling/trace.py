@@ -292,14 +292,17 @@ NVTX_RANGE = "titaninfer"
 
 
 def run_ncu(
-    python_code: str, *, kernel_regex: str | None = None, nvtx_range: str | None = NVTX_RANGE,
+    python_code: str, *, kernel_regex: str | None = None, nvtx_range: str | None = None,
     launch_count: int = 10, timeout_s: int = 300,
 ) -> list[NcuKernel]:
     """Run ``python -c python_code`` under ncu and return the metrics of the profiled kernels.
 
-    Only kernels launched inside the NVTX push/pop range ``nvtx_range`` are profiled (wrap the region
-    with ``torch.cuda.nvtx.range("titaninfer")``), so set-up kernels (random init) stay out.
+    When the code opens the NVTX range ``"titaninfer"`` (``with torch.cuda.nvtx.range("titaninfer"):``)
+    only kernels inside it are profiled, so set-up kernels (random init, copies) stay out; otherwise
+    pass ``kernel_regex`` or ``nvtx_range``, or the first ``launch_count`` kernels are profiled.
     """
+    if nvtx_range is None and (f'"{NVTX_RANGE}"' in python_code or f"'{NVTX_RANGE}'" in python_code):
+        nvtx_range = NVTX_RANGE
     reason = ncu_status()
     if reason:
         raise RuntimeError(reason)
@@ -317,8 +320,8 @@ def run_ncu(
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"ncu failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+        raise RuntimeError(f"ncu failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-400:]}")
     kernels = parse_ncu_csv(proc.stdout)
     if not kernels:
-        raise RuntimeError("ncu profiled no kernel in the range; its output ends: " + proc.stdout.strip()[-300:])
+        raise RuntimeError("ncu profiled no kernel; its output ends: " + (proc.stdout + proc.stderr).strip()[-300:])
     return kernels

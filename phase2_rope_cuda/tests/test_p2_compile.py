@@ -1,0 +1,43 @@
+"""Every shipped .cu compiles for sm_80 and sm_90 and defines every kernel the wrappers ask for.
+
+NVRTC (from torch's CUDA wheel or a toolkit) needs no GPU, so this runs in CPU CI; nvcc is tried
+too when it is on PATH (it is on the GPU machines).
+"""
+
+import re
+import shutil
+
+import pytest
+
+from module0_profiling import cudac
+from phase2_rope_cuda.cuda_launch import KERNEL_DIR, NAIVE_FILE, NVRTC_OPTIONS, VECTORIZED_FILE, kernel_names
+
+SHIPPED = [NAIVE_FILE, VECTORIZED_FILE]
+FILES = sorted({p.name for p in KERNEL_DIR.glob("*.cu")} | set(SHIPPED))  # a learner's rope_v3_*.cu is checked too
+ARCHS = ["sm_80", "sm_90"]
+
+
+@pytest.mark.skipif(not cudac.nvrtc_available(), reason="NVRTC not found (install torch's CUDA wheel or a CUDA toolkit)")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file_name", FILES)
+def test_nvrtc_compiles_every_instantiation(file_name, arch):
+    result = cudac.compile_check(KERNEL_DIR / file_name, arch, NVRTC_OPTIONS)
+    assert result.ok, result.log
+    if file_name not in SHIPPED:
+        return
+    entries = set(re.findall(r"\.entry\s+(\w+)\(", result.ptx))
+    assert entries == set(kernel_names(file_name))
+    # 128-bit global accesses are the point of v2; v1 must not have them (it is the scalar baseline).
+    vector_loads = len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.u32", result.ptx))
+    if file_name == VECTORIZED_FILE:
+        assert vector_loads >= 2 * len(entries)
+    else:
+        assert vector_loads == 0
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (NVRTC checks above still run)")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file_name", FILES)
+def test_nvcc_compiles(file_name, arch):
+    result = cudac.nvcc_check(KERNEL_DIR / file_name, arch)
+    assert result.ok, result.log
