@@ -159,6 +159,11 @@ def capture_cuda_graph(fn: Callable[[], Any], *, warmup: int = 3) -> torch.cuda.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("CUDA graphs need a CUDA GPU; on CPU run the eager version instead")
+    # A graph that reuses cuBLAS's workspace from eager mode breaks when another capture (inductor's,
+    # transformers') later clears it: start the capture with fresh workspaces the graph owns.
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

@@ -1,0 +1,3 @@
+from phase0_prototype.generate import main
+
+raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Phase 0 measurements for P0.1–P0.5, all in one process (``module0_profiling.targets`` contract).
+
+``size="full"`` (GPU): ``random:tinyllama`` in bf16, batch 1, prompt 512, 128 new tokens —
+the no-KV-cache framework, the implementation under test eager and compiled, HF transformers' static-cache
+generate (compiled by transformers) as the peer; P0.1 in fp32; the CUDA basics at 4096².
+``size="small"`` (CPU, seconds): ``random:tiny`` with short lengths; P0.1 is measured, the speed targets
+(defined at TinyLlama shapes on a GPU) are SKIP with the reason and their CPU figures are in the table.
+
+Decode speed = (time of ``generate(n)`` − time of ``generate(1)``) / (n − 1): the prompt and the first
+token are taken out, so the figure is the steady per-token cost MBU is about.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from module0_profiling.hardware import detect_device, measured_peaks
+from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
+from module0_profiling.timing import time_region
+from phase0_prototype import hf_peer, load_impl, load_model
+from phase0_prototype.weights import decode_bytes_per_token
+
+SHAPES = {
+    "full": dict(model="random:tinyllama", prompt=512, new=128, parity_prompt=32, repeats=3),
+    "small": dict(model="random:tiny", prompt=64, new=32, parity_prompt=16, repeats=2),
+}
+PARITY_TOKENS = 64
+
+
+def random_prompt(n: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(3, vocab, (1, n - 1), generator=g)], 1).to(device)
+
+
+def progress(message: str) -> None:
+    """One line per stage on stderr: a full run compiles three times and takes minutes."""
+    print(f"[phase0 bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure_generate(generate, n_new: int, repeats: int) -> dict:
+    """``generate(k)`` runs a k-token continuation; returns end-to-end and steady decode figures."""
+    full = time_region(lambda: generate(n_new), repeats=repeats, warmup=1)
+    first = time_region(lambda: generate(1), repeats=repeats, warmup=1)
+    decode_s = max(full.median - first.median, 1e-12) / (n_new - 1)
+    return {"e2e_s": full.median, "e2e_tok_s": n_new / full.median, "prefill_s": first.median,
+            "decode_s_per_token": decode_s, "decode_tok_s": 1.0 / decode_s}
+
+
+def greedy_parity(impl: str, shapes: dict, device: str, result: BenchResult) -> None:
+    """P0.1: the implementation's greedy tokens vs HF's on the same fp32 weights, eager and compiled."""
+    reason = hf_peer.missing_reason()
+    if reason:
+        result.skip("p0_1_greedy_identical", reason)
+        return
+    progress("P0.1 greedy parity in fp32")
+    model = load_model(shapes["model"], dtype="fp32", device=device, seed=1)
+    prompt = random_prompt(shapes["parity_prompt"], model.config.vocab_size, device, seed=1)
+    expected = hf_peer.hf_generate(hf_peer.build_hf(model), prompt, PARITY_TOKENS)[0].cpu()
+    matched = []
+    modes = [False, True] if device == "cuda" else [False]
+    for compile in modes:
+        engine = load_impl(impl).build(model, max_seq_len=shapes["parity_prompt"] + PARITY_TOKENS, compile=compile)
+        got = engine.generate(prompt, PARITY_TOKENS, stop_on_eos=False).tokens[0]
+        same = (got == expected).int()
+        prefix = PARITY_TOKENS if bool(same.all()) else int(same.argmin())
+        matched.append(prefix)
+        result.notes.append(f"P0.1 {impl} ({engine.mode}, fp32): first {prefix}/{PARITY_TOKENS} greedy tokens equal HF's")
+        del engine
+    result.metrics["p0_1_greedy_identical"] = float(min(matched) == PARITY_TOKENS)
+    result.metrics["p0_1_tokens_matched"] = float(min(matched))
+    del model
+    torch.cuda.empty_cache() if device == "cuda" else None
+
+
+def engine_speed(impl: str, model, prompt: torch.Tensor, shapes: dict, compile: bool) -> tuple[dict, str, object]:
+    progress(f"{impl} compile={compile}")
+    engine = load_impl(impl).build(model, max_seq_len=prompt.shape[1] + shapes["new"], compile=compile)
+    if hasattr(engine, "warmup"):
+        engine.warmup()
+    figures = measure_generate(lambda k: engine.generate(prompt, k, stop_on_eos=False), shapes["new"], shapes["repeats"])
+    return figures, engine.mode, engine
+
+
+def hf_speed(model, prompt: torch.Tensor, shapes: dict, static: bool) -> dict:
+    progress(f"HF transformers static_cache={static}")
+    hf = hf_peer.build_hf(model)
+    figures = measure_generate(lambda k: hf_peer.hf_generate(hf, prompt, k, static_cache=static),
+                               shapes["new"], shapes["repeats"])
+    return figures  # the HF model is freed on return (only the lambda above held it)
+
+
+def run(impl: str, size: str) -> BenchResult:
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # random:tiny on a CPU: extra threads only add synchronisation and noise
+    try:
+        return _run(impl, size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(impl: str, size: str) -> BenchResult:
+    device_info = detect_device()
+    on_gpu = device_info.is_cuda
+    if size == "full" and not on_gpu:
+        raise SystemExit("SIZE=full needs a CUDA GPU (TinyLlama shapes); use SIZE=small on a CPU")
+    shapes = SHAPES[size]
+    device = "cuda" if on_gpu else "cpu"
+    dtype = "bf16" if on_gpu else "fp32"
+    result = BenchResult()
+    result.context = {"model": shapes["model"], "dtype": dtype, "batch": 1, "prompt_tokens": shapes["prompt"],
+                      "new_tokens": shapes["new"], "impl": impl, "device": device_info.name}
+    greedy_parity(impl, shapes, device, result)
+
+    model = load_model(shapes["model"], dtype=dtype, device=device, seed=0)
+    cfg = model.config
+    prompt = random_prompt(shapes["prompt"], cfg.vocab_size, device)
+    context = shapes["prompt"] + shapes["new"] // 2
+    bytes_per_token = decode_bytes_per_token(cfg, model.dtype, context)
+    flops_per_token = 2.0 * (cfg.num_parameters() - cfg.vocab_size * cfg.hidden_size)
+    peaks = measured_peaks(device_info)
+    result.context.update(bytes_per_token=bytes_per_token, copy_gbps=peaks.copy_gbps)
+
+    runs: dict[str, dict] = {}
+    runs["framework (no KV cache)"], _, _ = engine_speed("framework", model, prompt, shapes, compile=False)
+    runs[f"{impl} eager"], eager_mode, _ = engine_speed(impl, model, prompt, shapes, compile=False)
+    reason = hf_peer.missing_reason()
+    if reason is None:  # HF runs first: its compiled graphs are freed before ours are captured
+        runs["HF transformers, dynamic cache"] = hf_speed(model, prompt, shapes, static=False)
+        if on_gpu:
+            runs["HF transformers, static cache (compiled)"] = hf_speed(model, prompt, shapes, static=True)
+    compiled_engine = None
+    if on_gpu:
+        runs[f"{impl} compiled"], compiled_mode, compiled_engine = engine_speed(impl, model, prompt, shapes, compile=True)
+
+    for name, f in runs.items():
+        result.comparisons.append(Comparison(name, f["decode_s_per_token"], work_bytes=bytes_per_token,
+                                             work_flops=flops_per_token,
+                                             note=f"{f['e2e_tok_s']:.1f} tok/s end to end, prefill+1 {f['prefill_s'] * 1e3:.1f} ms"))
+        result.roofline.append(RooflinePoint(f"decode: {name}", flops_per_token, bytes_per_token, f["decode_s_per_token"]))
+    result.tables["Generation speed (batch 1)"] = speed_table(runs, bytes_per_token, peaks.copy_gbps)
+
+    base = runs["framework (no KV cache)"]
+    eager = runs[f"{impl} eager"]
+    if on_gpu and size == "full":
+        best = runs[f"{impl} compiled"]
+        result.metrics["p0_2_kv_cache_speedup"] = best["e2e_tok_s"] / base["e2e_tok_s"]
+        result.metrics["p0_3_compile_speedup"] = best["decode_tok_s"] / eager["decode_tok_s"]
+        result.metrics["p0_4_decode_mbu"] = bytes_per_token * best["decode_tok_s"] / (peaks.copy_gbps * 1e9)
+        hf_static = runs.get("HF transformers, static cache (compiled)")
+        if hf_static:
+            result.metrics["p0_4_vs_hf_static"] = best["decode_tok_s"] / hf_static["decode_tok_s"]
+        else:
+            result.skip("p0_4_vs_hf_static", reason or "HF static-cache run missing")
+        result.notes.append(f"{impl}: eager = {eager_mode}; compiled = {compiled_mode}; "
+                            f"eager KV cache vs no cache: {eager['e2e_tok_s'] / base['e2e_tok_s']:.2f}×")
+    else:
+        why = ("SIZE=small: the speed targets are defined at TinyLlama shapes on a GPU; CPU figures are in the table"
+               if not on_gpu else "SIZE=small: the speed targets are defined at TinyLlama shapes (SIZE=full)")
+        for m in ("p0_2_kv_cache_speedup", "p0_3_compile_speedup", "p0_4_decode_mbu", "p0_4_vs_hf_static"):
+            result.skip(m, why)
+        result.notes.append(f"CPU small: eager KV cache vs no cache {eager['e2e_tok_s'] / base['e2e_tok_s']:.2f}× end to end")
+
+    trace_engine = compiled_engine or load_impl(impl).build(model, max_seq_len=prompt.shape[1] + shapes["new"], compile=False)
+    trace_decode(result, trace_engine, prompt)
+    cuda_basics_metrics(result, size)
+    return result
+
+
+def speed_table(runs: dict, bytes_per_token: float, copy_gbps: float) -> str:
+    lines = ["| version | decode tok/s | ms/token | achieved GB/s | % of copy BW | end-to-end tok/s |",
+             "|---|---|---|---|---|---|"]
+    for name, f in runs.items():
+        gbps = bytes_per_token * f["decode_tok_s"] / 1e9
+        lines.append(f"| {name} | {f['decode_tok_s']:.1f} | {f['decode_s_per_token'] * 1e3:.3f} | {gbps:.1f} | "
+                     f"{100 * gbps / copy_gbps:.1f} % | {f['e2e_tok_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def trace_decode(result: BenchResult, engine, prompt: torch.Tensor) -> None:
+    try:
+        from module0_profiling.trace import profile_region
+    except ImportError as e:
+        result.notes.append(f"trace unavailable: {e}")
+        return
+    n = 32
+    result.trace = profile_region(lambda: engine.generate(prompt, n, stop_on_eos=False), iters=1, warmup=1)
+    result.trace_region = f"{engine.name} ({engine.mode}): prefill of {prompt.shape[1]} tokens + {n - 1} decode steps"
+
+
+def cuda_basics_metrics(result: BenchResult, size: str) -> None:
+    from phase0_prototype import cuda_basics
+
+    reason = cuda_basics.available()
+    if reason:
+        for m in ("p0_5_tiled_vs_naive", "p0_5_coalesced_vs_strided"):
+            result.skip(m, f"CUDA basics {reason}")
+        return
+    from phase0_prototype.cuda_basics.measure import measure
+
+    progress("CUDA basics")
+    figures = measure(4096 if size == "full" else 1024)
+    result.metrics["p0_5_tiled_vs_naive"] = figures["tiled_vs_naive"]
+    result.metrics["p0_5_coalesced_vs_strided"] = figures["coalesced_vs_strided"]
+    result.tables["CUDA basics"] = figures["table"]
+    result.tables["Occupancy (theoretical, CUDA occupancy API)"] = figures["occupancy_table"]
+    result.roofline.extend(figures["roofline"])
+    result.notes.extend(figures["notes"])
