@@ -1,0 +1,47 @@
+"""Phase 3 targets (TARGETS.md P3.1–P3.4, and P3.5: the sweeps the issue asks for), on bench.py's metrics."""
+
+from module0_profiling.targets import Target, pct, times
+
+TARGETS = [
+    Target(
+        id="P3.1",
+        description="paged decode (and prefill + cache write) vs SDPA on gathered KV; lengths 1,17,100,1000,4097; blocks 16–128",
+        threshold="within bf16 tolerance (worst error / tolerance ≤ 1)",
+        metrics=["decode_error_over_tolerance", "prefill_error_over_tolerance"],
+        passes=lambda decode, prefill: decode <= 1.0 and prefill <= 1.0,
+        show=lambda decode, prefill: f"decode {decode:.2f}, prefill {prefill:.2f}",
+    ),
+    Target(
+        id="P3.2",
+        description="decode bs=64 ctx=4096 vs PyTorch paged baseline (gather + SDPA)",
+        threshold="≥ 2×",
+        metrics=["decode_speedup_vs_paged_baseline"],
+        passes=lambda x: x >= 2.0,
+        show=times,
+    ),
+    Target(
+        id="P3.3",
+        description="decode bs=64 ctx=4096 unique-KV bytes / measured copy BW",
+        threshold="≥ 85 %",
+        metrics=["decode_copy_bw_fraction"],
+        passes=lambda x: x >= 0.85,
+        show=pct,
+    ),
+    Target(
+        id="P3.4",
+        description="Triton FA2 causal prefill 8×2048 vs SDPA (flash) TFLOP/s",
+        threshold="≥ 60 %",
+        metrics=["prefill_tflops_vs_sdpa_flash"],
+        passes=lambda x: x >= 0.60,
+        show=pct,
+    ),
+    Target(
+        id="P3.5",
+        description="block-size (16–128) and batch × context sweeps: decode vs PyTorch paged baseline in every cell "
+                    "(issue's fifth deliverable; not a TARGETS.md row)",
+        threshold="≥ 1× everywhere",
+        metrics=["sweep_min_speedup_vs_paged_baseline"],
+        passes=lambda x: x >= 1.0,
+        show=times,
+    ),
+]
