@@ -14,6 +14,8 @@ CHECK    = $(PYTHON) -m module0_profiling.check --impl $(IMPL) $(if $(SIZE),--si
 PHASE_DIRS := module0_profiling phase0_prototype phase1_rust_memory phase2_rope_cuda \
               phase3_paged_attention phase4_scheduler phase5_quantization phase6_tensor_parallel shared
 NOTEBOOKS = $(wildcard $(addsuffix /notebook.ipynb,$(PHASE_DIRS)))
+# Without a GPU, Triton kernels run in the interpreter (process-wide: set before triton is imported).
+INTERPRET := $(if $(TRITON_INTERPRET),,$(shell nvidia-smi -L >/dev/null 2>&1 || echo TRITON_INTERPRET=1))
 RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.rs $(RUST)/src/*/*.rs)
 
 .DEFAULT_GOAL := help
@@ -46,13 +48,13 @@ run: setup ## generate text offline with the bundled model (CPU is fine)
 test: setup test-rust test-python test-notebooks ## what CI runs: Rust tests, CPU pytest of every phase, notebooks
 
 test-python: setup
-	$(PYTHON) -m pytest -q $(wildcard $(addsuffix /tests,$(PHASE_DIRS)))
+	$(INTERPRET) $(PYTHON) -m pytest -q $(wildcard $(addsuffix /tests,$(PHASE_DIRS)))
 
 test-rust:
 	@if [ -f $(RUST)/Cargo.toml ]; then cargo test -q --manifest-path $(RUST)/Cargo.toml; else echo "no Rust crate yet"; fi
 
 test-notebooks: setup
-	@if [ -n "$(NOTEBOOKS)" ]; then $(PYTHON) -m pytest -q -p no:randomly --nbval-lax $(NOTEBOOKS); else echo "no notebooks yet"; fi
+	@if [ -n "$(NOTEBOOKS)" ]; then $(INTERPRET) $(PYTHON) -m pytest -q -p no:randomly --nbval-lax $(NOTEBOOKS); else echo "no notebooks yet"; fi
 
 check-module0: setup ## M0.1–M0.3: the measuring layer and the CUDA-graph lesson
 	$(CHECK) module0
