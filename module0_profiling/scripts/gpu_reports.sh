@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# On a GPU machine: run the checks of the phases named in PHASES (default: module0 phase2 phase0) and,
+# when TESTS is set, those GPU tests; the reports land under $OUT as one tarball (reports.tgz).
+# Device tool usage: carry [".whl"] for optional peers (liger-kernel) built as wheels.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+OUT="${OUT:-$PWD/out}"
+R="$OUT/r"
+mkdir -p "$R"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+for p in ${PHASES:-module0 phase2 phase0}; do
+  echo "=== check $p"
+  timeout "${CHECK_TIMEOUT:-300}" python3 -m module0_profiling.check "$p" --out "$R" 2>&1 | grep -v -e USDT -e _warn_once -e "Profiler clears"
+done
+if [ -n "${TESTS:-}" ]; then
+  echo "=== tests $TESTS"
+  timeout "${TEST_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -15
+fi
+tar czf "$OUT/reports.tgz" -C "$R" .
