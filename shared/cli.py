@@ -43,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         from phase2_rope_cuda.integration import phase0_rope_fn
+        from phase2_rope_cuda.shapes import RopeInputError
 
         options["rope_fn"] = phase0_rope_fn("solution")
+        try:
+            return generate.main_with_args(args, **options)
+        except RopeInputError as e:  # e.g. a head_dim the vectorised kernel is not built for
+            print(f"error: --rope cuda: {e}; use --rope torch for this model", file=sys.stderr)
+            return 2
     return generate.main_with_args(args, **options)
 
 
