@@ -7,7 +7,7 @@ after every call must be equal.
 """
 
 import pytest
-from conftest import needs_native
+from p1_helpers import needs_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import needs_native
+from p1_helpers import needs_native
 
 
 @needs_native

@@ -2,7 +2,7 @@
 plus shorter runs on the reference and the allocators (the bench runs the same at full length)."""
 
 import pytest
-from conftest import needs_native
+from p1_helpers import needs_native
 
 from phase1_rust_memory import reference
 from phase1_rust_memory.stress import stress_allocator, stress_block_manager

@@ -1,4 +1,4 @@
-"""Shared fixtures: the implementations under test and a skip when the Rust extension is not built."""
+"""Shared test helpers (a uniquely named module: several phases have a conftest.py): a skip when the Rust extension is not built."""
 
 import pytest
 
