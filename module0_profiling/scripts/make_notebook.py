@@ -99,10 +99,10 @@ for name, loop in loops.items():
 """)
 md(r"""
 On an H100 (the committed report `reports/module0_profiling/h100-80gb-hbm3.md`) the eager loop keeps
-the GPU about 12 % busy with ~25 µs gaps between kernels; the graph runs the same kernels back to
-back, more than 3× faster per step. The kernel itself then reads its 32 MiB weight at or above the
-copy bandwidth: the weight fits in the 50 MB L2, a reminder to rotate inputs when you time kernels
-(`module0_profiling.timing.time_fn(inputs=[...])`).
+the GPU busy well under 20 % of the time, with tens of µs of idle between kernels; the graph runs the
+same kernels back to back and is several times faster per step. The kernel itself then reads its
+32 MiB weight at or above the copy bandwidth: the weight fits in the 50 MB L2, a reminder to rotate
+inputs when you time kernels (`module0_profiling.timing.time_fn(inputs=[...])`).
 """)
 md(r"""
 ## 4. Nsight Compute: the micro view
