@@ -43,7 +43,7 @@ $(RUST_STAMP): $(STAMP) $(RUST_SRC)
 	@touch $@
 
 run: setup ## generate text offline with the bundled model (CPU is fine)
-	$(BIN)/titaninfer generate
+	$(BIN)/titaninfer generate --temperature 0.8 --top-p 0.95 --seed 0 --max-new-tokens 96
 
 test: setup test-rust test-python test-notebooks ## what CI runs: Rust tests, CPU pytest of every phase, notebooks
 

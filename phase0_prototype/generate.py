@@ -132,6 +132,9 @@ def run(args: argparse.Namespace, **engine_options) -> int:
         max_seq_len = min(model.config.max_position_embeddings, -(-(n_prompt + args.max_new_tokens) // 64) * 64)
     print(f"[{args.model} · {args.impl} · {device} {dtype}]", file=sys.stderr)
     engine = build_engine(model, args.impl, compile=not args.no_compile, max_seq_len=max_seq_len, **engine_options)
+    if not args.chat:  # the continuation reads on from the prompt, as a completion does
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
     _, stats = generate_text(engine, args.prompt, args.max_new_tokens, sampling, chat=args.chat, stream=sys.stdout)
     print(file=sys.stdout)
     print(f"[{engine.mode}] " + describe(stats, device), file=sys.stderr)
