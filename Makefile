@@ -21,7 +21,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
         check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
-        notebooks lab clean
+        notebooks lab serve clean
 
 help: ## list the targets
 	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
@@ -44,6 +44,9 @@ $(RUST_STAMP): $(STAMP) $(RUST_SRC)
 
 run: setup ## generate text offline with the bundled model (CPU is fine)
 	$(BIN)/titaninfer generate --temperature 0.8 --top-p 0.95 --seed 0 --max-new-tokens 96
+
+serve: setup ## the OpenAI-compatible server on http://127.0.0.1:8000/v1 with the bundled model (phase 4)
+	$(BIN)/titaninfer serve --model kjv-llama-18m --port 8000
 
 test: setup test-rust test-python test-notebooks ## what CI runs: Rust tests, CPU pytest of every phase, notebooks
 

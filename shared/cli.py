@@ -3,6 +3,7 @@
 - ``titaninfer generate``: stream text from a model (default: the bundled model, offline, CPU is fine)
   and report tokens/s and achieved GB/s. Same flags as ``python -m phase0_prototype generate``, plus
   ``--rope cuda`` to rotate with phase 2's CUDA kernel.
+- ``titaninfer serve``: the OpenAI-compatible server of phase 4 (``/v1/completions``, ``/v1/chat/completions``).
 - ``titaninfer check <phase>``: run a phase's bench and targets (``make check-phaseN``).
 - ``titaninfer hardware``: this machine's device, measured peaks and datasheet.
 """
@@ -16,7 +17,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{generate,check,hardware}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{generate,serve,check,hardware}")
     from phase0_prototype import generate
 
     gen = sub.add_parser("generate", help="generate text and report tokens/s and GB/s")
@@ -25,10 +26,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="RoPE implementation: phase 0's PyTorch one, or phase 2's CUDA kernel (GPU)")
     sub.add_parser("check", help="run a phase's targets (see `titaninfer check --help`)", add_help=False)
     sub.add_parser("hardware", help="device, measured peaks, datasheet", add_help=False)
+    sub.add_parser("serve", help="the OpenAI-compatible server (phase 4; see `titaninfer serve --help`)", add_help=False)
     if argv and argv[0] == "check":
         from module0_profiling.check import main as check_main
 
         return check_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from phase4_scheduler.__main__ import main as phase4_main
+
+        return phase4_main(argv)
     if argv and argv[0] == "hardware":
         from module0_profiling.hardware import main as hardware_main
 

@@ -1,0 +1,175 @@
+"""Phase 4 benchmark: offline throughput (solution vs static batching vs HF ``generate_batch``), GPU
+busy under saturating load, HTTP TTFT/TPOT, SJF vs FCFS on short requests with aging's bound, and a
+10× overload of a live server — all in one process.
+
+size "small" (CPU, bundled model, < 1 min): P4.4 and P4.5 measured for real; the GPU targets
+(P4.1 needs the HF peer on a GPU, P4.2 the GPU trace, P4.3 absolute latencies meant for a GPU) SKIP
+with their reason, their CPU figures shown in the tables. size "full": TinyLlama shapes on CUDA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+
+from module0_profiling.targets import BenchResult, Comparison
+from phase0_prototype.sampling import SamplingParams
+from phase0_prototype.sources import load_model
+from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.loadgen import Workload, run_http, run_offline
+from phase4_scheduler.plan import SchedulerConfig
+
+SIZES = {
+    "small": dict(model="kjv-llama-18m", dtype="fp32", device="cpu", offline=16, long=60, seqs=8, budget=128,
+                  p44_requests=16, p44_long=60, p44_seqs=4, overload_seqs=2, overload_queue=2),
+    "full": dict(model="random:tinyllama", dtype="bf16", device="cuda", offline=512, long=200, seqs=256, budget=2048,
+                 p44_requests=64, p44_long=200, p44_seqs=8, overload_seqs=32, overload_queue=32),
+}
+
+
+def _engine(model, impl: str, seqs: int, budget: int, policy: str = "sjf", max_wait: int | None = 64, **kw):
+    return LLMEngine(model, EngineConfig(SchedulerConfig(seqs, budget, policy, max_wait), impl, **kw))
+
+
+def _throughput(engine, workload: Workload) -> dict:
+    if engine.runner.device.type == "cuda":
+        torch.cuda.synchronize()
+    return run_offline(engine, workload)
+
+
+def measure_offline(result: BenchResult, model, impl: str, s: dict) -> None:
+    w = Workload(s["offline"], long_tokens=s["long"])
+    warm = _engine(model, impl, s["seqs"], s["budget"])
+    run_offline(warm, Workload(4, 4, 8))  # first-call costs (allocator, autotuning, graphs) outside the timing
+    solution = run_offline(warm, w)
+    static = run_offline(_engine(model, "framework", s["seqs"], s["budget"]), w)
+    tokens = sum(n for _, n, _ in w.requests())
+    result.comparisons += [
+        Comparison("static batching (framework)", tokens / static["throughput_tok_s"], note="FCFS, batch to completion"),
+        Comparison(f"continuous batching ({impl})", tokens / solution["throughput_tok_s"], note="token budget, SJF"),
+    ]
+    result.metrics["throughput_tok_s"] = solution["throughput_tok_s"]
+    result.metrics["throughput_vs_static"] = solution["throughput_tok_s"] / static["throughput_tok_s"]
+    result.metrics["kv_usage_mean"] = solution["kv_usage_mean"]
+    result.tables["Offline throughput"] = (
+        "| engine | tok/s | TTFT p50 | TPOT p50 | KV usage mean |\n|---|---|---|---|---|\n"
+        + "".join(f"| {name} | {m['throughput_tok_s']:.0f} | {m['ttft_p50'] * 1e3:.1f} ms | {m['tpot_p50'] * 1e3:.2f} ms"
+                  f" | {m['kv_usage_mean'] * 100:.0f} % |\n" for name, m in (("static (framework)", static),
+                                                                              (impl, solution))))
+    if model.device.type != "cuda":
+        result.skip("throughput_vs_hf", "the HF generate_batch peer is measured on a CUDA GPU only")
+        result.skip("gpu_busy", "GPU busy needs a CUDA GPU (module0 trace)")
+        return
+    hf_seconds, reason = _hf_generate_batch(model, w)
+    if hf_seconds is None:
+        result.skip("throughput_vs_hf", reason)
+    else:
+        result.metrics["throughput_vs_hf"] = solution["throughput_tok_s"] / (tokens / hf_seconds)
+        result.comparisons.append(Comparison("HF transformers generate_batch", hf_seconds, note="paged, same requests"))
+    from module0_profiling.trace import profile_region
+
+    busy_engine = warm
+    result.trace = profile_region(lambda: run_offline(busy_engine, Workload(s["seqs"], long_tokens=64)), iters=1, warmup=0)
+    result.trace_region = f"offline run of {s['seqs']} requests (saturating the batch)"
+    if result.trace.gpu_busy is not None:
+        result.metrics["gpu_busy"] = result.trace.gpu_busy
+
+
+def _hf_generate_batch(model, w: Workload) -> tuple[float | None, str]:
+    try:
+        from transformers import GenerationConfig
+
+        from phase0_prototype.hf_peer import build_hf
+
+        hf = build_hf(model)
+        if not hasattr(hf, "generate_batch"):
+            return None, "this transformers has no generate_batch (continuous batching)"
+        tok = model.tokenizer
+        reqs = w.requests()
+        groups = {}
+        for _, n, p in reqs:
+            groups.setdefault(n, []).append(tok.encode(p))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for n, inputs in groups.items():  # generate_batch takes one max_new_tokens per call
+            cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                                   pad_token_id=0)
+            hf.generate_batch(inputs=inputs, generation_config=cfg, progress_bar=False)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, ""
+    except Exception as e:  # noqa: BLE001 - the peer's failure is a SKIP reason, not our failure
+        return None, f"HF generate_batch failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
+def measure_policies(result: BenchResult, model, impl: str, s: dict) -> None:
+    """P4.4: mean latency of the short requests, FCFS vs SJF, same requests; aging's wait bound."""
+    w = Workload(s["p44_requests"], long_tokens=s["p44_long"])
+    rows = {}
+    for policy in ("fcfs", "sjf"):
+        rows[policy] = run_offline(_engine(model, impl, s["p44_seqs"], s["budget"], policy, None), w)
+    result.metrics["short_latency_speedup"] = rows["fcfs"]["short_latency_mean"] / rows["sjf"]["short_latency_mean"]
+    result.tables["SJF vs FCFS (short requests)"] = (
+        "| policy | short mean latency | throughput | TTFT p50 |\n|---|---|---|---|\n"
+        + "".join(f"| {p} | {m['short_latency_mean'] * 1e3:.0f} ms | {m['throughput_tok_s']:.0f} tok/s | "
+                  f"{m['ttft_p50'] * 1e3:.0f} ms |\n" for p, m in rows.items()))
+    waits = {}
+    max_wait = 16
+    for aging in (None, max_wait):
+        engine = _engine(model, impl, 2, 32, "sjf", aging)
+        tok = model.tokenizer
+        long_job = engine.make_request(tok.encode("In the beginning"), 40, ignore_eos=True)
+        seed = [long_job] + [engine.make_request(tok.encode("And"), 3, ignore_eos=True) for _ in range(2)]
+        stream = [engine.make_request(tok.encode("And God said"), 3, SamplingParams(), ignore_eos=True)
+                  for _ in range(60)]
+        engine.generate(seed, on_step=lambda e, stream=stream: stream and e.add(stream.pop(0)))
+        waits[aging] = long_job.first_scheduled_step - long_job.arrival_step
+    result.metrics["aged_max_wait"] = waits[max_wait]
+    result.metrics["wait_bound"] = max_wait + 3 + 2  # the age limit + one short job in the seat + admission
+    result.tables["Aging (one long job among a stream of short ones, 2 seats)"] = (
+        f"| aging | wait of the long job (steps) |\n|---|---|\n| off | {waits[None]} |\n"
+        f"| max_wait_steps={max_wait} | {waits[max_wait]} |\n")
+
+
+def measure_http(result: BenchResult, model_name: str, s: dict, impl: str) -> None:
+    """P4.5 (and P4.3 on a GPU): a live server on a free local port."""
+    from phase4_scheduler.serve import ServerThread, build_app
+
+    seqs, queue = s["overload_seqs"], s["overload_queue"]
+    app, loop = build_app(model_name, device=s["device"], dtype=s["dtype"], scheduler_impl=impl,
+                          scheduler=SchedulerConfig(seqs, s["budget"]), max_queue=queue)
+    with ServerThread(app) as srv:
+        n = 10 * (seqs + queue)
+        over = asyncio.run(run_http(srv.url, model_name, Workload(n, 10, 20)))
+        if s["device"] == "cuda":
+            light = asyncio.run(run_http(srv.url, model_name, Workload(16, 32, 32, rate=2.0)))
+            streams = asyncio.run(run_http(srv.url, model_name, Workload(64, 64, 64, concurrency=32)))
+            result.metrics["ttft_p50_light"] = light["ttft_p50"]
+            result.metrics["tpot_p50_32_streams"] = streams["tpot_p50"]
+    engine = loop.engine
+    result.metrics["overload_lost"] = over["requests"] - over["completed"] - over["rejected"]
+    result.metrics["overload_rejected"] = over["rejected"]
+    result.metrics["kv_free_after"] = engine.blocks.num_free_gpu_blocks / engine.blocks.num_gpu_blocks
+    result.tables["10× overload"] = (
+        f"{n} requests at once against {seqs} seats + a queue of {queue}: {over['completed']} completed, "
+        f"{over['rejected']} refused with 429, {over['failed']} failed; KV free after: "
+        f"{result.metrics['kv_free_after'] * 100:.0f} %.\n")
+    if s["device"] != "cuda":
+        result.skip("ttft_p50_light", "TTFT/TPOT thresholds are set for a GPU; the CPU run does not measure them")
+        result.skip("tpot_p50_32_streams", "TTFT/TPOT thresholds are set for a GPU; the CPU run does not measure them")
+
+
+def run(impl: str = "solution", size: str = "small") -> BenchResult:
+    s = dict(SIZES[size])
+    if size == "full" and not torch.cuda.is_available():
+        raise RuntimeError("size 'full' needs a CUDA GPU: use --size small on a CPU")
+    result = BenchResult(context={"model": s["model"], "dtype": s["dtype"], "device": s["device"], "impl": impl,
+                                  "size": size, "max_num_seqs": s["seqs"], "token_budget": s["budget"]})
+    model = load_model(s["model"], dtype=s["dtype"], device=s["device"])
+    measure_offline(result, model, impl, s)
+    measure_policies(result, model, impl, s)
+    measure_http(result, s["model"], s, impl)
+    result.notes.append("Latencies are wall-clock through this process; the workload is 50 % short / 50 % long "
+                        "outputs with ignore_eos, greedy.")
+    return result

@@ -1,0 +1,15 @@
+"""Phase 1's block manager for the scheduler: the Rust one when built, the Python reference otherwise."""
+
+from __future__ import annotations
+
+
+def make_block_manager(num_blocks: int, block_size: int = 16, *, watermark: float = 0.01,
+                       impl: str | None = None):
+    """A ``BlockManager`` with ``policy="refuse"``: the scheduler picks its own preemption victims
+    (priority-aware), so the manager must only say no. ``impl``: "solution", "reference" or None (best)."""
+    import phase1_rust_memory as p1
+
+    if impl is None:
+        impl = "solution" if p1.native_available() else "reference"
+    module = p1.load_impl(impl)
+    return module.BlockManager(num_blocks, block_size, watermark=watermark, policy="refuse")

@@ -1,0 +1,18 @@
+"""Phase 4 acceptance targets (TARGETS.md P4.1–P4.5), evaluated on ``bench.run``'s metrics."""
+
+from module0_profiling.targets import Target, pct, times
+
+TARGETS = [
+    Target("P4.1", "offline throughput, mixed 50 % 10-token / 50 % 200-token outputs vs HF generate_batch",
+           "≥ 3×", ["throughput_vs_hf"], lambda r: r >= 3.0, times),
+    Target("P4.2", "GPU busy under saturating load", "≥ 80 %", ["gpu_busy"], lambda b: b >= 0.8, pct),
+    Target("P4.3", "TTFT p50 via HTTP streaming at light load; inter-token p50 at 32 streams", "< 100 ms; < 20 ms",
+           ["ttft_p50_light", "tpot_p50_32_streams"], lambda a, b: a < 0.1 and b < 0.02,
+           lambda a, b: f"{a * 1e3:.1f} ms; {b * 1e3:.1f} ms"),
+    Target("P4.4", "SJF vs FCFS: mean latency of short requests; long job's wait with aging", "≥ 2× better; bounded",
+           ["short_latency_speedup", "aged_max_wait", "wait_bound"], lambda s, w, b: s >= 2.0 and w <= b,
+           lambda s, w, b: f"{s:.2f}×; wait {w:.0f} ≤ {b:.0f} steps" if w <= b else f"{s:.2f}×; wait {w:.0f} > {b:.0f}"),
+    Target("P4.5", "10× overload: accepted all complete, rejected get 429, KV all free after", "0 lost",
+           ["overload_lost", "overload_rejected", "kv_free_after"], lambda lost, rej, free: lost == 0 and rej > 0 and free == 1.0,
+           lambda lost, rej, free: f"{lost:.0f} lost, {rej:.0f} × 429, KV free {free * 100:.0f} %"),
+]

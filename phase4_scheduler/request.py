@@ -1,0 +1,91 @@
+"""A generation request as the scheduler sees it: token ids, progress, limits and how it finished.
+
+One idea carries the whole scheduler: a request's tokens are ``prompt_ids + output_ids`` and
+``num_computed`` of them already have their K/V in the paged cache. A step computes the next chunk
+``[num_computed, num_computed + n)``; when that chunk reaches the last token, the step's logits give
+the next token. A decode is the case ``n == 1``; a prefill chunk is ``n > 1``; recompute after
+preemption just sets ``num_computed = 0`` and lets the same rule prefill prompt and output again.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from phase0_prototype.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    """``priority``: lower runs first (0 is the default class). ``max_tokens``: new tokens at most."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    eos_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    request_id: int = field(default_factory=lambda: next(_ids))
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "abort"
+    arrival_step: int = -1  # scheduler step at which it was added (aging counts steps)
+    first_scheduled_step: int = -1
+    num_preemptions: int = 0
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens still to run through the model before the next token can be sampled."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.num_pending == 1 and bool(self.output_ids)
+
+    @property
+    def max_total_tokens(self) -> int:
+        return len(self.prompt_ids) + self.max_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def append_token(self, token: int) -> str | None:
+        """Record a sampled token; returns the finish reason when it ends the request (EOS or length)."""
+        self.output_ids.append(token)
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        if token in self.eos_ids:
+            return "stop"
+        if len(self.output_ids) >= self.max_tokens:
+            return "length"
+        return None

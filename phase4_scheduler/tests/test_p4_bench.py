@@ -1,0 +1,23 @@
+"""The check at size small: P4.4 and P4.5 measured on CPU, GPU targets SKIP with a reason; the CLI."""
+
+from __future__ import annotations
+
+from module0_profiling.targets import PASS, SKIP
+from phase4_scheduler import bench, checks
+from phase4_scheduler.__main__ import main
+
+
+def test_small_bench_measures_p44_p45_and_skips_gpu_targets():
+    result = bench.run("solution", "small")
+    outcomes = {t.id: t.evaluate(result) for t in checks.TARGETS}
+    assert outcomes["P4.5"].status == PASS, outcomes["P4.5"]
+    assert outcomes["P4.4"].status == PASS, outcomes["P4.4"]
+    for gpu_target in ("P4.1", "P4.2", "P4.3"):
+        assert outcomes[gpu_target].status == SKIP and outcomes[gpu_target].reason
+    assert result.metrics["throughput_vs_static"] > 1.0, "continuous batching should beat static batching"
+
+
+def test_cli_reports_a_bad_model_in_one_line(capsys):
+    assert main(["serve", "--model", "no-such-model", "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model path no-such-model does not exist") and "\n" not in err

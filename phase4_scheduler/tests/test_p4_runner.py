@@ -1,0 +1,145 @@
+"""Model runner + engine: greedy tokens of several concurrent requests of different lengths (chunked
+prefill, decodes mixed in, preemption) equal phase 0's solution engine and HF transformers run one
+request at a time (fp32); per-request sampling (seed, top-k, stop strings); KV blocks all returned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phase0_prototype import load_impl as phase0_impl
+from phase0_prototype import load_model
+from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason
+from phase0_prototype.sampling import SamplingParams
+from phase4_scheduler import SchedulerConfig
+from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.runner import prefix_chunk_attention
+
+
+@pytest.fixture(scope="module", params=["random:tiny", "kjv-llama-18m"])
+def model(request):
+    return load_model(request.param, dtype="fp32")
+
+
+def _random_prompts(model, lengths, seed):
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("sched", [
+    dict(max_num_seqs=4, max_num_batched_tokens=16, num_blocks=None),  # chunked prefill mixed with decodes
+    dict(max_num_seqs=5, max_num_batched_tokens=64, num_blocks=14),  # a small pool: preemption by recompute
+])
+def test_concurrent_greedy_equals_one_at_a_time(model, sched):
+    prompts = _random_prompts(model, [3, 21, 9, 40, 1], seed=len(model.name) + sched["max_num_batched_tokens"])
+    new_tokens = [12, 6, 20, 9, 15]
+    cfg = EngineConfig(SchedulerConfig(sched["max_num_seqs"], sched["max_num_batched_tokens"]),
+                       num_blocks=sched["num_blocks"], block_size=4)
+    engine = LLMEngine(model, cfg)
+    requests = [engine.make_request(p, n, ignore_eos=True) for p, n in zip(prompts, new_tokens, strict=True)]
+    preempted = []
+    engine.generate(requests, on_step=lambda e: preempted.extend(e.last_step.plan.preempted))
+    ref = phase0_impl("solution").build(model, compile=False)
+    for r in requests:
+        expected = ref.generate(r.prompt_ids, r.max_tokens, stop_on_eos=False).sequences()[0]
+        assert r.output_ids == expected, f"request with a {len(r.prompt_ids)}-token prompt"
+    if sched["num_blocks"] is not None:
+        assert preempted, "the small pool should have forced a preemption"
+    assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
+
+
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_concurrent_greedy_equals_hf(model):
+    prompts = _random_prompts(model, [5, 17, 2], seed=7)
+    engine = LLMEngine(model, EngineConfig(SchedulerConfig(4, 12), block_size=8))
+    requests = [engine.make_request(p, 10, ignore_eos=True) for p in prompts]
+    engine.generate(requests)
+    hf = build_hf(model)
+    for r in requests:
+        assert r.output_ids == hf_generate(hf, torch.tensor([r.prompt_ids]), 10)[0].tolist()
+
+
+def test_prefix_chunk_attention_matches_full_causal_attention():
+    torch.manual_seed(0)
+    bs, hq, hkv, d, total, start = 4, 4, 2, 8, 19, 11
+    k_cache, v_cache = torch.randn(8, bs, hkv, d), torch.randn(8, bs, hkv, d)
+    table = [5, 2, 7, 0, 3]
+    q = torch.randn(total, hq, d)
+    k = torch.stack([k_cache[table[p // bs], p % bs] for p in range(total)]).double()
+    v = torch.stack([v_cache[table[p // bs], p % bs] for p in range(total)]).double()
+    scores = torch.einsum("qhd,khd->hqk", q.double(), k.repeat_interleave(2, 1)) * d ** -0.5
+    scores = scores.masked_fill(torch.ones(total, total).triu(1).bool(), float("-inf"))
+    expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v.repeat_interleave(2, 1))[start:]
+    got = prefix_chunk_attention(q[start:], k_cache, v_cache, table, start)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():
+    model = load_model("kjv-llama-18m", dtype="fp32")
+    prompt = model.tokenizer.encode("And the earth was")
+    params = SamplingParams(temperature=0.9, top_k=40, top_p=0.9, seed=1234)
+
+    def run(batch_with):
+        engine = LLMEngine(model, EngineConfig(SchedulerConfig(4, 32), block_size=8))
+        target = engine.make_request(prompt, 12, params, ignore_eos=True)
+        others = [engine.make_request(model.tokenizer.encode(t), 8, SamplingParams(1.0, seed=i), ignore_eos=True)
+                  for i, t in enumerate(batch_with)]
+        engine.generate([target] + others)
+        return target.output_ids
+
+    alone, crowded = run([]), run(["In the beginning", "Jesus wept and"])
+    assert alone == crowded
+    other_seed = LLMEngine(model, EngineConfig(SchedulerConfig(4, 32), block_size=8))
+    r = other_seed.make_request(prompt, 12, SamplingParams(0.9, 40, 0.9, seed=99), ignore_eos=True)
+    other_seed.generate([r])
+    assert r.output_ids != alone, "a different seed should give a different continuation"
+
+
+def test_stop_string_ends_the_request_and_is_cut_from_the_text():
+    model = load_model("kjv-llama-18m", dtype="fp32")
+    engine = LLMEngine(model, EngineConfig(SchedulerConfig(2, 32), block_size=8))
+    prompt = model.tokenizer.encode("In the beginning")
+    free = engine.make_request(prompt, 30, ignore_eos=True)
+    engine.generate([free])
+    full = engine.output_text(free)
+    stop = full[10:14]  # a piece from the middle of the greedy continuation
+    texts = []
+    stopped = engine.make_request(prompt, 30, stop=(stop,), ignore_eos=True)
+    engine.add(stopped)
+    while engine.has_unfinished():
+        texts += [ev.text for ev in engine.step() if ev.request is stopped]
+    assert stopped.finish_reason == "stop"
+    assert "".join(texts) == full[: full.find(stop)]
+    assert len(stopped.output_ids) < 30
+    assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
+
+
+def test_eos_and_context_limit():
+    model = load_model("random:tiny", dtype="fp32")
+    engine = LLMEngine(model, EngineConfig(SchedulerConfig(2, 32), block_size=8, max_model_len=64))
+    with pytest.raises(ValueError, match="exceeds the context limit of 64 tokens"):
+        engine.make_request([5] * 40, 30)
+    r = engine.make_request([5, 6, 7], 20, ignore_eos=True)
+    engine.generate([r])
+    eos = r.output_ids[3]  # pretend the 4th greedy token is the end of sequence
+    r2 = engine.make_request([5, 6, 7], 20)
+    r2.eos_ids = (eos,)
+    engine.streams.clear()
+    engine.generate([r2])
+    assert r2.finish_reason == "stop" and r2.output_ids == r.output_ids[: r.output_ids.index(eos) + 1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_decode_equals_eager_on_gpu():
+    model = load_model("random:tiny", dtype="bf16", device="cuda")
+    outputs = []
+    for graphs in (False, True):
+        engine = LLMEngine(model, EngineConfig(SchedulerConfig(8, 64), block_size=16, cuda_graphs=graphs))
+        requests = [engine.make_request(p, 24, ignore_eos=True) for p in _random_prompts(model, [3, 30, 9, 17, 1], 5)]
+        engine.generate(requests)
+        outputs.append([r.output_ids for r in requests])
+        if graphs:
+            assert engine.runner.graphs._graphs, "decode-only steps should have replayed a captured graph"
+    assert outputs[0] == outputs[1]
