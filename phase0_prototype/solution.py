@@ -1,29 +1,41 @@
-"""The fast engine: static KV cache, fused projections, a compiled decode step replayed as one CUDA graph.
+"""The fast engine: static KV cache, fused projections, a decode step of hand-written Triton kernels replayed
+as one CUDA graph.
 
 At batch 1 a decode step does ~2 GFLOP but must read every weight once (2.1 GB for TinyLlama in bf16):
 it is bound by memory bandwidth, and the limit it approaches is *bytes per token / copy bandwidth*
-(MBU, gpt-fast's "achieved GB/s"). Three things stand between eager PyTorch and that limit:
+(MBU, gpt-fast's "achieved GB/s"). Four things stand between eager PyTorch and that limit:
 
 1. **Recomputation** — the KV cache: K and V of past positions are written once into a preallocated
    ``[layers, 2, batch, kv_heads, max_seq_len, head_dim]`` tensor, so a step processes one token.
 2. **Launch overhead** — ~15 kernels per layer launched from Python take longer than the GPU needs to
-   run them. q/k/v and gate/up are fused into one matrix each (``weights.fuse``), ``torch.compile``
-   fuses the elementwise work (RMSNorm, RoPE, SwiGLU, residuals) into a few Triton kernels, and the whole
-   step is captured once in a CUDA graph (static shapes: the cache has a fixed length and a mask hides
-   the positions not yet written) and replayed with one launch per token.
-3. **Host synchronisation** — nothing reads the device per token: sampling happens on the device, the
+   run them. q/k/v and gate/up are fused into one matrix each (``weights.fuse``) and the whole step is
+   captured once in a CUDA graph (static shapes: the cache has a fixed length and the kernels mask the
+   positions not yet written) and replayed with one launch per token.
+3. **Bandwidth per kernel** — cuBLAS and inductor's reductions stream a TinyLlama projection at a fraction
+   of copy bandwidth, and small glue kernels (RMSNorm, RoPE, cache write, softmax pieces) each cost a few
+   µs. ``decode_kernels="triton"`` (the default on CUDA) runs the step as six Triton kernels per layer
+   (``kernels/step.py``): GEMVs with RMSNorm/residual/SwiGLU fused in, and one RoPE + cache-write +
+   split attention kernel plus its merge. ``decode_kernels="inductor"`` keeps the earlier path:
+   ``torch.compile`` of the PyTorch step (``gemv="reduction"`` writes x·Wᵀ as a reduction inductor fuses).
+4. **Host synchronisation** — nothing reads the device per token: sampling happens on the device, the
    next token is copied into the graph's static input, and EOS is checked every ``sync_every`` tokens,
    when the chunk is also handed to the streaming callback. The CPU runs ahead and keeps the GPU fed.
 
-Measured on an H100 (random:tinyllama bf16, prompt 512): ~590 decode tok/s, ~41 % MBU, 2.1× HF's compiled
-static-cache generate. The gap to the bandwidth roof is per-kernel latency: ~18 kernels per layer, each a few
-µs, against ~30 µs of weight reads per layer; closing it needs fewer, fatter kernels (see the report).
+Measured on an H100 (random:tinyllama bf16, prompt 512, 128 new tokens, one ``check phase0`` run): the Triton
+step 1.196 ms/token = 836 decode tok/s = 58 % MBU (2.37× HF's compiled static-cache generate), 134 kernels in
+the step's graph; the inductor step, in a separate run of ``scripts/gpu_triton_decode.py``, 582 tok/s = 40 %
+(~360 kernels). The rest of the gap to the roof: the small GEMVs (qkv, o: 8–10 MB) reach only ~55 % of copy
+bandwidth (a kernel's ramp-up and tail are comparable to its 3 µs of reads) and attention + merge cost ~8 µs
+per layer (per-kernel figures: ``scripts/gpu_triton_decode.py``).
 
-On a CPU (tests) the same code runs eagerly: compile and graphs are GPU features.
+On a CPU (tests) the step runs eagerly in PyTorch; ``decode_kernels="triton"`` runs the Triton kernels
+there too under ``TRITON_INTERPRET=1`` (slow; for tests).
 
 Plug-in points for later phases: ``rope_fn`` (any ``model.RopeFn``; phase 2's CUDA RoPE keeps greedy tokens
-identical), ``decode_attention``/``prefill_attention`` (phase 3 swaps in paged attention), and
-``self.weights`` (``weights.LlamaWeights``, the documented fused layout).
+identical; with the Triton step it runs between the projection and the attention kernel),
+``decode_attention``/``prefill_attention`` (phase 3 swaps in paged attention; replacing
+``decode_attention`` in this module switches the decode step to the PyTorch/inductor path, which calls it),
+and ``self.weights`` (``weights.LlamaWeights``, the documented fused layout).
 """
 
 from __future__ import annotations
@@ -84,7 +96,7 @@ class SolutionEngine:
 
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
                  compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16,
-                 gemv: str = "reduction", tune: bool = False):
+                 gemv: str = "reduction", tune: bool = False, decode_kernels: str = "auto"):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.max_seq_len = min(max_seq_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -104,6 +116,16 @@ class SolutionEngine:
         # residual adds into it) instead of a cuBLAS GEMM tuned for larger M. tune=True turns on inductor's
         # coordinate-descent tuning of those kernels' block sizes (gpt-fast does the same).
         self.gemv, self.tune = gemv, tune
+        # decode_kernels: "triton" = the hand-written step (kernels/step.py), "inductor" = torch.compile of
+        # decode_step; "auto" = triton inside CUDA graphs when the model and batch suit it, else inductor.
+        if decode_kernels not in ("auto", "triton", "inductor"):
+            from phase0_prototype.errors import ModelError
+
+            raise ModelError(f"unknown decode_kernels={decode_kernels!r}: choose auto, triton or inductor")
+        self.decode_kernels = decode_kernels
+        self.fused_rope = self.rope_fn is apply_rope  # the attention kernel applies the reference RoPE itself
+        if self._triton_for(max_batch_size):
+            self.mode = "Triton kernels + CUDA graph" if self.use_graphs else "Triton kernels, eager"
 
     # ------------------------------------------------------------------ the two forward passes
     def _layer(self, i: int, x: torch.Tensor, positions: torch.Tensor, attend, linear=F.linear) -> torch.Tensor:
@@ -157,6 +179,30 @@ class SolutionEngine:
             x = self._layer(i, x, positions[:, None], attend, linear)
         return self._logits(x[:, 0], linear)
 
+    # ------------------------------------------------------------------ which decode step
+    def _triton_for(self, batch: int) -> bool:
+        """Whether a decode step of ``batch`` sequences runs the Triton kernels."""
+        if self.decode_kernels == "inductor" or (self.decode_kernels == "auto" and not self.use_graphs):
+            return False
+        if decode_attention is not _reference_decode_attention:  # a plugged-in attention: the PyTorch step calls it
+            return False
+        from phase0_prototype.kernels.step import unsupported_reason
+
+        reason = unsupported_reason(self.config, batch, self.weights)
+        if reason and self.decode_kernels == "triton":
+            from phase0_prototype.errors import ModelError
+
+            raise ModelError(f"decode_kernels='triton' cannot run this engine: {reason}; use decode_kernels='inductor'")
+        return reason is None
+
+    def _step_for(self, batch: int):
+        """The eager decode step function for ``batch`` sequences (what the CUDA graph captures)."""
+        if self._triton_for(batch):
+            from phase0_prototype.kernels.step import triton_decode_step
+
+            return lambda tokens, positions: triton_decode_step(self, tokens, positions)
+        return self.decode_step
+
     # ------------------------------------------------------------------ CUDA graph of the decode step
     def _graph_for(self, batch: int):
         if batch not in self._graphs:
@@ -164,7 +210,9 @@ class SolutionEngine:
 
             from module0_profiling.timing import capture_cuda_graph
 
-            step = torch.compile(self.decode_step, fullgraph=self._fullgraph, dynamic=False)
+            step = self._step_for(batch)
+            if step == self.decode_step:  # the PyTorch step is compiled; the Triton one is already kernels
+                step = torch.compile(self.decode_step, fullgraph=self._fullgraph, dynamic=False)
             token_in = torch.zeros(batch, dtype=torch.long, device=self.device)
             position_in = torch.zeros(batch, dtype=torch.long, device=self.device)
             saved = self.kv_cache.clone()  # warm-up steps write slot 0; keep the cache as it was
@@ -229,7 +277,7 @@ class SolutionEngine:
                 graph.replay()
                 return logits_out
         else:
-            step = self.decode_step
+            step = self._step_for(B)
 
         next_tokens = eos.update(sample(self.prefill(tokens), sampling, generator))
         out[:, 0] = next_tokens
@@ -249,6 +297,9 @@ class SolutionEngine:
             out[:, i] = next_tokens
             position += 1
         return finish(out[:, :emitted], eos_ids, stop_on_eos)
+
+
+_reference_decode_attention = decode_attention
 
 
 def _clear_cublas_workspaces() -> None:

@@ -128,8 +128,11 @@ first step; removing launch overhead is the second.
 
 ## 5. torch.compile and CUDA graphs
 
-`solution.py` compiles the decode step (`fullgraph=True`, static shapes: the cache has a fixed length and a
-mask hides unwritten slots), then captures it once in a CUDA graph (`module0_profiling.timing.capture_cuda_graph`).
+On a GPU `solution.py` runs the decode step as hand-written Triton kernels (`kernels/step.py`: per layer a GEMV
+with RMSNorm fused in, one RoPE + cache-write + attention kernel and its merge, GEMVs with the residual add and
+SiLU·up fused in; `decode_kernels="inductor"` instead compiles the PyTorch step with `torch.compile`), with static
+shapes (the cache has a fixed length and the kernels mask unwritten slots), then captures it once in a CUDA graph
+(`module0_profiling.timing.capture_cuda_graph`).
 Each token is then: copy the token id into the graph's input, replay (one launch), sample on the device. EOS is
 checked every `sync_every` tokens, so the CPU never waits for the GPU. This needs a GPU; on a CPU the cell says so.
 """)

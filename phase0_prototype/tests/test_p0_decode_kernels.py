@@ -1,0 +1,144 @@
+"""The Triton decode kernels against float64 PyTorch references, and the Triton decode step against the
+PyTorch one (greedy tokens, fp32). On a CPU they run in Triton's interpreter at small shapes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "triton" not in sys.modules:  # the interpreter is chosen when kernels are decorated: set it before
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton on a CPU needs TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
+
+from phase0_prototype import apply_rope, load_impl, load_model  # noqa: E402
+from phase0_prototype.config import TINY  # noqa: E402
+from phase0_prototype.kernels.decode_attention import rope_cache_attention, split_len  # noqa: E402
+from phase0_prototype.kernels.gemv import fused_gemv  # noqa: E402
+from phase0_prototype.model import rope_cache  # noqa: E402
+
+torch.set_num_threads(1)
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+
+
+def rand(*shape, seed, dtype=torch.float32, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype=dtype, device=DEVICE)
+
+
+def rms64(x, w, eps):
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,n,k,config", [(1, 40, 64, None), (3, 24, 200, (8, 64, 4)), (2, 20, 96, (16, 32, 2))])
+def test_gemv_prologue_and_epilogues_match_float64(dtype, batch, n, k, config):
+    x, w = rand(batch, k, seed=1, dtype=dtype), rand(2 * n, k, seed=2, dtype=dtype, scale=0.1)
+    g, res = rand(k, seed=3, dtype=dtype), rand(batch, n, seed=4, dtype=dtype)
+    eps = 1e-5
+    tol = TOL[dtype]
+    w1 = w[:n].contiguous()
+
+    plain = fused_gemv(x, w1, config=config)
+    torch.testing.assert_close(plain.double(), x.double() @ w1.double().T, **tol)
+
+    normed = fused_gemv(x, w1, norm_weight=g, eps=eps, config=config)
+    torch.testing.assert_close(normed.double(), rms64(x, g, eps) @ w1.double().T, **tol)
+
+    out = res.clone()
+    fused_gemv(x, w1, residual=out, out=out, config=config)  # in place, as the engine uses it
+    torch.testing.assert_close(out.double(), res.double() + x.double() @ w1.double().T, **tol)
+
+    act = fused_gemv(x, w, norm_weight=g, eps=eps, swiglu=True, config=config)
+    h = rms64(x, g, eps)
+    gate, up = h @ w[:n].double().T, h @ w[n:].double().T
+    torch.testing.assert_close(act.double(), F.silu(gate) * up, **tol)
+
+
+def reference_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True):
+    """float64: rotate, write the cache slot, softmax over slots [0, position] with GQA."""
+    B = qkv.shape[0]
+    n_kv, D = k_cache.shape[1], k_cache.shape[3]
+    q, k, v = qkv.double().split([n_heads * D, n_kv * D, n_kv * D], dim=-1)
+    q, k = q.view(B, 1, n_heads, D), k.view(B, 1, n_kv, D)
+    if rope:
+        q, k = apply_rope(q, k, cos.double(), sin.double(), positions[:, None])
+    kc, vc = k_cache.double().clone(), v_cache.double().clone()
+    out = []
+    for b in range(B):
+        p = int(positions[b])
+        kc[b, :, p], vc[b, :, p] = k[b, 0], v.view(B, n_kv, D)[b]
+        keys = kc[b, :, : p + 1].repeat_interleave(n_heads // n_kv, 0)  # [Hq, p+1, D]
+        vals = vc[b, :, : p + 1].repeat_interleave(n_heads // n_kv, 0)
+        probs = torch.softmax(torch.einsum("hd,hsd->hs", q[b, 0], keys) * D ** -0.5, -1)
+        out.append(torch.einsum("hs,hsd->hd", probs, vals).reshape(-1))
+    return torch.stack(out), kc, vc
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rope", [True, False])
+def test_rope_cache_attention_matches_float64(dtype, rope):
+    n_heads, n_kv, D, S, B = 8, 2, 16, 100, 3  # 4 splits of 32 slots at S=100
+    assert split_len(S) < S
+    cos, sin = rope_cache(TINY, S, DEVICE)
+    qkv = rand(B, (n_heads + 2 * n_kv) * D, seed=5, dtype=dtype)
+    k_cache = rand(B + 1, n_kv, S, D, seed=6, dtype=dtype)  # a cache for more rows than the batch
+    v_cache = rand(B + 1, n_kv, S, D, seed=7, dtype=dtype)
+    positions = torch.tensor([0, 37, S - 1], device=DEVICE)  # first slot, mid-split, last slot
+    expected, k_exp, v_exp = reference_attention(qkv, k_cache[:B], v_cache[:B], cos, sin, positions, n_heads, rope)
+    untouched = k_cache[B].clone()
+    got = rope_cache_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=rope)
+    tol = TOL[dtype]
+    torch.testing.assert_close(got.double(), expected, **tol)
+    torch.testing.assert_close(k_cache[:B].double(), k_exp, **tol)
+    torch.testing.assert_close(v_cache[:B].double(), v_exp, **tol)
+    assert torch.equal(k_cache[B], untouched)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("random:tiny", dtype="fp32", device=DEVICE, seed=5)
+
+
+def test_triton_step_greedy_tokens_equal_pytorch_step(tiny):
+    prompts = torch.randint(3, TINY.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    base = load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=48, compile=False, decode_kernels="inductor")
+    fast = load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=48, compile=False, decode_kernels="triton")
+    assert "Triton" in fast.mode
+    expected = base.generate(prompts, 12, stop_on_eos=False).tokens
+    assert torch.equal(fast.generate(prompts, 12, stop_on_eos=False).tokens, expected)
+    torch.testing.assert_close(fast.kv_cache, base.kv_cache, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_step_with_a_plugged_in_rope(tiny):
+    calls = []
+
+    def my_rope(q, k, cos, sin, positions):
+        calls.append(1)
+        return apply_rope(q, k, cos, sin, positions)
+
+    prompt = torch.randint(3, TINY.vocab_size, (1, 7), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    base = load_impl("solution").build(tiny, max_seq_len=32, compile=False, decode_kernels="inductor")
+    fast = load_impl("solution").build(tiny, max_seq_len=32, compile=False, decode_kernels="triton", rope_fn=my_rope)
+    assert not fast.fused_rope
+    assert torch.equal(fast.generate(prompt, 8, stop_on_eos=False).tokens,
+                       base.generate(prompt, 8, stop_on_eos=False).tokens)
+    assert len(calls) > 8  # the prefill's layers and the Triton decode steps both called it
+
+
+def test_unknown_decode_kernels_is_a_clear_error(tiny):
+    from phase0_prototype.errors import ModelError
+
+    with pytest.raises(ModelError, match="decode_kernels"):
+        load_impl("solution").build(tiny, decode_kernels="cutlass")
