@@ -134,7 +134,13 @@ def measure_policies(result: BenchResult, model, impl: str, s: dict) -> None:
 
 def measure_http(result: BenchResult, model_name: str, s: dict, impl: str) -> None:
     """P4.5 (and P4.3 on a GPU): a live server on a free local port."""
-    from phase4_scheduler.serve import ServerThread, build_app
+    try:
+        from phase4_scheduler.serve import ServerThread, build_app
+    except ImportError as e:  # a machine with torch but without the server's packages (e.g. a bare GPU image)
+        reason = f"the HTTP server cannot start here ({e}): pip install fastapi uvicorn"
+        for metric in ("overload_lost", "overload_rejected", "kv_free_after", "ttft_p50_light", "tpot_p50_32_streams"):
+            result.skip(metric, reason)
+        return
 
     seqs, queue = s["overload_seqs"], s["overload_queue"]
     app, loop = build_app(model_name, device=s["device"], dtype=s["dtype"], scheduler_impl=impl,
