@@ -1,0 +1,151 @@
+"""The tensor-parallel Llama engine both implementations share: embedding, layers, lm_head, KV cache, greedy loop.
+
+What differs between ``framework`` and ``solution`` is the decoder layer (how its linears are split and what
+they communicate) and whether the engine overlaps the layer's all-reduces with the other half batch's compute.
+Every rank runs this same program on its shard; the vocab-parallel embedding and the gathered lm_head make
+the activations entering and the logits leaving the stack identical on every rank.
+
+A layer object provides ``n_q_local``/``n_kv_local`` (the heads this rank attends with, for its KV cache) and
+``forward(x, ctx)``; an overlappable layer also provides ``attn_partial(x, ctx)`` and ``mlp_partial(x)``:
+the row-parallel partial sums whose all-reduce the engine starts asynchronously.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from phase0_prototype.model import apply_rope, repeat_kv, rms_norm, rope_cache
+from phase0_prototype.sources import LoadedModel
+from phase0_prototype.weights import fuse
+from phase6_tensor_parallel.dist_env import TPGroup
+from phase6_tensor_parallel.layers import ParallelLMHead, VocabParallelEmbedding
+
+
+@dataclass
+class AttnContext:
+    """Where this forward's tokens sit: the KV cache, the batch rows being computed, the first position."""
+
+    cache_k: list  # per layer [B, Hkv_local, S, D]
+    cache_v: list
+    start: int
+    cos: torch.Tensor
+    sin: torch.Tensor
+    rows: slice = field(default_factory=lambda: slice(None))
+    layer: int = 0
+
+    def at(self, layer: int, rows: slice | None = None) -> "AttnContext":
+        return replace(self, layer=layer, rows=self.rows if rows is None else rows)
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    """q ``[b, T, Hq, D]``, k/v ``[b, T, Hkv, D]`` (RoPE not yet applied) -> ``[b, T, Hq·D]``.
+
+    Writes k/v at positions ``[start, start+T)`` of the cache rows ``ctx.rows`` and attends causally over
+    everything cached so far.
+    """
+    b, t, hq, d = q.shape
+    positions = torch.arange(ctx.start, ctx.start + t, device=q.device).expand(b, t)
+    q, k = apply_rope(q, k, ctx.cos, ctx.sin, positions)
+    end = ctx.start + t
+    ck, cv = ctx.cache_k[ctx.layer], ctx.cache_v[ctx.layer]
+    ck[ctx.rows, :, ctx.start:end] = k.transpose(1, 2)
+    cv[ctx.rows, :, ctx.start:end] = v.transpose(1, 2)
+    keys, values = ck[ctx.rows, :, :end], cv[ctx.rows, :, :end]
+    groups = hq // keys.shape[1]
+    # Query i (absolute position start+i) sees keys at positions <= start+i.
+    mask = torch.arange(end, device=q.device)[None, :] <= positions[0][:, None]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), repeat_kv(keys, groups), repeat_kv(values, groups),
+                                         attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, t, hq * d)
+
+
+class TPEngine:
+    """One rank's share of a Llama model. ``layer_cls(weights, config, group)`` builds each decoder layer."""
+
+    def __init__(self, model: LoadedModel, group: TPGroup, layer_cls, *, name: str, mode: str,
+                 overlap: bool = False, max_seq_len: int | None = None):
+        config = model.config
+        self.name, self.mode, self.config, self.group, self.overlap = name, mode, config, group, overlap
+        weights = fuse(model.state, config)
+        self.embed = VocabParallelEmbedding(weights.embed_tokens, group)
+        self.layers = [layer_cls(lw, config, group) for lw in weights.layers]
+        self.norm = weights.norm
+        self.lm_head = ParallelLMHead(weights.lm_head, group)
+        self.max_seq_len = max_seq_len or config.max_position_embeddings
+        self.device, self.dtype = model.device, model.dtype
+        self.cos, self.sin = rope_cache(config, self.max_seq_len, self.device)
+
+    def new_context(self, batch: int, length: int) -> AttnContext:
+        if length > self.max_seq_len:
+            raise ValueError(f"{length} positions exceed max_seq_len={self.max_seq_len}: pass a shorter prompt "
+                             "or fewer new tokens")
+        d = self.config.head_dim
+        shape = lambda layer: (batch, layer.n_kv_local, length, d)  # noqa: E731
+        make = lambda: [torch.zeros(shape(layer), dtype=self.dtype, device=self.device) for layer in self.layers]  # noqa: E731
+        return AttnContext(make(), make(), 0, self.cos, self.sin)
+
+    # --- forward ------------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        """Logits (fp32, ``[B, T, vocab]``, identical on every rank) of ``tokens`` at positions ctx.start..."""
+        x = self.embed(tokens)
+        if self.overlap and tokens.shape[0] >= 2:
+            x = self._layers_overlapped(x, ctx)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer.forward(x, ctx.at(i))
+        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+        ctx.start += tokens.shape[1]
+        return self.lm_head(x).float()
+
+    def _layers_overlapped(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        """Two half batches in lockstep: while one half's all-reduce is in flight, the other computes.
+
+        Each layer has two row-parallel sums (after o_proj, after down_proj). For each one, in turn per half:
+        wait for that half's previous all-reduce, add it to the residual, compute the next partial, start its
+        all-reduce without waiting. The arithmetic is the non-overlapped layer's, in the same order.
+        """
+        half = x.shape[0] // 2
+        rows = [slice(0, half), slice(half, x.shape[0])]
+        xs = [x[r] for r in rows]
+        pending: list = [None, None]
+        for i, layer in enumerate(self.layers):
+            for segment in ("attn", "mlp"):
+                for h in (0, 1):
+                    if pending[h] is not None:
+                        xs[h] = self._land(xs[h], *pending[h])
+                    part = (layer.attn_partial(xs[h], ctx.at(i, rows[h])) if segment == "attn"
+                            else layer.mlp_partial(xs[h]))
+                    pending[h] = (self.group.all_reduce_async(part), part)
+        xs = [self._land(xs[h], *pending[h]) for h in (0, 1)]
+        return torch.cat(xs, dim=0)
+
+    @staticmethod
+    def _land(x: torch.Tensor, work, partial: torch.Tensor) -> torch.Tensor:
+        if work is not None:
+            work.wait()
+        return x + partial
+
+    # --- public API ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        return self.forward(tokens, self.new_context(tokens.shape[0], tokens.shape[1]))
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: torch.Tensor | list[int], max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation with a KV cache: ``[B, max_new_tokens]`` new ids (CPU), the same on every rank."""
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long)
+        prompt = (prompt[None] if prompt.dim() == 1 else prompt).to(self.device)
+        ctx = self.new_context(prompt.shape[0], prompt.shape[1] + max_new_tokens)
+        logits = self.forward(prompt, ctx)
+        out = []
+        for step in range(max_new_tokens):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            # The logits are bit-identical on every rank (all-gathered); the broadcast makes that a guarantee.
+            out.append(self.group.broadcast(nxt).cpu())
+            if step + 1 < max_new_tokens:
+                logits = self.forward(nxt, ctx)
+        return torch.cat(out, dim=1) if out else torch.empty(prompt.shape[0], 0, dtype=torch.long)

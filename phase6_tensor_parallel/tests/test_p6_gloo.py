@@ -1,0 +1,101 @@
+"""Two gloo processes on CPU: every layer type vs its unsharded twin; TP=2 vs TP=1 logits and greedy tokens.
+
+Each test spawns 2 ranks once (a few seconds of imports) and checks many things from what they return.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phase0_prototype import load_impl as load_p0
+from phase0_prototype import load_model
+from phase6_tensor_parallel import framework, solution
+from phase6_tensor_parallel.dist_env import TPError, TPGroup, spawn
+from phase6_tensor_parallel.testing import failing_rank, layer_errors, measurement_smoke, model_outputs
+
+SPEC = "random:tiny"  # kv heads 2, vocab 320, intermediate 352: all divisible by 2
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(1234)
+    vocab = load_model(SPEC, dtype="fp32").config.vocab_size
+    return {"tokens": torch.randint(3, vocab, (4, 11), generator=g),
+            "prompt": torch.randint(3, vocab, (2, 6), generator=g), "new": 12}
+
+
+@pytest.fixture(scope="module")
+def tp2(inputs):
+    return spawn(model_outputs, 2, SPEC, inputs["tokens"], inputs["prompt"], inputs["new"], timeout_s=150)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs):
+    """Phase 0's framework engine (its own attention, no TP code) on the same fp32 weights."""
+    engine = load_p0("framework").build(load_model(SPEC, dtype="fp32", seed=1))
+    logits = engine.forward_logits(inputs["tokens"])
+    greedy = engine.generate(inputs["prompt"], inputs["new"], stop_on_eos=False).tokens
+    return {"logits": logits, "greedy": greedy}
+
+
+def test_every_layer_matches_its_unsharded_twin():
+    per_rank = spawn(layer_errors, 2, 7, timeout_s=90)
+    for rank, errors in enumerate(per_rank):
+        for name, err in errors.items():
+            assert err < 1e-5, f"rank {rank} {name}: max error {err}"
+
+
+@pytest.mark.parametrize("name", ["framework", "solution", "solution_no_overlap"])
+def test_tp2_equals_tp1_and_phase0(tp2, reference, inputs, name):
+    model = load_model(SPEC, dtype="fp32", seed=1)
+    impl = framework if name == "framework" else solution
+    tp1 = impl.build(model, overlap=name == "solution")
+    tp1_logits = tp1.forward_logits(inputs["tokens"])
+    torch.testing.assert_close(tp1_logits, reference["logits"], rtol=1e-5, atol=1e-5)
+    for rank, out in enumerate(tp2):
+        torch.testing.assert_close(out[name]["logits"], tp1_logits, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, rank=rank: f"rank {rank} {name}: {m}")
+        assert torch.equal(out[name]["greedy"], reference["greedy"][:, :inputs["new"]]), f"rank {rank} {name}"
+    # Both ranks hold the same gathered logits, bit for bit.
+    assert torch.equal(tp2[0][name]["logits"], tp2[1][name]["logits"])
+
+
+def test_overlap_equals_no_overlap(tp2):
+    for out in tp2:
+        torch.testing.assert_close(out["solution"]["logits"], out["solution_no_overlap"]["logits"],
+                                   rtol=1e-5, atol=1e-6)
+        assert torch.equal(out["solution"]["greedy"], out["solution_no_overlap"]["greedy"])
+
+
+def test_failing_rank_ends_the_group_with_a_clear_error():
+    with pytest.raises(TPError, match="rank 1: ValueError: deliberate failure"):
+        spawn(failing_rank, 2, 1, timeout_s=60, collective_timeout_s=10)
+
+
+def test_measurement_code_runs_over_gloo():
+    ranks = spawn(measurement_smoke, 2, [1024, 4096, 16384], timeout_s=90)
+    run = ranks[0]["allreduce"]
+    assert run["world"] == 2 and len(run["seconds"]) == 3 and all(t > 0 for t in run["seconds"])
+    sweep = ranks[0]["sweep"]
+    assert len(sweep["step_s"]) == len(sweep["nocomm_step_s"]) == 2
+    assert all(t > 0 for t in sweep["step_s"] + sweep["nocomm_step_s"])
+
+
+def test_solution_refuses_a_tp_size_that_does_not_divide_kv_heads():
+    model = load_model(SPEC, dtype="fp32")
+    with pytest.raises(TPError, match="num_key_value_heads=2"):
+        solution.build(model, group=TPGroup(0, 4))
+
+
+def test_bench_throughput_path_runs_over_gloo():
+    """P6.2/P6.3's code path (written for 2 GPUs) on CPU at toy sizes: the metrics exist and are sane."""
+    from module0_profiling.targets import BenchResult
+    from phase6_tensor_parallel.bench import throughput_targets
+
+    result = BenchResult()
+    sweep = dict(model="random:tiny", dtype="fp32", batches=[2, 64], context=4, steps=2, p6_3_batch=64)
+    throughput_targets("solution", result, device="cpu", sweep=sweep)
+    assert result.metrics["p6_2_speedup"] > 0 and 0 <= result.metrics["p6_2_comm_share"] <= 1
+    assert "p6_3_exposed_comm_ratio" in result.metrics or "p6_3_exposed_comm_ratio" in result.skipped
+    assert "| 64 |" in result.tables["decode throughput, TP=1 vs TP=2"]
