@@ -24,15 +24,8 @@ MAX_LENGTH = 512
 
 # TinyLlama-1.1B-Chat-v1.0's template (Zephyr style). The model is not instruction-tuned: the template
 # is here so chat front-ends format prompts the same way for this model and for TinyLlama.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}\n"
-    "{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
-    "{% endif %}\n"
-    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
-    "{% endfor %}"
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repo
+from phase0_prototype.tokenizer import DEFAULT_CHAT_TEMPLATE as CHAT_TEMPLATE  # noqa: E402  (TinyLlama's)
 
 
 def train_bpe(text_file: Path):
