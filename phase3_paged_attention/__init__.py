@@ -179,6 +179,15 @@ def _same_device(anchor: torch.Tensor, **tensors: torch.Tensor) -> None:
             _fail(f"{name} is on {t.device} but the other tensors are on {anchor.device}; move it with .to()")
 
 
+def wants_cache_write(k_cache: torch.Tensor | None, v_cache: torch.Tensor | None,
+                      slot_mapping: torch.Tensor | None) -> bool:
+    """Whether a prefill call also writes K/V into the paged cache: all three arguments or none."""
+    given = [t is not None for t in (k_cache, v_cache, slot_mapping)]
+    if any(given) and not all(given):
+        raise ValueError("pass k_cache, v_cache and slot_mapping together (or none of them)")
+    return all(given)
+
+
 def default_scale(head_dim: int, scale: float | None) -> float:
     return head_dim ** -0.5 if scale is None else float(scale)
 
@@ -186,4 +195,5 @@ def default_scale(head_dim: int, scale: float | None) -> float:
 __all__ = [
     "IMPLS", "PagedAttentionInputError", "load_impl", "default_impl", "tolerance", "allocate_kv_cache",
     "slot_mapping_for", "check_cache", "check_cache_write", "check_decode", "check_prefill", "default_scale",
+    "wants_cache_write",
 ]

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from phase3_paged_attention import check_cache_write, check_decode, check_prefill, default_scale
+from phase3_paged_attention import (
+    check_cache_write,
+    check_decode,
+    check_prefill,
+    default_scale,
+    wants_cache_write,
+)
 from phase3_paged_attention.kernels import kv_cache_write
 from phase3_paged_attention.kernels.decode_naive import naive_paged_decode
 
@@ -40,9 +46,7 @@ def varlen_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,
                              slot_mapping: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     check_prefill(q, k, v, cu_seqlens, max_seqlen)
-    if k_cache is not None or v_cache is not None or slot_mapping is not None:
-        if k_cache is None or v_cache is None or slot_mapping is None:
-            raise ValueError("pass k_cache, v_cache and slot_mapping together (or none of them)")
+    if wants_cache_write(k_cache, v_cache, slot_mapping):
         write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     scale = default_scale(q.shape[-1], scale)
     out = torch.empty_like(q) if out is None else out

@@ -20,6 +20,7 @@ from phase3_paged_attention import (
     check_decode,
     check_prefill,
     default_scale,
+    wants_cache_write,
 )
 
 
@@ -96,9 +97,7 @@ def varlen_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              upcast: bool = False) -> torch.Tensor:
     """Per-sequence SDPA over a packed ragged batch; optionally writes k, v into the paged cache."""
     check_prefill(q, k, v, cu_seqlens, max_seqlen)
-    if k_cache is not None or v_cache is not None or slot_mapping is not None:
-        if k_cache is None or v_cache is None or slot_mapping is None:
-            raise ValueError("pass k_cache, v_cache and slot_mapping together (or none of them)")
+    if wants_cache_write(k_cache, v_cache, slot_mapping):
         write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     scale = default_scale(q.shape[-1], scale)
     result = torch.empty_like(q) if out is None else out

@@ -10,11 +10,11 @@ with their reason, their CPU figures shown in the tables. size "full": TinyLlama
 from __future__ import annotations
 
 import asyncio
-import time
 
 import torch
 
 from module0_profiling.targets import BenchResult, Comparison
+from module0_profiling.timing import time_region
 from phase0_prototype.sampling import SamplingParams
 from phase0_prototype.sources import load_model
 from phase4_scheduler.engine import EngineConfig, LLMEngine
@@ -91,14 +91,13 @@ def _hf_generate_batch(model, w: Workload) -> tuple[float | None, str]:
         groups = {}
         for _, n, p in reqs:
             groups.setdefault(n, []).append(tok.encode(p))
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for n, inputs in groups.items():  # generate_batch takes one max_new_tokens per call
-            cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-                                   pad_token_id=0)
-            hf.generate_batch(inputs=inputs, generation_config=cfg, progress_bar=False)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0, ""
+        def serve_all() -> None:
+            for n, inputs in groups.items():  # generate_batch takes one max_new_tokens per call
+                cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                                       pad_token_id=0)
+                hf.generate_batch(inputs=inputs, generation_config=cfg, progress_bar=False)
+
+        return time_region(serve_all, repeats=1, warmup=0).median, ""
     except Exception as e:  # noqa: BLE001 - the peer's failure is a SKIP reason, not our failure
         return None, f"HF generate_batch failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
 
