@@ -24,7 +24,7 @@ from phase0_prototype import hf_peer, load_impl, load_model
 from phase0_prototype.weights import decode_bytes_per_token
 
 SHAPES = {
-    "full": dict(model="random:tinyllama", prompt=512, new=128, parity_prompt=32, repeats=3),
+    "full": dict(model="random:tinyllama", prompt=512, new=128, parity_prompt=32, repeats=5),
     "small": dict(model="random:tiny", prompt=64, new=32, parity_prompt=16, repeats=2),
 }
 PARITY_TOKENS = 64

@@ -268,20 +268,36 @@ class SolutionEngine:
         generator = sampling.generator(self.device)
         out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
 
-        if self.use_graphs:
-            graph, token_in, position_in, logits_out = self._graph_for(B)
-
-            def step(tok, pos):
-                token_in.copy_(tok)
-                position_in.copy_(pos)
-                graph.replay()
-                return logits_out
-        else:
-            step = self._step_for(B)
-
         next_tokens = eos.update(sample(self.prefill(tokens), sampling, generator))
         out[:, 0] = next_tokens
-        position = torch.full((B,), T, dtype=torch.long, device=self.device)
+        if self.use_graphs:
+            # The graph's inputs are the live state: the sampler writes the next token straight into
+            # token_in and position_in counts up in place, so a greedy step costs the replay plus three
+            # tiny kernels (argmax, the copy into out, the increment) — not eight.
+            graph, token_in, position_in, logits_out = self._graph_for(B)
+            token_in.copy_(next_tokens)
+            position_in.fill_(T)
+
+            def advance() -> torch.Tensor:
+                graph.replay()
+                if sampling.greedy:
+                    torch.argmax(logits_out, dim=-1, out=token_in)
+                else:
+                    token_in.copy_(sample(logits_out, sampling, generator))
+                if stop_on_eos:
+                    token_in.copy_(eos.update(token_in))
+                position_in.add_(1)
+                return token_in
+        else:
+            step = self._step_for(B)
+            position = torch.full((B,), T, dtype=torch.long, device=self.device)
+
+            def advance() -> torch.Tensor:
+                nonlocal next_tokens
+                next_tokens = eos.update(sample(step(next_tokens, position), sampling, generator))
+                position.add_(1)
+                return next_tokens
+
         emitted = 0
         for i in range(1, max_new_tokens + 1):
             # Hand a chunk to the host after the first token (time to first token) and every sync_every.
@@ -293,9 +309,7 @@ class SolutionEngine:
                     break
             if i == max_new_tokens:
                 break
-            next_tokens = eos.update(sample(step(next_tokens, position), sampling, generator))
-            out[:, i] = next_tokens
-            position += 1
+            out[:, i] = advance()
         return finish(out[:, :emitted], eos_ids, stop_on_eos)
 
 

@@ -22,9 +22,9 @@ MAX_SPLITS = 128
 
 @triton.jit
 def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_o_ptr, part_ml_ptr,
-                         stride_qkv, stride_cb, stride_ch, stride_cs, q_size, kv_size, n_kv_heads, n_splits, scale,
-                         ROPE: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                         SPLIT_LEN: tl.constexpr, BLOCK_S: tl.constexpr):
+                         stride_qkv, stride_cb, stride_ch, stride_cs, q_size, kv_size, n_kv_heads, n_splits,
+                         scale, ROPE: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                         SPLIT_LEN: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // n_kv_heads
@@ -34,6 +34,9 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     offs_g = tl.arange(0, BLOCK_G)
     mask_g = offs_g < G
     row = qkv_ptr + b.to(tl.int64) * stride_qkv
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
+        tl.extra.cuda.gdc_launch_dependents()
     q_off = (h * G + offs_g)[:, None] * D
     k_row = row + q_size + h * D
     v_row = row + q_size + kv_size + h * D
@@ -87,20 +90,26 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     # partials: o [B, Hq, splits, D] (unnormalised), (m, l) [B, Hq, splits, 2]
     hq = (b * n_kv_heads + h) * G + offs_g
     slot = hq.to(tl.int64) * n_splits + split
-    tl.store(part_o_ptr + slot[:, None] * D + offs_d[None, :], acc, mask=mask_g[:, None])
-    tl.store(part_ml_ptr + slot * 2, m, mask=mask_g)
-    tl.store(part_ml_ptr + slot * 2 + 1, l_sum, mask=mask_g)
+    n_active = pos // SPLIT_LEN + 1  # splits [0, n_active) hold positions ≤ pos; the rest have nothing to say
+    if split < n_active:
+        tl.store(part_o_ptr + slot[:, None] * D + offs_d[None, :], acc, mask=mask_g[:, None])
+        tl.store(part_ml_ptr + slot * 2, m, mask=mask_g)
+        tl.store(part_ml_ptr + slot * 2 + 1, l_sum, mask=mask_g)
 
 
 @triton.jit
-def _combine_kernel(part_o_ptr, part_ml_ptr, out_ptr, n_splits, stride_ob, n_heads,
-                    D: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+def _combine_kernel(part_o_ptr, part_ml_ptr, out_ptr, pos_ptr, n_splits, stride_ob, n_heads,
+                    D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, SPLIT_LEN: tl.constexpr, USE_PDL: tl.constexpr):
     bq = tl.program_id(0)  # b * Hq + head
     b = bq // n_heads
     head = bq % n_heads
     offs = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, D)
-    valid = offs < n_splits
+    pos = tl.load(pos_ptr + b).to(tl.int32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    valid = offs < pos // SPLIT_LEN + 1  # the splits the attention kernel wrote
     slot = bq.to(tl.int64) * n_splits + offs
     m = tl.load(part_ml_ptr + slot * 2, mask=valid, other=float("-inf"))
     l_sum = tl.load(part_ml_ptr + slot * 2 + 1, mask=valid, other=0.0)
@@ -112,15 +121,17 @@ def _combine_kernel(part_o_ptr, part_ml_ptr, out_ptr, n_splits, stride_ob, n_hea
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + head * D + offs_d, out.to(out_ptr.dtype.element_ty))
 
 
-def split_len(max_seq_len: int, block_s: int = BLOCK_S) -> int:
+def split_len(max_seq_len: int, block_s: int | None = None) -> int:
     """Cache positions per program: ``block_s`` until the grid would pass ``MAX_SPLITS`` splits."""
+    block_s = BLOCK_S if block_s is None else block_s
     per = triton.cdiv(max_seq_len, MAX_SPLITS)
     return triton.cdiv(max(per, block_s), block_s) * block_s
 
 
 def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
                          sin: torch.Tensor, positions: torch.Tensor, n_heads: int, *, rope: bool = True,
-                         out: torch.Tensor | None = None, block_s: int = BLOCK_S, num_warps: int = 4) -> torch.Tensor:
+                         out: torch.Tensor | None = None, block_s: int | None = None,
+                         num_warps: int = 4) -> torch.Tensor:
     """``qkv [B, (Hq+2·Hkv)·D]`` of the new tokens at ``positions [B]`` (int) -> attention output ``[B, Hq·D]``.
 
     Writes the rotated key and the value into slot ``positions[b]`` of ``k_cache``/``v_cache``
@@ -128,22 +139,28 @@ def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     ``cos``/``sin``: fp32 ``[S, D]`` tables; ``rope=False`` when q and k arrive already rotated.
     ``block_s``/``num_warps``: tuning knobs (cache positions per loop step; warps per program).
     """
+    from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
+
     B = qkv.shape[0]
     n_kv, S, D = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
     G = n_heads // n_kv
     if qkv.shape[1] != (n_heads + 2 * n_kv) * D or qkv.stride(1) != 1 or k_cache.stride(3) != 1:
         raise ValueError(f"rope_cache_attention: qkv {tuple(qkv.shape)} does not match {n_heads}+2·{n_kv} heads of {D}")
+    block_s = BLOCK_S if block_s is None else block_s
+    pdl = pdl_enabled(qkv.device)
     chunk = split_len(S, block_s)
     n_splits = triton.cdiv(S, chunk)
     part_o = torch.empty(B, n_heads, n_splits, D, dtype=torch.float32, device=qkv.device)
     part_ml = torch.empty(B, n_heads, n_splits, 2, dtype=torch.float32, device=qkv.device)
-    _attend_split_kernel[(B * n_kv, n_splits)](
-        qkv, k_cache, v_cache, cos, sin, positions, part_o, part_ml,
-        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), n_heads * D, n_kv * D, n_kv,
-        n_splits, D ** -0.5, ROPE=rope, G=G, BLOCK_G=triton.next_power_of_2(G), D=D, SPLIT_LEN=chunk,
-        BLOCK_S=block_s, num_warps=num_warps)
     if out is None:
         out = torch.empty(B, n_heads * D, dtype=qkv.dtype, device=qkv.device)
-    _combine_kernel[(B * n_heads,)](part_o, part_ml, out, n_splits, out.stride(0), n_heads,
-                                    D=D, BLOCK_SPLITS=triton.next_power_of_2(n_splits), num_warps=1)
+    _attend_split_kernel[(B * n_kv, n_splits)](
+        qkv, k_cache, v_cache, cos, sin, positions, part_o, part_ml,
+        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), n_heads * D, n_kv * D,
+        n_kv, n_splits, D ** -0.5, ROPE=rope, G=G, BLOCK_G=triton.next_power_of_2(G), D=D, SPLIT_LEN=chunk,
+        BLOCK_S=block_s, USE_PDL=pdl,
+        num_warps=num_warps, **launch_options(pdl))
+    _combine_kernel[(B * n_heads,)](part_o, part_ml, out, positions, n_splits, out.stride(0), n_heads,
+                                    D=D, BLOCK_SPLITS=triton.next_power_of_2(n_splits), SPLIT_LEN=chunk,
+                                    USE_PDL=pdl, num_warps=1, **launch_options(pdl))
     return out

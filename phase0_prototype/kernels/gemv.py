@@ -30,11 +30,27 @@ import triton.language as tl
 NONE, RESIDUAL, SWIGLU = 0, 1, 2
 MAX_BATCH = 8
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # rows per program; larger batches are a GEMM's job (the engine falls back to cuBLAS)
+_PDL: dict[int, bool] = {}
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch: Hopper or newer, compiled kernels, not switched off (``TITANINFER_PDL=0``).
+
+    With PDL a kernel may start while the previous one in the stream is still finishing; our kernels issue
+    their first weight loads, then ``gdc_wait`` for the previous kernel's results. CUDA graphs keep the
+    overlap (captured as programmatic edges).
+    """
+    if INTERPRETED or device.type != "cuda" or os.environ.get("TITANINFER_PDL", "1") == "0":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PDL:
+        _PDL[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _PDL[index]
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, stride_xb, stride_ob, stride_rb, eps,
-                 NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
+                 NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -45,14 +61,27 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    # The weights do not depend on the previous kernel: with programmatic dependent launch (PDL) the first
+    # slab is requested before waiting for the previous kernel (whose output ``x`` is) to finish, so this
+    # kernel's ramp-up overlaps the previous one's tail. Each step then loads the next slab before using
+    # the current one (a two-deep software pipeline by hand).
+    offs_k = tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        w_mask = mask_n[:, None]
+    else:
+        w_mask = mask_n[:, None] & (offs_k[None, :] < K)
+    w = tl.load(rows + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+    if EPILOGUE == 2:
+        w_up = tl.load(rows + up_offset + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
+        tl.extra.cuda.gdc_launch_dependents()  # after the wait: at most one kernel runs ahead of its inputs
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
             x_mask = mask_b[:, None]
-            w_mask = mask_n[:, None]
         else:
             x_mask = mask_b[:, None] & (offs_k[None, :] < K)
-            w_mask = mask_n[:, None] & (offs_k[None, :] < K)
         x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=x_mask, other=0.0).to(tl.float32)
         if NORM:
             sumsq += tl.sum(x * x, axis=1)
@@ -61,18 +90,22 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
             else:
                 g = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
             x = x * g[None, :]
-        w = tl.load(rows + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        w_cur = w.to(tl.float32)
         if EPILOGUE == 2:
-            w_up = tl.load(rows + up_offset + offs_k[None, :], mask=w_mask, other=0.0,
-                           eviction_policy="evict_first").to(tl.float32)
+            w_up_cur = w_up.to(tl.float32)
+        nxt = offs_k + BLOCK_K  # the next slab (masked off past the end)
+        n_mask = mask_n[:, None] & (nxt[None, :] < K)
+        w = tl.load(rows + nxt[None, :], mask=n_mask, other=0.0, eviction_policy="evict_first")
+        if EPILOGUE == 2:
+            w_up = tl.load(rows + up_offset + nxt[None, :], mask=n_mask, other=0.0, eviction_policy="evict_first")
         if BLOCK_B == 1:  # one row: a 2-D multiply-reduce (no [1, N, K] broadcast for the compiler to lay out)
-            acc += tl.sum(w * x, axis=1)[None, :]
+            acc += tl.sum(w_cur * x, axis=1)[None, :]
             if EPILOGUE == 2:
-                acc_up += tl.sum(w_up * x, axis=1)[None, :]
+                acc_up += tl.sum(w_up_cur * x, axis=1)[None, :]
         else:
-            acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+            acc += tl.sum(x[:, None, :] * w_cur[None, :, :], axis=2)
             if EPILOGUE == 2:
-                acc_up += tl.sum(x[:, None, :] * w_up[None, :, :], axis=2)
+                acc_up += tl.sum(x[:, None, :] * w_up_cur[None, :, :], axis=2)
     if NORM:
         r = 1.0 / tl.sqrt(sumsq / K + eps)
         acc = acc * r[:, None]
@@ -89,20 +122,29 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
     tl.store(out_ptr + offs_b[:, None] * stride_ob + offs_n[None, :], acc.to(dtype), mask=mask)
 
 
+def launch_options(pdl: bool) -> dict:
+    """Extra launch keywords: ``launch_pdl`` only when used (the CPU interpreter does not know it)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
 def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> tuple[int, int, int]:
     """``(BLOCK_N, BLOCK_K, num_warps)`` for an ``[n, k]`` product of ``batch`` rows.
 
-    Chosen from a sweep on an H100 at TinyLlama's shapes (``scripts/gpu_triton_decode.py``): few rows per
-    program and wide ``K`` slabs — hundreds to thousands of programs, each with several 16-byte loads per
-    thread in flight — beat fat programs. Per layer that measured qkv 6.6 µs, o 4.8 µs, gate_up 18.5 µs,
-    down 10.6 µs (vs 7.6 / 6.2 / 20.3 / 13.5 µs for a uniform ``(8, 512, 4)``), lm_head 44 µs (99 % copy BW).
+    Chosen from sweeps on an H100 at TinyLlama's shapes (``scripts/gpu_triton_decode.py --sweep-only``, then
+    the whole step in ``scripts/gpu_pdl_variants.py``): one or two rows per program and whole 2048-wide
+    slabs — a thousand or more programs, each with several 16-byte loads per thread in flight — beat fat
+    programs. With programmatic dependent launch the whole step measured 1106 µs per token against
+    1207 µs for the earlier ``(2, 1024, 4)`` / ``(8, 256, 4)`` tiles without it. lm_head keeps 8 rows and
+    1024-wide slabs (44 µs, 99 % of copy bandwidth).
     """
-    if swiglu:  # two weight tiles (gate and up rows) per step
-        block_n, block_k, warps = 8, 256, 4
-    elif norm or n >= 16384:
+    if n >= 16384:
         block_n, block_k, warps = 8, 1024, 8
+    elif batch > 1:  # the tiles of the first sweep (batch 1 then measured 1207 µs per step)
+        block_n, block_k, warps = (8, 256, 4) if swiglu else (8, 1024, 8) if norm else (2, 1024, 4)
+    elif swiglu:  # two weight tiles (gate and up rows) per step
+        block_n, block_k, warps = 1, 2048, 4
     else:
-        block_n, block_k, warps = 2, 1024, 4
+        block_n, block_k, warps = 2, 2048, 4
     block_k = min(block_k, triton.next_power_of_2(k))
     if batch > 1:  # the [B, N, K] product lives in registers: keep it the same size
         block_k = max(32, block_k // triton.next_power_of_2(batch))
@@ -129,11 +171,12 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
     if out is None:
         out = torch.empty(B, N, dtype=x.dtype, device=x.device)
     block_n, block_k, warps = config or default_config(N, K, B, swiglu, norm_weight is not None)
+    pdl = pdl_enabled(x.device)
     epilogue = SWIGLU if swiglu else RESIDUAL if residual is not None else NONE
     res = residual if residual is not None else out
     nw = norm_weight if norm_weight is not None else weight
     _gemv_kernel[(triton.cdiv(N, block_n),)](
         x, weight, out, res, nw, B, N, K, N * K, x.stride(0), out.stride(0), res.stride(0), eps,
-        NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0,
-        BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, USE_PDL=pdl,
+        BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **launch_options(pdl))
     return out
