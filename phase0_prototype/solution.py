@@ -21,12 +21,14 @@ it is bound by memory bandwidth, and the limit it approaches is *bytes per token
    next token is copied into the graph's static input, and EOS is checked every ``sync_every`` tokens,
    when the chunk is also handed to the streaming callback. The CPU runs ahead and keeps the GPU fed.
 
-Measured on an H100 (random:tinyllama bf16, prompt 512, 128 new tokens, one ``check phase0`` run): the Triton
-step 1.196 ms/token = 836 decode tok/s = 58 % MBU (2.37× HF's compiled static-cache generate), 134 kernels in
-the step's graph; the inductor step, in a separate run of ``scripts/gpu_triton_decode.py``, 582 tok/s = 40 %
-(~360 kernels). The rest of the gap to the roof: the small GEMVs (qkv, o: 8–10 MB) reach only ~55 % of copy
-bandwidth (a kernel's ramp-up and tail are comparable to its 3 µs of reads) and attention + merge cost ~8 µs
-per layer (per-kernel figures: ``scripts/gpu_triton_decode.py``).
+Measured on an H100 (random:tinyllama bf16, prompt 512, 128 new tokens, ``scripts/gpu_pdl_variants.py``):
+the first Triton step, 1.20 ms/token (58 % MBU, ~2.4× HF's compiled static-cache generate); with
+programmatic dependent launch — each kernel requests its first weight slab before waiting for the previous
+kernel, so launch and ramp-up overlap the previous tail — and whole-row GEMV tiles, 1.09 ms of graph replay;
+with the attention products on tensor cores, 1.06 ms/token = 65 % MBU. The inductor step, in a separate run
+of ``scripts/gpu_triton_decode.py``, 582 tok/s = 40 % (~360 kernels). What is left between 65 % and the
+roof: the small GEMVs (qkv, o: 8–10 MB, ~3 µs of reads each) still pay a ramp-up and tail comparable to
+their reads, and attention + merge are two latency-bound kernels per layer.
 
 On a CPU (tests) the step runs eagerly in PyTorch; ``decode_kernels="triton"`` runs the Triton kernels
 there too under ``TRITON_INTERPRET=1`` (slow; for tests).

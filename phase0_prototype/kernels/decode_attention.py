@@ -8,9 +8,16 @@ is taken from registers, so no program reads a slot written in the same launch).
 puts tens of programs on the GPU instead of ``B·Hkv`` (4 at batch 1), and the grid is fixed by the cache
 length so the launch captures in a CUDA graph; splits past the current position load nothing.
 A second kernel merges the splits' partial results (log-sum-exp weights) into ``[B, Hq·D]``.
+
+At batch 1 and a few hundred positions the kernel moves ~150 KB per KV head: it is bound by latency, not
+bandwidth, so the two products run on tensor cores (``USE_DOT``: the G = 8 query heads of a group padded to
+16 rows, ``q·Kᵀ`` and ``p·V`` as ``tl.dot``; p rounded to the cache dtype as in flash attention). On the H100
+that cut the whole decode step from 1088 to 1058 µs against the CUDA-core broadcast-and-reduce version.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -18,13 +25,17 @@ import triton.language as tl
 
 BLOCK_S = 32  # cache positions per loop step
 MAX_SPLITS = 128
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # its tl.dot mishandles bf16: products run in fp32 there
+USE_DOT = True  # scores and p·V on tensor cores (query heads of a group padded to 16 rows); False: CUDA cores
 
 
 @triton.jit
 def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_o_ptr, part_ml_ptr,
                          stride_qkv, stride_cb, stride_ch, stride_cs, q_size, kv_size, n_kv_heads, n_splits,
                          scale, ROPE: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                         SPLIT_LEN: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr):
+                         SPLIT_LEN: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
+                         USE_DOT: tl.constexpr, IS_FP32: tl.constexpr,
+                         DOT_IN_FP32: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // n_kv_heads
@@ -72,20 +83,36 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     l_sum = tl.where(mine, 1.0, 0.0) + tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.where(mine, 1.0, 0.0) * v_new[None, :] + tl.zeros((BLOCK_G, D), dtype=tl.float32)
     end = tl.minimum(start + SPLIT_LEN, pos)  # cached positions [start, end) are older than this token
+    q_dot = q.to(k_ptr.dtype.element_ty)
     for s0 in range(0, SPLIT_LEN, BLOCK_S):
         offs_s = start + s0 + tl.arange(0, BLOCK_S)
         mask_s = offs_s < end
         kv_off = offs_s.to(tl.int64)[:, None] * stride_cs + offs_d[None, :]
-        k = tl.load(k_base + kv_off, mask=mask_s[:, None], other=0.0).to(tl.float32)
-        v = tl.load(v_base + kv_off, mask=mask_s[:, None], other=0.0).to(tl.float32)
-        scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * qk_scale  # [BLOCK_G, BLOCK_S]
+        k = tl.load(k_base + kv_off, mask=mask_s[:, None], other=0.0)
+        v = tl.load(v_base + kv_off, mask=mask_s[:, None], other=0.0)
+        if USE_DOT:  # tensor cores: [BLOCK_G ≥ 16, D] x [D, BLOCK_S]; fp32 caches keep full precision
+            if DOT_IN_FP32:
+                scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee") * qk_scale
+            else:
+                scores = tl.dot(q_dot, tl.trans(k)) * qk_scale
+        else:  # CUDA cores: a broadcast multiply and a reduction over D
+            k = k.to(tl.float32)
+            scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * qk_scale  # [BLOCK_G, BLOCK_S]
         scores = tl.where(mask_s[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: keep exp() away from nan
         alpha = tl.exp2(m - m_safe)
         p = tl.exp2(scores - m_safe[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        if USE_DOT:  # p rounded to the cache dtype for the second product (as flash attention does)
+            if DOT_IN_FP32:
+                if not IS_FP32:
+                    p = p.to(v.dtype).to(tl.float32)
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        else:
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
         m = m_new
     # partials: o [B, Hq, splits, D] (unnormalised), (m, l) [B, Hq, splits, 2]
     hq = (b * n_kv_heads + h) * G + offs_g
@@ -157,8 +184,9 @@ def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     _attend_split_kernel[(B * n_kv, n_splits)](
         qkv, k_cache, v_cache, cos, sin, positions, part_o, part_ml,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), n_heads * D, n_kv * D,
-        n_kv, n_splits, D ** -0.5, ROPE=rope, G=G, BLOCK_G=triton.next_power_of_2(G), D=D, SPLIT_LEN=chunk,
-        BLOCK_S=block_s, USE_PDL=pdl,
+        n_kv, n_splits, D ** -0.5, ROPE=rope, G=G, BLOCK_G=max(16, triton.next_power_of_2(G)) if USE_DOT else
+        triton.next_power_of_2(G), D=D, SPLIT_LEN=chunk, BLOCK_S=block_s, USE_PDL=pdl, USE_DOT=USE_DOT,
+        IS_FP32=k_cache.dtype == torch.float32, DOT_IN_FP32=k_cache.dtype == torch.float32 or INTERPRETED,
         num_warps=num_warps, **launch_options(pdl))
     _combine_kernel[(B * n_heads,)](part_o, part_ml, out, positions, n_splits, out.stride(0), n_heads,
                                     D=D, BLOCK_SPLITS=triton.next_power_of_2(n_splits), SPLIT_LEN=chunk,

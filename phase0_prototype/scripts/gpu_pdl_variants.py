@@ -1,7 +1,8 @@
 """What each decode-step change buys, on random:tinyllama bf16 (prompt 512, 128 new tokens), one GPU run.
 
 Variants of the Triton decode step (kernels/step.py), each captured in a CUDA graph:
-programmatic dependent launch on/off (``TITANINFER_PDL``), attention split length, and GEMV tile configs.
+programmatic dependent launch on/off (``TITANINFER_PDL``), attention on CUDA cores or tensor cores
+(``decode_attention.USE_DOT``), attention split length, and GEMV tile configs.
 (An earlier run of this script also tried merging the attention splits inside the attention kernel — the
 last program to finish merges, found with an atomic counter — instead of a second kernel: it saved the
 launch but serialised the merge behind the slowest split, 1217 vs 1207 µs per step at 32 positions per
@@ -38,12 +39,6 @@ def log(*a):
     print(f"[{time.time() - T0:5.0f}s]", *a, flush=True)
 
 
-def wide8_config(n, k, batch, swiglu, norm=False):
-    if batch > 1 or n >= 16384:
-        return DEFAULT_CONFIG(n, k, batch, swiglu, norm)
-    return (2, 2048, 8) if swiglu else (4, 2048, 8)
-
-
 @torch.inference_mode()
 def replay_us(engine, reps=100, trials=3):
     """(min, max) over ``trials`` of the mean µs per replay of the step's graph, ``reps`` back to back."""
@@ -69,18 +64,19 @@ model = load_model("random:tinyllama", dtype="bf16", device="cuda")
 prompt = bench.random_prompt(512, 32000, "cuda")
 bpt = decode_bytes_per_token(model.config, model.dtype, 512 + 64)
 ref = load_impl("solution").build(model, max_seq_len=640, compile=False).generate(prompt, 16, stop_on_eos=False).tokens
-# name, PDL, attention positions per loop step (= per split at this length), GEMV configs
+# name, PDL, attention positions per loop step (= per split at this length), GEMV configs, tensor-core attention
 VARIANTS = [
-    ("first sweep's tiles, no PDL", "0", 32, ORIGINAL_CONFIG),
-    ("default tiles, no PDL", "0", 32, gemv.default_config),
-    ("default tiles + PDL", "1", 32, gemv.default_config),
-    ("default + PDL, attention 16/split", "1", 16, gemv.default_config),
-    ("default + PDL, attention 64/split", "1", 64, gemv.default_config),
-    ("8-warp wide tiles + PDL", "1", 32, wide8_config),
+    ("first sweep's tiles, no PDL", "0", 32, ORIGINAL_CONFIG, False),
+    ("default tiles + PDL", "1", 32, DEFAULT_CONFIG, False),
+    ("+ tensor-core attention", "1", 32, DEFAULT_CONFIG, True),
+    ("+ tensor-core attention 16/split", "1", 16, DEFAULT_CONFIG, True),
+    ("+ tensor-core attention 64/split", "1", 64, DEFAULT_CONFIG, True),
+    ("+ tensor-core attention 128/split", "1", 128, DEFAULT_CONFIG, True),
 ]
 best = None
-for name, pdl, block_s, config in VARIANTS:
+for name, pdl, block_s, config, use_dot in VARIANTS:
     os.environ["TITANINFER_PDL"] = pdl
+    decode_attention.USE_DOT = use_dot
     decode_attention.BLOCK_S = block_s
     gemv.default_config = config
     try:
