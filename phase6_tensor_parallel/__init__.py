@@ -9,16 +9,24 @@ Public contract (``framework``, ``solution`` and a learner's module provide)::
     class TPEngine:
         name: str; mode: str
         def forward_logits(self, tokens: LongTensor[B, T]) -> FloatTensor[B, T, vocab]   # fp32, same on every rank
-        def generate(self, prompt_ids: LongTensor[B, T] | list[int], max_new_tokens: int) -> LongTensor[B, new]
-            # greedy with a KV cache; the same ids on every rank
+        def generate(self, prompt_ids: LongTensor[B, T] | list[int], max_new_tokens: int, *,
+                     graph: bool | None = None) -> LongTensor[B, new]
+            # greedy with a KV cache; the same ids on every rank; graph (default on CUDA): one replay per token
 
 - ``layers``: ``ColumnParallelLinear`` (optionally gathering), ``RowParallelLinear`` (all-reduce of partial sums),
   ``VocabParallelEmbedding`` (masked lookup + all-reduce), ``ParallelLMHead`` (column-parallel + all-gather).
 - ``framework``: every linear column-parallel + all-gather (the seed's version, replicated activations);
   ``solution``: Megatron pairing (qkv, gate/up column; o_proj, down row: two all-reduces per layer), KV heads
   sharded, the two half batches alternating compute and async all-reduce.
+- ``static_decode``: the decode step with static shapes (device-side position, full-length masked cache),
+  captured in one CUDA graph with its NCCL collectives; ``generate`` uses it on a GPU (``graph=False``: eager).
+- ``ops`` / ``kernels``: a fused Triton RMSNorm and phase 0's RoPE + cache-write + attention kernels for that
+  step on a GPU (PyTorch on a CPU).
 - ``dist_env``: ``TPGroup``, ``init_distributed`` (NCCL on GPU, gloo on CPU, short timeouts), ``spawn``.
-- ``allreduce_study``: all-reduce timings 1 KB–256 MB, α-β least-squares fit, Ring/Tree models, bus bandwidth.
+- ``allreduce_study``: all-reduce timings 1 KB–256 MB (k calls per CUDA-graph replay), minimax and least-squares
+  α-β fits, Ring/Tree models, bus bandwidth.
+- ``throughput`` / ``sweep_tables``: graph-replayed decode-step sweeps, exposed communication from the profiler
+  (and a no-communication ablation), the P6.2/P6.3 tables.
 - CLI: ``torchrun --nproc-per-node N -m phase6_tensor_parallel generate --model random:tiny --prompt "..."``
   or ``python -m phase6_tensor_parallel generate --tp N ...`` (spawns N local processes).
 """

@@ -1,24 +1,30 @@
 """Phase 6 measurements for P6.1–P6.4 (``module0_profiling.targets`` contract).
 
 - **P6.1** (measured on any machine): greedy tokens of the implementation at TP=1 (this process) and TP=2
-  (two spawned ranks; gloo on CPU, NCCL on 2 GPUs), fp32, same seeded weights — identical or not.
+  (two spawned ranks; gloo on CPU, NCCL on 2 GPUs), fp32, same seeded weights — identical or not. On GPUs
+  both decode paths are compared: CUDA-graph replays (``generate``'s default there) and eager steps.
   ``size="small"``: ``random:tiny``, batch 2, prompt 16, 24 new tokens; ``"full"``: ``random:tinyllama``.
-- **P6.2** (2+ GPUs): ``random:tinyllama`` bf16, context 256, decode step time over batch 1–256 at TP=1
-  (this process) and TP=2 (solution); speed-up = best TP=2/TP=1 throughput ratio at batch ≥ 64; comm share =
-  exposed communication / step at that batch (``throughput.NoCommGroup`` ablation, not the profiler).
-- **P6.3** (2+ GPUs): exposed communication (step − no-comm step) of the solution over the framework's, TP=2,
-  at batch 64.
+- **P6.2** (2+ GPUs): ``random:tinyllama`` bf16, context 256, one decode step replayed from a CUDA graph
+  (``static_decode``), batch 1–256, TP=1 (this process) and TP=2; speed-up = best TP=2/TP=1 throughput ratio
+  at batch ≥ 64, the solution in the faster of its two modes at each batch (half-batch overlap on or off: a
+  graph is captured per batch size, so the engine can pick); comm share = exposed communication / step at
+  that batch and mode, from the profiler (NCCL kernel time no compute kernel overlaps, mean of the ranks);
+  the ``NoCommGroup`` ablation is shown beside it.
+- **P6.3** (2+ GPUs): exposed communication of the solution (overlap on) over the framework's, TP=2, batch 64,
+  same measure.
 - **P6.4** (2+ GPUs): ``allreduce_study.run_study`` — one torchrun per NCCL algorithm (Ring, Tree),
-  1 KB–256 MB, α-β fit, worst model error per algorithm.
-The GPU paths (P6.2–P6.4) are written and smoke-tested over gloo only; they have not run on GPUs yet.
+  1 KB–256 MB, k all-reduces per CUDA-graph replay, minimax α-β fit, worst relative error per algorithm.
 
 On a CPU the gloo run also times a tiny all-reduce sweep (a smoke of the study code, not P6.4).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import traceback
+from pathlib import Path
 
 import torch
 
@@ -34,8 +40,8 @@ SHAPES = {
     "small": dict(model="random:tiny", batch=2, prompt=16, new=24),
 }
 GPU_KIND = "nvidia-h200-x2"
-SWEEP = dict(model="random:tinyllama", dtype="bf16", batches=[1, 4, 16, 64, 128, 256], context=256, steps=20,
-             p6_3_batch=64)
+SWEEP = dict(model="random:tinyllama", dtype="bf16", batches=[1, 4, 16, 64, 128, 256], context=256, steps=30,
+             p6_3_batch=64, profile_iters=10)
 
 
 def progress(message: str) -> None:
@@ -56,20 +62,24 @@ def greedy_tp1_vs_tp2(impl: str, shapes: dict, device: str, result: BenchResult)
     t0 = time.perf_counter()
     tp1 = engine.generate(prompt, shapes["new"])
     tp1_s = time.perf_counter() - t0
+    tp1_eager = engine.generate(prompt, shapes["new"], graph=False) if device == "cuda" else tp1
     del engine, model
     progress(f"P6.1 TP=2 on 2 spawned ranks ({'NCCL' if device == 'cuda' else 'gloo'})")
     sizes = [] if device == "cuda" else [1024, 16384, 262144]
     ranks = spawn(bench_rank, 2, impl, shapes["model"], prompt, shapes["new"], device, sizes,
-                  device=device, timeout_s=300)
-    tp2 = ranks[0]["greedy"]
-    same = bool(torch.equal(tp1, tp2)) and bool(torch.equal(tp2, ranks[1]["greedy"]))
-    matched = int((tp1 == tp2).all(dim=0).cumprod(0).sum())  # leading steps identical for every sequence
+                  device=device, timeout_s=150)
+    pairs = [(tp1, r["greedy"]) for r in ranks] + [(tp1_eager, r["greedy_eager"]) for r in ranks]
+    same = all(torch.equal(a, b) for a, b in pairs)
+    # Leading steps identical for every sequence, on every rank and path.
+    matched = min(int((a == b).all(dim=0).cumprod(0).sum()) for a, b in pairs)
     result.metrics["p6_1_greedy_identical"] = 1.0 if same else 0.0
     result.metrics["p6_1_tokens_matched"] = float(matched)
-    result.context.update(p6_1_new_tokens=shapes["new"], tp2_mode=ranks[0]["mode"])
+    paths = "CUDA graph and eager decode" if device == "cuda" else "eager decode"
+    result.context.update(p6_1_new_tokens=shapes["new"], p6_1_paths=paths, tp2_mode=ranks[0]["mode"])
     n = tp1.numel()
-    result.comparisons += [Comparison("TP=1 greedy generate", tp1_s, note=f"{n / tp1_s:.0f} tok/s"),
-                           Comparison("TP=2 greedy generate", ranks[0]["seconds"],
+    how = "CUDA graph" if device == "cuda" else "eager"
+    result.comparisons += [Comparison(f"TP=1 greedy generate ({how}, fp32)", tp1_s, note=f"{n / tp1_s:.0f} tok/s"),
+                           Comparison(f"TP=2 greedy generate ({how}, fp32)", ranks[0]["seconds"],
                                       note=f"{n / ranks[0]['seconds']:.0f} tok/s, {ranks[0]['mode']}")]
     sweep = ranks[0]["allreduce"]
     if sweep:
@@ -78,55 +88,94 @@ def greedy_tp1_vs_tp2(impl: str, shapes: dict, device: str, result: BenchResult)
             "| bytes | µs |\n|---|---|\n" + rows
 
 
-def allreduce_targets(result: BenchResult) -> None:
+def allreduce_targets(result: BenchResult) -> list[dict]:
     """P6.4 on 2 GPUs: Ring and Tree sweeps, α-β fits, worst model error."""
     from phase6_tensor_parallel.allreduce_study import plot, run_study, table
 
     progress("P6.4 all-reduce sweeps (NCCL_ALGO=Ring, Tree)")
-    runs = run_study(2, device="cuda")
+    runs = run_study(2, device="cuda", timeout_s=120)
     for r in runs:
         result.metrics[f"p6_4_model_error_{r['algo'].lower()}"] = r["model_error"]
     result.tables["all-reduce α-β study (2 GPUs)"] = table(runs)
-    png = plot(runs, "allreduce_alpha_beta.png")
+    # $OUT is where the device machine's files come back from; elsewhere the working directory.
+    png = plot(runs, str(Path(os.environ.get("OUT", ".")) / "allreduce_alpha_beta.png"))
     if png:
         result.notes.append(f"all-reduce plot written to {png}")
+    return runs
 
 
-def throughput_targets(impl: str, result: BenchResult, *, device: str = "cuda", sweep: dict = SWEEP) -> None:
-    """P6.2 and P6.3 on 2 GPUs: decode-step sweeps at TP=1 and TP=2, with the no-communication ablation.
+def throughput_targets(impl: str, result: BenchResult, *, device: str = "cuda", sweep: dict = SWEEP,
+                       allreduce_runs: list[dict] | None = None) -> None:
+    """P6.2 and P6.3 on 2 GPUs: CUDA-graph decode steps at TP=1 and TP=2 (framework, solution with and
+    without overlap), exposed communication from the profiler (and the no-comm ablation).
 
-    (``device="cpu"`` with a tiny ``sweep`` runs the same code over gloo: the tests' smoke of this path.)
+    (``device="cpu"`` with a tiny ``sweep`` runs the same code eagerly over gloo: the tests' smoke of this path.)
     """
+    from phase6_tensor_parallel.allreduce_study import AlphaBeta
+    from phase6_tensor_parallel.sweep_tables import (
+        allreduce_model_us,
+        best_mode,
+        comm_table,
+        exposed_at,
+        mean_over_ranks,
+        throughput_table,
+    )
     from phase6_tensor_parallel.throughput import sweep_rank
 
     args = (sweep["model"], sweep["dtype"], device, sweep["batches"], sweep["context"], sweep["steps"])
-    progress("P6.2 TP=1 decode sweep")
-    tp1 = sweep_rank(TPGroup(), impl, *args)
-    progress("P6.2/P6.3 TP=2 decode sweeps (framework, solution)")
-    tp2 = {name: spawn(sweep_rank, 2, name, *args, device=device, timeout_s=600)[0]
-           for name in dict.fromkeys(["framework", impl])}
+    prof = dict(profile_iters=sweep.get("profile_iters", 10))
+    progress("P6.2 TP=1 decode sweep (CUDA graphs)" if device == "cuda" else "P6.2 TP=1 decode sweep (eager, CPU)")
+    tp1 = sweep_rank(TPGroup(), [("tp1", impl, False)], *args, **prof)["tp1"]["step_s"]
+    labels = ["framework", impl, f"{impl}_no_overlap"]
+    configs = [("framework", "framework", False), (impl, impl, True), (f"{impl}_no_overlap", impl, False)]
+    progress("P6.2/P6.3 TP=2 decode sweeps: " + ", ".join(labels))
+    ranks = spawn(sweep_rank, 2, configs, *args, device=device, timeout_s=200, kwargs=prof)
     batches = sweep["batches"]
-    rows, best = [], (0.0, None)
+    modes = [impl, f"{impl}_no_overlap"]
+    best = None  # (ratio, share, batch index, source, mode)
     for i, b in enumerate(batches):
-        ratio = tp1["step_s"][i] / tp2[impl]["step_s"][i]  # same tokens per step: throughput ratio
-        share = max(tp2[impl]["step_s"][i] - tp2[impl]["nocomm_step_s"][i], 0.0) / tp2[impl]["step_s"][i]
-        rows.append(f"| {b} | {b / tp1['step_s'][i]:.0f} | {b / tp2[impl]['step_s'][i]:.0f} | {ratio:.2f}× | "
-                    f"{100 * share:.1f} % |")
-        if b >= 64 and ratio > best[0]:
-            best = (ratio, share)
-    result.tables["decode throughput, TP=1 vs TP=2"] = (
-        "| batch | TP=1 tok/s | TP=2 tok/s | TP=2/TP=1 | comm share (TP=2) |\n|---|---|---|---|---|\n" + "\n".join(rows))
-    if best[1] is not None:
-        result.metrics["p6_2_speedup"], result.metrics["p6_2_comm_share"] = best
-    i = batches.index(sweep["p6_3_batch"])
-    exposed = {n: max(r["step_s"][i] - r["nocomm_step_s"][i], 0.0) for n, r in tp2.items()}
-    if exposed["framework"] > 0:
-        result.metrics["p6_3_exposed_comm_ratio"] = exposed[impl] / exposed["framework"]
+        mode = best_mode(ranks, modes, i)
+        exp = exposed_at(ranks, [mode], i)
+        step = mean_over_ranks(ranks, mode, "step_s")[i]
+        ratio = tp1[i] / step  # same tokens per step: throughput ratio
+        if b >= 64 and exp and (best is None or ratio > best[0]):
+            best = (ratio, exp[mode].seconds / step, i, exp[mode].source, mode)
+    how = "one CUDA-graph replay per step" if device == "cuda" else "static steps run eagerly over gloo"
+    result.tables[f"decode throughput, TP=1 vs TP=2 ({how})"] = \
+        throughput_table(batches, tp1, ranks, modes, ["framework"])
+    if best is not None:
+        result.metrics["p6_2_speedup"], result.metrics["p6_2_comm_share"] = best[0], best[1]
+        result.context["p6_2_best"] = f"batch {batches[best[2]]}, {best[4]} (comm share from the {best[3]})"
     else:
+        result.skip("p6_2_speedup", "no batch ≥ 64 in the sweep")
+        result.skip("p6_2_comm_share", "no batch ≥ 64 in the sweep")
+    i = batches.index(sweep["p6_3_batch"])
+    exp = exposed_at(ranks, labels, i)
+    if exp is None or exp["framework"].seconds <= 0:
         result.skip("p6_3_exposed_comm_ratio", "the framework showed no exposed communication to compare with")
-    for n, r in tp2.items():
-        result.comparisons.append(Comparison(f"TP=2 {n} decode step, batch {batches[i]}", r["step_s"][i],
-                                             note=f"exposed comm {exposed[n] * 1e6:.0f} µs"))
+    else:
+        result.metrics["p6_3_exposed_comm_ratio"] = exp[impl].seconds / exp["framework"].seconds
+        result.context["p6_3_measure"] = f"exposed communication from the {exp[impl].source}, batch {batches[i]}"
+    model_us = {}
+    if allreduce_runs:
+        ring = AlphaBeta(**next(r for r in allreduce_runs if r["algo"] == "Ring")["fit"])
+        c = ranks[0].get("config") or {}
+        h, layers, elem = c.get("hidden", 2048), c.get("layers", 22), 2
+        model_us = {impl: allreduce_model_us(ring.predict, batches[i], h, layers, elem, True),
+                    f"{impl}_no_overlap": allreduce_model_us(ring.predict, batches[i], h, layers, elem, False)}
+    result.tables["communication per TP=2 decode step"] = comm_table(batches, ranks, labels, i, model_us)
+    for lb in labels:
+        result.comparisons.append(Comparison(f"TP=2 {lb} decode step, batch {batches[i]}",
+                                             mean_over_ranks(ranks, lb, "step_s")[i],
+                                             note=f"exposed comm {exp[lb].seconds * 1e6:.0f} µs ({exp[lb].source})"
+                                             if exp else ""))
+    result.comparisons.insert(len(result.comparisons) - len(labels),
+                              Comparison(f"TP=1 decode step, batch {batches[i]}", tp1[i]))
+    summary = ranks[0][impl].get("summary")
+    if summary:
+        result.trace = summary[i]
+        result.trace_region = (f"{prof['profile_iters']} CUDA-graph replays of the TP=2 {impl} decode step, "
+                               f"batch {batches[i]}, rank 0")
 
 
 def run(impl: str, size: str) -> BenchResult:
@@ -155,6 +204,22 @@ def run(impl: str, size: str) -> BenchResult:
                        "p6_4_model_error_ring", "p6_4_model_error_tree"):
             result.skip(metric, why)
         return result
-    throughput_targets(impl, result)
-    allreduce_targets(result)
+    # Each GPU part reports its own failure (as SKIP with the error) so the other part's figures still land.
+    runs = guarded("P6.4", result, ("p6_4_model_error_ring", "p6_4_model_error_tree"), allreduce_targets, result)
+    guarded("P6.2/P6.3", result, ("p6_2_speedup", "p6_2_comm_share", "p6_3_exposed_comm_ratio"),
+            throughput_targets, impl, result, allreduce_runs=runs)
     return result
+
+
+def guarded(what: str, result: BenchResult, metrics: tuple[str, ...], fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; on an exception, its metrics are skipped with the error (traceback on stderr)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001  (a report with the error beats no report)
+        traceback.print_exc()
+        line = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        for m in metrics:
+            if m not in result.metrics:
+                result.skip(m, f"{what} measurement failed: {line}")
+        result.notes.append(f"{what} measurement failed: {line}")
+        return None

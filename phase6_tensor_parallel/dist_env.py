@@ -55,9 +55,12 @@ class TPGroup:
         """Concatenate every rank's ``x`` along the last dimension, in rank order."""
         if not self.distributed:
             return x
-        parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=-1)
+        # One collective into one buffer (rank slices stacked on dim 0), then moved to the last dim: no list of
+        # per-rank tensors and no extra concatenation kernel per rank.
+        flat = x.contiguous().view(1, -1)
+        out = torch.empty(self.world, flat.shape[1], dtype=x.dtype, device=x.device)
+        dist.all_gather_into_tensor(out, flat)
+        return out.view(self.world, *x.shape).movedim(0, -2).reshape(*x.shape[:-1], self.world * x.shape[-1])
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.distributed:
@@ -108,7 +111,8 @@ def local_device(device: str, group: TPGroup) -> torch.device:
 
 # --- spawn: N local processes without torchrun (tests, generate --tp N) -----------------------------
 
-def _entry(rank: int, fn: Callable, world: int, port: int, device: str, timeout_s: float, out_dir: str, args: tuple):
+def _entry(rank: int, fn: Callable, world: int, port: int, device: str, timeout_s: float, out_dir: str, args: tuple,
+           kwargs: dict):
     if torch.device(device).type == "cpu":
         # N ranks share the cores: one intra-op thread each, or OpenMP spin-waits starve gloo's threads
         # and every collective waits milliseconds for a descheduled peer.
@@ -116,7 +120,7 @@ def _entry(rank: int, fn: Callable, world: int, port: int, device: str, timeout_
     try:
         group = init_distributed(device, rank=rank, world=world, init_method=f"tcp://127.0.0.1:{port}",
                                  timeout_s=timeout_s)
-        result = fn(group, *args)
+        result = fn(group, *args, **kwargs)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     except BaseException as e:
         (Path(out_dir) / f"rank{rank}.err").write_text(f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
@@ -126,8 +130,8 @@ def _entry(rank: int, fn: Callable, world: int, port: int, device: str, timeout_
 
 
 def spawn(fn: Callable[..., Any], world: int, *args: Any, device: str = "cpu",
-          timeout_s: float = 120.0, collective_timeout_s: float = 30.0) -> list[Any]:
-    """Run ``fn(group, *args)`` on ``world`` fresh processes; return each rank's result (rank order).
+          timeout_s: float = 120.0, collective_timeout_s: float = 30.0, kwargs: dict | None = None) -> list[Any]:
+    """Run ``fn(group, *args, **kwargs)`` on ``world`` fresh processes; return each rank's result (rank order).
 
     ``fn`` must be importable (a module-level function). A rank that raises or a run that exceeds
     ``timeout_s`` ends every process and raises ``TPError`` naming the first failing rank.
@@ -135,7 +139,8 @@ def spawn(fn: Callable[..., Any], world: int, *args: Any, device: str = "cpu",
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="tp_spawn_") as out_dir:
-        ctx = mp.start_processes(_entry, args=(fn, world, free_port(), device, collective_timeout_s, out_dir, args),
+        ctx = mp.start_processes(_entry, args=(fn, world, free_port(), device, collective_timeout_s, out_dir, args,
+                                                    kwargs or {}),
                                  nprocs=world, join=False, start_method="spawn")
         deadline = time.monotonic() + timeout_s
         try:

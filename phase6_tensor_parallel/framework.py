@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 
 from phase0_prototype.config import LlamaConfig
-from phase0_prototype.model import rms_norm, swiglu
+from phase0_prototype.model import swiglu
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LayerWeights
 from phase6_tensor_parallel.dist_env import TPGroup
-from phase6_tensor_parallel.engine import AttnContext, TPEngine, cached_attention
+from phase6_tensor_parallel.engine import AttnContext, TPEngine, qkv_attention
 from phase6_tensor_parallel.layers import ColumnParallelLinear
+from phase6_tensor_parallel.ops import rms_norm
 
 
 class GatheringLayer:
@@ -36,12 +37,8 @@ class GatheringLayer:
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         c = self.config
-        b, t, _ = x.shape
         qkv = self.qkv(rms_norm(x, self.input_norm, c.rms_norm_eps))
-        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        attn = cached_attention(q.view(b, t, -1, c.head_dim), k.view(b, t, -1, c.head_dim),
-                                v.view(b, t, -1, c.head_dim), ctx)
-        x = x + self.o_proj(attn)
+        x = x + self.o_proj(qkv_attention(qkv, self.n_q_local, self.n_kv_local, ctx))
         gate, up = self.gate_up(rms_norm(x, self.post_norm, c.rms_norm_eps)).chunk(2, dim=-1)
         return x + self.down(swiglu(gate, up))
 

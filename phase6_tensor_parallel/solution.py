@@ -11,8 +11,10 @@
   so one half's all-reduce (``dist.all_reduce(async_op=True)``) runs while the other half computes.
 
 Limit approached: per decode step each rank reads 1/N of the weights and of the cache (HBM bandwidth / N)
-plus 2·layers all-reduces of ``batch × hidden`` elements, latency-bound (α) at small batch — the α-β study
-says how many microseconds that floor is. CUDA graphs with NCCL are not used here (not built).
+plus 2·layers all-reduces of ``batch × hidden`` elements, each costing at least NCCL's latency — on two
+NVLink H200s ~15 µs however small (``allreduce_study``), so 44 of them are ~0.7 ms, more than TP=1's whole
+weight read of TinyLlama (2.2 GB at ~4.2 TB/s ≈ 0.5 ms). On a GPU the step is one CUDA graph with the NCCL
+collectives inside (``static_decode``), with the norm and the attention as fused kernels (``ops``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from __future__ import annotations
 import torch
 
 from phase0_prototype.config import LlamaConfig
-from phase0_prototype.model import rms_norm, swiglu
+from phase0_prototype.model import swiglu
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LayerWeights
 from phase6_tensor_parallel.dist_env import TPError, TPGroup
-from phase6_tensor_parallel.engine import AttnContext, TPEngine, cached_attention
+from phase6_tensor_parallel.engine import AttnContext, TPEngine, qkv_attention
 from phase6_tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear, shard_fused
+from phase6_tensor_parallel.ops import rms_norm
 
 
 def check_tp_size(config: LlamaConfig, world: int) -> None:
@@ -58,13 +61,8 @@ class MegatronLayer:
 
     def attn_partial(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """This rank's partial o_proj output: all-reduce it and add to the residual."""
-        c = self.config
-        b, t, _ = x.shape
-        q_local, kv_local = self.n_q_local * c.head_dim, self.n_kv_local * c.head_dim
-        q, k, v = self.qkv(rms_norm(x, self.input_norm, c.rms_norm_eps)).split([q_local, kv_local, kv_local], -1)
-        attn = cached_attention(q.view(b, t, -1, c.head_dim), k.view(b, t, -1, c.head_dim),
-                                v.view(b, t, -1, c.head_dim), ctx)
-        return self.o_proj(attn)
+        qkv = self.qkv(rms_norm(x, self.input_norm, self.config.rms_norm_eps))
+        return self.o_proj(qkv_attention(qkv, self.n_q_local, self.n_kv_local, ctx))
 
     def mlp_partial(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's partial down_proj output."""

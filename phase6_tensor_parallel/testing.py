@@ -57,16 +57,25 @@ def layer_errors(group: TPGroup, seed: int) -> dict[str, float]:
 
 
 def model_outputs(group: TPGroup, spec: str, tokens: torch.Tensor, prompt: torch.Tensor, new_tokens: int) -> dict:
-    """Logits and greedy tokens of every implementation/mode on this rank's shard (fp32)."""
+    """Logits and greedy tokens of every implementation/mode on this rank's shard (fp32).
+
+    ``static_greedy``: the same greedy decode through the CUDA-graph-shaped step (``static_decode``), run
+    eagerly — on a CPU everything of the graph path but the capture.
+    """
     from phase0_prototype.sources import load_model
     from phase6_tensor_parallel import framework, solution
+    from phase6_tensor_parallel.static_decode import graph_generate
 
     model = load_model(spec, dtype="fp32", seed=1)
     engines = {"framework": framework.build(model, group=group),
                "solution": solution.build(model, group=group, overlap=True),
                "solution_no_overlap": solution.build(model, group=group, overlap=False)}
-    return {name: {"logits": e.forward_logits(tokens), "greedy": e.generate(prompt, new_tokens)}
-            for name, e in engines.items()}
+    out = {}
+    for name, e in engines.items():
+        out[name] = {"logits": e.forward_logits(tokens), "greedy": e.generate(prompt, new_tokens)}
+        with torch.inference_mode():
+            out[name]["static_greedy"] = graph_generate(e, prompt.to(e.device), new_tokens, capture=False)
+    return out
 
 
 def failing_rank(group: TPGroup, bad_rank: int) -> None:
@@ -81,8 +90,9 @@ def measurement_smoke(group: TPGroup, sizes: list[int]) -> dict:
     from phase6_tensor_parallel.allreduce_study import study_rank
     from phase6_tensor_parallel.throughput import sweep_rank
 
+    configs = [("framework", "framework", False), ("solution", "solution", True)]
     return {"allreduce": study_rank(group, sizes, "Ring", "cpu", iters=3),
-            "sweep": sweep_rank(group, "solution", "random:tiny", "fp32", "cpu", [1, 2], context=8, steps=3)}
+            "sweep": sweep_rank(group, configs, "random:tiny", "fp32", "cpu", [1, 2], context=8, steps=3)}
 
 
 def bench_rank(group: TPGroup, impl: str, spec: str, prompt: torch.Tensor, new_tokens: int,
@@ -100,7 +110,8 @@ def bench_rank(group: TPGroup, impl: str, spec: str, prompt: torch.Tensor, new_t
     engine = load_impl(impl).build(model, group=group, max_seq_len=prompt.shape[1] + new_tokens)
     engine.generate(prompt, 2)  # warm-up
     t0 = time.perf_counter()
-    greedy = engine.generate(prompt, new_tokens)
+    greedy = engine.generate(prompt, new_tokens)  # CUDA graphs on a GPU, eager on CPU
     seconds = time.perf_counter() - t0
+    eager = engine.generate(prompt, new_tokens, graph=False) if dev.type == "cuda" else greedy
     sweep = study_rank(group, allreduce_sizes, "Ring", device, iters=5) if allreduce_sizes else None
-    return {"greedy": greedy, "seconds": seconds, "mode": engine.mode, "allreduce": sweep}
+    return {"greedy": greedy, "greedy_eager": eager, "seconds": seconds, "mode": engine.mode, "allreduce": sweep}

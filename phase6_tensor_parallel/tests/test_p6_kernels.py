@@ -1,0 +1,102 @@
+"""The decode step's Triton kernels (fused RMSNorm; phase 0's attention through ``qkv_attention``) against the
+PyTorch path they replace. On a CPU they run in Triton's interpreter at small shapes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "triton" not in sys.modules:  # the interpreter is chosen when kernels are decorated: set it before
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton on a CPU needs TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
+
+from phase0_prototype import load_model  # noqa: E402
+from phase0_prototype.model import rms_norm as reference_rms_norm  # noqa: E402
+from phase0_prototype.model import rope_cache  # noqa: E402
+from phase6_tensor_parallel import ops, solution  # noqa: E402
+from phase6_tensor_parallel.engine import AttnContext, qkv_attention  # noqa: E402
+from phase6_tensor_parallel.kernels.rmsnorm import triton_rms_norm  # noqa: E402
+from phase6_tensor_parallel.static_decode import graph_generate  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def kernels_on(monkeypatch):
+    monkeypatch.setattr(ops, "KERNELS", True)
+
+
+def rand(*shape, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])  # bf16: 1–2 ulp (two roundings)
+@pytest.mark.parametrize("width", [96, 128])
+def test_rms_norm_kernel_matches_the_reference(dtype, tol, width):
+    x, w = rand(5, 3, width, seed=1, dtype=dtype) * 3, rand(width, seed=2, dtype=dtype)
+    torch.testing.assert_close(triton_rms_norm(x, w, 1e-5), reference_rms_norm(x, w, 1e-5), rtol=tol, atol=tol)
+    half = x.reshape(15, width)[7:]  # a row block of a larger batch (the overlap's half batch): a view
+    torch.testing.assert_close(triton_rms_norm(half, w, 1e-5), reference_rms_norm(half, w, 1e-5), rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="does not match the last dim"):
+        triton_rms_norm(x, w[:-1], 1e-5)
+
+
+@pytest.mark.parametrize("n_q,n_kv", [(8, 2), (4, 1)])  # random:tiny unsharded, and one rank of TP=2
+def test_qkv_attention_kernel_matches_the_pytorch_path(kernels_on, n_q, n_kv):
+    d, b, length = 16, 3, 40
+    cfg = load_model("random:tiny", dtype="fp32").config
+    cos, sin = rope_cache(cfg, length, DEVICE)
+    qkv = rand(b, 1, (n_q + 2 * n_kv) * d, seed=3)
+
+    def run(use):
+        ctx = AttnContext([rand(b + 1, n_kv, length, d, seed=4)], [rand(b + 1, n_kv, length, d, seed=5)], 0,
+                          cos, sin, rows=slice(1, b + 1), pos=torch.tensor(23, device=DEVICE))
+        ops.KERNELS = use
+        out = qkv_attention(qkv, n_q, n_kv, ctx)
+        return out, ctx.cache_k[0], ctx.cache_v[0]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_static_greedy_with_kernels_equals_eager_generate(kernels_on):
+    model = load_model("random:tiny", dtype="fp32", device=DEVICE, seed=3)
+    prompt = torch.randint(3, model.config.vocab_size, (2, 4), generator=torch.Generator().manual_seed(6))
+    engine = solution.build(model)
+    with torch.inference_mode():
+        fused = graph_generate(engine, prompt.to(DEVICE), 5, capture=DEVICE == "cuda")
+        ops.KERNELS = False
+        eager = engine.generate(prompt, 5, graph=False)
+    assert torch.equal(fused, eager)
+
+
+@pytest.mark.parametrize("impl", ["framework", "solution"])
+def test_kernels_in_the_overlapped_half_batches(kernels_on, impl):
+    """One rank's shard (world 2, collectives as no-ops) with the half-batch overlap: each half's attention
+    kernel gets its rows of the cache and of the positions; same logits as the PyTorch static step."""
+    from phase6_tensor_parallel import load_impl
+    from phase6_tensor_parallel.static_decode import StaticDecoder
+    from phase6_tensor_parallel.throughput import NoCommGroup
+
+    model = load_model("random:tiny", dtype="fp32", device=DEVICE, seed=9)
+    engine = load_impl(impl).build(model, group=NoCommGroup(1, 2), overlap=True)
+    logits = {}
+    for use in (True, False):
+        ops.KERNELS = use
+        with torch.inference_mode():
+            decoder = StaticDecoder(engine, 4, max_len=12)
+            decoder.fill_cache_randomly(6, seed=2)
+            decoder.tokens.copy_(torch.arange(10, 14, device=DEVICE)[:, None])
+            logits[use] = engine.forward(decoder.tokens, decoder.ctx)
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-4, atol=1e-4)
