@@ -21,7 +21,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
         check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
-        notebooks lab serve clean
+        notebooks lab serve clean chat bench report
 
 help: ## list the targets
 	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
@@ -47,6 +47,15 @@ run: setup ## generate text offline with the bundled model (CPU is fine)
 
 serve: setup ## the OpenAI-compatible server on http://127.0.0.1:8000/v1 with the bundled model (phase 4)
 	$(BIN)/titaninfer serve --model kjv-llama-18m --port 8000
+
+chat: setup ## talk to the bundled model through its chat template (CPU is fine; Ctrl-D ends)
+	$(BIN)/titaninfer chat
+
+bench: setup ## offline throughput and bs=1 latency of the assembled engine
+	$(BIN)/titaninfer bench
+
+report: setup ## every phase's check, one after another (regenerates reports/)
+	$(BIN)/titaninfer report --impl $(IMPL) $(if $(SIZE),--size $(SIZE),)
 
 test: setup test-rust test-python test-notebooks ## what CI runs: Rust tests, CPU pytest of every phase, notebooks
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,9 @@ def run_check(phase_name: str, impl: str = "solution", size: str | None = None,
     print(f"[check] {phase}: impl={impl} size={size} device={device.name}", flush=True)
     peaks = measured_peaks(device)
     t0 = time.perf_counter()
-    result: BenchResult = bench.run(impl=impl, size=size)
+    # A bench that writes its own figures (plots beside the report) takes the report folder.
+    extra = {"out_dir": Path(out_root or ROOT / "reports") / phase} if "out_dir" in inspect.signature(bench.run).parameters else {}
+    result: BenchResult = bench.run(impl=impl, size=size, **extra)
     print(f"[check] bench finished in {time.perf_counter() - t0:.1f} s", flush=True)
     outcomes = evaluate(checks.TARGETS, result)
     print(format_table(outcomes))

@@ -1,15 +1,22 @@
 """CUDA graphs of the decode-only step, one per batch-size bucket (GPU only).
 
 A decode step of a small model is a few hundred short kernels; launching them from Python costs more
-than running them. A graph replays the whole step with one launch. Graphs need static shapes, so a
-batch of ``n`` decodes runs in the smallest bucket ``B >= n``: rows past ``n`` are padding with slot
--1 (the cache write skips them) and context length 0 (the decode kernel returns zeros for them), and
-the block-table width is fixed at the model's maximum context, passed as a host constant
-(``max_context_len``) so the kernel never reads a length back to the host.
+than running them (on an H100, TinyLlama's 22 layers × ~40 PyTorch ops ≈ 900 launches ≈ 5 ms of host
+time for ~1 ms of GPU work at batch 256). A graph replays the whole step with one launch. Graphs need
+static shapes, so a batch of ``n`` decodes runs in the smallest bucket ``B >= n`` (``runner.
+graph_sizes_for``: up to the engine's ``max_num_seqs``, so a full batch never falls back to eager): rows
+past ``n`` are padding with slot -1 (the cache write skips them) and context length 0 (the decode
+kernel returns zeros for them), and the block-table width is fixed at the model's maximum context,
+passed as a host constant (``max_context_len``) so the kernel never reads a length back to the host.
 
-Phase 3's Triton decode kernel is autotuned on its first call with a new shape: those tuning runs
-(and their host syncs) cannot happen inside a capture, so each bucket first runs eagerly on the
-same static buffers, then is captured.
+Each bucket owns one static int32 buffer laid out like ``step_inputs.HostStep`` (tokens, src,
+positions, slots, context lengths, block tables): a replay is one host->device copy into it, the
+replay, nothing else. The graph also takes the greedy token of every row (``argmax`` into the
+runner's ``last_tokens``), and reads tokens the host has not seen yet from there (``src``), so
+consecutive decode steps chain on the device.
+
+Phase 3's Triton kernels compile on their first call: each bucket first runs eagerly on the same
+static buffers, then is captured.
 """
 
 from __future__ import annotations
@@ -17,32 +24,7 @@ from __future__ import annotations
 import torch
 
 from module0_profiling.timing import capture_cuda_graph
-
-
-class _StaticInputs:
-    """The fields ``PagedModelRunner.forward`` reads, as fixed buffers of one bucket."""
-
-    def __init__(self, batch: int, max_blocks: int, block_size: int, device: torch.device):
-        as_long = dict(dtype=torch.long, device=device)
-        self.tokens = torch.zeros(batch, **as_long)
-        self.positions = torch.zeros(batch, **as_long)
-        self.slots = torch.full((batch,), -1, **as_long)
-        self.sample_rows = torch.arange(batch, **as_long)
-        self.block_tables = torch.zeros(batch, max_blocks, dtype=torch.int32, device=device)
-        self.context_lens = torch.zeros(batch, dtype=torch.int32, device=device)
-        self.max_context = max_blocks * block_size
-        self.num_decode_tokens, self.num_fresh_tokens, self.later = batch, 0, []
-
-    def load(self, inputs) -> None:
-        n = inputs.tokens.shape[0]
-        self.tokens[:n].copy_(inputs.tokens)
-        self.positions[:n].copy_(inputs.positions)
-        self.slots.fill_(-1)
-        self.slots[:n].copy_(inputs.slots)
-        self.block_tables.zero_()
-        self.block_tables[:n, : inputs.block_tables.shape[1]].copy_(inputs.block_tables)
-        self.context_lens.zero_()
-        self.context_lens[:n].copy_(inputs.context_lens)
+from phase4_scheduler.step_inputs import DeviceStep, HostStep
 
 
 class DecodeGraphs:
@@ -58,13 +40,28 @@ class DecodeGraphs:
 
     def _capture(self, batch: int):
         r = self.runner
-        static = _StaticInputs(batch, r.max_blocks_per_seq, r.block_size, r.device)
+        template = HostStep.graph_template(batch, r.max_blocks_per_seq)
+        buffer = torch.zeros(template.size, dtype=torch.int32, device=r.device)
+        for name in ("src", "slots"):  # padding everywhere until the first load
+            start, n = template.offsets[name]
+            buffer[start:start + n] = -1
+        static = DeviceStep(template, buffer, block_size=r.block_size)
         out = {}
-        for _ in range(2):  # eager first: phase 3's autotuner benchmarks (and syncs) outside any capture
-            out["logits"] = r.forward(static)
+
+        def step() -> None:
+            logits = r.forward(static)
+            r.last_tokens[:batch].copy_(logits.argmax(dim=-1))
+            out["logits"] = logits
+
+        # The capture's runs write last_tokens[:batch]; a bucket captured lazily mid-run must not lose the
+        # previous step's tokens, which this step's rows may still have to read (src).
+        saved = r.last_tokens.clone()
+        for _ in range(2):  # eager first: Triton compiles (and may tune) outside any capture
+            step()
         torch.cuda.synchronize()
-        graph = capture_cuda_graph(lambda: out.__setitem__("logits", r.forward(static)), warmup=1)
-        return graph, static, out
+        graph = capture_cuda_graph(step, warmup=1)
+        r.last_tokens.copy_(saved)
+        return graph, buffer, out
 
     def warmup(self) -> None:
         """Capture every bucket now (a server does this before taking requests)."""
@@ -73,12 +70,13 @@ class DecodeGraphs:
                 if b not in self._graphs:
                     self._graphs[b] = self._capture(b)
 
-    def run(self, inputs) -> torch.Tensor:
-        n = inputs.tokens.shape[0]
-        b = self.bucket(n)
-        if b not in self._graphs:
-            self._graphs[b] = self._capture(b)
-        graph, static, out = self._graphs[b]
-        static.load(inputs)
+    def replay(self, host: HostStep, bucket: int) -> torch.Tensor:
+        """Load ``host`` (laid out for ``bucket``) and replay; the logits of the real rows (valid until
+        the next replay of this bucket). Greedy tokens are in ``runner.last_tokens[:n]``."""
+        if bucket not in self._graphs:
+            self._graphs[bucket] = self._capture(bucket)
+        graph, buffer, out = self._graphs[bucket]
+        staged = host.staged(self.runner.device)
+        buffer.copy_(staged, non_blocking=True)
         graph.replay()
-        return out["logits"][:n].clone()
+        return out["logits"][: host.num_decode_tokens]

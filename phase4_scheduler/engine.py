@@ -1,9 +1,23 @@
 """The engine: scheduler + paged model runner + per-request sampling and text, one ``step`` at a time.
 
-``LLMEngine.step()`` = plan (scheduler) -> forward (runner) -> sample -> update (tokens, EOS, length)
--> text and stop strings -> events. ``generate`` runs it offline; ``engine_loop.EngineLoop`` runs it
-in a background thread for the server. The engine itself is single-threaded: callers on other
-threads go through the loop's inbox.
+``LLMEngine.step()`` = plan (scheduler) -> launch the forward pass and sampling on the device (runner)
+-> the tokens of a step (EOS, length, text and stop strings) -> events. ``generate`` runs it offline;
+``engine_loop.EngineLoop`` runs it in a background thread for the server. The engine itself is
+single-threaded: callers on other threads go through the loop's inbox.
+
+**Overlapped steps** (``EngineConfig.overlap``, on by default; SGLang's overlap scheduler, vLLM's
+async scheduling). A decode step of a small model is ~1 ms of GPU work at batch 256, and the host's
+work around it — plan the step, read the tokens back, apply them, detokenize — is of the same order.
+Done in turn, the GPU idles half the time. So ``step`` launches step N, and only then reads back step
+N-1's tokens and applies them, while the GPU computes step N:
+
+    schedule N -> launch N (no wait) -> advance N -> read back + apply N-1 -> events of N-1
+
+Step N is planned before N-1's tokens are on the host: each request's last token is in flight
+(``Request.num_in_flight``) and the runner feeds it to step N from the device. The price is one step
+of lag: ``step`` returns the events of the previous step, a request that ends with EOS or a stop
+string in step N-1 has already been given a row in step N (that row's token is dropped), and a seat
+freed by a finished request is refilled one step later. Greedy tokens are identical either way.
 """
 
 from __future__ import annotations
@@ -18,8 +32,8 @@ from phase0_prototype.sources import LoadedModel
 from phase4_scheduler import load_impl
 from phase4_scheduler.blocks import make_block_manager
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
-from phase4_scheduler.request import Request
-from phase4_scheduler.runner import PagedModelRunner
+from phase4_scheduler.request import Request, Status
+from phase4_scheduler.runner import PagedModelRunner, PendingStep, graph_sizes_for
 from phase4_scheduler.sampler import Sampler
 from phase4_scheduler.text_stream import TextStream
 
@@ -35,15 +49,31 @@ class EngineConfig:
     watermark: float = 0.01
     cuda_graphs: bool = True
     max_model_len: int | None = None  # prompt + max_tokens limit; defaults to the model's context
+    overlap: bool = True  # launch step N before reading back step N-1 (events lag one step)
 
 
-@dataclass
 class Event:
-    """What one step did for one request: new text (may be empty) and whether it finished."""
+    """What one step did for one request: new text (may be empty) and whether it finished.
 
-    request: Request
-    text: str
-    finished: bool
+    For a request without stop strings the text is decoded when ``text`` is first read (events of one
+    request are read in order, as the server and ``generate`` do), so nobody pays for text nobody reads.
+    """
+
+    __slots__ = ("request", "finished", "_text", "_stream", "_upto")
+
+    def __init__(self, request: Request, text: str | None, finished: bool, *, stream: TextStream | None = None,
+                 upto: int = 0):
+        self.request, self.finished, self._text, self._stream, self._upto = request, finished, text, stream, upto
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._stream.catch_up(self.request.output_ids, self._upto, self.finished)
+            self._stream = None
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Event(request={self.request.request_id}, finished={self.finished})"
 
 
 @dataclass
@@ -61,10 +91,13 @@ class LLMEngine:
         num_blocks = config.num_blocks or config.scheduler.max_num_seqs * -(-self.max_model_len // config.block_size)
         self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark)
         self.scheduler = load_impl(config.scheduler_impl).build(config.scheduler, self.blocks)
-        self.runner = PagedModelRunner(model, num_blocks, config.block_size, cuda_graphs=config.cuda_graphs)
+        seqs = config.scheduler.max_num_seqs
+        self.runner = PagedModelRunner(model, num_blocks, config.block_size, cuda_graphs=config.cuda_graphs,
+                                       graph_batch_sizes=graph_sizes_for(seqs), max_num_seqs=seqs)
         self.sampler = Sampler(model.device)
         self.streams: dict[int, TextStream] = {}
         self.last_step: StepStats | None = None
+        self._in_flight: PendingStep | None = None  # launched, tokens not read back yet (overlap)
 
     @property
     def tokenizer(self):
@@ -98,24 +131,49 @@ class LLMEngine:
         self.sampler.forget(request_id)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     def step(self) -> list[Event]:
+        """Plan and launch one step; the events of the step whose tokens this call read back (the
+        previous one when overlapping, this one otherwise)."""
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
-        requests, logits = self.runner.execute(plan)
-        tokens = self.sampler(requests, logits)
-        self.scheduler.update(plan, {r.request_id: t for r, t in zip(requests, tokens, strict=True)})
-        events = []
-        for r, t in zip(requests, tokens, strict=True):
-            text, stopped = self.streams[r.request_id].push(t, final=r.finished)
-            if stopped and not r.finished:
-                self.scheduler.finish(r, "stop")
-            if r.finished:
-                r.finish_time = time.perf_counter()
+        launched = self.runner.launch(plan, self.sampler)
+        self.scheduler.advance(plan)
+        if self.config.overlap:
+            done, self._in_flight = self._in_flight, (launched if not plan.empty else None)
+        else:
+            done = launched
+        events = self._apply(done) if done is not None else []
+        self.last_step = StepStats(plan, time.perf_counter() - t0, len(events))
+        return events
+
+    def _apply(self, step: PendingStep) -> list[Event]:
+        """Read ``step``'s tokens back, append them (EOS, length), then text and stop strings."""
+        requests = step.sampled
+        if not requests:
+            return []
+        tokens = step.tokens()
+        done = Status.FINISHED
+        # Finished (EOS, stop string, abort) while this token was in flight: the token is dropped.
+        live = [r for r in requests if r.status is not done and r.num_in_flight]
+        self.scheduler.apply(step.plan, dict(zip(step.request_ids, tokens)))
+        events, now, streams = [], time.perf_counter(), self.streams
+        for r in live:
+            stream = streams[r.request_id]
+            finished = r.status is done
+            if stream.stop:  # stop strings need the text now, to end the request
+                text, stopped = stream.push(r.output_ids[-1], final=finished)
+                if stopped and not finished:
+                    self.scheduler.finish(r, "stop")
+                    finished = True
+                event = Event(r, text, finished)
+            else:
+                event = Event(r, None, finished, stream=stream, upto=len(r.output_ids))
+            if finished:
+                r.finish_time = now
                 self._forget(r.request_id)
-            events.append(Event(r, text, r.finished))
-        self.last_step = StepStats(plan, time.perf_counter() - t0, len(requests))
+            events.append(event)
         return events
 
     def generate(self, requests: list[Request], on_step=None) -> list[Request]:

@@ -30,7 +30,8 @@ class Scheduler(SchedulerBase):
         if not self.running:
             self._admit_batch()
         for r in self.running:
-            plan.chunks.append(self._chunk(r, r.num_pending))
+            if r.num_pending:  # 0: its last token is still on its way back (an overlapped engine)
+                plan.chunks.append(self._chunk(r, r.num_pending))
         return plan
 
     def _admit_batch(self) -> None:

@@ -41,26 +41,30 @@ class SchedulerConfig:
             raise ValueError(f"max_wait_steps must be >= 1 or None, got {self.max_wait_steps}")
 
 
-@dataclass
 class ScheduledChunk:
-    request: Request
-    start: int  # first position computed this step
-    num_tokens: int
-    block_table: list[int]
-    is_decode: bool = False  # one token after the request already has output (not a prefill piece)
+    """Positions ``[start, start + num_tokens)`` of ``request`` to compute this step, with its block table.
 
-    @property
-    def end(self) -> int:
-        return self.start + self.num_tokens
+    A plain slotted class (not a dataclass): the scheduler makes one per running request per step.
+    ``sample``: the chunk reaches the request's last token, so its logits choose the next token —
+    fixed when the chunk is made (the request grows once the step is launched)."""
 
-    @property
-    def sample(self) -> bool:
-        """This chunk reaches the request's last token: its logits choose the next token."""
-        return self.end == self.request.num_tokens
+    __slots__ = ("request", "start", "num_tokens", "block_table", "is_decode", "end", "sample")
+
+    def __init__(self, request: Request, start: int, num_tokens: int, block_table: list[int],
+                 is_decode: bool = False):
+        self.request, self.start, self.num_tokens, self.block_table = request, start, num_tokens, block_table
+        self.is_decode = is_decode  # one token after the request already has output (not a prefill piece)
+        self.end = start + num_tokens
+        self.sample = self.end == len(request.prompt_ids) + len(request.output_ids) + request.num_in_flight
 
     @property
     def token_ids(self) -> list[int]:
+        """The chunk's tokens (``request.PENDING`` for one sampled on the device and not read back yet)."""
         return self.request.all_ids[self.start:self.end]
+
+    def __repr__(self) -> str:
+        return (f"ScheduledChunk(request={self.request.request_id}, start={self.start}, num_tokens={self.num_tokens}, "
+                f"sample={self.sample})")
 
 
 @dataclass
@@ -132,17 +136,34 @@ class SchedulerBase:
     # ------------------------------------------------------------------ end of a step
     def update(self, plan: StepPlan, sampled: dict[int, int]) -> list[Request]:
         """Advance the computed spans, append ``sampled`` tokens (request id -> token); the finished."""
-        finished = []
+        self.advance(plan)
+        return self.apply(plan, sampled)
+
+    def advance(self, plan: StepPlan) -> None:
+        """The step was launched: its spans count as computed and each sampling chunk has a token in
+        flight (the first half of ``update``; an overlapped engine reads the tokens back later)."""
+        running = Status.RUNNING
         for chunk in plan.chunks:
             r = chunk.request
-            if r.status is not Status.RUNNING:  # aborted between schedule and update
+            if r.status is running:  # (not aborted between schedule and launch)
+                r.num_computed = chunk.end
+                if chunk.sample:
+                    r.num_in_flight += 1
+
+    def apply(self, plan: StepPlan, sampled: dict[int, int]) -> list[Request]:
+        """The step's tokens are back: append them in order, finish on EOS or length (second half of
+        ``update``). A request finished meanwhile (abort, stop string) drops its token; one preempted
+        meanwhile keeps it (it was computed from a valid cache) and recomputes it later."""
+        finished, done = [], Status.FINISHED
+        for chunk in plan.chunks:
+            r = chunk.request
+            if not chunk.sample or r.status is done or r.num_in_flight == 0:
                 continue
-            r.num_computed = chunk.end
-            if chunk.sample:
-                reason = r.append_token(sampled[r.request_id])
-                if reason is not None:
-                    self.finish(r, reason)
-                    finished.append(r)
+            r.num_in_flight -= 1
+            reason = r.append_token(sampled[r.request_id])
+            if reason is not None:
+                self.finish(r, reason)
+                finished.append(r)
         return finished
 
     def finish(self, request: Request, reason: str) -> None:
@@ -156,6 +177,7 @@ class SchedulerBase:
         if request.request_id in self.blocks:
             self.blocks.free(request.request_id)
         request.status, request.finish_reason = Status.FINISHED, reason
+        request.num_in_flight = 0  # tokens still on their way are dropped
         del self.by_id[request.request_id]
 
     def abort(self, request_id: int) -> Request | None:
@@ -164,8 +186,11 @@ class SchedulerBase:
             self.finish(request, "abort")
         return request
 
-    def _chunk(self, request: Request, num_tokens: int) -> ScheduledChunk:
+    def _chunk(self, request: Request, num_tokens: int, is_decode: bool | None = None) -> ScheduledChunk:
+        """``is_decode``: pass it when known (saves recomputing it for every running request, every step)."""
         if request.first_scheduled_step < 0:
             request.first_scheduled_step = self.step_count
+        if is_decode is None:
+            is_decode = request.is_decoding
         return ScheduledChunk(request, request.num_computed, num_tokens,
-                              self.blocks.block_table(request.request_id), is_decode=request.is_decoding)
+                              self.blocks.block_table(request.request_id), is_decode=is_decode)

@@ -24,6 +24,7 @@ class Status(enum.Enum):
 
 
 _ids = itertools.count()
+PENDING = -1  # a token sampled on the device whose value the host has not read yet
 
 
 @dataclass(eq=False)
@@ -39,6 +40,7 @@ class Request:
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
+    num_in_flight: int = 0  # sampled on the device, not yet in output_ids (overlapped steps)
     status: Status = Status.WAITING
     finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "abort"
     arrival_step: int = -1  # scheduler step at which it was added (aging counts steps)
@@ -56,20 +58,32 @@ class Request:
 
     @property
     def all_ids(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
+        ids = self.prompt_ids + self.output_ids
+        return ids + [PENDING] * self.num_in_flight if self.num_in_flight else ids
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_in_flight
 
     @property
     def num_pending(self) -> int:
-        """Tokens still to run through the model before the next token can be sampled."""
-        return self.num_tokens - self.num_computed
+        """Tokens still to run through the model before the next token can be sampled (0 once the
+        last token ``max_tokens`` allows is sampled: its K/V is never needed)."""
+        if len(self.output_ids) + self.num_in_flight >= self.max_tokens:
+            return 0
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_in_flight - self.num_computed
 
     @property
     def is_decoding(self) -> bool:
-        return self.num_pending == 1 and bool(self.output_ids)
+        return self.num_pending == 1 and bool(self.output_ids or self.num_in_flight)
+
+    def token_at(self, position: int) -> int:
+        """Token id at ``position`` of prompt + output (``PENDING`` for one still in flight)."""
+        n = len(self.prompt_ids)
+        if position < n:
+            return self.prompt_ids[position]
+        position -= n
+        return self.output_ids[position] if position < len(self.output_ids) else PENDING
 
     @property
     def max_total_tokens(self) -> int:

@@ -11,8 +11,14 @@ attention looks at the grouping:
   gathered from the pages (the contract's varlen kernel has no prefix; this path is PyTorch).
 
 K and V of every scheduled token are written into the paged cache first (``write_kv_cache``), at the
-slots the block tables give. Logits are computed only for the rows that sample. On a GPU, steps
-made only of decodes replay a CUDA graph captured per batch-size bucket (``decode_graphs``).
+slots the block tables give. Logits are computed only for the rows that sample.
+
+``launch(plan, sampler)`` is what the engine calls: it sends the step's inputs with one asynchronous
+copy (``step_inputs``), runs the forward pass (a CUDA graph replay for decode-only steps, one per
+batch-size bucket: ``decode_graphs``), samples on the device into ``last_tokens`` and starts copying
+the tokens back; nothing in it waits for the GPU, so the host can plan the next step meanwhile.
+``PendingStep.tokens()`` waits for them. A token the host has not read yet can be the next step's
+input: the forward pass takes it from ``last_tokens`` (``src`` rows), so steps chain on the device.
 """
 
 from __future__ import annotations
@@ -24,17 +30,31 @@ from phase0_prototype.model import apply_rope, rms_norm, rope_cache, swiglu
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LlamaWeights, fuse
 from phase3_paged_attention import allocate_kv_cache, default_impl
-from phase4_scheduler.plan import ScheduledChunk, StepPlan
+from phase4_scheduler.plan import StepPlan
 from phase4_scheduler.request import Request
+from phase4_scheduler.step_inputs import WIDTH_ALIGN, DeviceStep, HostStep, upload
+
+DEFAULT_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
 
-def prefix_chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: list[int],
+def graph_sizes_for(max_batch: int) -> tuple[int, ...]:
+    """Buckets up to ``max_batch``: powers of two to 32, then every 16 (at most 15 padding rows)."""
+    sizes = [b for b in (1, 2, 4, 8, 16, 24, 32) if b < max_batch] + list(range(48, max_batch, 16))
+    return tuple(sorted(set(sizes + [max_batch])))
+
+
+def prefix_chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table,
                            start: int) -> torch.Tensor:
-    """Queries of positions ``[start, start + n)`` over cached positions ``[0, start + n)``, causal."""
+    """Queries of positions ``[start, start + n)`` over cached positions ``[0, start + n)``, causal.
+    ``block_table``: the request's pages (a list, or a device tensor of at least the pages needed)."""
     n, hq, d = q.shape
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     end = start + n
-    pages = torch.tensor(block_table[: -(-end // bs)], device=q.device, dtype=torch.long)
+    n_pages = -(-end // bs)
+    if isinstance(block_table, torch.Tensor):
+        pages = block_table[:n_pages].long()
+    else:
+        pages = torch.tensor(block_table[:n_pages], device=q.device, dtype=torch.long)
     k = k_cache[pages].reshape(-1, hkv, d)[:end].transpose(0, 1)  # [Hkv, end, D]
     v = v_cache[pages].reshape(-1, hkv, d)[:end].transpose(0, 1)
     groups = hq // hkv
@@ -44,59 +64,63 @@ def prefix_chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     return o.transpose(0, 1)
 
 
-class StepInputs:
-    """Host-side layout of one step: chunks reordered (decodes, fresh prefills, later chunks)."""
+def later_chunk_attention(impl, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pages: torch.Tensor,
+                          cu_seqlens: torch.Tensor, start: int) -> torch.Tensor:
+    """``prefix_chunk_attention`` through the contract's varlen prefill kernel (a handful of launches):
+    the request's K/V of positions ``[0, end)`` gathered from its pages (this chunk's rows are already
+    written) as one causal sequence, queries for positions ``[0, start)`` zero and their rows dropped.
+    ``cu_seqlens``: the device int32 ``[0, end]``. Computes ``end²`` scores for ``n · end`` useful ones:
+    nothing beside the step at TinyLlama's context."""
+    n, hq, d = q.shape
+    hkv = k_cache.shape[2]
+    end = start + n
+    k = k_cache[pages].view(-1, hkv, d)[:end]
+    v = v_cache[pages].view(-1, hkv, d)[:end]
+    q_full = q.new_zeros(end, hq, d)
+    q_full[start:] = q
+    return impl.varlen_prefill_attention(q_full, k, v, cu_seqlens, end)[start:]
 
-    def __init__(self, plan: StepPlan, block_size: int, device: torch.device):
-        chunks = plan.chunks
-        self.decodes = [c for c in chunks if c.num_tokens == 1 and c.start > 0]
-        rest = [c for c in chunks if not (c.num_tokens == 1 and c.start > 0)]
-        self.fresh = [c for c in rest if c.start == 0]
-        self.later = [c for c in rest if c.start > 0]
-        self.ordered: list[ScheduledChunk] = self.decodes + self.fresh + self.later
-        tokens, positions, slots, last_rows = [], [], [], []
-        for c in self.ordered:
-            tokens += c.token_ids
-            for p in range(c.start, c.end):
-                positions.append(p)
-                slots.append(c.block_table[p // block_size] * block_size + p % block_size)
-            if c.sample:
-                last_rows.append(len(tokens) - 1)
-        as_long = dict(dtype=torch.long, device=device)
-        self.tokens, self.positions = torch.tensor(tokens, **as_long), torch.tensor(positions, **as_long)
-        self.slots, self.sample_rows = torch.tensor(slots, **as_long), torch.tensor(last_rows, **as_long)
-        self.sampled: list[Request] = [c.request for c in self.ordered if c.sample]
-        nd = len(self.decodes)
-        if nd:
-            width = max(len(c.block_table) for c in self.decodes)
-            self.block_tables = torch.tensor([c.block_table + [0] * (width - len(c.block_table)) for c in self.decodes],
-                                             dtype=torch.int32, device=device)
-            self.context_lens = torch.tensor([c.end for c in self.decodes], dtype=torch.int32, device=device)
-            self.max_context = max(c.end for c in self.decodes)
-        lens = [c.num_tokens for c in self.fresh]
-        self.cu_seqlens = torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist() if lens else []),
-                                       dtype=torch.int32, device=device)
-        self.max_fresh = max(lens, default=0)
-        self.num_decode_tokens = nd
-        self.num_fresh_tokens = sum(lens)
+
+class PendingStep:
+    """A launched step: which requests sample (in row order) and their tokens once the copy lands."""
+
+    def __init__(self, plan: StepPlan, sampled: list[Request], host_tokens: torch.Tensor | None,
+                 event: torch.cuda.Event | None):
+        self.plan, self.sampled, self._host, self._event = plan, sampled, host_tokens, event
+        self.request_ids = [r.request_id for r in sampled]
+
+    def tokens(self) -> list[int]:
+        if self._host is None:
+            return []
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
 
 
 class PagedModelRunner:
     """Weights (phase 0's fused layout), a paged KV cache per layer, and the batched forward pass."""
 
     def __init__(self, model: LoadedModel, num_blocks: int, block_size: int = 16, *, attention=None,
-                 cuda_graphs: bool = True, graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)):
+                 cuda_graphs: bool = True, graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES,
+                 max_num_seqs: int = 0, fused: bool | None = None):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         self.weights: LlamaWeights = fuse(model.state, cfg)
         self.cos, self.sin = rope_cache(cfg, cfg.max_position_embeddings, self.device)
         self.attention = attention or default_impl(self.device)
+        # Triton's fused norm / RoPE+cache / SwiGLU kernels on a GPU (``kernels.fused``); PyTorch on CPU.
+        self.fused = self.device.type == "cuda" if fused is None else fused
         self.kv = [allocate_kv_cache(num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, self.dtype,
                                      self.device) for _ in range(cfg.num_hidden_layers)]
         for k, v in self.kv:  # never read unwritten memory as NaN in a masked-out lane
             k.zero_()
             v.zero_()
+        # Every step's sampled tokens, row i = the i-th sampling request of the step: read back by the
+        # host, and read by the next step's forward for tokens the host has not seen yet (``src``).
+        rows = max(max(graph_batch_sizes), max_num_seqs, 1)
+        self.last_tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.prev_rows: dict[int, int] = {}  # request id -> its row in last_tokens (the last launch)
         self.graphs = None
         if cuda_graphs and self.device.type == "cuda":
             from phase4_scheduler.decode_graphs import DecodeGraphs
@@ -105,53 +129,150 @@ class PagedModelRunner:
 
     @property
     def max_blocks_per_seq(self) -> int:
-        return -(-self.config.max_position_embeddings // self.block_size)
+        """Block-table width of a graph bucket: the whole context, rounded to ``WIDTH_ALIGN``."""
+        blocks = -(-self.config.max_position_embeddings // self.block_size)
+        return -(-blocks // WIDTH_ALIGN) * WIDTH_ALIGN
+
+    # ------------------------------------------------------------------ one step
+    def _host_step(self, plan: StepPlan) -> tuple[HostStep, int | None]:
+        """The packed inputs, laid out for a graph bucket when the step can replay one."""
+        g, chunks = self.graphs, plan.chunks
+        if g is not None and g.fits(len(chunks)) and all(c.num_tokens == 1 and c.start > 0 and c.sample for c in chunks):
+            bucket = g.bucket(len(chunks))  # decode-only, every row samples: a graph bucket's layout
+            return HostStep(plan, self.block_size, self.prev_rows, pad_to=bucket, width=self.max_blocks_per_seq), bucket
+        return HostStep(plan, self.block_size, self.prev_rows), None
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan, sampler) -> PendingStep:
+        """Run ``plan`` and sample on the device without waiting; ``PendingStep.tokens()`` reads them."""
+        if plan.empty:
+            return PendingStep(plan, [], None, None)
+        host, bucket = self._host_step(plan)
+        ns = len(host.sampled)
+        if self.last_tokens.shape[0] < ns:  # more sampling rows than max_num_seqs said
+            if self.graphs is not None and self.graphs._graphs:
+                raise RuntimeError(f"{ns} sampling rows exceed the {self.last_tokens.shape[0]} the captured graphs "
+                                   "were built for: pass max_num_seqs to PagedModelRunner")
+            grown = torch.zeros(ns, dtype=torch.long, device=self.device)
+            grown[: self.last_tokens.shape[0]] = self.last_tokens
+            self.last_tokens = grown
+        if bucket is not None:
+            logits = self.graphs.replay(host, bucket)  # writes greedy tokens into last_tokens[:bucket]
+        else:
+            inputs = upload(host, self.device, block_size=self.block_size)
+            logits = self.forward(inputs)
+            if ns:
+                torch.argmax(logits, dim=-1, out=self.last_tokens[:ns])
+        sampler.sample_rows(host.sampled, logits, self.last_tokens)
+        pending = PendingStep(plan, host.sampled, *self._read_back(ns))
+        self.prev_rows = dict(zip(pending.request_ids, range(ns)))
+        return pending
+
+    def _read_back(self, n: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        if self.device.type != "cuda":
+            return self.last_tokens[:n].clone(), None
+        out = torch.empty(n, dtype=torch.long, pin_memory=True)
+        out.copy_(self.last_tokens[:n], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return out, event
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
-        """Run ``plan``: the requests that sample, in order, and their logits ``[n, vocab]`` (fp32)."""
+        """Run ``plan`` synchronously: the requests that sample, in order, and their logits ``[n, vocab]``
+        (fp32). Tokens of ``plan`` must all be known on the host (no overlapped step before it)."""
         if plan.empty:
             return [], torch.empty(0, self.config.vocab_size, device=self.device)
-        inputs = StepInputs(plan, self.block_size, self.device)
-        if self.graphs is not None and not inputs.fresh and not inputs.later and self.graphs.fits(len(inputs.decodes)):
-            return inputs.sampled, self.graphs.run(inputs)
-        return inputs.sampled, self.forward(inputs)
+        host, bucket = self._host_step(plan)
+        if bucket is not None:
+            return host.sampled, self.graphs.replay(host, bucket).clone()
+        return host.sampled, self.forward(upload(host, self.device, block_size=self.block_size))
 
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
-        x = self.weights.embed_tokens[inputs.tokens]
+    # ------------------------------------------------------------------ the forward pass
+    def input_tokens(self, inputs: DeviceStep) -> torch.Tensor:
+        """Token ids of the rows; those still on the device come from the previous step's samples."""
+        if not inputs.resolve_pending:
+            return inputs.tokens
+        src = inputs.src
+        return torch.where(src >= 0, self.last_tokens[src.clamp(min=0)], inputs.tokens)
+
+    def forward(self, inputs: DeviceStep) -> torch.Tensor:
+        """Logits (fp32) of the sampling rows (all rows when ``inputs.sample_rows`` is None)."""
+        x = self.weights.embed_tokens[self.input_tokens(inputs)]
+        decode_kwargs = self._decode_kwargs(inputs)
+        if self.fused:
+            return self._forward_fused(x, inputs, decode_kwargs)
         for i in range(self.config.num_hidden_layers):
-            x = self.layer(i, x, inputs)
-        h = rms_norm(x[inputs.sample_rows], self.weights.norm, self.config.rms_norm_eps)
+            x = self.layer(i, x, inputs, decode_kwargs)
+        if inputs.sample_rows is not None:
+            x = x[inputs.sample_rows]
+        h = rms_norm(x, self.weights.norm, self.config.rms_norm_eps)
         return F.linear(h, self.weights.lm_head).float()
 
-    def layer(self, i: int, x: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, inputs: DeviceStep, decode_kwargs: dict) -> torch.Tensor:
+        """The same layers with ``kernels.fused``: ten kernels a layer instead of ~44 (see there)."""
+        from phase4_scheduler.kernels.fused import add_rms_norm, rope_qkv_cache, silu_mul
+
+        cfg, eps = self.config, self.config.rms_norm_eps
+        n, hq, hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        delta = None  # the previous layer's MLP output, added to x by the next norm
+        for i, w in enumerate(self.weights.layers):
+            h = add_rms_norm(x, delta, w.input_norm, eps)
+            k_cache, v_cache = self.kv[i]
+            q, k, v = rope_qkv_cache(F.linear(h, w.qkv_proj), inputs.positions, self.cos, self.sin, hq, hkv, d,
+                                     inputs.slots, k_cache, v_cache)
+            attn = self.attend(i, q, k, v, inputs, decode_kwargs, write_cache=False)
+            h = add_rms_norm(x, F.linear(attn.view(n, hq * d), w.o_proj), w.post_norm, eps)
+            delta = F.linear(silu_mul(F.linear(h, w.gate_up_proj)), w.down_proj)
+        if inputs.sample_rows is None:
+            h = add_rms_norm(x, delta, self.weights.norm, eps)
+        else:
+            h = add_rms_norm((x + delta)[inputs.sample_rows], None, self.weights.norm, eps)
+        return F.linear(h, self.weights.lm_head).float()
+
+    def _decode_kwargs(self, inputs: DeviceStep) -> dict:
+        """Phase 3's solution tunes its decode launch on the first call of each new shape class, timing
+        candidates with ``triton.testing.do_bench`` (which flushes L2 by zeroing 256 MB before every
+        run): seconds of stall in the middle of serving, and the Fill kernels of the trace. The engine
+        passes its heuristic split count and default tile instead, so a step never tunes."""
+        if not inputs.num_decode_tokens or self.device.type != "cuda":
+            return {}
+        if getattr(self.attention, "__name__", "") != "phase3_paged_attention.solution":
+            return {}
+        from phase3_paged_attention.kernels.decode_flash import choose_num_splits
+        from phase3_paged_attention.kernels.launch import sm_count
+
+        splits = choose_num_splits(inputs.block_tables.shape[0], self.config.num_key_value_heads,
+                                   max(1, inputs.max_context), sm_count(self.device))
+        return dict(num_splits=splits, block_n=128)
+
+    def layer(self, i: int, x: torch.Tensor, inputs: DeviceStep, decode_kwargs: dict | None = None) -> torch.Tensor:
         cfg, w = self.config, self.weights.layers[i]
         n, hq, hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
         q, k, v = F.linear(h, w.qkv_proj).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
         q, k = apply_rope(q.view(1, n, hq, d), k.view(1, n, hkv, d), self.cos, self.sin, inputs.positions[None])
         q, k, v = q[0].contiguous(), k[0].contiguous(), v.reshape(n, hkv, d).contiguous()
-        attn = self.attend(i, q, k, v, inputs)
+        attn = self.attend(i, q, k, v, inputs, decode_kwargs or {})
         x = x + F.linear(attn.view(n, hq * d), w.o_proj)
         h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
         gate, up = F.linear(h, w.gate_up_proj).chunk(2, dim=-1)
         return x + F.linear(swiglu(gate, up), w.down_proj)
 
-    def attend(self, i: int, q, k, v, inputs: StepInputs) -> torch.Tensor:
+    def attend(self, i: int, q, k, v, inputs: DeviceStep, decode_kwargs: dict, write_cache: bool = True) -> torch.Tensor:
         k_cache, v_cache = self.kv[i]
         impl = self.attention
-        impl.write_kv_cache(k, v, k_cache, v_cache, inputs.slots)
+        if write_cache:
+            impl.write_kv_cache(k, v, k_cache, v_cache, inputs.slots)
         out = torch.empty_like(q)
         nd, nf = inputs.num_decode_tokens, inputs.num_fresh_tokens
         if nd:
-            impl.paged_decode_attention(q[:nd], k_cache, v_cache, inputs.block_tables, inputs.context_lens,
-                                        max_context_len=inputs.max_context, out=out[:nd])
+            rows = inputs.block_tables.shape[0]  # a graph bucket runs its padding rows too (length 0)
+            impl.paged_decode_attention(q[:rows], k_cache, v_cache, inputs.block_tables, inputs.context_lens,
+                                        max_context_len=inputs.max_context, out=out[:rows], **decode_kwargs)
         if nf:
             sl = slice(nd, nd + nf)
             impl.varlen_prefill_attention(q[sl], k[sl], v[sl], inputs.cu_seqlens, inputs.max_fresh, out=out[sl])
-        row = nd + nf
-        for c in inputs.later:
-            out[row:row + c.num_tokens] = prefix_chunk_attention(q[row:row + c.num_tokens], k_cache, v_cache,
-                                                                 c.block_table, c.start)
-            row += c.num_tokens
+        for row, n_rows, start, pages, cu in inputs.later:
+            out[row:row + n_rows] = later_chunk_attention(impl, q[row:row + n_rows], k_cache, v_cache, pages, cu, start)
         return out

@@ -1,6 +1,7 @@
-"""Per-request sampling over one step's logits: greedy rows in one ``argmax``, the others one by one
-with phase 0's sampler (temperature, top-k, top-p) and the request's own seeded generator, so a
-request's tokens do not depend on which other requests share its batch."""
+"""Per-request sampling over one step's logits, on the device: greedy rows are one ``argmax`` (taken
+by the runner, inside the decode graph when there is one), the others one by one with phase 0's sampler
+(temperature, top-k, top-p; no host sync) and the request's own seeded generator, so a request's
+tokens do not depend on which other requests share its batch."""
 
 from __future__ import annotations
 
@@ -18,14 +19,21 @@ class Sampler:
     def forget(self, request_id: int) -> None:
         self._generators.pop(request_id, None)
 
+    def _generator(self, r: Request) -> torch.Generator | None:
+        if r.request_id not in self._generators:
+            self._generators[r.request_id] = r.sampling.generator(self.device)
+        return self._generators[r.request_id]
+
+    def sample_rows(self, requests: list[Request], logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """``tokens[:n]`` already holds each row's argmax; overwrite the rows that do not sample greedily."""
+        for row, r in enumerate(requests):
+            if r.sampling.temperature:  # (not greedy)
+                tokens[row:row + 1] = sample(logits[row:row + 1], r.sampling, self._generator(r))
+
     def __call__(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
+        """Synchronous form: the next token of each request (one host sync)."""
         if not requests:
             return []
         tokens = logits.argmax(dim=-1)
-        for row, r in enumerate(requests):
-            if r.sampling.greedy:
-                continue
-            if r.request_id not in self._generators:
-                self._generators[r.request_id] = r.sampling.generator(self.device)
-            tokens[row] = sample(logits[row:row + 1], r.sampling, self._generators[r.request_id])[0]
+        self.sample_rows(requests, logits, tokens)
         return tokens.tolist()

@@ -22,7 +22,7 @@ The Python cost per step is O(running + waiting · log waiting), microseconds be
 
 from __future__ import annotations
 
-from phase4_scheduler.plan import SchedulerBase, SchedulerConfig, StepPlan
+from phase4_scheduler.plan import ScheduledChunk, SchedulerBase, SchedulerConfig, StepPlan
 from phase4_scheduler.request import Request, Status
 
 
@@ -31,6 +31,23 @@ class Scheduler(SchedulerBase):
 
     def __init__(self, config: SchedulerConfig, block_manager):
         super().__init__(config, block_manager)
+        # Block tables of running requests, kept up to date from what the manager returns (allocate's
+        # table, step's new blocks) instead of asking for every request's table every step.
+        self._tables: dict[int, list[int]] = {}
+
+    def _chunk(self, request: Request, num_tokens: int, is_decode: bool | None = None) -> ScheduledChunk:
+        table = self._tables.get(request.request_id)
+        if table is None:
+            table = self._tables[request.request_id] = list(self.blocks.block_table(request.request_id))
+        if request.first_scheduled_step < 0:
+            request.first_scheduled_step = self.step_count
+        if is_decode is None:
+            is_decode = request.is_decoding
+        return ScheduledChunk(request, request.num_computed, num_tokens, table, is_decode)
+
+    def finish(self, request: Request, reason: str) -> None:
+        self._tables.pop(request.request_id, None)
+        super().finish(request, reason)
 
     # ------------------------------------------------------------------ ordering
     def is_aged(self, r: Request) -> bool:
@@ -56,21 +73,35 @@ class Scheduler(SchedulerBase):
         plan = StepPlan(self.step_count)
         budget = self.config.max_num_batched_tokens
 
-        decodes = [r for r in self.running if r.num_pending == 1]
+        pending = [(r, r.num_pending) for r in self.running]  # once per request: this loop runs every step
+        decodes = [r for r, p in pending if p == 1]
         decodes = self._make_room(decodes, plan)
-        for r in decodes:
-            plan.chunks.append(self._chunk(r, 1))
+        tables, step, chunks = self._tables, self.step_count, plan.chunks
+        for r in decodes:  # ``_chunk`` inlined: the loop that runs for every running request, every step
+            table = tables.get(r.request_id)
+            if table is None:
+                table = tables[r.request_id] = list(self.blocks.block_table(r.request_id))
+            if r.first_scheduled_step < 0:
+                r.first_scheduled_step = step
+            chunks.append(ScheduledChunk(r, r.num_computed, 1, table, bool(r.output_ids or r.num_in_flight)))
         budget -= len(decodes)
 
-        for r in self.running:
-            if r.num_pending > 1 and budget > 0:
-                n = min(r.num_pending, budget)
-                plan.chunks.append(self._chunk(r, n))
+        running = Status.RUNNING
+        for r, p in pending:
+            if p > 1 and budget > 0 and r.status is running:  # (not preempted just now)
+                n = min(p, budget)
+                chunks.append(self._chunk(r, n))
                 budget -= n
 
         # A step that had to preempt admits nobody: the pool is short, a new prompt would only thrash.
-        while not plan.preempted and self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            r = min(self.waiting, key=self.waiting_key)
+        # Keys do not change within a step, so one sort gives the admission order.
+        if plan.preempted or not self.waiting or budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+            return plan
+        for r in sorted(self.waiting, key=self.waiting_key):
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                break
+            if r.num_pending == 0:
+                continue  # preempted while its last token was in flight: it finishes when that token lands
             if not self.blocks.can_allocate(r.num_tokens):
                 break  # head-of-line: nobody overtakes the best (possibly aged) request
             self.waiting.remove(r)
@@ -85,7 +116,8 @@ class Scheduler(SchedulerBase):
     def _make_room(self, decodes: list[Request], plan: StepPlan) -> list[Request]:
         """One new slot for each decode that needs one, preempting by recompute until they fit."""
         while True:
-            ids = [r.request_id for r in decodes if self.blocks.num_tokens(r.request_id) < r.num_tokens]
+            num_tokens = self.blocks.num_tokens  # a decode's next slot is position num_computed
+            ids = [r.request_id for r in decodes if num_tokens(r.request_id) <= r.num_computed]
             if self.blocks.can_append(ids):
                 break
             victim = max(self.running, key=self.victim_key)
@@ -93,10 +125,16 @@ class Scheduler(SchedulerBase):
             plan.preempted.append(victim)
             decodes = [r for r in decodes if r is not victim]
         if ids:
-            self.blocks.step(ids)
+            result = self.blocks.step(ids)
+            tables = self._tables
+            for rid, block in result.new_blocks:
+                table = tables.get(rid)
+                if table is not None:
+                    table.append(block)
         return decodes
 
     def _preempt(self, r: Request) -> None:
+        self._tables.pop(r.request_id, None)
         self.blocks.free(r.request_id)
         self.running.remove(r)
         r.num_computed = 0

@@ -1,21 +1,22 @@
-"""Phase 5 — INT4 weight-only quantization (issue 9).
+"""Phase 5 — INT4 weight-only quantization (issue 9): RTN, AWQ, GPTQ, a Triton W4A16 kernel, AutoAWQ checkpoints.
 
 Public contract (``framework``, ``solution`` and ``gptq`` share it)::
 
     def quantize(model: LinearLlama, calibration_ids: list[int] | None, *, group_size: int = 128,
                  quantize_lm_head: bool = False, ...) -> LinearLlama
-        # framework: RTN (no calibration); solution: AWQ (scale + clip search, scales folded);
-        # gptq: GPTQ (Hessian error feedback, optional act_order)
+        # framework: RTN (no calibration); solution: AWQ (block-output scale search + clip search, scales
+        # folded into norms / previous linears); gptq: GPTQ (Hessian error feedback, optional act_order)
 
-- ``packing``: group-wise asymmetric INT4 codes, our packed layout (``QuantizedWeight``: qweight
-  [out, in/8] int32, fp16 scales and uint8 zero-points per (row, group of 128)), and AutoAWQ's GEMM
-  format (``to_awq_gemm`` / ``from_awq_gemm``: qweight [in, out/8] with order [0,2,4,6,1,3,5,7]).
-- ``model``: ``QuantLinear``/``DenseLinear`` and ``LinearLlama`` (phase 0's fused layout; ``from_loaded``,
-  ``forward_logits``, ``greedy``, ``save``/``load`` of quantized safetensors), ``calibration_inputs``.
-- ``bench``/``checks``: P5.1 (accuracy, measured on CPU) and P5.2/P5.3 (GPU kernel: not built yet, SKIP).
-
-Not built yet: the Triton W4A16 kernel (``kernels/``), ``--quant`` on phase 0's generate CLI, the notebook
-and PROFILING_TEMPLATE.md.
+- ``packing``: group-wise asymmetric INT4 codes, the storage layout (``QuantizedWeight``: qweight [out, in/8]
+  int32, fp16 scales and uint8 zero-points per (row, group of 128)), AutoAWQ's GEMM tensors
+  (``to_awq_gemm`` / ``from_awq_gemm``); ``awq_checkpoint``: whole AutoAWQ checkpoint directories.
+- ``kernels``: the Triton W4A16 GEMV (M = 1, split-K) and GEMM (tensor cores), ``w4a16_linear`` (fused RMSNorm /
+  residual / SwiGLU), the kernel layout (``kernels.layout``: repacked at load time).
+- ``linear``: ``QuantLinear`` (kernel on CUDA, dequantize + ``F.linear`` elsewhere) and ``DenseLinear``;
+  ``model``: ``LinearLlama`` (phase 0's fused layout over those; save/load of quantized safetensors).
+- ``integration``: ``quantize_for_generate`` and ``build_engine`` (``--quant rtn|awq|gptq|DIR``): phase 0's
+  solution engine with W4A16 projections (``Int4Engine``).
+- ``bench``/``checks``: P5.1 (accuracy: CPU or GPU), P5.2/P5.3 (``bench_speed``: GPU); ``peers``: tinygemm, AutoAWQ.
 """
 
 from __future__ import annotations
@@ -26,7 +27,21 @@ from phase5_quantization.model import DenseLinear, LinearLlama, QuantLinear
 from phase5_quantization.packing import GROUP_SIZE, QuantizedWeight, from_awq_gemm, to_awq_gemm
 
 __all__ = ["DenseLinear", "LinearLlama", "QuantLinear", "GROUP_SIZE", "QuantizedWeight", "from_awq_gemm",
-           "to_awq_gemm", "load_impl"]
+           "to_awq_gemm", "load_impl", "quantize_for_generate", "build_engine"]
+
+
+def quantize_for_generate(model, method: str, **options):
+    """``integration.quantize_for_generate`` (imported on use: it pulls in phase 0's engine)."""
+    from phase5_quantization.integration import quantize_for_generate as quantize
+
+    return quantize(model, method, **options)
+
+
+def build_engine(model, method: str, **options):
+    """``integration.build_engine``: phase 0's engine contract with ``method``'s INT4 weights."""
+    from phase5_quantization.integration import build_engine as build
+
+    return build(model, method, **options)
 
 
 def load_impl(name: str) -> ModuleType:

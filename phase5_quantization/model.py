@@ -5,8 +5,8 @@
 (INT4 codes + group scales/zero-points). Embeddings, norms and (by default) ``lm_head`` stay in float:
 they are a small share of the bytes here and the tied embedding is both the first and the last layer.
 
-``QuantLinear`` on a CPU dequantizes the whole matrix on every call and runs ``F.linear``: correct, and
-slower than the float model (it reads 4-bit codes *and* writes a float copy). On a GPU the Triton W4A16
+``QuantLinear`` (``linear``) on a CPU dequantizes the whole matrix on every call and runs ``F.linear``: correct,
+and slower than the float model (it reads 4-bit codes *and* writes a float copy). On a GPU the Triton W4A16
 kernel (``kernels/``) dequantizes in registers instead, so only the 4-bit codes cross memory.
 
 The forward is phase 0's framework forward (no KV cache), written over the fused layout, with an
@@ -28,43 +28,12 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.model import apply_rope, repeat_kv, rms_norm, rope_cache, swiglu
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import fuse
+from phase5_quantization.linear import DenseLinear, QuantLinear
 from phase5_quantization.packing import QuantizedWeight
 
 LINEAR_NAMES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 Observer = Callable[[int, str, torch.Tensor], None]
 FORMAT = "titaninfer-int4-v1"
-
-
-class DenseLinear:
-    """A float matrix ``[out, in]`` behind the same call as ``QuantLinear``."""
-
-    def __init__(self, weight: torch.Tensor):
-        self.weight = weight
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
-
-    def dense(self) -> torch.Tensor:
-        return self.weight
-
-    def nbytes(self) -> int:
-        return self.weight.numel() * self.weight.element_size()
-
-
-class QuantLinear:
-    """``y = x · dequant(W)ᵀ`` with W stored as INT4 (``packing.QuantizedWeight``)."""
-
-    def __init__(self, qw: QuantizedWeight):
-        self.qw = qw
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.qw.dequantize(x.dtype))
-
-    def dense(self) -> torch.Tensor:
-        return self.qw.dequantize(torch.float32)
-
-    def nbytes(self) -> int:
-        return self.qw.nbytes()
 
 
 @dataclass
@@ -97,7 +66,7 @@ class LinearLlama:
     def forward_logits(self, tokens: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` (fp32) of fresh sequences ``[B, T]``."""
         cfg = self.config
-        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        tokens = torch.as_tensor(tokens, dtype=torch.long).to(self.embed_tokens.device)
         tokens = tokens[None] if tokens.dim() == 1 else tokens
         B, T = tokens.shape
         if T > cfg.max_position_embeddings:
@@ -134,6 +103,17 @@ class LinearLlama:
             ids.append(int(self.forward_logits(torch.tensor([ids]))[0, -1].argmax()))
         return ids[len(prompt_ids):]
 
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "LinearLlama":
+        """A copy on ``device``; ``dtype`` applies to the float tensors (activations follow the embedding)."""
+        mv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        norms = [(mv(a), mv(b)) for a, b in self.norms]
+        linears = [{n: lin.to(device, dtype) for n, lin in layer.items()} for layer in self.linears]
+        embed = mv(self.embed_tokens)
+        head = self.lm_head.to(device, dtype)
+        if isinstance(self.lm_head, DenseLinear) and self.lm_head.weight is self.embed_tokens:
+            head = DenseLinear(embed)  # keep the tie
+        return LinearLlama(self.config, embed, norms, linears, mv(self.norm), head, self.method, dict(self.meta))
+
     # ------------------------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """``model.safetensors`` (float tensors + INT4 triples per linear) + ``quant_config.json``."""
@@ -143,51 +123,100 @@ class LinearLlama:
         path.mkdir(parents=True, exist_ok=True)
         t = {"embed_tokens": self.embed_tokens, "norm": self.norm}
         groups = set()
-        if isinstance(self.lm_head, DenseLinear) and self.lm_head.weight is not self.embed_tokens:
-            t["lm_head"] = self.lm_head.weight
+
+        def put(key: str, lin) -> None:
+            if isinstance(lin, QuantLinear):
+                t[key + ".qweight"], t[key + ".scales"], t[key + ".zeros"] = lin.qw.qweight, lin.qw.scales, lin.qw.zeros
+                groups.add(lin.qw.group_size)
+            else:
+                t[key + ".weight"] = lin.weight
+
+        tied = isinstance(self.lm_head, DenseLinear) and self.lm_head.weight is self.embed_tokens
+        if not tied:
+            put("lm_head", self.lm_head)
         for i, (layer, (n1, n2)) in enumerate(zip(self.linears, self.norms)):
             t[f"layers.{i}.input_norm"], t[f"layers.{i}.post_norm"] = n1, n2
             for name, lin in layer.items():
-                key = f"layers.{i}.{name}"
-                if isinstance(lin, QuantLinear):
-                    t[key + ".qweight"], t[key + ".scales"], t[key + ".zeros"] = lin.qw.qweight, lin.qw.scales, lin.qw.zeros
-                    groups.add(lin.qw.group_size)
-                else:
-                    t[key + ".weight"] = lin.weight
-        save_file({k: v.contiguous() for k, v in t.items()}, str(path / "model.safetensors"))
-        meta = {"format": FORMAT, "bits": 4, "group_size": max(groups) if groups else None, "method": self.method,
-                "config": self.config.to_hf_dict(), "tied_lm_head": "lm_head" not in t, **self.meta}
+                put(f"layers.{i}.{name}", lin)
+        if len(groups) > 1:
+            raise ModelError(f"cannot save mixed group sizes {sorted(groups)} in one checkpoint")
+        save_file({k: v.detach().cpu().contiguous() for k, v in t.items()}, str(path / "model.safetensors"))
+        meta = {"format": FORMAT, "bits": 4, "group_size": groups.pop() if groups else None, "method": self.method,
+                "config": self.config.to_hf_dict(), "tied_lm_head": tied, **self.meta}
         (path / "quant_config.json").write_text(json.dumps(meta, indent=2))
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "LinearLlama":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "LinearLlama":
+        """A model saved by ``save``; one clear error for another format, bit width, or a wrong tensor."""
         from safetensors.torch import load_file
 
         path = Path(path)
         cfg_file = path / "quant_config.json"
         if not cfg_file.is_file():
-            raise ModelError(f"{path} has no quant_config.json: save a quantized model with LinearLlama.save first")
+            hint = (" (this looks like an AutoAWQ checkpoint: use phase5_quantization.awq_checkpoint.load_awq_gemm)"
+                    if (path / "config.json").is_file() and "quantization_config" in (path / "config.json").read_text()
+                    else "")
+            raise ModelError(f"{path} has no quant_config.json: save a quantized model with LinearLlama.save first{hint}")
         meta = json.loads(cfg_file.read_text())
         if meta.get("format") != FORMAT or meta.get("bits") != 4:
             raise ModelError(f"{cfg_file}: format {meta.get('format')!r} with {meta.get('bits')} bits; expected "
                              f"{FORMAT!r} with 4 bits (AutoAWQ checkpoints: use awq_checkpoint.load_awq_gemm)")
-        t = load_file(str(path / "model.safetensors"))
+        t = load_file(str(path / "model.safetensors"), device=str(device))
         config = LlamaConfig.from_hf_dict(meta["config"])
-        norms, linears = [], []
-        for i in range(config.num_hidden_layers):
-            norms.append((t[f"layers.{i}.input_norm"], t[f"layers.{i}.post_norm"]))
-            layer = {}
-            for name in LINEAR_NAMES:
-                key = f"layers.{i}.{name}"
-                if key + ".qweight" in t:
-                    layer[name] = QuantLinear(QuantizedWeight(t[key + ".qweight"], t[key + ".scales"], t[key + ".zeros"],
-                                                              meta["group_size"]))
-                else:
-                    layer[name] = DenseLinear(t[key + ".weight"])
-            linears.append(layer)
-        head = DenseLinear(t["embed_tokens"] if meta["tied_lm_head"] else t["lm_head"])
-        return cls(config, t["embed_tokens"], norms, linears, t["norm"], head, meta["method"])
+        group = meta.get("group_size")
+        shapes = linear_shapes(config)
+
+        def get(key: str) -> torch.Tensor:
+            if key not in t:
+                raise ModelError(f"{path}: tensor {key} is missing (a {FORMAT} checkpoint of this config stores it)")
+            return t[key]
+
+        def linear(key: str, shape: tuple[int, int]):
+            if key + ".qweight" not in t:
+                w = get(key + ".weight")
+                if tuple(w.shape) != shape:
+                    raise ModelError(f"{key}.weight has shape {tuple(w.shape)}: expected {shape}")
+                return DenseLinear(w)
+            qweight, scales, zeros = get(key + ".qweight"), get(key + ".scales"), get(key + ".zeros")
+            check_quantized(key, qweight, scales, zeros, shape, group)
+            return QuantLinear(QuantizedWeight(qweight, scales, zeros, group))
+
+        norms = [(get(f"layers.{i}.input_norm"), get(f"layers.{i}.post_norm")) for i in range(config.num_hidden_layers)]
+        linears = [{name: linear(f"layers.{i}.{name}", shapes[name]) for name in LINEAR_NAMES}
+                   for i in range(config.num_hidden_layers)]
+        embed = get("embed_tokens")
+        head = DenseLinear(embed) if meta["tied_lm_head"] else linear("lm_head", (config.vocab_size, config.hidden_size))
+        out = cls(config, embed, norms, linears, get("norm"), head, meta["method"])
+        out.meta = {k: v for k, v in meta.items() if k not in ("format", "bits", "group_size", "method", "config",
+                                                               "tied_lm_head")}
+        return out
+
+
+def linear_shapes(config: LlamaConfig) -> dict[str, tuple[int, int]]:
+    """``[out, in]`` of each fused projection (``weights.fuse``'s layout)."""
+    h, i = config.hidden_size, config.intermediate_size
+    return {"qkv_proj": (config.q_size + 2 * config.kv_size, h), "o_proj": (h, config.q_size),
+            "gate_up_proj": (2 * i, h), "down_proj": (h, i)}
+
+
+def check_quantized(key: str, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    shape: tuple[int, int], group: int | None) -> None:
+    """One clear error when an INT4 triple does not match ``shape [out, in]`` at 4 bits and ``group``."""
+    out, inp = shape
+    if not group or inp % group:
+        raise ModelError(f"{key}: group size {group} does not divide in_features {inp}")
+    if qweight.dtype != torch.int32:
+        raise ModelError(f"{key}.qweight is {qweight.dtype}: expected int32 words of 8 four-bit codes")
+    if tuple(qweight.shape) != (out, inp // 8):
+        per_word = inp // qweight.shape[1] if qweight.dim() == 2 and qweight.shape[1] else "?"
+        raise ModelError(f"{key}.qweight has shape {tuple(qweight.shape)}: expected {(out, inp // 8)} (4-bit codes, "
+                         f"8 per int32); {per_word} input features per word looks like {32 // per_word if isinstance(per_word, int) and per_word else '?'}-bit")
+    if tuple(scales.shape) != (out, inp // group) or scales.dtype != torch.float16:
+        raise ModelError(f"{key}.scales is {scales.dtype} {tuple(scales.shape)}: expected float16 {(out, inp // group)} "
+                         f"(one scale per {group} inputs)")
+    if tuple(zeros.shape) != (out, inp // group) or zeros.dtype != torch.uint8:
+        raise ModelError(f"{key}.zeros is {zeros.dtype} {tuple(zeros.shape)}: expected uint8 {(out, inp // group)}")
 
 
 def calibration_inputs(model: LinearLlama, ids: torch.Tensor, seq_len: int = 256) -> dict[tuple[int, str], torch.Tensor]:

@@ -1,6 +1,54 @@
 """The assembled TitanInfer engine and the ``titaninfer`` command line.
 
-``titaninfer generate`` runs phase 0's engine on the bundled model (offline, CPU is fine);
-``titaninfer check <phase>`` runs a phase's targets. The full engine composing every phase's
-solution (``LLMEngine``, ``chat``, ``serve``, ``bench``, ``report``) arrives with issue 11.
+Public contract (``shared.engine``)::
+
+    @dataclass(frozen=True)
+    class EngineConfig:
+        model: str = "kjv-llama-18m"          # hub id, HF directory, bundled name, random:tinyllama, random:tiny
+        impl: str | list[str] | dict = "solution"   # per-phase choice: "phase3=framework,phase1=reference", a
+                                              # preset ("solution", "framework") or a module path with IMPLS
+        device, dtype, seed, quant (None|rtn|awq|gptq), quant_group_size, tp, max_model_len,
+        max_num_seqs, max_num_batched_tokens, block_size, num_blocks, policy, max_wait_steps,
+        compile (CUDA graphs), bs1_decode ("phase0" | "phase4": which engine decodes a lone request)
+
+    class LLMEngine(config, *, model: LoadedModel | None = None):
+        impls: dict[str, str]                 # what each phase runs, "auto" resolved for this device
+        def generate(prompts, sampling=None, *, max_tokens=64, stop=(), ignore_eos=False, chat=False)
+            -> list[RequestOutput]            # one prompt or a list: text, token ids or chat messages
+        def stream(prompt, sampling=None, *, max_tokens=64, stop=(), ignore_eos=False, chat=False)
+            -> Iterator[Delta]                # text increments of one request
+        def warmup(*, batched=False); def describe() -> str; last_run: RunStats
+
+    RequestOutput(prompt_ids, token_ids, text, finish_reason, ttft_s); Delta(text, token_ids, finish_reason)
+
+Where a request goes: one prompt -> phase 0's single-request engine (its Triton decode step in one CUDA
+graph on a GPU; phase 2's RoPE and phase 5's INT4 weights plug in there); several -> phase 4's
+continuous batching over phase 1's block manager and phase 3's paged attention; ``tp > 1`` -> phase 6.
+
+Presets (``load_impl``): ``solution`` (every phase's solution: what ``make check-engine`` measures),
+``framework`` (the seed's prototype: phase 0's framework, one request at a time), or a module path
+defining ``IMPLS``. The rest: ``cli`` (generate, chat, serve, bench, report, check, hardware), ``bench``
+and ``checks`` (E.1), ``impls`` (the ``--impl`` spec), ``quant`` (phase 5's hook), ``tp`` (phase 6's ranks).
 """
+
+from __future__ import annotations
+
+from types import ModuleType
+
+__all__ = ["EngineConfig", "LLMEngine", "RequestOutput", "Delta", "load_impl"]
+
+
+def __getattr__(name: str):
+    """``shared.LLMEngine`` etc., imported on first use (``import shared`` stays cheap for the CLI)."""
+    if name in ("EngineConfig", "LLMEngine", "RequestOutput", "Delta"):
+        from shared import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'shared' has no attribute {name!r}")
+
+
+def load_impl(name: str) -> ModuleType:
+    """``solution``, ``framework`` or a module path exposing ``IMPLS`` (a per-phase choice)."""
+    from module0_profiling.impl import load_impl as _load
+
+    return _load("shared", name)

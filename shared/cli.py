@@ -1,63 +1,242 @@
 """``titaninfer`` — the command line of the assembled engine.
 
-- ``titaninfer generate``: stream text from a model (default: the bundled model, offline, CPU is fine)
-  and report tokens/s and achieved GB/s. Same flags as ``python -m phase0_prototype generate``, plus
-  ``--rope cuda`` to rotate with phase 2's CUDA kernel.
-- ``titaninfer serve``: the OpenAI-compatible server of phase 4 (``/v1/completions``, ``/v1/chat/completions``).
-- ``titaninfer check <phase>``: run a phase's bench and targets (``make check-phaseN``).
-- ``titaninfer hardware``: this machine's device, measured peaks and datasheet.
+- ``generate``: stream a continuation to the terminal, then tokens/s and achieved GB/s (MBU on a GPU);
+- ``chat``: an interactive conversation through the chat template (stdin lines; Ctrl-D / Ctrl-C ends it);
+- ``serve``: phase 4's OpenAI-compatible server over the engine's continuous batching;
+- ``bench``: offline throughput (mixed short/long requests) and bs=1 decode latency of the engine;
+- ``report``: every phase's check, one after another, regenerating ``reports/`` (with progress);
+- ``check <phase>``: one phase's bench and targets (``make check-phaseN``); ``hardware``: peaks.
+
+Every engine command takes ``--model`` and ``--impl`` (``phase3=framework,phase1=reference``, or a preset
+``solution``/``framework``: see ``shared.impls``), ``--quant rtn|awq|gptq`` and ``--tp N``. The default
+model is the bundled one, offline, on CPU when no GPU is visible. A user mistake prints one ``error:``
+line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+
+COMMANDS = ("generate", "chat", "serve", "bench", "report", "check", "hardware")
+
+
+def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False) -> None:
+    from shared.engine import DEFAULT_MODEL
+
+    ap.add_argument("--model", default=DEFAULT_MODEL,
+                    help="hub id, local HF directory, bundled model name, random:tinyllama or random:tiny")
+    ap.add_argument("--impl", action="append", default=None, metavar="SPEC",
+                    help="phaseN=NAME[,…] or a preset (solution, framework); repeatable; default: solution")
+    ap.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda when available")
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--quant", default=None, help="INT4 weights (phase 5): rtn, awq, gptq")
+    ap.add_argument("--quant-group-size", type=int, default=128, help="input columns per INT4 scale")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (phase 6; greedy)")
+    ap.add_argument("--max-seq-len", type=int, default=None, help="context per request (default: the model's)")
+    ap.add_argument("--no-compile", action="store_true", help="no CUDA graphs / compilation (eager)")
+    ap.add_argument("--bs1-decode", default="phase0", choices=["phase0", "phase4"],
+                    help="which engine decodes a lone request (default phase0: its Triton kernels in one CUDA graph)")
+    if batching:
+        ap.add_argument("--max-num-seqs", type=int, default=32)
+        ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+        ap.add_argument("--num-blocks", type=int, default=None)
+        ap.add_argument("--block-size", type=int, default=16)
+        ap.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"])
+        ap.add_argument("--max-wait-steps", type=int, default=64, help="aging bound in steps (0: no aging)")
+
+
+def add_sampling_arguments(ap: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    ap.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=None, help="sampling seed")
+
+
+def engine_config(args: argparse.Namespace, extra_impl: list[str] = ()):
+    from shared.engine import EngineConfig
+
+    kw = {}
+    if hasattr(args, "max_num_seqs"):
+        kw = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                  num_blocks=args.num_blocks, block_size=args.block_size, policy=args.policy,
+                  max_wait_steps=args.max_wait_steps or None)
+    return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + list(extra_impl), device=args.device,
+                        dtype=args.dtype, quant=args.quant, quant_group_size=args.quant_group_size, tp=args.tp,
+                        max_model_len=args.max_seq_len, compile=not args.no_compile, bs1_decode=args.bs1_decode, **kw)
+
+
+def sampling_params(args: argparse.Namespace):
+    from phase0_prototype.sampling import SamplingParams
+
+    return SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shared import serve
+
+    ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    gen = sub.add_parser("generate", help="stream text, then tokens/s and GB/s")
+    add_engine_arguments(gen)
+    gen.add_argument("--prompt", default="And God said,")
+    add_sampling_arguments(gen, 64)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--rope", choices=["torch", "cuda"], default=None,
+                     help="cuda = phase 2's kernel (same as --impl phase2=solution); torch = phase 0's")
+    chat = sub.add_parser("chat", help="interactive chat through the model's chat template (reads stdin)")
+    add_engine_arguments(chat)
+    add_sampling_arguments(chat, 128)
+    chat.add_argument("--system", default=None, help="a system message")
+    srv = sub.add_parser("serve", help="the OpenAI-compatible server (phase 4) over the engine")
+    add_engine_arguments(srv, batching=True)
+    serve.add_arguments(srv)
+    bench = sub.add_parser("bench", help="offline throughput and bs=1 latency of the engine")
+    add_engine_arguments(bench, batching=True)
+    bench.add_argument("--num-requests", type=int, default=64)
+    bench.add_argument("--short-tokens", type=int, default=10)
+    bench.add_argument("--long-tokens", type=int, default=200)
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="bs=1 latency: random prompt length")
+    bench.add_argument("--new-tokens", type=int, default=64, help="bs=1 latency: tokens generated")
+    rep = sub.add_parser("report", help="run every phase's check and regenerate its report")
+    rep.add_argument("--phases", nargs="*", default=None, help="default: every phase with a checks.py")
+    rep.add_argument("--impl", default="solution")
+    rep.add_argument("--size", choices=["small", "full"], default=None)
+    rep.add_argument("--out", default=None, help="reports root (default: <repo>/reports)")
+    rep.add_argument("--quiet", action="store_true", help="only the per-phase lines, not each check's output")
+    sub.add_parser("check", help="run a phase's targets (see `titaninfer check --help`)", add_help=False)
+    sub.add_parser("hardware", help="device, measured peaks, datasheet", add_help=False)
+    return ap
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from phase0_prototype.generate import GenerateStats, describe
+    from phase0_prototype.weights import decode_bytes_per_token
+    from shared.engine import LLMEngine
+
+    extra = {"cuda": ["phase2=solution"], "torch": ["phase2=off"]}.get(args.rope, [])
+    engine = LLMEngine(engine_config(args, extra))
+    device = engine.device.type
+    shown = {k: v for k, v in engine.impls.items() if k != "phase6" or engine.config.tp > 1}
+    print(f"[{args.model} · {device} {str(engine.model.dtype).replace('torch.', '')} · "
+          f"{' '.join(f'{k}={v}' for k, v in shown.items())}{f' tp={engine.config.tp}' if engine.config.tp > 1 else ''}]",
+          file=sys.stderr)
+    sampling = sampling_params(args)
+    ids = engine.encode(args.prompt, chat=args.chat)
+    engine.check_request(ids, args.max_new_tokens)
+    engine.warmup()
+    if not args.chat:  # the continuation reads on from the prompt, as a completion does
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    t0 = time.perf_counter()
+    first, count = None, 0
+    for delta in engine.stream(ids, sampling, max_tokens=args.max_new_tokens, stop=args.stop):
+        if first is None and delta.token_ids:
+            first = time.perf_counter()
+        count += len(delta.token_ids)
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
+    t_end = time.perf_counter()
+    print(file=sys.stdout)
+    route = engine.route(1)
+    first = first or t_end
+    stats = GenerateStats(len(ids), count, first - t0, t_end - first,
+                          decode_bytes_per_token(engine.model.config, engine.model.dtype, len(ids) + count // 2))
+    if route == "tp":  # one chunk at the end: no first-token time to tell apart
+        line = (f"prompt {len(ids)} tokens, generated {count} in {t_end - t0:.2f} s "
+                "(spawning the ranks and loading the shards included)")
+    elif engine.quant:
+        line = f"prompt {len(ids)} tokens, generated {count}; decode {stats.decode_tok_s:.1f} tokens/s (INT4 weights)"
+    else:
+        line = describe(stats, device)
+    print(f"[{engine.path_name(route)}] {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from shared.chat import run_chat
+    from shared.engine import LLMEngine
+
+    engine = LLMEngine(engine_config(args))
+    sampling = sampling_params(args)
+    engine.warmup()
+    return run_chat(engine, sampling, max_tokens=args.max_new_tokens, system=args.system)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from shared.bench_rows import cli_bench
+
+    return cli_bench(args, engine_config(args))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "generate":
+        return cmd_generate(args)
+    if args.command == "chat":
+        return cmd_chat(args)
+    if args.command == "serve":
+        from shared import serve
+
+        return serve.run(args, engine_config(args))
+    if args.command == "bench":
+        return cmd_bench(args)
+    from pathlib import Path
+
+    from shared.report_all import run_reports
+
+    return run_reports(args.phases, impl=args.impl, size=args.size, out=Path(args.out) if args.out else None,
+                       echo=not args.quiet)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a user mistake (bad model, spec, prompt, machine): one line, exit 2."""
+    from module0_profiling.impl import ImplError
+    from phase0_prototype.errors import ModelError
+
+    errors: list[type[BaseException]] = [ModelError, ImplError]
+    try:
+        from phase2_rope_cuda.cuda_launch import RopeDeviceError
+        from phase2_rope_cuda.shapes import RopeInputError
+
+        errors += [RopeInputError, RopeDeviceError]
+    except ImportError:
+        pass
+    from phase1_rust_memory.errors import NativeExtensionMissing
+
+    errors.append(NativeExtensionMissing)
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{generate,serve,check,hardware}")
-    from phase0_prototype import generate
-
-    gen = sub.add_parser("generate", help="generate text and report tokens/s and GB/s")
-    generate.add_arguments(gen)
-    gen.add_argument("--rope", choices=["torch", "cuda"], default="torch",
-                     help="RoPE implementation: phase 0's PyTorch one, or phase 2's CUDA kernel (GPU)")
-    sub.add_parser("check", help="run a phase's targets (see `titaninfer check --help`)", add_help=False)
-    sub.add_parser("hardware", help="device, measured peaks, datasheet", add_help=False)
-    sub.add_parser("serve", help="the OpenAI-compatible server (phase 4; see `titaninfer serve --help`)", add_help=False)
     if argv and argv[0] == "check":
         from module0_profiling.check import main as check_main
 
         return check_main(argv[1:])
-    if argv and argv[0] == "serve":
-        from phase4_scheduler.__main__ import main as phase4_main
-
-        return phase4_main(argv)
     if argv and argv[0] == "hardware":
         from module0_profiling.hardware import main as hardware_main
 
         return hardware_main(argv[1:])
-    args = ap.parse_args(argv)
-    options = {}
-    if args.rope == "cuda":
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except user_errors() as e:
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except Exception as e:
         import torch
 
-        if not torch.cuda.is_available() or args.device == "cpu":
-            print("error: --rope cuda runs phase 2's CUDA kernel and needs a CUDA GPU; use --rope torch on CPU",
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            print("error: the GPU ran out of memory: lower --max-seq-len, --max-num-seqs or --num-blocks",
                   file=sys.stderr)
             return 2
-        from phase2_rope_cuda.integration import phase0_rope_fn
-        from phase2_rope_cuda.shapes import RopeInputError
-
-        options["rope_fn"] = phase0_rope_fn("solution")
-        try:
-            return generate.main_with_args(args, **options)
-        except RopeInputError as e:  # e.g. a head_dim the vectorised kernel is not built for
-            print(f"error: --rope cuda: {e}; use --rope torch for this model", file=sys.stderr)
-            return 2
-    return generate.main_with_args(args, **options)
+        raise
 
 
 if __name__ == "__main__":

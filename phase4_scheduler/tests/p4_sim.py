@@ -10,8 +10,9 @@ from phase4_scheduler.request import Request
 EOS = 2
 
 
-def fake_token(request: Request, eos_at: dict[int, int]) -> int:
-    n = len(request.output_ids)
+def fake_token(request: Request, eos_at: dict[int, int], index: int | None = None) -> int:
+    """The token at output ``index`` (default: the next one) of ``request``."""
+    n = len(request.output_ids) if index is None else index
     if eos_at.get(request.request_id) == n:
         return EOS
     return 3 + (request.request_id * 31 + n * 7) % 50
@@ -27,29 +28,41 @@ def check_plan(sched, plan) -> None:
         assert c.start == c.request.num_computed and c.num_tokens >= 1
         assert c.end <= c.request.num_tokens
         assert len(c.block_table) * bm.block_size >= c.end, "chunk past its reserved slots"
+        assert list(c.block_table) == bm.block_table(c.request.request_id), "stale block table"
     assert bm.check_invariants() == []
     held = {b for r in sched.running for b in bm.block_table(r.request_id)}
     assert len(held) == bm.num_gpu_blocks - bm.num_free_gpu_blocks, "blocks held outside running requests"
 
 
 def drive(impl: str, workload, *, num_blocks=64, block_size=4, config=None, eos_at=None, max_steps=5000,
-          bm_impl=None, on_plan=None):
-    """``workload``: list of (arrival_step, Request). Returns (scheduler, requests, plans)."""
+          bm_impl=None, on_plan=None, overlap=False):
+    """``workload``: list of (arrival_step, Request). Returns (scheduler, requests, plans).
+
+    ``overlap``: the engine's overlapped protocol — step N is planned and ``advance``d before step N-1's
+    tokens are ``apply``'d (each request's last token is in flight while the next step is planned)."""
     config = config or SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=16)
     sched = load_impl(impl).build(config, make_block_manager(num_blocks, block_size, impl=bm_impl))
     eos_at = eos_at or {}
     pending = sorted(workload, key=lambda x: x[0])
     requests = [r for _, r in pending]
-    plans, step = [], 0
-    while pending or sched.has_unfinished():
+    plans, step, in_flight = [], 0, None
+    while pending or sched.has_unfinished() or in_flight is not None:
         while pending and pending[0][0] <= step:
             sched.add(pending.pop(0)[1])
         plan = sched.schedule()
         check_plan(sched, plan)
         if on_plan:
             on_plan(sched, plan)
-        sampled = {c.request.request_id: fake_token(c.request, eos_at) for c in plan.chunks if c.sample}
-        sched.update(plan, sampled)
+        # The token a step samples depends only on (request, output index), as a model's would.
+        sampled = {c.request.request_id: fake_token(c.request, eos_at, len(c.request.output_ids) + c.request.num_in_flight)
+                   for c in plan.chunks if c.sample}
+        if overlap:
+            sched.advance(plan)
+            if in_flight is not None:
+                sched.apply(*in_flight)
+            in_flight = (plan, sampled) if plan.chunks else None
+        else:
+            sched.update(plan, sampled)
         plans.append(plan)
         step += 1
         assert step < max_steps, "the scheduler stopped making progress"

@@ -226,6 +226,27 @@ def test_framework_is_static_batching():
     assert work[2][1].first_scheduled_step == 31
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=workloads(12), cfg=configs, num_blocks=st.integers(10, 40))
+def test_overlapped_protocol_gives_the_same_tokens_and_frees_everything(spec, cfg, num_blocks):
+    """Planning step N before step N-1's tokens are applied (the overlapped engine): every request still
+    ends with exactly its tokens (EOS, length), preemption and recompute included, and no block leaks;
+    a request never has more than one token in flight when a step is planned."""
+    if any(r.max_total_tokens > num_blocks * 4 for _, r in build_workload(spec)[0]):
+        return
+    for impl in ("solution", "framework"):
+        work, eos_at = build_workload(spec)
+
+        def one_in_flight(sched, plan):
+            assert all(r.num_in_flight <= 1 for r in sched.running + list(sched.waiting))
+            assert all(c.num_tokens >= 1 for c in plan.chunks)
+
+        sched, requests, _ = drive(impl, work, num_blocks=num_blocks, config=cfg, eos_at=eos_at, overlap=True,
+                                   on_plan=one_in_flight)
+        _check_all_finished(sched, requests, eos_at)
+        assert all(r.num_in_flight == 0 for r in requests)
+
+
 def test_preemption_by_recompute_when_blocks_run_out():
     work = [(0, Request([5] * 6, 30, priority=p)) for p in (0, 0, 1)]
     cfg = SchedulerConfig(max_num_seqs=3, max_num_batched_tokens=32, max_wait_steps=None)

@@ -92,3 +92,35 @@ def test_checks_skip_gpu_targets_without_metrics():
     assert status["P5.1"] == "PASS" and status["P5.2"] == "SKIP"
     res.metrics["p5_1_awq_ppl_over_rtn"] = 1.02
     assert TARGETS[0].evaluate(res).status == "FAIL"
+
+
+def test_autoawq_checkpoint_directory_round_trip(tmp_path):
+    """A whole checkpoint written in AutoAWQ's GEMM format (HF names, q/k/v and gate/up split, quantization_config)
+    from a known INT4 model loads back into the same fused model; other formats and bit widths are refused."""
+    import json
+
+    from phase0_prototype.config import TINY
+    from phase0_prototype.sources import LoadedModel
+    from phase0_prototype.tokenizer import load_tokenizer
+    from phase0_prototype.weights import random_state_dict
+    from phase5_quantization import framework
+    from phase5_quantization.awq_checkpoint import load_awq_gemm, save_awq_gemm
+    from phase5_quantization.model import LinearLlama
+
+    cfg = TINY.with_(intermediate_size=256, num_hidden_layers=2)
+    m = LoadedModel("t", cfg, random_state_dict(cfg, seed=5), load_tokenizer(None, vocab_size=cfg.vocab_size), None)
+    q = framework.quantize(LinearLlama.from_loaded(m))
+    path = save_awq_gemm(q, tmp_path / "awq")
+    from safetensors.torch import load_file
+
+    names = load_file(str(path / "model.safetensors")).keys()
+    assert "model.layers.1.self_attn.k_proj.qzeros" in names and "model.layers.0.mlp.up_proj.scales" in names
+    back = load_awq_gemm(path)
+    ids = torch.randint(3, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(back.forward_logits(ids), q.forward_logits(ids))
+    hf = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(hf, quantization_config=dict(hf["quantization_config"], bits=8))))
+    with pytest.raises(ModelError, match="8 bits.*expected AutoAWQ 'awq', 4 bits"):
+        load_awq_gemm(path)
+    with pytest.raises(ModelError, match="looks like an AutoAWQ checkpoint: use .*load_awq_gemm"):
+        LinearLlama.load(path)

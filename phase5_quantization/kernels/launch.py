@@ -1,0 +1,173 @@
+"""``w4a16_linear``: choose the kernel and its configuration, own the split-K workspace, check the inputs.
+
+Configurations: on a GPU, ``triton.autotune`` picks among a few per (N, K, M bucket, fusion) the first time
+a shape is seen (tens of milliseconds per configuration; warm up before capturing a CUDA graph). The space
+is small on purpose and was chosen for TinyLlama's projections on an H100:
+
+- one row (``_gemv_kernel``): 16 output features per program, ``BLOCK_KW`` 128–512 packed words (1024–4096
+  input features) per step, 4 or 8 warps, split-K 1–4. Each step's loads are all a program has in flight
+  (the loop is not software-pipelined), so the tiles are large: 8–32 KB of codes; configurations holding
+  more than 32 words per thread (16 with SwiGLU's two tiles) are dropped (spills);
+- ``M ≥ 2`` (``_gemm_kernel``): ``BLOCK_M`` from M (16, 32 or 64), ``BLOCK_N`` 32–128, split-K 1–8 for
+  ``M ≤ 64`` (a prefill's many row tiles fill the GPU without it).
+
+Under ``TRITON_INTERPRET=1`` (CPU tests) there is no tuning: one small fixed configuration, overridable
+with ``config=`` so the tests reach every path (split-K included).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from phase0_prototype.errors import ModelError
+from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
+from phase5_quantization.kernels.layout import KernelWeight
+from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU, _gemm_kernel, _gemv_kernel
+
+WS_FLOATS = 1 << 21  # split-K workspace (fp32, 8 MB per device): rows × 2N must fit
+LOCKS = 1 << 16
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The device's zeroed fp32 workspace and ticket counters (every split-K call leaves them zeroed)."""
+    if device not in _workspaces:
+        _workspaces[device] = (torch.zeros(WS_FLOATS, dtype=torch.float32, device=device),
+                               torch.zeros(LOCKS, dtype=torch.int32, device=device))
+    return _workspaces[device]
+
+
+def _fits_split(split: int, m: int, n: int, k: int, group: int, tiles: int) -> bool:
+    return split == 1 or (m * 2 * n <= WS_FLOATS and tiles <= LOCKS and k // group >= split)
+
+
+def _prune_gemv(configs, named_args, **kwargs):
+    n, k, group = named_args["N"], named_args["K"], kwargs.get("GROUP", 128)
+    words_cap = 16 if kwargs.get("EPILOGUE", NONE) == SWIGLU else 32  # two tiles live with SwiGLU
+    kept = []
+    for c in configs:
+        bn, bkw, split = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"]
+        words_per_thread = bn * bkw // (32 * c.num_warps)
+        if (words_per_thread <= words_cap and bkw * 8 * split <= k
+                and _fits_split(split, 1, n, k, group, triton.cdiv(n, bn))):
+            kept.append(c)
+    return kept or configs[:1]
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    m, n, k, group = named_args["M"], named_args["N"], named_args["K"], kwargs.get("GROUP", 128)
+    kept = []
+    for c in configs:
+        bm, bn, split = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["SPLIT_K"]
+        if bm != _block_m(m) or (split > 1 and m > 64):
+            continue
+        if _fits_split(split, m, n, k, group, triton.cdiv(n, bn) * triton.cdiv(m, bm)):
+            kept.append(c)
+    return kept or [c for c in configs if c.kwargs["BLOCK_M"] == _block_m(m)][:1]
+
+
+def _block_m(m: int) -> int:
+    return 16 if m <= 16 else 32 if m <= 32 else 64
+
+
+def _c(num_warps=4, num_stages=3, **kw) -> triton.Config:
+    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+
+
+# (BLOCK_N, BLOCK_KW, SPLIT_K, warps). BLOCK_N = 16: a thread then owns whole 64-byte word-rows, so the tile's
+# row layout is the plain 1-D layout of the activation loads (wider rows make Triton reshuffle every
+# activation through shared memory); 1–2 rows per thread, 8–32 KB of codes per step.
+GEMV_CONFIGS = [_c(BLOCK_N=16, BLOCK_KW=bkw, SPLIT_K=sk, num_warps=w)
+                for bkw, sk, w in [(128, 1, 4), (256, 1, 4), (256, 1, 8), (512, 1, 8), (128, 2, 4), (256, 2, 8),
+                                   (128, 4, 4)]]
+# (BLOCK_N, SPLIT_K, warps, stages) for each BLOCK_M (taken from M, not tuned); M > 64 (prefill) is not tuned:
+# PREFILL_CONFIG (prefill speed is not a target here, and every tuned shape costs compilations)
+GEMM_CONFIGS = [_c(BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=sk, num_warps=w, num_stages=st)
+                for bm in (16, 32, 64)
+                for bn, sk, w, st in [(64, 1, 4, 3), (128, 1, 4, 3), (64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 8, 3),
+                                      (32, 4, 4, 3)]]
+PREFILL_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, SPLIT_K=1, num_warps=4, num_stages=3)
+KEY = ["N", "K", "M_KEY", "NORM", "EPILOGUE"]  # (USE_PDL is fixed per device)
+_tuned: dict[str, object] = {}
+
+
+def _kernel(which: str):
+    """The autotuned kernel on a GPU (built once), the bare one under the interpreter."""
+    if interpreting():
+        return _gemv_kernel if which == "gemv" else _gemm_kernel
+    if which not in _tuned:
+        configs, prune, fn = ((GEMV_CONFIGS, _prune_gemv, _gemv_kernel) if which == "gemv"
+                              else (GEMM_CONFIGS, _prune_gemm, _gemm_kernel))
+        _tuned[which] = triton.autotune(configs, key=KEY, prune_configs_by={"early_config_prune": prune},
+                                        restore_value=["out_ptr"], warmup=5, rep=25)(fn)
+    return _tuned[which]
+
+
+INTERPRETER_GEMV = dict(BLOCK_N=16, BLOCK_KW=32, SPLIT_K=1)
+INTERPRETER_GEMM = dict(BLOCK_M=16, BLOCK_N=16, SPLIT_K=1)
+
+
+def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                 residual: torch.Tensor | None = None, swiglu: bool = False, out: torch.Tensor | None = None,
+                 config: dict | None = None) -> torch.Tensor:
+    """``epilogue(prologue(x) · Wᵀ)``: ``x [..., K]`` (fp16/bf16/fp32) -> ``[..., N]`` (``[..., N/2]`` with ``swiglu``).
+
+    ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual`` (shape of the output): add it (``out=residual``
+    for in place). ``swiglu``: the weight is ``[gate; up]`` and the result ``silu(x·gateᵀ) · (x·upᵀ)``.
+    ``config``: fixed kernel parameters (``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for one row, ``BLOCK_M``/``BLOCK_N``/
+    ``SPLIT_K`` otherwise, optional ``num_warps``) instead of the tuned ones.
+    """
+    K = w.k
+    if x.shape[-1] != K:
+        raise ModelError(f"W4A16 linear: the input has {x.shape[-1]} features, the weight expects {K}")
+    if not (x.is_cuda or interpreting()):
+        raise ModelError("the Triton W4A16 kernel needs CUDA tensors (or TRITON_INTERPRET=1 on a CPU); "
+                         "QuantLinear falls back to dequantize + F.linear elsewhere")
+    if x.device != w.device:
+        raise ModelError(f"W4A16 linear: input on {x.device}, weight on {w.device}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) != K):
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    N = w.n // 2 if swiglu else w.n
+    if out is None:
+        out = torch.empty(*lead, N, dtype=x.dtype, device=x.device)
+    out2 = out.view(M, N)
+    res2 = residual.reshape(M, N) if residual is not None else out2
+    epilogue = SWIGLU if swiglu else RESIDUAL if residual is not None else NONE
+    nw = norm_weight if norm_weight is not None else x2
+    ws, locks = workspace(x.device)
+    common = dict(GROUP=w.group_size, NORM=norm_weight is not None, EPILOGUE=epilogue)
+    m_key = M if M <= 64 else triton.next_power_of_2(M)
+    if M == 1:
+        pdl = pdl_enabled(x.device)
+        common.update(USE_PDL=pdl)
+        fn = _kernel("gemv")
+        meta = dict(INTERPRETER_GEMV, **(config or {})) if interpreting() or config else {}
+        fn_run = fn.fn if (config and not interpreting() and hasattr(fn, "fn")) else fn
+        grid = lambda c: (triton.cdiv(N, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
+        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, N, K, w.n, eps, m_key, *NIBBLE_MASKS, 1,
+                     **common, **meta, **launch_options(pdl))
+    else:
+        fn = _kernel("gemm")
+        if M > 64 and not config and not interpreting():
+            config = PREFILL_CONFIG
+        meta = dict(INTERPRETER_GEMM, **(config or {})) if interpreting() or config else {}
+        if config and "BLOCK_M" not in config:
+            meta["BLOCK_M"] = _block_m(M)
+        fn_run = fn.fn if (config and not interpreting() and hasattr(fn, "fn")) else fn
+        grid = lambda c: (triton.cdiv(N, c["BLOCK_N"]), triton.cdiv(M, c["BLOCK_M"]), c["SPLIT_K"])  # noqa: E731
+        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K, w.n, x2.stride(0),
+                     out2.stride(0), res2.stride(0), eps, m_key, *NIBBLE_MASKS, **common,
+                     DOT_F32=x.dtype == torch.float32 or interpreting(), **meta)
+    return out

@@ -1,0 +1,100 @@
+"""The kernel's INT4 layout: output features contiguous, and the codes of a word 16 input features apart.
+
+Storage (``packing.QuantizedWeight``, what checkpoints hold) keeps a row of ``W [N, K]`` together:
+``qweight [N, K/8]``, word ``(n, w)`` = codes of ``(n, 8w .. 8w+7)``. A product over that layout would have the
+threads of a warp read 32 different rows. The kernels read ``KernelWeight`` instead (repacked once, when a
+``QuantLinear`` first meets a CUDA device or the Triton interpreter):
+
+==============  ==========================  =================================================================
+field           shape, dtype                meaning
+==============  ==========================  =================================================================
+``qweight``     [K / 8, N] int32            word ``(16g + w, n)``, bits ``4j..4j+3``: code of input feature
+                                            ``k = 128g + 16j + w`` of output ``n`` (g: group, w = 0..15, j = 0..7)
+``scales``      [K / 128, N] fp16           scale of (group, n)
+``zeros``       [K / 128, N] uint8          zero-point of (group, n)
+==============  ==========================  =================================================================
+
+Why this arrangement:
+
+- **Coalesced, wide loads**: consecutive ``n`` are consecutive words, so a warp's load of a word-row is
+  contiguous (16-byte vectors per thread) and the activation a word multiplies is the same for the whole
+  warp (a broadcast). It is GPTQ's ``[K/8, N]`` orientation.
+- **Nibble j of the 16 words of a group = 16 consecutive input features** ``128g + 16j .. 128g + 16j + 15``:
+  the tensor-core kernel turns nibble ``j`` of a ``[16, BLOCK_N]`` word tile into the ``[16, BLOCK_N]``
+  operand of one ``k = 16`` MMA step against 16 *contiguous* activation columns — no shuffle of codes or
+  activations, no reshape in registers.
+- **Codes extracted in place**: nibble ``j`` is masked where it lies and OR-ed into a float's exponent
+  (``w4a16._code``): one logical op + one subtract per weight, no int→float conversion.
+
+Bytes: 0.5 per weight + 3 per 128 weights (the same as storage). AutoAWQ's GEMM layout (``[K, N/8]``, packed
+along N, interleaved) suits CUDA kernels that dequantize straight into MMA fragments with PTX tricks
+Triton does not expose; ``packing.from_awq_gemm`` imports it into storage and this repack takes it from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from phase0_prototype.errors import ModelError
+from phase5_quantization.packing import PACK, QuantizedWeight, pack_int4, unpack_int4
+
+KERNEL_GROUP = 128  # the layout's nibble stride assumes groups of 128 input features
+WORDS_PER_GROUP = KERNEL_GROUP // PACK
+
+
+@dataclass
+class KernelWeight:
+    """One INT4 matrix in the kernel layout (module docstring): ``y = x · Wᵀ`` with ``W [n, k]``."""
+
+    qweight: torch.Tensor  # [K / 8, N] int32
+    scales: torch.Tensor  # [K / 128, N] fp16
+    zeros: torch.Tensor  # [K / 128, N] uint8
+    group_size: int = KERNEL_GROUP
+
+    @property
+    def n(self) -> int:
+        return self.qweight.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.qweight.shape[0] * PACK
+
+    @property
+    def device(self) -> torch.device:
+        return self.qweight.device
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
+
+
+def _strided_order(k: int) -> torch.Tensor:
+    """Column order that puts code ``j`` of word ``w`` of group ``g`` at position ``8(16g + w) + j``: feature
+    ``128g + 16j + w``."""
+    g, w, j = torch.meshgrid(torch.arange(k // KERNEL_GROUP), torch.arange(WORDS_PER_GROUP), torch.arange(PACK),
+                             indexing="ij")
+    return (g * KERNEL_GROUP + j * WORDS_PER_GROUP + w).reshape(-1)
+
+
+def to_kernel_layout(qw: QuantizedWeight, device: torch.device | str | None = None, name: str = "weight") -> KernelWeight:
+    """Storage layout -> kernel layout (on ``device``, default the weight's own)."""
+    if qw.group_size != KERNEL_GROUP:
+        raise ModelError(f"{name}: the W4A16 kernel takes groups of {KERNEL_GROUP} input features, this weight has "
+                         f"groups of {qw.group_size}; requantize with group_size={KERNEL_GROUP} (QuantLinear falls back "
+                         "to dequantize + F.linear for other group sizes)")
+    dev = torch.device(device) if device is not None else qw.qweight.device
+    codes = unpack_int4(qw.qweight.to(dev))  # [N, K]
+    order = _strided_order(codes.shape[1]).to(dev)
+    words = pack_int4(codes[:, order])  # [N, K/8], word (n, 16g + w) in the strided order
+    return KernelWeight(words.t().contiguous(), qw.scales.to(dev, torch.float16).t().contiguous(),
+                        qw.zeros.to(dev, torch.uint8).t().contiguous(), KERNEL_GROUP)
+
+
+def from_kernel_layout(kw: KernelWeight) -> QuantizedWeight:
+    """Kernel layout -> storage layout (the inverse permutation)."""
+    codes_perm = unpack_int4(kw.qweight.t().contiguous())  # [N, K] in the strided order
+    order = _strided_order(codes_perm.shape[1]).to(codes_perm.device)
+    codes = torch.empty_like(codes_perm)
+    codes[:, order] = codes_perm
+    return QuantizedWeight(pack_int4(codes), kw.scales.t().contiguous(), kw.zeros.t().contiguous(), kw.group_size)

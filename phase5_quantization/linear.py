@@ -1,0 +1,108 @@
+"""``QuantLinear`` (INT4) and ``DenseLinear`` (float): one call for a projection, whatever its weights.
+
+Both take the fusions the decode step wants (``norm_weight``/``eps``: RMSNorm the input first; ``residual``:
+add it, ``out=residual`` for in place; ``swiglu``: the matrix is ``[gate; up]`` and the result
+``silu(gate) · up``), so the engine's step is written once.
+
+``QuantLinear`` on a CUDA tensor runs the Triton W4A16 kernel (``kernels``): the codes are repacked into the
+kernel layout on first use on that device and cached. Elsewhere (a CPU, or a group size other than 128)
+it dequantizes the whole matrix and calls ``F.linear``: correct, and slower than the float matrix (it reads
+4-bit codes *and* writes a float copy). ``use_kernel=True`` forces the kernel (the CPU tests do, under
+``TRITON_INTERPRET=1``); ``False`` forces the fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from phase0_prototype.model import rms_norm, swiglu as swiglu_fn
+from phase5_quantization.packing import QuantizedWeight
+
+
+def _unfused(y_fn, x: torch.Tensor, norm_weight, eps, residual, swiglu, out) -> torch.Tensor:
+    """The fusions in plain PyTorch, with the kernels' roundings (projection in the activation dtype)."""
+    h = rms_norm(x, norm_weight, eps) if norm_weight is not None else x
+    y = y_fn(h)
+    if swiglu:
+        y = swiglu_fn(*y.chunk(2, dim=-1))
+    if residual is not None:
+        y = residual + y
+    if out is not None:
+        out.copy_(y)
+        return out
+    return y
+
+
+class DenseLinear:
+    """A float matrix ``[out, in]`` behind the same call as ``QuantLinear``."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def __call__(self, x: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                 residual: torch.Tensor | None = None, swiglu: bool = False,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        if x.is_cuda and x.dim() == 2 and x.shape[0] <= 8 and self.weight.dtype == x.dtype and self.weight.is_cuda:
+            from phase0_prototype.kernels.gemv import fused_gemv  # phase 0's bandwidth-bound GEMV (lm_head)
+
+            return fused_gemv(x, self.weight, norm_weight=norm_weight, eps=eps, residual=residual, swiglu=swiglu, out=out)
+        return _unfused(lambda h: F.linear(h, self.weight.to(h.dtype)), x, norm_weight, eps, residual, swiglu, out)
+
+    def dense(self) -> torch.Tensor:
+        return self.weight
+
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def to(self, device=None, dtype=None) -> "DenseLinear":
+        return DenseLinear(self.weight.to(device=device, dtype=dtype))
+
+
+class QuantLinear:
+    """``y = x · dequant(W)ᵀ`` with W stored as INT4 (``packing.QuantizedWeight``)."""
+
+    def __init__(self, qw: QuantizedWeight, use_kernel: bool | None = None):
+        self.qw = qw
+        self.use_kernel = use_kernel
+        self._kernel: dict[torch.device, object] = {}  # device -> kernels.layout.KernelWeight
+
+    def kernel_weight(self, device: torch.device | str):
+        """The codes in the kernel layout on ``device`` (repacked once, then cached)."""
+        from phase5_quantization.kernels.layout import to_kernel_layout
+
+        device = torch.device(device)
+        if device not in self._kernel:
+            self._kernel[device] = to_kernel_layout(self.qw, device)
+        return self._kernel[device]
+
+    def runs_kernel(self, x: torch.Tensor) -> bool:
+        if self.use_kernel is not None:
+            return self.use_kernel
+        return x.is_cuda and self.qw.group_size == 128
+
+    def __call__(self, x: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                 residual: torch.Tensor | None = None, swiglu: bool = False,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.runs_kernel(x):
+            from phase5_quantization.kernels import w4a16_linear
+
+            return w4a16_linear(x, self.kernel_weight(x.device), norm_weight=norm_weight, eps=eps, residual=residual,
+                                swiglu=swiglu, out=out)
+        return _unfused(lambda h: F.linear(h, self.qw.dequantize(h.dtype).to(h.device)), x, norm_weight, eps,
+                        residual, swiglu, out)
+
+    def dense(self) -> torch.Tensor:
+        return self.qw.dequantize(torch.float32)
+
+    def nbytes(self) -> int:
+        return self.qw.nbytes()
+
+    def to(self, device=None, dtype=None) -> "QuantLinear":
+        """The codes on ``device`` (``dtype`` applies to activations, not to INT4 weights: ignored)."""
+        qw = self.qw
+        if device is not None:
+            qw = QuantizedWeight(qw.qweight.to(device), qw.scales.to(device), qw.zeros.to(device), qw.group_size)
+        out = QuantLinear(qw, self.use_kernel)
+        out._kernel = dict(self._kernel)
+        return out

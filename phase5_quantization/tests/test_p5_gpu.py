@@ -1,0 +1,113 @@
+"""GPU: the W4A16 kernels at TinyLlama's shapes against the dequantized matrix, the fusions, split-K and CUDA
+graphs, and the INT4 engine against the recomputed INT4 model."""
+
+import pytest
+import torch
+
+from phase5_quantization.framework import quantize_weight
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+SHAPES = [(2048, 5632), (5632, 2048), (2048, 2560), (2048, 2048)]  # (K, N): gate/up, down, qkv, o
+
+
+def _weight(n, k, seed):
+    from phase5_quantization.kernels import to_kernel_layout
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n, k, generator=gen, device="cuda") * 0.02
+    qw = quantize_weight(w, 128)
+    return qw, to_kernel_layout(qw), qw.dequantize(torch.float32)
+
+
+def _close(y, ref, rel):
+    err = float((y.float() - ref).abs().max() / ref.abs().max())
+    assert err < rel, err
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("m", [1, 16, 64])
+def test_tinyllama_shapes_match_dequantized_matmul(k, n, m):
+    from phase5_quantization.kernels import w4a16_linear
+
+    qw, kw, deq = _weight(n, k, k + n + m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ref = x.float() @ deq.t()
+    _close(w4a16_linear(x, kw), ref, 2 ** -7)  # bf16 output rounding, fp32 accumulation
+    x32 = x.float()
+    _close(w4a16_linear(x32, kw), x32 @ deq.t(), 1e-5)
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_N=16, BLOCK_KW=128, SPLIT_K=4, num_warps=4),
+                                    dict(BLOCK_N=16, BLOCK_KW=256, SPLIT_K=2, num_warps=8)])
+def test_gemv_split_k_repeated_calls(config):
+    """The last program of each tile must leave the workspace and its ticket zeroed for the next call."""
+    from phase5_quantization.kernels import w4a16_linear
+
+    qw, kw, deq = _weight(2048, 5632, 7)
+    for seed in range(3):
+        x = torch.randn(1, 5632, device="cuda", dtype=torch.bfloat16, generator=torch.Generator(device="cuda").manual_seed(seed))
+        _close(w4a16_linear(x, kw, config=config), x.float() @ deq.t(), 2 ** -7)
+
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_fusions_at_tinyllama_shapes(m):
+    from phase5_quantization.kernels import w4a16_linear
+
+    qw, kw, deq = _weight(2 * 5632, 2048, 11)
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    g = 1 + 0.1 * torch.randn(2048, device="cuda")
+    h = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5) * g).float()
+    gate, up = (h @ deq.t()).chunk(2, -1)
+    _close(w4a16_linear(x, kw, norm_weight=g.bfloat16(), eps=1e-5, swiglu=True),
+           torch.nn.functional.silu(gate) * up, 2 ** -6)
+    qo, ko, do = _weight(2048, 2048, 12)
+    res = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    expect = res.float() + x.float() @ do.t()
+    w4a16_linear(x, ko, residual=res, out=res)
+    _close(res, expect, 2 ** -6)
+
+
+def test_cuda_graph_replay_matches_eager():
+    from module0_profiling.timing import capture_cuda_graph
+    from phase5_quantization.kernels import w4a16_linear
+
+    qw, kw, deq = _weight(5632, 2048, 21)
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(1, 5632, device="cuda", dtype=torch.bfloat16)
+    eager = w4a16_linear(x, kw).clone()
+    graph = capture_cuda_graph(lambda: w4a16_linear(x, kw, out=out))
+    out.zero_()
+    graph.replay()
+    assert torch.equal(out, eager)
+
+
+def test_int4_engine_matches_recomputed_model_on_gpu():
+    """kjv-llama-18m in fp32 on the GPU: the engine's greedy tokens (W4A16 GEMV step in a CUDA graph, GEMM
+    prefill) equal the INT4 model's recomputed greedy tokens on the CPU (dequantize + F.linear)."""
+    from phase0_prototype.sources import load_model
+    from phase5_quantization import framework
+    from phase5_quantization.integration import Int4Engine
+    from phase5_quantization.model import LinearLlama
+
+    cpu = load_model("kjv-llama-18m", dtype="fp32")
+    q = framework.quantize(LinearLlama.from_loaded(cpu))
+    ids = cpu.tokenizer.encode("And the LORD spake unto Moses, saying,", add_special_tokens=True)
+    expected = q.greedy(ids, 24)
+    gpu = load_model("kjv-llama-18m", dtype="fp32", device="cuda")
+    engine = Int4Engine(gpu, q, max_seq_len=128, compile=True)
+    got = engine.generate(torch.tensor([ids], device="cuda"), 24, stop_on_eos=False).tokens[0].tolist()
+    assert got == expected
+    logits = engine.forward_logits(torch.tensor([ids], device="cuda")).cpu()
+    assert torch.allclose(logits, q.forward_logits(torch.tensor([ids])), atol=2e-3, rtol=1e-3)
+
+
+def test_int4pack_peer_agrees_with_our_codes():
+    """The tinygemm peer is fed the same numbers (so P5.2 compares kernels, not different weights)."""
+    from phase5_quantization.peers import int4pack_linear, int4pack_reason
+
+    if int4pack_reason():
+        pytest.skip(int4pack_reason())
+    qw, kw, deq = _weight(2048, 2048, 31)
+    x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
+    _close(int4pack_linear(qw)(x), x.float() @ deq.t(), 2 ** -6)

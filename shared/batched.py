@@ -1,0 +1,82 @@
+"""Driving phase 4's engine: offline runs of many requests and the stream of one, step by step.
+
+Phase 4's ``LLMEngine.step`` plans (scheduler), runs the paged forward pass, samples per request and
+turns tokens into text with stop strings; this module only adds requests, steps until they finish,
+gathers each request's text, and samples how full the reserved KV memory is.
+
+KV memory utilisation = token slots holding a computed K/V (``num_computed`` of the running requests) /
+slots of the blocks the block manager has handed out, after each step — the share of reserved KV memory
+doing work (a static cache reserves a whole context per request; paged blocks follow the tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from phase0_prototype.errors import ModelError
+
+
+def _make_request(engine, ids: list[int], max_tokens: int, sampling, stop, ignore_eos: bool):
+    try:
+        return engine.make_request(ids, max_tokens, sampling, stop=stop, ignore_eos=ignore_eos)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+
+
+def _add(engine, request) -> None:
+    try:
+        engine.add(request)
+    except ValueError as e:  # it can never fit the KV pool
+        raise ModelError(f"{e}: raise --num-blocks or lower --max-new-tokens") from None
+
+
+def kv_utilisation(engine) -> float | None:
+    blocks = engine.blocks
+    reserved = (blocks.num_gpu_blocks - blocks.num_free_gpu_blocks) * engine.config.block_size
+    if reserved == 0:
+        return None
+    return sum(r.num_computed for r in engine.scheduler.running) / reserved
+
+
+def run_batched(engine, prompts: list[list[int]], max_tokens: list[int], sampling, stop, ignore_eos: bool):
+    """Every prompt through continuous batching; ``(outputs, mean KV utilisation)``."""
+    from shared.engine import RequestOutput
+
+    requests = [_make_request(engine, p, n, sampling, stop, ignore_eos) for p, n in zip(prompts, max_tokens, strict=True)]
+    texts: dict[int, list[str]] = {r.request_id: [] for r in requests}
+    for r in requests:
+        _add(engine, r)
+    samples = []
+    while engine.has_unfinished():
+        for event in engine.step():
+            texts[event.request.request_id].append(event.text)
+        u = kv_utilisation(engine)
+        if u is not None:
+            samples.append(u)
+    outputs = []
+    for r in requests:
+        reason = "stop" if r.finish_reason == "stop" else "length"
+        ttft = r.first_token_time - r.arrival_time if r.first_token_time is not None else None
+        outputs.append(RequestOutput(list(r.prompt_ids), list(r.output_ids), "".join(texts[r.request_id]), reason, ttft))
+    return outputs, (sum(samples) / len(samples) if samples else None)
+
+
+def stream_batched(engine, ids: list[int], max_tokens: int, sampling, stop, ignore_eos: bool) -> Iterator:
+    """One request through phase 4's engine, a ``Delta`` per step; aborted (blocks freed) if left early."""
+    from shared.engine import Delta
+
+    request = _make_request(engine, ids, max_tokens, sampling, stop, ignore_eos)
+    _add(engine, request)
+    try:
+        while not request.finished:
+            for event in engine.step():
+                if event.request is request:
+                    reason = ("stop" if request.finish_reason == "stop" else "length") if event.finished else None
+                    yield Delta(event.text, [request.output_ids[-1]], reason)
+    finally:
+        if not request.finished:
+            engine.abort(request.request_id)
+            # an overlapping engine still has the last launched step in flight: read it back (the aborted
+            # request's token is dropped) so the engine is idle again, unless others are still running
+            while engine.has_unfinished() and not engine.scheduler.has_unfinished():
+                engine.step()

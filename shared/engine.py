@@ -1,0 +1,377 @@
+"""``LLMEngine``: the phases' solutions composed into one engine, each phase's part selectable.
+
+What runs where (``impls``: see ``shared.impls``; ``EngineConfig.impl`` is the ``--impl`` spec):
+
+- **one request** (``generate`` of a single prompt, ``stream``, the CLI's ``generate`` and ``chat``):
+  phase 0's engine — static KV cache and, on CUDA, the decode step as Triton kernels replayed as one CUDA
+  graph — with phase 2's RoPE plugged in when ``phase2`` is not ``off`` and phase 5's INT4 weights when
+  ``quant`` is set. ``bs1_decode="phase4"`` sends lone requests through phase 4's runner instead.
+- **several requests**: phase 4's continuous batching (scheduler ``phase4``) over phase 1's block manager
+  (``phase1``) and phase 3's paged attention (``phase3``), sampling per request. ``phase4=off`` serves
+  them one at a time through the single-request engine (the seed's prototype).
+- **tp > 1**: phase 6's tensor-parallel ranks (``phase6`` layers), greedy.
+
+Why phase 0's engine for bs=1 (``bs1_decode="phase0"``, the default): a lone decode step is a GEMV per
+projection, memory-bound; phase 0 runs it as Triton GEMVs with RMSNorm/residual/SwiGLU fused and RoPE +
+cache write + attention in one kernel, 6 launches per layer in one graph (836 tok/s, 58 % MBU on an H100
+in phase 0's report), while phase 4's bucket graph runs the batched runner's cuBLAS GEMMs and separate
+norm/RoPE/cache-write kernels at M=1. ``make check-engine`` times both in the same run and says which
+was faster (its "bs=1 decode path" table): the choice stays explicit, and is checked.
+
+The two engines are built on first use and share phase 0's fused weights (one copy on the GPU).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from phase0_prototype.errors import ModelError
+from phase0_prototype.sampling import GREEDY, SamplingParams
+from phase0_prototype.sources import LoadedModel, load_model
+from shared import impls as impl_spec
+from shared.streaming import token_chunks
+
+DEFAULT_MODEL = "kjv-llama-18m"  # the bundled model: offline, CPU-friendly
+BS1_DECODE_PATHS = ("phase0", "phase4")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = DEFAULT_MODEL  # hub id, HF directory, bundled name, random:tinyllama, random:tiny
+    impl: str | Sequence[str] | Mapping[str, str] = "solution"  # --impl spec (shared.impls)
+    device: str | None = None  # default: cuda when available
+    dtype: str | None = None  # default: bf16 on cuda, fp32 on cpu
+    seed: int = 0  # weights of random:* models
+    quant: str | None = None  # None | rtn | awq | gptq | module path (overrides phase5 of impl)
+    quant_group_size: int = 128  # input columns per INT4 scale/zero-point
+    tp: int = 1  # tensor-parallel ranks (phase 6)
+    max_model_len: int | None = None  # prompt + new tokens per request (default: the model's context)
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+    block_size: int = 16
+    num_blocks: int | None = None  # default: max_num_seqs requests of max_model_len
+    policy: str = "sjf"
+    max_wait_steps: int | None = 64
+    compile: bool = True  # CUDA graphs (phase 0, phase 4) on CUDA
+    bs1_decode: str = "phase0"  # which engine decodes a lone request
+
+
+@dataclass
+class RequestOutput:
+    prompt_ids: list[int]
+    token_ids: list[int]  # new tokens, up to and including an EOS
+    text: str  # EOS and stop strings excluded
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+    ttft_s: float | None = None  # arrival to first token
+
+
+@dataclass
+class Delta:
+    """A streamed increment: new text (may be empty while a stop string is undecided) and its ids."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # set on the last delta
+
+
+@dataclass
+class RunStats:
+    """What the last ``generate`` did: which engine ran, and how full the KV memory it reserved was."""
+
+    path: str
+    requests: int
+    new_tokens: int
+    seconds: float
+    kv_utilisation: float | None  # live token slots / reserved KV slots, mean over decode steps
+    notes: list[str] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig = EngineConfig(), *, model: LoadedModel | None = None):
+        self.config = config
+        device = torch.device(config.device or (model.device.type if model is not None else
+                                                ("cuda" if torch.cuda.is_available() else "cpu")))
+        chosen = impl_spec.parse(config.impl)
+        if config.quant is not None:
+            chosen["phase5"] = impl_spec.check_name("phase5", config.quant or "off")
+        self.impls = impl_spec.resolve(chosen, device.type)
+        impl_spec.import_module_paths(self.impls)
+        self.quant = impl_spec.quant_method(self.impls)
+        if self.impls["phase2"] in ("framework", "solution") and device.type != "cuda":
+            raise impl_spec.ImplSpecError(f"phase2={self.impls['phase2']} is a CUDA kernel: use phase2=reference "
+                                          "or phase2=off on a CPU")
+        if config.bs1_decode not in BS1_DECODE_PATHS:
+            raise ModelError(f"bs1_decode={config.bs1_decode!r}: choose {' or '.join(BS1_DECODE_PATHS)}")
+        dtype = config.dtype or ("bf16" if device.type == "cuda" else "fp32")
+        self.model = model if model is not None else load_model(config.model, dtype=dtype, device=device,
+                                                                seed=config.seed)
+        self.device = self.model.device
+        limit = self.model.config.max_position_embeddings
+        self.max_model_len = min(config.max_model_len or limit, limit)
+        if config.tp > 1:
+            from shared import tp
+
+            if self.quant:
+                raise ModelError("INT4 (--quant) with tensor parallelism is not built: drop --quant or use --tp 1")
+            tp.check(self.model.config, config.tp, self.device.type, self.impls["phase6"])
+        self._single = None
+        self._batched = None
+        self.last_run: RunStats | None = None
+
+    # ------------------------------------------------------------------ the components
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def single(self):
+        """Phase 0's engine (with phase 2's RoPE / phase 5's INT4 weights when chosen), built on first use."""
+        if self._single is None:
+            if self.quant:
+                from shared.quant import build_engine
+
+                self._single = build_engine(self.model, self.quant, max_seq_len=self.max_model_len,
+                                            compile=self.config.compile, group_size=self.config.quant_group_size)
+            else:
+                from phase0_prototype import load_impl
+
+                options = {}
+                if self.impls["phase2"] != "off":
+                    from phase2_rope_cuda.integration import phase0_rope_fn
+
+                    options["rope_fn"] = phase0_rope_fn(self.impls["phase2"])
+                if self.impls["phase0"] == "solution" and self.device.type == "cpu":
+                    options["sync_every"] = 1  # no device to keep fed: hand every token over at once
+                engine = load_impl(self.impls["phase0"]).build(self.model, max_seq_len=self.max_model_len,
+                                                               compile=self.config.compile, **options)
+                if self._batched is not None:  # one copy of the fused weights (before any graph capture)
+                    _share(self._batched.runner, engine)
+                self._single = engine
+            if hasattr(self._single, "warmup"):
+                self._single.warmup()
+        return self._single
+
+    @property
+    def batched(self):
+        """Phase 4's engine over phase 1's block manager and phase 3's attention, built on first use."""
+        if self._batched is None:
+            if self.impls["phase4"] == "off":
+                raise ModelError("phase4=off: this engine has no batched path (requests run one at a time)")
+            from phase3_paged_attention import load_impl as attention_impl
+            from phase4_scheduler import load_impl as scheduler_impl
+            from phase4_scheduler.blocks import make_block_manager
+            from phase4_scheduler.engine import EngineConfig as BatchedConfig
+            from phase4_scheduler.engine import LLMEngine as BatchedEngine
+            from phase4_scheduler.plan import SchedulerConfig
+
+            c = self.config
+            try:
+                sched = SchedulerConfig(c.max_num_seqs, c.max_num_batched_tokens, c.policy, c.max_wait_steps)
+            except ValueError as e:
+                raise ModelError(str(e)) from None
+            engine = BatchedEngine(self.model, BatchedConfig(sched, self.impls["phase4"], c.num_blocks, c.block_size,
+                                                             cuda_graphs=c.compile, max_model_len=self.max_model_len))
+            # Phase 4 builds its own block manager and attention backend; the engine's choices replace
+            # them before the first step (and before any decode graph is captured).
+            engine.blocks = make_block_manager(engine.runner.num_blocks, c.block_size,
+                                               watermark=engine.config.watermark, impl=self.impls["phase1"])
+            engine.scheduler = scheduler_impl(self.impls["phase4"]).build(sched, engine.blocks)
+            engine.runner.attention = attention_impl(self.impls["phase3"])
+            if self._single is not None and not self.quant:
+                _share(self._single, engine.runner)
+            self._batched = engine
+        return self._batched
+
+    def warmup(self, *, batched: bool = False) -> None:
+        """Build what a lone request (and with ``batched``, many requests) will use and capture its CUDA
+        graphs now, not during the first request."""
+        if self.config.tp > 1:
+            return
+        if self.route(1) == "single":
+            _ = self.single  # built (and its graph captured) on first access
+        if (batched or self.route(1) == "batched") and self.route(2) == "batched":
+            runner = self.batched.runner
+            if runner.graphs is not None:
+                runner.graphs.warmup()
+
+    def describe(self) -> str:
+        """Which implementation each phase runs, one line per phase, with what it contributes."""
+        lines = []
+        for key, comp in impl_spec.COMPONENTS.items():
+            name = self.impls[key]
+            if key == "phase6":
+                name = f"{name} (tp={self.config.tp})" if self.config.tp > 1 else "off (tp=1)"
+            lines.append(f"{key}={name:<12} {comp.role}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ requests
+    def encode(self, prompt, *, chat: bool = False) -> list[int]:
+        """Text (through the chat template when ``chat``), chat messages, or token ids -> ids."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode_chat([{"role": "user", "content": prompt}]) if chat else self.tokenizer.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(m, Mapping) for m in items):
+            return self.tokenizer.encode_chat(items)
+        if all(isinstance(i, int) for i in items):
+            return [int(i) for i in items]
+        raise ModelError("a prompt is text, a list of token ids, or a list of chat messages")
+
+    def check_request(self, ids: list[int], max_tokens: int) -> None:
+        if not ids:
+            raise ModelError("the prompt is empty: give at least one token")
+        if max_tokens < 1:
+            raise ModelError(f"max_tokens must be ≥ 1, got {max_tokens}")
+        if len(ids) + max_tokens > self.max_model_len:
+            raise ModelError(f"prompt of {len(ids)} tokens + {max_tokens} new tokens exceeds the context of "
+                             f"{self.max_model_len} tokens ({self.model.name}): shorten the prompt or lower "
+                             "--max-new-tokens")
+
+    def route(self, num_requests: int) -> str:
+        """Which path a call with ``num_requests`` prompts takes: "single", "batched" or "tp"."""
+        if self.config.tp > 1:
+            return "tp"
+        if self.quant or self.impls["phase4"] == "off":
+            return "single"
+        return "single" if num_requests == 1 and self.config.bs1_decode == "phase0" else "batched"
+
+    def generate(self, prompts, sampling: SamplingParams | None = None, *, max_tokens: int | Sequence[int] = 64,
+                 stop: Sequence[str] = (), ignore_eos: bool = False, chat: bool = False) -> list[RequestOutput]:
+        """Offline: every prompt to completion. ``prompts``: one prompt or a list (text, ids or messages)."""
+        if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
+                                        and isinstance(prompts[0], (int, Mapping))):
+            prompts = [prompts]  # one prompt: ids or a conversation
+        ids = [self.encode(p, chat=chat) for p in prompts]
+        limits = [max_tokens] * len(ids) if isinstance(max_tokens, int) else list(max_tokens)
+        if len(limits) != len(ids):
+            raise ModelError(f"{len(limits)} max_tokens values for {len(ids)} prompts")
+        for p, n in zip(ids, limits, strict=True):
+            self.check_request(p, n)
+        sampling = sampling or GREEDY
+        route = self.route(len(ids))
+        t0 = time.perf_counter()
+        if route == "batched":
+            from shared.batched import run_batched
+
+            outputs, kv = run_batched(self.batched, ids, limits, sampling, tuple(stop), ignore_eos)
+        elif route == "tp":
+            outputs, kv = self._run_tp(ids, limits, sampling, tuple(stop), ignore_eos), None
+        else:
+            outputs = [self._collect(self._single_deltas(p, n, sampling, tuple(stop), ignore_eos), p)
+                       for p, n in zip(ids, limits, strict=True)]
+            kv = self._static_kv_utilisation(ids, outputs)
+        self.last_run = RunStats(self.path_name(route), len(ids), sum(len(o.token_ids) for o in outputs),
+                                 time.perf_counter() - t0, kv)
+        return outputs
+
+    def stream(self, prompt, sampling: SamplingParams | None = None, *, max_tokens: int = 64,
+               stop: Sequence[str] = (), ignore_eos: bool = False, chat: bool = False) -> Iterator[Delta]:
+        """One request, its text as it is generated (the single-request engine unless routed elsewhere)."""
+        ids = self.encode(prompt, chat=chat)
+        self.check_request(ids, max_tokens)
+        sampling = sampling or GREEDY
+        route = self.route(1)
+        if route == "batched":
+            from shared.batched import stream_batched
+
+            yield from stream_batched(self.batched, ids, max_tokens, sampling, tuple(stop), ignore_eos)
+        elif route == "tp":
+            out = self._run_tp([ids], [max_tokens], sampling, tuple(stop), ignore_eos)[0]
+            yield Delta(out.text, out.token_ids, out.finish_reason)
+        else:
+            yield from self._single_deltas(ids, max_tokens, sampling, tuple(stop), ignore_eos)
+
+    def path_name(self, route: str) -> str:
+        if route == "batched":
+            return f"phase 4 continuous batching ({self.impls['phase4']}; phase1={self.impls['phase1']}, phase3={self.impls['phase3']})"
+        if route == "tp":
+            return f"phase 6 tensor parallel, tp={self.config.tp} ({self.impls['phase6']})"
+        engine = self._single
+        mode = f": {engine.mode}" if engine is not None else ""
+        if self.quant:
+            return f"phase 5 INT4 ({self.quant}) one request at a time{mode}"
+        return f"phase 0 {self.impls['phase0']} one request at a time{mode}"
+
+    # ------------------------------------------------------------------ the single-request path
+    def _single_deltas(self, ids, max_tokens, sampling, stop, ignore_eos) -> Iterator[Delta]:
+        from phase4_scheduler.text_stream import TextStream  # stop strings, held-back text: phase 4's
+
+        eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
+        text = TextStream(self.tokenizer, stop, eos)
+        count = 0
+        for chunk in token_chunks(self.single, ids, max_tokens, sampling, stop_on_eos=not ignore_eos):
+            new, pieces, reason = [], [], None
+            for token in chunk:
+                count += 1
+                new.append(token)
+                final = count >= max_tokens or token in eos
+                piece, stopped = text.push(token, final=final)
+                pieces.append(piece)
+                if stopped or final:
+                    reason = "stop" if (stopped or token in eos) else "length"
+                    break
+            yield Delta("".join(pieces), new, reason)
+            if reason is not None:
+                return
+
+    def _collect(self, deltas: Iterator[Delta], prompt_ids: list[int]) -> RequestOutput:
+        t0 = time.perf_counter()
+        ttft, ids, pieces, reason = None, [], [], "length"
+        for d in deltas:
+            if ttft is None and d.token_ids:
+                ttft = time.perf_counter() - t0
+            ids += d.token_ids
+            pieces.append(d.text)
+            reason = d.finish_reason or reason
+        return RequestOutput(list(prompt_ids), ids, "".join(pieces), reason, ttft)
+
+    def _static_kv_utilisation(self, ids: list[list[int]], outputs: list[RequestOutput]) -> float | None:
+        """A static cache reserves ``max_seq_len`` slots per request; decode step i holds prompt + i tokens."""
+        engine = self._single
+        reserved = getattr(engine, "max_seq_len", None) if hasattr(engine, "kv_cache") else None
+        if not reserved:
+            return None  # no KV cache (phase 0's framework, the INT4 fallback)
+        live = steps = 0
+        for p, out in zip(ids, outputs, strict=True):
+            n = len(out.token_ids)
+            live += n * len(p) + n * (n - 1) / 2
+            steps += n
+        return live / (steps * reserved) if steps else None
+
+    # ------------------------------------------------------------------ tensor parallel
+    def _run_tp(self, ids, limits, sampling, stop, ignore_eos) -> list[RequestOutput]:
+        from phase4_scheduler.text_stream import TextStream
+        from shared import tp
+
+        if not sampling.greedy:
+            raise ModelError("tensor-parallel generation (phase 6) is greedy only: use --temperature 0 or --tp 1")
+        name = self.model.name
+        dtype = str(self.model.dtype).replace("torch.", "")  # "bfloat16", "float32": phase 0's names
+        new_ids, mode = tp.generate(name, dtype=dtype, device=self.device.type, seed=self.config.seed,
+                                    impl=self.impls["phase6"], tp=self.config.tp, prompts=ids, max_tokens=limits)
+        eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
+        outputs = []
+        for p, tokens in zip(ids, new_ids, strict=True):
+            text, kept, reason = TextStream(self.tokenizer, stop, eos), [], "length"
+            pieces = []
+            for i, t in enumerate(tokens):
+                kept.append(t)
+                piece, stopped = text.push(t, final=i == len(tokens) - 1 or t in eos)
+                pieces.append(piece)
+                if stopped or t in eos:
+                    reason = "stop"
+                    break
+            outputs.append(RequestOutput(list(p), kept, "".join(pieces), reason))
+        return outputs
+
+
+def _share(source, target) -> None:
+    """Point ``target``'s fused weights at ``source``'s (same ``weights.fuse`` layout), freeing a copy."""
+    from phase0_prototype.weights import LlamaWeights
+
+    w = getattr(source, "weights", None)
+    if isinstance(w, LlamaWeights) and isinstance(getattr(target, "weights", None), LlamaWeights):
+        target.weights = w
