@@ -157,7 +157,7 @@ class LLMEngine:
         done = Status.FINISHED
         # Finished (EOS, stop string, abort) while this token was in flight: the token is dropped.
         live = [r for r in requests if r.status is not done and r.num_in_flight]
-        self.scheduler.apply(step.plan, dict(zip(step.request_ids, tokens)))
+        self.scheduler.apply(step.plan, dict(zip(step.request_ids, tokens, strict=True)))
         events, now, streams = [], time.perf_counter(), self.streams
         for r in live:
             stream = streams[r.request_id]

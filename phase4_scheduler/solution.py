@@ -17,7 +17,10 @@ Every step is planned afresh within a token budget (``max_num_batched_tokens``):
 What limit it approaches: the model runner's step, not the scheduler. Rows finished requests leave
 are refilled the next step, so the batch stays full (the GPU busy fraction of P4.2), and decode
 steps stay short because prefill arrives in budget-sized chunks (inter-token latency of P4.3).
-The Python cost per step is O(running + waiting · log waiting), microseconds beside a model step.
+The Python cost per step is O(running + waiting · log waiting) — a few microseconds per running
+request, which at 256 requests is the same order as a ~1.6 ms decode step on an H100: so the hot loop
+is written for it (block tables kept from what the manager returns instead of fetched per request,
+chunks built inline, one sort of the waiting queue per step), and the engine overlaps it with the GPU.
 """
 
 from __future__ import annotations

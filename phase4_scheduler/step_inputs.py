@@ -79,7 +79,7 @@ class HostStep:
         # ---- per-token fields: decodes first (one token each), then the prefill chunks
         bs = block_size
         positions = [c.start for c in decodes]
-        slots = [c.block_table[p // bs] * bs + p % bs for c, p in zip(decodes, positions)]
+        slots = [c.block_table[p // bs] * bs + p % bs for c, p in zip(decodes, positions, strict=True)]
         tokens, src, has_pending = [], [], False
         for c in decodes:  # the token at position start: prompt, output, or still on the device
             r, p = c.request, c.start

@@ -116,12 +116,12 @@ def rope_qkv_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
 
 
 @triton.jit
-def _silu_mul_kernel(GU, Out, stride_gu, stride_o, I, BLOCK: tl.constexpr):
+def _silu_mul_kernel(GU, Out, stride_gu, stride_o, inter, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < I
+    mask = cols < inter
     g = tl.load(GU + row * stride_gu + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(GU + row * stride_gu + I + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(GU + row * stride_gu + inter + cols, mask=mask, other=0.0).to(tl.float32)
     s = (g / (1.0 + tl.exp(-g))).to(Out.dtype.element_ty).to(tl.float32)  # F.silu rounds, then the product
     tl.store(Out + row * stride_o + cols, (s * u).to(Out.dtype.element_ty), mask=mask)
 

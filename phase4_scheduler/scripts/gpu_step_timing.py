@@ -24,8 +24,8 @@ def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def engine_for(model, overlap: bool = True, impl: str = "solution") -> LLMEngine:
-    e = LLMEngine(model, EngineConfig(SchedulerConfig(256, 2048, "sjf", 64), impl, overlap=overlap))
+def engine_for(model, overlap: bool = True, impl: str = "solution", budget: int = 8192) -> LLMEngine:
+    e = LLMEngine(model, EngineConfig(SchedulerConfig(256, budget, "sjf", 64), impl, overlap=overlap))
     t0 = time.perf_counter()
     e.runner.graphs.warmup()
     emit(what="graph warmup", seconds=round(time.perf_counter() - t0, 2), buckets=list(e.runner.graphs.batch_sizes))
@@ -64,7 +64,7 @@ def offline(engine: LLMEngine, w: Workload, label: str) -> None:
     tokens = sum(len(r.output_ids) for r in reqs)
     emit(what="offline", label=label, seconds=round(sec, 3), tok_s=round(tokens / sec), steps=len(host),
          step_ms_median=round(statistics.median(host) * 1e3, 3), step_ms_mean=round(sec / len(host) * 1e3, 3),
-         decode_only_steps=sum(1 for s, h in zip(steps, host) if s <= 256))
+         decode_only_steps=sum(1 for s, h in zip(steps, host, strict=True) if s <= 256))
 
 
 def busy(engine: LLMEngine) -> None:
@@ -87,7 +87,7 @@ def host_profile(engine: LLMEngine, w: Workload) -> None:
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(22)
-    print("\n".join(line[:150] for line in out.getvalue().splitlines()[6:36]), flush=True)
+    print("\n".join(line[:150] for line in out.getvalue().strip().splitlines()[:30]), flush=True)
 
 
 def main() -> None:
@@ -102,11 +102,12 @@ def main() -> None:
     offline(e, w, "overlap, again")
     busy(e)
     host_profile(e, w)
+    del e
+    e2 = engine_for(model, overlap=False)
+    offline(e2, w, "no overlap")
     if not args.quick:
-        e.runner.graphs = None
-        offline(e, w, "overlap, no graphs")
-        e2 = engine_for(model, overlap=False)
-        offline(e2, w, "no overlap")
+        e2.runner.graphs = None
+        offline(e2, w, "no overlap, no graphs")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ request at a time (fp32); per-request sampling (seed, top-k, stop strings); KV b
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -145,7 +147,7 @@ def test_overlapped_steps_give_the_same_tokens_text_and_finish_as_one_step_at_a_
         free = engine.make_request(tok.encode(prompts[0]), 16, ignore_eos=True)
         engine.generate([free])
         stop = engine.output_text(free)[6:10]
-        reqs = [engine.make_request(tok.encode(p), n, ignore_eos=True) for p, n in zip(prompts[1:3], (14, 9))]
+        reqs = [engine.make_request(tok.encode(p), n, ignore_eos=True) for p, n in zip(prompts[1:3], (14, 9), strict=True)]
         reqs.append(engine.make_request(tok.encode(prompts[0]), 16, stop=(stop,), ignore_eos=True))
         reqs.append(engine.make_request(tok.encode(prompts[3]), 12, SamplingParams(0.8, seed=5), ignore_eos=True))
         reqs.append(engine.make_request(tok.encode(prompts[4]), 20))
@@ -199,6 +201,9 @@ def test_cuda_graph_decode_equals_eager_on_gpu():
         if graphs:
             assert engine.runner.graphs._graphs, "decode-only steps should have replayed a captured graph"
     assert outputs[0] == outputs[1] == outputs[2]
-    ref = phase0_impl("solution").build(load_model("random:tiny", dtype="fp32"), compile=False)  # on CPU
+    # Phase 0 on the CPU with the same weights (random weights are drawn with the device's generator,
+    # so ``load_model("random:tiny")`` on the CPU is a different model).
+    on_cpu = dataclasses.replace(model, state={k: v.cpu() for k, v in model.state.items()})
+    ref = phase0_impl("solution").build(on_cpu, compile=False)
     for p, out in zip(prompts, outputs[1], strict=True):
         assert out == ref.generate(p, 24, stop_on_eos=False).sequences()[0]

@@ -111,7 +111,7 @@ def test_graph_bucket_layout_gives_the_real_rows_the_same_logits(runner):
     padded = runner.forward(upload(padded_host, runner.device, block_size=BS))
     assert padded.shape[0] == 8
     torch.testing.assert_close(padded[:3], eager, atol=1e-5, rtol=1e-5)
-    written = [(k != b).any(dim=(1, 2, 3)).nonzero().flatten().tolist() for (k, _), b in zip(runner.kv, before)]
+    written = [(k != b).any(dim=(1, 2, 3)).nonzero().flatten().tolist() for (k, _), b in zip(runner.kv, before, strict=True)]
     assert all(set(w) <= {c.block_table[c.start // BS] for c in chunks} for w in written)
 
 
