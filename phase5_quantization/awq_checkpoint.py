@@ -106,7 +106,7 @@ def save_awq_gemm(model: LinearLlama, path: str | Path) -> Path:
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = model.lm_head.dense()
     groups = set()
-    for i, (layer, (n1, n2)) in enumerate(zip(model.linears, model.norms)):
+    for i, (layer, (n1, n2)) in enumerate(zip(model.linears, model.norms, strict=True)):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"], t[p + "post_attention_layernorm.weight"] = n1, n2
         for fused, (block, parts) in FUSED.items():
@@ -114,7 +114,7 @@ def save_awq_gemm(model: LinearLlama, path: str | Path) -> Path:
             if not isinstance(lin, QuantLinear):
                 raise ModelError(f"layers.{i}.{fused} is not INT4: AutoAWQ checkpoints quantize every projection")
             groups.add(lin.qw.group_size)
-            for n, qw in zip(parts, split_rows(lin.qw, _part_sizes(cfg, fused))):
+            for n, qw in zip(parts, split_rows(lin.qw, _part_sizes(cfg, fused)), strict=True):
                 for k, v in to_awq_gemm(qw).items():
                     t[p + f"{block}.{n}.{k}"] = v
     save_file({k: v.detach().cpu().contiguous() for k, v in t.items()}, str(path / "model.safetensors"))

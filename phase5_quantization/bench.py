@@ -5,7 +5,8 @@ over the first ``eval_tokens`` tokens of ``models/kjv-llama-18m/heldout.txt`` (C
 trained on), windows of 256 with ``<s>``, through ``phase0_prototype.evaluate``. Calibration for AWQ and GPTQ:
 ``calibration_kjv.txt`` — every 40th chapter of the model's *training* text (``scripts/make_calibration.py``),
 28 chapters, ~22 k tokens; no held-out token is seen while quantizing. ``impl`` picks the quantizer under test
-(``solution`` = AWQ, ``framework`` = RTN, ``gptq``, or a module path); P5.1 compares it with RTN and fp32.
+(``solution`` = AWQ, ``framework`` = RTN, ``phase5_quantization.gptq``, or a module path); P5.1 compares it
+with RTN and fp32.
 The AutoAWQ peer (P5.1b) runs when ``autoawq`` imports (GPU): its checkpoint is read back through our AutoAWQ
 importer and scored by the same evaluation.
 
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 CALIBRATION = HERE / "calibration_kjv.txt"
 HELDOUT = HERE.parent / "models" / "kjv-llama-18m" / "heldout.txt"
 MODEL = "kjv-llama-18m"
+GPTQ = "phase5_quantization.gptq"
 SIZES = {"small": dict(eval_tokens=4096), "full": dict(eval_tokens=32768)}
 SPEED_METRICS = ("p5_2_kernel_vs_linear_m1", "p5_2_kernel_vs_linear_m16", "p5_2_kernel_vs_int4pack",
                  "p5_3_decode_speedup", "p5_3_weight_memory_ratio")
@@ -44,7 +46,7 @@ def accuracy_table(impl: str = "solution", eval_tokens: int = 4096, device: str 
     cal = m.tokenizer.encode(CALIBRATION.read_text(), add_special_tokens=False)
     held = m.tokenizer.encode(HELDOUT.read_text(), add_special_tokens=False)[:eval_tokens]
     fp = LinearLlama.from_loaded(m)
-    methods = {"fp32": None, "rtn": "framework", "awq": "solution", "gptq": "gptq"}
+    methods = {"fp32": None, "rtn": "framework", "awq": "solution", "gptq": GPTQ}
     if impl not in methods.values():
         methods[impl] = impl
     rows = {}
@@ -68,12 +70,7 @@ def autoawq_ppl(held: list[int], device: str) -> float:
     from phase5_quantization.peers import autoawq_state
 
     m = load_model(MODEL, dtype="fp32", device="cpu")
-    state = autoawq_state(m.path, CALIBRATION.read_text())
-    tensors = {f"{k}.{leaf}": v for k, d in state.items() for leaf, v in d.items()}
-    from safetensors.torch import load_file
-
-    for f in sorted(Path(m.path).glob("*.safetensors")):  # float tensors; AutoAWQ's folded norms override below
-        tensors.update({k: v for k, v in load_file(str(f)).items() if k not in tensors})
+    tensors = autoawq_state(m.path, CALIBRATION.read_text())
     q = from_awq_tensors(tensors, m.config).to(device, torch.float32)
     return score(q, held, m.tokenizer.bos_id)["ppl"]
 
@@ -88,13 +85,13 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
     device = "cuda" if on_gpu else "cpu"
     res = BenchResult()
     rows = accuracy_table(impl, SIZES[size]["eval_tokens"], device)
-    under_test = rows[{"solution": "awq", "framework": "rtn", "gptq": "gptq"}.get(impl, impl)]
+    under_test = rows[{"solution": "awq", "framework": "rtn", GPTQ: "gptq"}.get(impl, impl)]
     fp, rtn = rows["fp32"], rows["rtn"]
     res.metrics["p5_1_awq_top1_drop_rel"] = (fp["acc"] - under_test["acc"]) / fp["acc"]
     res.metrics["p5_1_awq_ppl_over_rtn"] = under_test["ppl"] / rtn["ppl"]
     from phase5_quantization.peers import autoawq_reason
 
-    reason = autoawq_reason()
+    reason = autoawq_reason(size)
     if reason is None:
         held = load_model(MODEL).tokenizer.encode(HELDOUT.read_text(), add_special_tokens=False)[:SIZES[size]["eval_tokens"]]
         peer = autoawq_ppl(held, device)

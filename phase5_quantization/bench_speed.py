@@ -69,12 +69,12 @@ def kernel_speed(res: BenchResult) -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = x.float() @ qws[0].dequantize(torch.float32).t()
             err = float(((w4a16_linear(x, kws[0]).float() - ref).abs().max() / ref.abs().max()))
-            t_lin = graphed_seconds([lambda w=w: F.linear(x, w) for w in dense])
-            t_ours = graphed_seconds([lambda w=w: w4a16_linear(x, w) for w in kws])
+            t_lin = graphed_seconds([lambda w=w, x=x: F.linear(x, w) for w in dense])
+            t_ours = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in kws])
             t_peer, peer_err = None, None
             if peers:
                 peer_err = float(((peers[0](x).float() - ref).abs().max() / ref.abs().max()))
-                t_peer = graphed_seconds([lambda p=p: p(x) for p in peers])
+                t_peer = graphed_seconds([lambda p=p, x=x: p(x) for p in peers])
             ratios[(k, n, m)] = (t_lin / t_ours, t_peer / t_ours if t_peer else None)
             moved = int4_bytes + 2 * m * (k + n)
             res.comparisons.append(Comparison(f"W4A16 {k}→{n} M={m}", t_ours, moved, 2.0 * m * n * k))
@@ -112,7 +112,7 @@ def decode_speed(res: BenchResult, prompt_len: int = 512, new_tokens: int = 128,
     base.warmup()
     f_base = measure_generate(lambda k: base.generate(prompt, k, stop_on_eos=False), new_tokens, repeats)
     base_mode = base.mode
-    del base
+    base = None  # free its graphs and fused weights before the INT4 engine is built
     torch.cuda.empty_cache()
     q = quantize_for_generate(model, "rtn")
     dense_bytes = sum(2 * numel for numel in _projection_numels(cfg))

@@ -21,7 +21,14 @@ import torch
 
 from phase5_quantization.framework import quantize_linears
 from phase5_quantization.model import LinearLlama, calibration_inputs
-from phase5_quantization.packing import GROUP_SIZE, QMAX, QuantizedWeight, check_divisible, from_codes, group_params
+from phase5_quantization.packing import (
+    GROUP_SIZE,
+    QMAX,
+    QuantizedWeight,
+    check_divisible,
+    from_codes,
+    group_params,
+)
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -43,22 +50,24 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, group_size: int = GROUP_SIZE, 
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     n_groups = inp // group_size
-    scales = torch.empty(out, n_groups, dtype=torch.float16)
-    zeros = torch.empty(out, n_groups, dtype=torch.uint8)
+    dev = W.device
+    scales = torch.empty(out, n_groups, dtype=torch.float16, device=dev)
+    zeros = torch.empty(out, n_groups, dtype=torch.uint8, device=dev)
     if act_order:
         scales, zeros = group_params(W, group_size)
         perm = torch.argsort(torch.diag(H), descending=True)
     else:
-        perm = torch.arange(inp)
+        perm = torch.arange(inp, device=dev)
     W, H = W[:, perm], H[perm][:, perm]
-    H += damp * torch.diag(H).mean() * torch.eye(inp, dtype=H.dtype)
+    H += damp * torch.diag(H).mean() * torch.eye(inp, dtype=H.dtype, device=dev)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    codes = torch.zeros(out, inp, dtype=torch.uint8)
+    codes = torch.zeros(out, inp, dtype=torch.uint8, device=dev)
+    perm_list = perm.tolist()  # column order on the host: one device read, not one per column
     for b0 in range(0, inp, block):
         b1 = min(b0 + block, inp)
-        W1, E1, Hb = W[:, b0:b1].clone(), torch.zeros(out, b1 - b0, dtype=W.dtype), hinv[b0:b1, b0:b1]
+        W1, E1, Hb = W[:, b0:b1].clone(), torch.zeros(out, b1 - b0, dtype=W.dtype, device=dev), hinv[b0:b1, b0:b1]
         for j in range(b1 - b0):
-            col = int(perm[b0 + j])
+            col = perm_list[b0 + j]
             grp = col // group_size
             if not act_order and col % group_size == 0:  # natural order: the group starts here
                 end = min(j + group_size, b1 - b0)
@@ -75,12 +84,17 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, group_size: int = GROUP_SIZE, 
 
 
 def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZE, act_order: bool = False,
-             damp: float = 0.01, quantize_lm_head: bool = False) -> LinearLlama:
-    """GPTQ every projection of a float ``LinearLlama`` with Hessians from ``calibration_ids``."""
+             damp: float = 0.01, calib_tokens: int = 4096, quantize_lm_head: bool = False) -> LinearLlama:
+    """GPTQ every projection of a float ``LinearLlama`` with Hessians from ``calib_tokens`` tokens of
+    ``calibration_ids`` (windows of 256 spread over the text, as AWQ's)."""
+    if calibration_ids is None:
+        from phase0_prototype.errors import ModelError
+
+        raise ModelError("GPTQ needs calibration text (token ids): pass calibration_ids, or use RTN")
     for i, layer in enumerate(model.linears):
         for name, lin in layer.items():
             check_divisible(f"layers.{i}.{name}", tuple(lin.dense().shape), group_size)
-    acts = calibration_inputs(model, calibration_ids)
+    acts = calibration_inputs(model, calibration_ids, n_tokens=calib_tokens)
     out = quantize_linears(
         model, lambda i, name, w: gptq_weight(w, hessian(acts[(i, name)]), group_size, damp=damp,
                                               act_order=act_order, name=f"layers.{i}.{name}"),

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from phase0_prototype.errors import ModelError
-from phase0_prototype.sources import LoadedModel
 from phase0_prototype.solution import SolutionEngine
+from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LayerWeights, LlamaWeights
 from phase5_quantization.model import LinearLlama
 
@@ -68,7 +68,7 @@ def int4_weights(q: LinearLlama) -> LlamaWeights:
     """Phase 0's ``LlamaWeights`` whose projection fields hold ``QuantLinear``/``DenseLinear`` objects."""
     layers = [LayerWeights(input_norm=n1, qkv_proj=lin["qkv_proj"], o_proj=lin["o_proj"], post_norm=n2,
                            gate_up_proj=lin["gate_up_proj"], down_proj=lin["down_proj"])
-              for lin, (n1, n2) in zip(q.linears, q.norms)]
+              for lin, (n1, n2) in zip(q.linears, q.norms, strict=True)]
     return LlamaWeights(q.config, q.embed_tokens, layers, q.norm, q.lm_head)
 
 

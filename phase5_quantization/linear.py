@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from phase0_prototype.model import rms_norm, swiglu as swiglu_fn
+from phase0_prototype.model import rms_norm
+from phase0_prototype.model import swiglu as swiglu_fn
 from phase5_quantization.packing import QuantizedWeight
 
 

@@ -50,8 +50,8 @@ class LinearLlama:
     @classmethod
     def from_loaded(cls, model: LoadedModel, dtype: torch.dtype = torch.float32) -> "LinearLlama":
         w = fuse(model.state, model.config)
-        layers = [{n: DenseLinear(getattr(l, n).to(dtype)) for n in LINEAR_NAMES} for l in w.layers]
-        norms = [(l.input_norm.to(dtype), l.post_norm.to(dtype)) for l in w.layers]
+        layers = [{n: DenseLinear(getattr(lw, n).to(dtype)) for n in LINEAR_NAMES} for lw in w.layers]
+        norms = [(lw.input_norm.to(dtype), lw.post_norm.to(dtype)) for lw in w.layers]
         return cls(model.config, w.embed_tokens.to(dtype), norms, layers, w.norm.to(dtype), DenseLinear(w.lm_head.to(dtype)))
 
     @property
@@ -76,7 +76,7 @@ class LinearLlama:
         positions = torch.arange(T, device=tokens.device).expand(B, T)
         see = observer or (lambda *a: None)
         x = self.embed_tokens[tokens]
-        for i, (lin, (n1, n2)) in enumerate(zip(self.linears, self.norms)):
+        for i, (lin, (n1, n2)) in enumerate(zip(self.linears, self.norms, strict=True)):
             h = rms_norm(x, n1, cfg.rms_norm_eps)
             see(i, "qkv_proj", h)
             q, k, v = lin["qkv_proj"](h).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
@@ -134,7 +134,7 @@ class LinearLlama:
         tied = isinstance(self.lm_head, DenseLinear) and self.lm_head.weight is self.embed_tokens
         if not tied:
             put("lm_head", self.lm_head)
-        for i, (layer, (n1, n2)) in enumerate(zip(self.linears, self.norms)):
+        for i, (layer, (n1, n2)) in enumerate(zip(self.linears, self.norms, strict=True)):
             t[f"layers.{i}.input_norm"], t[f"layers.{i}.post_norm"] = n1, n2
             for name, lin in layer.items():
                 put(f"layers.{i}.{name}", lin)
@@ -219,13 +219,32 @@ def check_quantized(key: str, qweight: torch.Tensor, scales: torch.Tensor, zeros
         raise ModelError(f"{key}.zeros is {zeros.dtype} {tuple(zeros.shape)}: expected uint8 {(out, inp // group)}")
 
 
-def calibration_inputs(model: LinearLlama, ids: torch.Tensor, seq_len: int = 256) -> dict[tuple[int, str], torch.Tensor]:
-    """Every linear's input rows ``[tokens, in]`` (fp32) over ``ids`` cut into sequences of ``seq_len``."""
+def calibration_windows(ids, n_tokens: int, seq_len: int, bos_id: int | None = None) -> torch.Tensor:
+    """``[n, seq_len]`` windows spread evenly over ``ids`` (``n = n_tokens // seq_len``, fewer if the text is short).
+
+    With ``bos_id`` each window starts with ``<s>`` and holds ``seq_len − 1`` text tokens, the way the model was
+    trained and is evaluated: the ``<s>`` position carries the largest activations of the model (e.g. layer 0's
+    down_proj input reaches ~185 there, ~38 elsewhere), which calibration must see.
+    """
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    n = (ids.numel() // seq_len) * seq_len
-    if n == 0:
-        raise ModelError(f"calibration text has {ids.numel()} tokens: need at least {seq_len}")
+    span = seq_len - (bos_id is not None)
+    available = ids.numel() // span
+    if available == 0:
+        raise ModelError(f"calibration text has {ids.numel()} tokens: need at least {span}")
+    n = max(1, min(n_tokens // seq_len, available))
+    starts = torch.linspace(0, ids.numel() - span, n).long().tolist()
+    rows = [ids[s:s + span] for s in starts]
+    if bos_id is not None:
+        rows = [torch.cat([torch.tensor([bos_id]), r]) for r in rows]
+    return torch.stack(rows)
+
+
+def calibration_inputs(model: LinearLlama, ids, seq_len: int = 256, n_tokens: int | None = None) -> dict[tuple[int, str], torch.Tensor]:
+    """Every linear's input rows ``[tokens, in]`` (fp32) over ``n_tokens`` of ``ids`` (all by default) in
+    windows of ``seq_len`` spread over the text, each starting with ``<s>`` (``calibration_windows``)."""
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    windows = calibration_windows(ids, n_tokens or ids.numel(), seq_len, model.config.bos_token_id)
     seen: dict[tuple[int, str], list[torch.Tensor]] = {}
-    model.forward_logits(ids[:n].view(-1, seq_len),
+    model.forward_logits(windows,
                          observer=lambda i, name, x: seen.setdefault((i, name), []).append(x.reshape(-1, x.shape[-1]).float()))
     return {k: torch.cat(v) for k, v in seen.items()}

@@ -115,14 +115,16 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
 def group_params(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None) -> tuple:
     """Scale (fp16) and zero-point (uint8) per (row, group) of ``w [out, in]`` from its min and max.
 
-    ``clip [out, in / group]`` (≤ 1) shrinks each group's range (AWQ's clipping search). The scale is
-    rounded *up* to fp16, so the range still fits in 16 codes after the rounding.
+    ``clip [out, in / group]`` (≤ 1, AWQ's clipping search) clamps each group to ``±clip · max|w|`` first, as
+    AutoAWQ does: only the side(s) reaching beyond that bound shrink. The scale is rounded *up* to fp16, so the
+    range still fits in 16 codes after the rounding.
     """
     out, inp = w.shape
     g = w.float().view(out, inp // group_size, group_size)
     lo, hi = g.amin(-1).clamp(max=0.0), g.amax(-1).clamp(min=0.0)
     if clip is not None:
-        lo, hi = lo * clip, hi * clip
+        bound = torch.maximum(-lo, hi) * clip
+        lo, hi = torch.maximum(lo, -bound), torch.minimum(hi, bound)
     scale = ((hi - lo) / QMAX).clamp(min=1e-5) * (1 + 2 ** -10)
     scale = scale.to(torch.float16)
     zero = torch.round(-lo / scale.float()).clamp(0, QMAX).to(torch.uint8)

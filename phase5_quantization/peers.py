@@ -44,40 +44,40 @@ def int4pack_reason() -> str | None:
     return None
 
 
-def autoawq_reason() -> str | None:
-    """Why the AutoAWQ peer cannot run (None when it can)."""
+def autoawq_reason(size: str = "full") -> str | None:
+    """Why the AutoAWQ peer is not run (None when it is): it needs ``autoawq`` (the ``awq`` extra), and on a CPU
+    its calibration forward passes take minutes, so only ``size="full"`` runs it."""
     try:
         import awq  # noqa: F401
     except ImportError:
-        return "autoawq is not installed (the `awq` extra; it needs CUDA and pins an older torch/transformers)"
-    if not torch.cuda.is_available():
-        return "AutoAWQ quantizes on a CUDA GPU"
+        return ("autoawq is not installed (pip install autoawq==0.2.9 accelerate zstandard --no-deps; "
+                "it imports and runs with this torch/transformers)")
+    if size != "full":
+        return "SIZE=small: AutoAWQ's own quantization takes minutes on a CPU; it runs with SIZE=full"
     return None
 
 
-def autoawq_state(model_dir: str | Path, calibration_text: str, *, group_size: int = 128, n_samples: int = 16,
-                  seq_len: int = 256) -> dict[str, dict[str, torch.Tensor]]:
-    """AutoAWQ's quantization of the HF model in ``model_dir``: ``{hf_linear_name: {qweight, qzeros, scales}}``."""
+def autoawq_state(model_dir: str | Path, calibration_text: str, *, group_size: int = 128, n_samples: int = 32,
+                  seq_len: int = 256) -> dict[str, torch.Tensor]:
+    """AutoAWQ's quantization of the HF model in ``model_dir``: its saved checkpoint's tensors (HF names)."""
     from awq import AutoAWQForCausalLM
     from transformers import AutoTokenizer
 
     model = AutoAWQForCausalLM.from_pretrained(str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    paragraphs = [p for p in calibration_text.split("\n") if len(p) > 200]
+    # AutoAWQ skips samples longer than max_calib_seq_len, then concatenates the rest and cuts blocks of that
+    # length: hand it ~600-character pieces (~140 tokens), n_samples of them spread over the whole text
+    words = calibration_text.split()
+    pieces = [" ".join(words[i:i + 100]) for i in range(0, len(words), 100)]
+    pieces = [pieces[int(j * len(pieces) / n_samples)] for j in range(min(n_samples, len(pieces)))]
     model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": group_size, "w_bit": 4,
                                             "version": "GEMM"},
-                   calib_data=paragraphs, n_parallel_calib_samples=None, max_calib_samples=n_samples,
-                   max_calib_seq_len=seq_len)
+                   calib_data=pieces, max_calib_samples=len(pieces), max_calib_seq_len=seq_len)
     with tempfile.TemporaryDirectory() as out:
         model.save_quantized(out)
         from safetensors.torch import load_file
 
-        tensors = {}
+        tensors: dict[str, torch.Tensor] = {}
         for f in sorted(Path(out).glob("*.safetensors")):
             tensors.update(load_file(str(f)))
-    state: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        base, _, leaf = key.rpartition(".")
-        if leaf in ("qweight", "qzeros", "scales"):
-            state.setdefault(base, {})[leaf] = t
-    return state
+    return tensors  # HF names: INT4 triples of every projection, and the float tensors (norms carry AWQ's scales)

@@ -15,19 +15,26 @@ What is searched against what (AutoAWQ's choices, one decoder layer at a time, f
 scales for          folded into             error minimised over α          inputs
 ==================  ======================  =============================  =========================================
 ``qkv_proj`` inputs ``input_norm``          attention block output          RMSNorm(x) → q, k, v → RoPE → SDPA → o_proj
-``o_proj`` inputs   v rows of ``qkv_proj``  o_proj output                   attention output (tied per v head, GQA)
 ``gate_up`` inputs  ``post_norm``           MLP block output                RMSNorm(x) → gate, up → SwiGLU → down_proj
 ``down_proj`` in.   up rows of ``gate_up``  down_proj output                silu(gate) · up
+``o_proj`` inputs   v rows of ``qkv_proj``  o_proj output                   only with ``scale_o`` (see below)
 ==================  ======================  =============================  =========================================
 
-With grouped-query attention one v head feeds ``Hq/Hkv`` query heads' outputs, so ``o_proj``'s scales are tied
-across those heads (activation means averaged over the group) — AutoAWQ skips this pair under GQA; tying
-keeps the fold exact. Clipping (per (row, group) range shrink, each group's own output error) is not searched
-for the q and k rows: their errors are amplified by the softmax (AutoAWQ skips them too).
+Clipping (a per (row, group) shrink of the range to ``±r·max|w|``, each group's own output error, AutoAWQ's
+``r ∈ [0.5, 1]``) is searched for gate_up, down and the v rows of qkv — not for the q and k rows (their errors
+are amplified by the softmax; AutoAWQ skips them too).
+
+``o_proj`` stays as RTN: with grouped-query attention one v head feeds ``Hq/Hkv`` query heads, so its scales would
+have to be tied across those heads; AutoAWQ skips the pair under GQA, and on the bundled model both the tied
+scales and a clipped range lower o_proj's output MSE on calibration text yet *raise* the loss on other training
+chapters (o_proj alone quantized: +0.0021–0.0025 nats with AWQ's choices vs +0.0008 with RTN's), so both are
+off by default (``scale_o=True`` / ``no_clip=()`` turn them on).
 
 Calibration: ``search_tokens`` tokens in windows of ``seq_len`` spread evenly over the calibration text (text
-the model was trained on, never the held-out text); the searches cost a few forward passes of one layer per
-grid point, seconds for the bundled model on a CPU.
+the model was trained on, never the held-out text), each window starting with ``<s>`` like training and
+evaluation windows — the ``<s>`` position carries the model's largest activations (layer 0's down_proj input
+reaches ~185 there): calibrating without it misses exactly the channels AWQ is meant to protect. The searches
+cost a few forward passes of one layer per grid point: ~20 s for the bundled model on two CPU cores.
 """
 
 from __future__ import annotations
@@ -35,12 +42,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from phase0_prototype.errors import ModelError
 from phase0_prototype.model import apply_rope, repeat_kv, rms_norm, rope_cache, swiglu
 from phase5_quantization.framework import quantize_linears, quantize_weight
 from phase5_quantization.linear import DenseLinear
-from phase5_quantization.model import LinearLlama
+from phase5_quantization.model import LinearLlama, calibration_windows
 from phase5_quantization.packing import GROUP_SIZE, QMAX, check_divisible, group_params
-from phase0_prototype.errors import ModelError
 
 
 def fake_quant(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,7 +67,7 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def search_scale(w: torch.Tensor, x: torch.Tensor, group_size: int = GROUP_SIZE, grid: int = 20,
-                 tie: tuple[int, int, int] | None = None, loss=None) -> tuple[torch.Tensor, float]:
+                 tie: tuple[int, int, int] | None = None, loss=None, duo: bool = False) -> tuple[torch.Tensor, float]:
     """Per-input-channel scales ``s [in]`` and the best α: ``s = mean|x|^α`` minimising ``loss(Q(w·s)/s)``.
 
     ``loss(w_hat) -> float`` defaults to the linear's own output error ``‖x·w_hatᵀ − x·wᵀ‖²``; the block
@@ -74,10 +81,17 @@ def search_scale(w: torch.Tensor, x: torch.Tensor, group_size: int = GROUP_SIZE,
     if loss is None:
         ref = x @ w.t()
         loss = lambda w_hat: _mse(x @ w_hat.t(), ref)  # noqa: E731
+    w_mean = None
+    if duo:  # AutoAWQ's duo scaling: s = mean|x|^α / mean|w/max|w||^(1−α) (large weights are scaled down too)
+        g = w.abs().view(w.shape[0], -1, group_size)
+        w_mean = (g / g.amax(-1, keepdim=True).clamp(min=1e-8)).view_as(w).mean(0)
+        if tie is not None:
+            w_mean = w_mean.view(tie).mean(1, keepdim=True).expand(tie).reshape(-1)
     best = (loss(fake_quant(w, group_size)), torch.ones_like(x_mean), 0.0)  # α = 0: plain RTN
     for k in range(1, grid + 1):
         alpha = k / grid
-        s = x_mean.pow(alpha).clamp(min=1e-4)
+        s = x_mean.pow(alpha) if w_mean is None else x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4)
+        s = s.clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (keeps fp16 scales in range)
         err = loss(fake_quant(w * s, group_size) / s)
         if err < best[0]:
@@ -107,17 +121,6 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, group_size: int = GROUP_SIZE, 
     return best
 
 
-def calibration_windows(ids, n_tokens: int, seq_len: int) -> torch.Tensor:
-    """``[n, seq_len]`` windows spread evenly over ``ids`` (``n = n_tokens // seq_len``, fewer if the text is short)."""
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    available = ids.numel() // seq_len
-    if available == 0:
-        raise ModelError(f"calibration text has {ids.numel()} tokens: need at least {seq_len}")
-    n = max(1, min(n_tokens // seq_len, available))
-    starts = torch.linspace(0, ids.numel() - seq_len, n).long()
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
-
-
 def _attention(cfg, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Causal GQA attention of ``qkv [S, T, q+2kv]`` -> ``[S, T, Hq·D]`` (what ``o_proj`` reads)."""
     S, T, _ = qkv.shape
@@ -136,11 +139,78 @@ def _sample(x: torch.Tensor, n: int) -> torch.Tensor:
     return x if x.shape[0] <= n else x[:: x.shape[0] // n][:n]
 
 
+def _block_losses(cfg, w: dict, x: dict, ref: dict, cos, sin) -> dict:
+    """Output error of each linear's block with that linear replaced: ``name -> loss(w_hat)``.
+
+    ``w``: the (scaled) float weights, ``x``: their (scaled) inputs ``[S, T, F]``, ``ref``: the float block outputs.
+    """
+    h, a_in, h2, act = (x[n] for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))
+    a_out, m_out = ref["attn"], ref["mlp"]
+    o_w, d_w = w["o_proj"], w["down_proj"]
+    return {"qkv_proj": lambda wq: _mse(_attention(cfg, h @ wq.t(), cos, sin) @ o_w.t(), a_out),
+            "o_proj": lambda wq: _mse(a_in @ wq.t(), a_out),
+            "gate_up_proj": lambda wq: _mse(swiglu(*(h2 @ wq.t()).chunk(2, -1)) @ d_w.t(), m_out),
+            "down_proj": lambda wq: _mse(act @ wq.t(), m_out)}
+
+
+def _search_layer(cfg, w: dict, n1, n2, x: torch.Tensor, cos, sin, group_size: int, grid: int, clip: bool,
+                  clip_tokens: int, scale_o: bool, no_clip: tuple, no_scale: tuple = (),
+                  duo: bool = False) -> tuple[dict, dict, torch.Tensor]:
+    """One decoder layer: scales (folded into ``w``, ``n1``, ``n2`` in place), then clips. Returns
+    ``(alphas, clips, float layer output)``."""
+    eps, q, kv, inter = cfg.rms_norm_eps, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    tie = (cfg.num_key_value_heads, cfg.num_attention_heads // cfg.num_key_value_heads, cfg.head_dim)
+    # the float layer, once: every search compares against these outputs
+    h = rms_norm(x, n1, eps)
+    a_in = _attention(cfg, h @ w["qkv_proj"].t(), cos, sin)
+    ref = {"attn": a_in @ w["o_proj"].t()}
+    h2 = rms_norm(x + ref["attn"], n2, eps)
+    act = swiglu(*(h2 @ w["gate_up_proj"].t()).chunk(2, -1))
+    ref["mlp"] = act @ w["down_proj"].t()
+    inputs = {"qkv_proj": h, "o_proj": a_in, "gate_up_proj": h2, "down_proj": act}
+    alphas = {}
+
+    def scale_for(name, **kw):
+        loss = _block_losses(cfg, w, inputs, ref, cos, sin)[name]
+        s, alphas[name] = search_scale(w[name], inputs[name], group_size, 0 if name in no_scale else grid, loss=loss,
+                                       duo=duo, **kw)
+        inputs[name] = inputs[name] / s
+        return s
+
+    s = scale_for("qkv_proj")
+    n1 /= s
+    w["qkv_proj"] *= s
+    if scale_o or tie[1] == 1:
+        s = scale_for("o_proj", tie=tie)
+        w["qkv_proj"][q + kv:] /= s.view(tie)[:, 0].reshape(-1)[:, None]  # one scale per v row
+        w["o_proj"] *= s
+    s = scale_for("gate_up_proj")
+    n2 /= s
+    w["gate_up_proj"] *= s
+    s = scale_for("down_proj")
+    w["gate_up_proj"][inter:] /= s[:, None]
+    w["down_proj"] *= s
+
+    clips = {}
+    if clip:
+        qk = torch.zeros(w["qkv_proj"].shape[0], dtype=torch.bool, device=w["qkv_proj"].device)
+        qk[: q + kv] = True
+        for name in (n for n in w if n not in no_clip):
+            clips[name] = search_clip(w[name], _sample(inputs[name], clip_tokens), group_size,
+                                      fixed_rows=qk if name == "qkv_proj" else None)
+    return alphas, clips, x + ref["attn"] + ref["mlp"]
+
+
 @torch.inference_mode()
 def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZE, grid: int = 20, clip: bool = True,
-             search_tokens: int = 2048, clip_tokens: int = 512, seq_len: int = 256,
-             quantize_lm_head: bool = False) -> LinearLlama:
-    """AWQ every projection of ``model`` (float ``LinearLlama``) with activations over ``calibration_ids``."""
+             search_tokens: int = 4096, clip_tokens: int = 512, seq_len: int = 256, scale_o: bool = False,
+             no_clip: tuple = ("o_proj",), no_scale: tuple = (), duo: bool = False, quantize_lm_head: bool = False,
+             keep_scaled: bool = False) -> LinearLlama:
+    """AWQ every projection of ``model`` (float ``LinearLlama``) with activations over ``calibration_ids``.
+
+    ``scale_o``: also scale o_proj's inputs under GQA (scales tied per v head); ``no_clip``: linears whose range
+    is not clipped. ``keep_scaled``: keep the scaled float weights in ``meta["scaled"]`` (diagnostics).
+    """
     cfg = model.config
     if calibration_ids is None:
         raise ModelError("AWQ needs calibration text (token ids): pass calibration_ids, or use RTN")
@@ -148,57 +218,26 @@ def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZ
         for name, lin in layer.items():
             check_divisible(f"layers.{i}.{name}", tuple(lin.dense().shape), group_size)
     dev = model.embed_tokens.device
-    windows = calibration_windows(calibration_ids, search_tokens, min(seq_len, cfg.max_position_embeddings)).to(dev)
+    windows = calibration_windows(calibration_ids, search_tokens, min(seq_len, cfg.max_position_embeddings),
+                                  cfg.bos_token_id).to(dev)
     cos, sin = rope_cache(cfg, windows.shape[1], dev)
-    eps, q, kv, inter = cfg.rms_norm_eps, cfg.q_size, cfg.kv_size, cfg.intermediate_size
-    tie = (cfg.num_key_value_heads, cfg.num_attention_heads // cfg.num_key_value_heads, cfg.head_dim)
     x = model.embed_tokens[windows].float()  # the residual stream entering layer i: [S, T, hidden]
     norms, dense, alphas, clips = [], [], {}, {}
     for i, layer in enumerate(model.linears):
         w = {name: lin.dense().float().clone() for name, lin in layer.items()}
         n1, n2 = (n.float().clone() for n in model.norms[i])
-        # the float layer, once: every search compares against these outputs
-        h = rms_norm(x, n1, eps)
-        a_in = _attention(cfg, h @ w["qkv_proj"].t(), cos, sin)
-        a_out = a_in @ w["o_proj"].t()
-        h2 = rms_norm(x + a_out, n2, eps)
-        act = swiglu(*(h2 @ w["gate_up_proj"].t()).chunk(2, -1))
-        m_out = act @ w["down_proj"].t()
-
-        o_w = w["o_proj"]
-        s, alphas[(i, "qkv_proj")] = search_scale(
-            w["qkv_proj"], h, group_size, grid, loss=lambda wq: _mse(_attention(cfg, h @ wq.t(), cos, sin) @ o_w.t(), a_out))
-        n1 /= s
-        w["qkv_proj"] *= s
-        h = h / s
-        s, alphas[(i, "o_proj")] = search_scale(o_w, _sample(a_in, 4 * search_tokens), group_size, grid, tie=tie)
-        w["qkv_proj"][q + kv:] /= s.view(tie)[:, 0].reshape(-1)[:, None]  # one scale per v row
-        w["o_proj"] = o_w * s
-        a_in = a_in / s
-        d_w = w["down_proj"]
-        s, alphas[(i, "gate_up_proj")] = search_scale(
-            w["gate_up_proj"], h2, group_size, grid, loss=lambda wq: _mse(swiglu(*(h2 @ wq.t()).chunk(2, -1)) @ d_w.t(), m_out))
-        n2 /= s
-        w["gate_up_proj"] *= s
-        h2 = h2 / s
-        s, alphas[(i, "down_proj")] = search_scale(d_w, _sample(act, 4 * search_tokens), group_size, grid)
-        w["gate_up_proj"][inter:] /= s[:, None]
-        w["down_proj"] = d_w * s
-        act = act / s
-
-        if clip:
-            qk = torch.zeros(w["qkv_proj"].shape[0], dtype=torch.bool, device=dev)
-            qk[: q + kv] = True
-            inputs = {"qkv_proj": h, "o_proj": a_in, "gate_up_proj": h2, "down_proj": act}
-            for name in w:
-                clips[(i, name)] = search_clip(w[name], _sample(inputs[name], clip_tokens), group_size,
-                                               fixed_rows=qk if name == "qkv_proj" else None)
+        layer_alphas, layer_clips, x = _search_layer(cfg, w, n1, n2, x, cos, sin, group_size, grid, clip, clip_tokens,
+                                                     scale_o, no_clip, no_scale, duo)
+        alphas.update({(i, n): a for n, a in layer_alphas.items()})
+        clips.update({(i, n): c for n, c in layer_clips.items()})
         norms.append((n1.to(model.dtype), n2.to(model.dtype)))
         dense.append({name: DenseLinear(t) for name, t in w.items()})
-        x = x + a_out + m_out  # next layer's input, from the float layer (scaling does not change it)
     scaled = LinearLlama(cfg, model.embed_tokens, norms, dense, model.norm, model.lm_head, "awq-scaled")
     out = quantize_linears(scaled, lambda i, name, w: quantize_weight(w, group_size, name=f"layers.{i}.{name}",
                                                                       clip=clips.get((i, name))),
                            method="awq", group_size=group_size, quantize_lm_head=quantize_lm_head)
-    out.meta = {"awq_alpha": {f"layers.{i}.{n}": a for (i, n), a in alphas.items()}}
+    out.meta = {"awq_alpha": {f"layers.{i}.{n}": a for (i, n), a in alphas.items()},
+                "awq_clipped": sorted(f"layers.{i}.{n}" for i, n in clips)}
+    if keep_scaled:  # the scaled float weights (diagnostics: which quantized matrix costs what)
+        out.meta["scaled"] = [{n: lin.dense() for n, lin in layer.items()} for layer in dense]
     return out

@@ -147,6 +147,9 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
     epilogue = SWIGLU if swiglu else RESIDUAL if residual is not None else NONE
     nw = norm_weight if norm_weight is not None else x2
     ws, locks = workspace(x.device)
+    if config and config.get("SPLIT_K", 1) > 1 and M * 2 * N > WS_FLOATS:
+        raise ModelError(f"W4A16 linear: split-K for {M}×{N} outputs needs {M * 2 * N} workspace floats, "
+                         f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
     common = dict(GROUP=w.group_size, NORM=norm_weight is not None, EPILOGUE=epilogue)
     m_key = M if M <= 64 else triton.next_power_of_2(M)
     if M == 1:

@@ -96,8 +96,9 @@ for (layer, name), x in acts.items():
               f"top channels {[round(float(v), 1) for v in top]}")
 """)
 md(r"""
-No channel is 10–100× the median here (TinyLlama-sized models have such outliers; this 18 M model trained
-on one book does not): the scales AWQ can usefully apply are mild, and so is its gain. Searching α per
+No channel is 10–100× the median here (large models trained on trillions of tokens grow such outlier
+channels — the observation behind LLM.int8() and AWQ; this 18 M model trained on one book has none): the
+scales AWQ can usefully apply are mild, and so is its gain. Searching α per
 block (qkv against the attention block's output, gate/up against the MLP's, o and down against their own),
 then a clipping ratio per group:
 """)

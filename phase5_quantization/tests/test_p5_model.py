@@ -8,6 +8,7 @@ from phase0_prototype import load_impl
 from phase0_prototype.errors import ModelError
 from phase0_prototype.sources import load_model
 from phase5_quantization import framework, solution
+from phase5_quantization.bench import CALIBRATION
 from phase5_quantization.model import LinearLlama, QuantLinear
 
 
@@ -27,7 +28,7 @@ def test_float_path_matches_phase0_framework(kjv):
 def test_rtn_model_close_to_float_and_save_load(kjv, tmp_path):
     m, fp, ids = kjv
     q = framework.quantize(fp)
-    assert all(isinstance(l, QuantLinear) for layer in q.linears for l in layer.values())
+    assert all(isinstance(lin, QuantLinear) for layer in q.linears for lin in layer.values())
     assert fp.linear_bytes() / q.linear_bytes() > 7.0  # fp32 -> 4 bit + group params
     a, b = fp.forward_logits(ids)[0], q.forward_logits(ids)[0]
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean()
@@ -41,7 +42,7 @@ def test_rtn_model_close_to_float_and_save_load(kjv, tmp_path):
 
 def test_awq_folding_is_exact_and_quantized_model_is_close(kjv):
     m, fp, ids = kjv
-    cal = m.tokenizer.encode(open("phase5_quantization/calibration_genesis_1_5.txt").read(), add_special_tokens=False)[:1024]
+    cal = m.tokenizer.encode(CALIBRATION.read_text(), add_special_tokens=False)[:4096]
     q = solution.quantize(fp, cal, grid=5, search_tokens=512, clip=False)
     assert any(a > 0 for a in q.meta["awq_alpha"].values())  # some layer really scaled
     a, b = fp.forward_logits(ids)[0], q.forward_logits(ids)[0]

@@ -5,7 +5,7 @@ import torch
 
 from phase0_prototype.errors import ModelError
 from phase5_quantization.framework import quantize_weight
-from phase5_quantization.packing import (AWQ_ORDER, from_awq_gemm, pack_int4, to_awq_gemm, unpack_int4)
+from phase5_quantization.packing import AWQ_ORDER, from_awq_gemm, pack_int4, to_awq_gemm, unpack_int4
 
 
 def test_pack_unpack_round_trip_and_bit_positions():
@@ -75,6 +75,7 @@ def test_autoawq_packer_agrees_when_importable():
     lin = torch.nn.Linear(256, 64, bias=False)
     lin.weight.data = torch.randn(64, 256, generator=gen) * 0.02
     qw = quantize_weight(lin.weight.data, 128)
+    lin.weight.data = qw.dequantize()  # on the grid, as AutoAWQ passes it (pseudo-quantized before packing)
     ours = to_awq_gemm(qw)
     scales = qw.scales.t().contiguous()
     zeros = qw.zeros.t().contiguous().to(torch.int32)
