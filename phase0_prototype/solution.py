@@ -17,9 +17,11 @@ it is bound by memory bandwidth, and the limit it approaches is *bytes per token
    (``kernels/step.py``): GEMVs with RMSNorm/residual/SwiGLU fused in, and one RoPE + cache-write +
    split attention kernel plus its merge. ``decode_kernels="inductor"`` keeps the earlier path:
    ``torch.compile`` of the PyTorch step (``gemv="reduction"`` writes x·Wᵀ as a reduction inductor fuses).
-4. **Host synchronisation** — nothing reads the device per token: sampling happens on the device, the
-   next token is copied into the graph's static input, and EOS is checked every ``sync_every`` tokens,
-   when the chunk is also handed to the streaming callback. The CPU runs ahead and keeps the GPU fed.
+4. **Host work per token** — nothing reads the device per token, and a greedy token costs one graph replay:
+   the graph ends in one small kernel (``kernels/greedy.py``) that takes the argmax, applies EOS, feeds
+   the token back into the graph's input, advances the position and records the token (``DecodeGraph``).
+   The host looks at the tokens every ``sync_every`` tokens (EOS check, streaming callback); the CPU runs
+   ahead and keeps the GPU fed. Sampled decoding draws from the graph's logits on the host side instead.
 
 Measured on an H100 (random:tinyllama bf16, prompt 512, 128 new tokens, ``scripts/gpu_pdl_variants.py``):
 the first Triton step, 1.20 ms/token (58 % MBU, ~2.4× HF's compiled static-cache generate); with
@@ -91,6 +93,48 @@ def gemv_reduction(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
 
 
+class DecodeGraph:
+    """One captured decode step and the static buffers it reads and writes (per batch size).
+
+    The graph runs the step on ``token_in`` at ``position_in`` (``logits`` is its output), then
+    ``kernels.greedy.greedy_tail``: argmax, EOS (``eos``, ``finished``, ``pad``), ``token_in`` ← the token,
+    ``position_in`` += 1, ``history[b, position] = token``. Replaying it again is the next greedy step.
+    """
+
+    EOS_SLOTS = 8
+
+    def __init__(self, token_in, position_in, finished, eos, pad, history):
+        self.token_in, self.position_in, self.finished, self.eos, self.pad = token_in, position_in, finished, eos, pad
+        self.history = history  # [batch, max_seq_len]: the token at each position
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    @classmethod
+    def allocate(cls, batch: int, max_seq_len: int, device: torch.device) -> DecodeGraph:
+        def longs(*shape):
+            return torch.zeros(*shape, dtype=torch.long, device=device)
+
+        return cls(longs(batch), longs(batch), torch.zeros(batch, dtype=torch.uint8, device=device),
+                   torch.full((cls.EOS_SLOTS,), -1, dtype=torch.long, device=device), longs(batch),
+                   longs(batch, max_seq_len))
+
+    def start(self, first: torch.Tensor, position: int, eos_ids, host_eos: EosState) -> None:
+        """Load a generation's state: its first token at ``position``, the EOS ids the graph applies (none when
+        the host samples or EOS is ignored), and the finished flags and padding of ``host_eos``."""
+        ids = list(eos_ids)
+        if len(ids) > self.EOS_SLOTS:
+            from phase0_prototype.errors import ModelError
+
+            raise ModelError(f"{len(ids)} EOS ids; the decode graph holds at most {self.EOS_SLOTS}")
+        self.token_in.copy_(first)
+        self.position_in.fill_(position)
+        self.eos.fill_(-1)
+        if ids:
+            self.eos[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self.finished.copy_(host_eos.finished)
+        self.pad.copy_(host_eos.pad)
+
+
 class SolutionEngine:
     """``Engine`` contract (see ``phase0_prototype``) over a static KV cache."""
 
@@ -110,7 +154,7 @@ class SolutionEngine:
                                     self.max_seq_len, cfg.head_dim, dtype=self.dtype, device=self.device)
         self.use_graphs = compile and self.device.type == "cuda"
         self.mode = "torch.compile + CUDA graph" if self.use_graphs else "eager"
-        self._graphs: dict[int, tuple] = {}  # batch size -> (graph, token_in, position_in, logits_out)
+        self._graphs: dict[int, DecodeGraph] = {}  # batch size -> its captured decode step
         # Dynamo can trace the reference RoPE; an external kernel (CuPy) would be a graph break.
         self._fullgraph = self.rope_fn is apply_rope
         # gemv="reduction": inside the compiled decode step, x·Wᵀ at batch ≤ 4 is written as a multiply + sum
@@ -206,7 +250,7 @@ class SolutionEngine:
         return self.decode_step
 
     # ------------------------------------------------------------------ CUDA graph of the decode step
-    def _graph_for(self, batch: int):
+    def _graph_for(self, batch: int) -> DecodeGraph:
         if batch not in self._graphs:
             import torch._inductor.config
 
@@ -215,27 +259,37 @@ class SolutionEngine:
             step = self._step_for(batch)
             if step == self.decode_step:  # the PyTorch step is compiled; the Triton one is already kernels
                 step = torch.compile(self.decode_step, fullgraph=self._fullgraph, dynamic=False)
-            token_in = torch.zeros(batch, dtype=torch.long, device=self.device)
-            position_in = torch.zeros(batch, dtype=torch.long, device=self.device)
-            saved = self.kv_cache.clone()  # warm-up steps write slot 0; keep the cache as it was
-            side = torch.cuda.Stream()  # compile + autotune outside the capture, on a side stream
+            g = DecodeGraph.allocate(batch, self.max_seq_len, self.device)
+            body = self._decode_body(g, step)
+            saved = self.kv_cache.clone()  # warm-up steps write slots 0-3; keep the cache as it was
+            side = torch.cuda.Stream()  # compile + autotune (the tail kernel too) outside the capture
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=self.tune):
                 for _ in range(3):
-                    step(token_in, position_in)
+                    body()  # advances position_in / history: harmless, every generate loads its own state
             torch.cuda.current_stream().wait_stream(side)
-            out = {}
             # cuBLAS keeps a workspace per stream outside any graph pool. A graph that captured kernels using
             # it breaks when someone frees it (torch.compile's cudagraph trees clear the workspaces; the
             # next empty_cache returns the memory): clear first so the capture allocates its own workspace
             # in the graph's private pool, and again after so eager code never shares that memory.
             _clear_cublas_workspaces()
-            graph = capture_cuda_graph(lambda: out.__setitem__("logits", step(token_in, position_in)), warmup=0)
+            g.graph = capture_cuda_graph(body, warmup=0)
             _clear_cublas_workspaces()
             self.kv_cache.copy_(saved)
             del saved
-            self._graphs[batch] = (graph, token_in, position_in, out["logits"])
+            self._graphs[batch] = g
         return self._graphs[batch]
+
+    @staticmethod
+    def _decode_body(g: DecodeGraph, step):
+        """What the graph captures: the step, then the greedy tail on its logits (``DecodeGraph``)."""
+        from phase0_prototype.kernels.greedy import greedy_tail
+
+        def body() -> None:
+            g.logits = step(g.token_in, g.position_in)
+            greedy_tail(g.logits, g.token_in, g.position_in, g.finished, g.eos, g.pad, g.history)
+
+        return body
 
     def warmup(self, batch: int = 1) -> None:
         """Compile and capture ahead of time (the first ``generate`` would otherwise pay for it)."""
@@ -268,37 +322,36 @@ class SolutionEngine:
         eos_ids = self.model.tokenizer.eos_ids if eos_ids is None else eos_ids
         eos = EosState(B, eos_ids if stop_on_eos else (), self.device)
         generator = sampling.generator(self.device)
-        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
-
         next_tokens = eos.update(sample(self.prefill(tokens), sampling, generator))
-        out[:, 0] = next_tokens
         if self.use_graphs:
-            # The graph's inputs are the live state: the sampler writes the next token straight into
-            # token_in and position_in counts up in place, so a greedy step costs the replay plus three
-            # tiny kernels (argmax, the copy into out, the increment) — not eight.
-            graph, token_in, position_in, logits_out = self._graph_for(B)
-            token_in.copy_(next_tokens)
-            position_in.fill_(T)
+            # The graph's buffers are the live state. Its last kernel (``kernels.greedy``) takes the argmax,
+            # applies EOS, feeds the token back into token_in, advances position_in and records the token in
+            # ``history`` — so a greedy token costs one replay and nothing else. Sampling overwrites the
+            # argmax's choice from the host (and then the graph's EOS list is empty: the host tracks EOS).
+            g = self._graph_for(B)
+            g.start(next_tokens, T, eos_ids if stop_on_eos and sampling.greedy else (), eos)
+            out = g.history[:, T:T + max_new_tokens]  # out[:, i] is the token at position T + i
+            out[:, 0] = next_tokens
+            finished = g.finished if sampling.greedy else eos.finished
 
-            def advance() -> torch.Tensor:
-                graph.replay()
-                if sampling.greedy:
-                    torch.argmax(logits_out, dim=-1, out=token_in)
-                else:
-                    token_in.copy_(sample(logits_out, sampling, generator))
-                if stop_on_eos:
-                    token_in.copy_(eos.update(token_in))
-                position_in.add_(1)
-                return token_in
+            def advance() -> None:
+                g.graph.replay()
+                if not sampling.greedy:
+                    tok = sample(g.logits, sampling, generator)
+                    g.token_in.copy_(eos.update(tok) if stop_on_eos else tok)
+                    out[:, i] = g.token_in
         else:
+            out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
+            out[:, 0] = next_tokens
+            finished = eos.finished
             step = self._step_for(B)
             position = torch.full((B,), T, dtype=torch.long, device=self.device)
 
-            def advance() -> torch.Tensor:
+            def advance() -> None:
                 nonlocal next_tokens
                 next_tokens = eos.update(sample(step(next_tokens, position), sampling, generator))
                 position.add_(1)
-                return next_tokens
+                out[:, i] = next_tokens
 
         emitted = 0
         for i in range(1, max_new_tokens + 1):
@@ -307,11 +360,11 @@ class SolutionEngine:
                 if on_tokens is not None:
                     on_tokens(out[:, emitted:i].cpu())
                 emitted = i
-                if stop_on_eos and bool(eos.finished.all()):
+                if stop_on_eos and bool(finished.all()):
                     break
             if i == max_new_tokens:
                 break
-            out[:, i] = advance()
+            advance()
         return finish(out[:, :emitted], eos_ids, stop_on_eos)
 
 

@@ -260,7 +260,7 @@ class LLMEngine:
         elif route == "tp":
             outputs, kv = self._run_tp(ids, limits, sampling, tuple(stop), ignore_eos), None
         else:
-            outputs = [self._collect(self._single_deltas(p, n, sampling, tuple(stop), ignore_eos), p)
+            outputs = [self._single_output(p, n, sampling, tuple(stop), ignore_eos)
                        for p, n in zip(ids, limits, strict=True)]
             kv = self._static_kv_utilisation(ids, outputs)
         self.last_run = RunStats(self.path_name(route), len(ids), sum(len(o.token_ids) for o in outputs),
@@ -296,13 +296,16 @@ class LLMEngine:
         return f"phase 0 {self.impls['phase0']} one request at a time{mode}"
 
     # ------------------------------------------------------------------ the single-request path
-    def _single_deltas(self, ids, max_tokens, sampling, stop, ignore_eos) -> Iterator[Delta]:
+    def _single_text(self, max_tokens: int, stop, ignore_eos: bool):
+        """``feed(token ids) -> Delta``: stop strings, EOS and the length limit over one request's tokens."""
         from phase4_scheduler.text_stream import TextStream  # stop strings, held-back text: phase 4's
 
         eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
         text = TextStream(self.tokenizer, stop, eos)
         count = 0
-        for chunk in token_chunks(self.single, ids, max_tokens, sampling, stop_on_eos=not ignore_eos):
+
+        def feed(chunk: list[int]) -> Delta:
+            nonlocal count
             new, pieces, reason = [], [], None
             for token in chunk:
                 count += 1
@@ -313,9 +316,40 @@ class LLMEngine:
                 if stopped or final:
                     reason = "stop" if (stopped or token in eos) else "length"
                     break
-            yield Delta("".join(pieces), new, reason)
-            if reason is not None:
+            return Delta("".join(pieces), new, reason)
+
+        return feed
+
+    def _single_deltas(self, ids, max_tokens, sampling, stop, ignore_eos) -> Iterator[Delta]:
+        """Streaming: the engine generates on a worker thread (``streaming.token_chunks``), text comes here."""
+        feed = self._single_text(max_tokens, stop, ignore_eos)
+        for chunk in token_chunks(self.single, ids, max_tokens, sampling, stop_on_eos=not ignore_eos):
+            delta = feed(chunk)
+            yield delta
+            if delta.finish_reason is not None:
                 return
+
+    def _single_output(self, ids, max_tokens, sampling, stop, ignore_eos) -> RequestOutput:
+        """Offline: the engine's own loop on this thread, text made in its chunk callback (a stop string ends
+        the generation there). No worker thread: its hand-offs cost the bs=1 decode loop time (E.1a)."""
+        feed = self._single_text(max_tokens, stop, ignore_eos)
+        deltas: list[Delta] = []
+        t0, ttft = time.perf_counter(), [None]
+
+        def on_tokens(chunk) -> None:
+            if ttft[0] is None:
+                ttft[0] = time.perf_counter() - t0
+            deltas.append(feed(chunk[0].tolist()))
+            if deltas[-1].finish_reason is not None:
+                raise _Finished
+
+        try:
+            self.single.generate(ids, max_tokens, sampling, on_tokens=on_tokens, stop_on_eos=not ignore_eos)
+        except _Finished:
+            pass
+        out = self._collect(iter(deltas), ids)
+        out.ttft_s = ttft[0]
+        return out
 
     def _collect(self, deltas: Iterator[Delta], prompt_ids: list[int]) -> RequestOutput:
         t0 = time.perf_counter()
@@ -366,6 +400,10 @@ class LLMEngine:
                     break
             outputs.append(RequestOutput(list(p), kept, "".join(pieces), reason))
         return outputs
+
+
+class _Finished(Exception):
+    """Raised from a generation's chunk callback: the request is done (stop string, EOS or length)."""
 
 
 def _share(source, target) -> None:

@@ -142,3 +142,80 @@ def test_unknown_decode_kernels_is_a_clear_error(tiny):
 
     with pytest.raises(ModelError, match="decode_kernels"):
         load_impl("solution").build(tiny, decode_kernels="cutlass")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,vocab", [(1, 1000), (3, 4100)])
+def test_greedy_tail_matches_torch(dtype, batch, vocab):
+    """argmax (first index of ties, like torch), EOS padding and marking, feedback, position, history."""
+    from phase0_prototype.kernels.greedy import greedy_tail
+
+    logits = rand(batch, vocab, seed=7, dtype=dtype)
+    # ties across loop iterations and lanes: the winner must be the first occurrence
+    logits[0, [5, 2600 % vocab, vocab - 1]] = 50.0
+    L = 16
+    positions = torch.tensor([3, 9, 14][:batch], device=DEVICE)
+    finished = torch.tensor([0, 1, 0][:batch], dtype=torch.uint8, device=DEVICE)
+    pad = torch.tensor([2, 2, 7][:batch], device=DEVICE)
+    expected_tok = logits.float().argmax(-1)
+    eos_hit = int(expected_tok[-1])  # the last row emits one of the EOS ids -> becomes finished
+    eos = torch.tensor([-1, eos_hit, -1, -1], device=DEVICE)
+    tokens = torch.zeros(batch, dtype=torch.long, device=DEVICE)
+    history = torch.full((batch, L), -5, dtype=torch.long, device=DEVICE)
+    pos0, fin0 = positions.clone(), finished.clone()
+
+    greedy_tail(logits, tokens, positions, finished, eos, pad, history)
+
+    want = torch.where(fin0.bool(), pad, expected_tok)
+    assert int(expected_tok[0]) == 5
+    assert torch.equal(tokens, want)
+    assert torch.equal(positions, pos0 + 1)
+    assert torch.equal(finished.bool(), fin0.bool() | torch.isin(want, eos))
+    assert bool(finished[-1])
+    for b in range(batch):
+        row = history[b].tolist()
+        assert row[int(pos0[b]) + 1] == int(want[b])
+        assert sum(v != -5 for v in row) == 1  # nothing else written
+    # saturation: at the last slot the position stays and that slot is rewritten
+    positions.fill_(L - 1)
+    greedy_tail(logits, tokens, positions, finished, eos, pad, history)
+    assert positions.tolist() == [L - 1] * batch
+
+
+class _EagerReplay:
+    """Stands in for a CUDA graph on a CPU: ``replay`` runs the body the graph would have captured."""
+
+    def __init__(self, body):
+        self.replay = body
+
+
+@pytest.mark.parametrize("case", ["greedy", "greedy_eos", "sampled_eos"])
+def test_graph_path_bookkeeping_equals_eager_generate(tiny, case):
+    """The graph path of ``generate`` (history buffer, in-graph greedy tail, EOS, host sampling) against the
+    eager path, with the captured body run eagerly."""
+    from phase0_prototype.sampling import SamplingParams
+    from phase0_prototype.solution import DecodeGraph
+
+    prompts = torch.randint(3, TINY.vocab_size, (2, 6), generator=torch.Generator().manual_seed(11)).to(DEVICE)
+    # On a GPU: a real CUDA graph of the Triton step against the same kernels run eagerly. On a CPU: the
+    # PyTorch step (fast there), with the body the graph would capture run eagerly at each "replay".
+    kernels = "triton" if DEVICE == "cuda" else "inductor"
+    build = lambda compile: load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=40,  # noqa: E731
+                                                        compile=compile, decode_kernels=kernels)
+    eager, graphed = build(False), build(DEVICE == "cuda")
+    if DEVICE == "cpu":
+        graphed.use_graphs = True
+        g = DecodeGraph.allocate(2, graphed.max_seq_len, graphed.device)
+        g.graph = _EagerReplay(graphed._decode_body(g, graphed._step_for(2)))
+        graphed._graphs[2] = g
+    assert graphed.use_graphs
+    sampling = SamplingParams(temperature=0.9, seed=3) if case == "sampled_eos" else SamplingParams()
+    kw = dict(stop_on_eos=False)
+    if case != "greedy":  # an EOS id that one sequence emits mid-way: it must stop there, the other not
+        free = eager.generate(prompts, 14, sampling, stop_on_eos=False).tokens
+        kw = dict(stop_on_eos=True, eos_ids=(int(free[0, 4]),))
+    chunks = []
+    want = eager.generate(prompts, 14, sampling, **kw)
+    got = graphed.generate(prompts, 14, sampling, on_tokens=chunks.append, **kw)
+    assert torch.equal(got.tokens, want.tokens) and got.lengths == want.lengths, case
+    assert torch.equal(torch.cat(chunks, 1)[:, : got.tokens.shape[1]], got.tokens)

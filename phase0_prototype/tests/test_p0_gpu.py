@@ -51,11 +51,11 @@ def test_bf16_graph_step_matches_eager_step():
             first = engine.prefill(prompt).argmax(-1)
             position = torch.tensor([prompt.shape[1]], device="cuda")
             if compile:
-                graph, token_in, position_in, logits = engine._graph_for(1)
-                token_in.copy_(first)
-                position_in.copy_(position)
-                graph.replay()
-                results.append(logits.float().clone())
+                g = engine._graph_for(1)
+                g.token_in.copy_(first)
+                g.position_in.copy_(position)
+                g.graph.replay()
+                results.append(g.logits.float().clone())
             else:
                 results.append(engine.decode_step(first, position).float())
     eager, graphed = results
