@@ -99,15 +99,18 @@ md(r"""
 No channel is 10–100× the median here (large models trained on trillions of tokens grow such outlier
 channels — the observation behind LLM.int8() and AWQ; this 18 M model trained on one book has none): the
 scales AWQ can usefully apply are mild, and so is its gain. Searching α per
-block (qkv against the attention block's output, gate/up against the MLP's, o and down against their own),
-then a clipping ratio per group:
+block (qkv and gate/up against their block's output, down against the MLP's output), then a clipping ratio
+per group. `o_proj` keeps RTN: under grouped-query attention its scales would have to be tied across the
+query heads of a KV head (AutoAWQ skips the pair too), and on this model both tied scales and clipping lowered
+o_proj's calibration error yet raised the loss on other text (`scale_o=True` turns them on):
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
 q_awq = solution.quantize(fp, cal, grid=10, search_tokens=1024)
 alphas = q_awq.meta["awq_alpha"]
-for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+for name in ("qkv_proj", "gate_up_proj", "down_proj"):
     print(f"{name:13s} α per layer: {[alphas[f'layers.{i}.{name}'] for i in range(m.config.num_hidden_layers)]}")
+print("clipped:", sorted({k.split('.')[-1] for k in q_awq.meta["awq_clipped"]}))
 """)
 code(r"""
 x = acts[(3, "down_proj")][:1024]
@@ -182,7 +185,7 @@ On a CPU P5.1 (accuracy) is measured and the GPU targets print SKIP with the rea
 ## Your turn
 
 Copy `solution.py` to `mine.py` and change one thing — duo scaling (`s = mean|x|^α / mean|w|^(1−α)`), a finer
-α grid, the block loss for `o_proj` too — then `make check-phase5 IMPL=phase5_quantization.mine`: P5.1
+α grid, `scale_o=True` — then `make check-phase5 IMPL=phase5_quantization.mine`: P5.1
 compares your quantizer with RTN on the held-out text. For the kernel, try `config=` overrides of
 `w4a16_linear` on a GPU and read the SASS instruction mix (`cuobjdump -sass`).
 """)
