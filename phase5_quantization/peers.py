@@ -49,9 +49,12 @@ def autoawq_reason(size: str = "full") -> str | None:
     its calibration forward passes take minutes, so only ``size="full"`` runs it."""
     try:
         import awq  # noqa: F401
-    except ImportError:
-        return ("autoawq is not installed (pip install autoawq==0.2.9 accelerate zstandard --no-deps; "
-                "it imports and runs with this torch/transformers)")
+        from awq import AutoAWQForCausalLM  # noqa: F401 - pulls in its own needs (datasets, accelerate)
+    except ImportError as e:
+        if getattr(e, "name", None) == "awq":
+            return ("autoawq is not installed (pip install autoawq==0.2.9 accelerate zstandard --no-deps; "
+                    "it imports and runs with this torch/transformers)")
+        return f"autoawq does not import here: {e} (install what it names; autoawq 0.2.9 needs datasets, accelerate)"
     if size != "full":
         return "SIZE=small: AutoAWQ's own quantization takes minutes on a CPU; it runs with SIZE=full"
     return None
