@@ -184,8 +184,8 @@ On a CPU P5.1 (accuracy) is measured and the GPU targets print SKIP with the rea
 
 ## Your turn
 
-Copy `solution.py` to `mine.py` and change one thing — duo scaling (`s = mean|x|^α / mean|w|^(1−α)`), a finer
-α grid, `scale_o=True` — then `make check-phase5 IMPL=phase5_quantization.mine`: P5.1
+Copy `solution.py` to `mine.py` and change one thing — plain scales `s = mean|x|^α` (`duo=False`; the
+default is AutoAWQ's duo form `mean|x|^α / mean|ŵ|^(1−α)`), a finer α grid, `scale_o=True` — then `make check-phase5 IMPL=phase5_quantization.mine`: P5.1
 compares your quantizer with RTN on the held-out text. For the kernel, try `config=` overrides of
 `w4a16_linear` on a GPU and read the SASS instruction mix (`cuobjdump -sass`).
 """)
