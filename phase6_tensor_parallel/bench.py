@@ -20,7 +20,6 @@ On a CPU the gloo run also times a tiny all-reduce sweep (a smoke of the study c
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -88,20 +87,32 @@ def greedy_tp1_vs_tp2(impl: str, shapes: dict, device: str, result: BenchResult)
             "| bytes | µs |\n|---|---|\n" + rows
 
 
-def allreduce_targets(result: BenchResult) -> list[dict]:
-    """P6.4 on 2 GPUs: Ring and Tree sweeps, α-β fits, worst model error."""
-    from phase6_tensor_parallel.allreduce_study import plot, run_study, table
+def allreduce_targets(result: BenchResult, out_dir: Path, stem: str) -> list[dict]:
+    """P6.4 on 2 GPUs: Ring and Tree sweeps, α-β fits, worst model error; the fit plotted beside the report."""
+    from phase6_tensor_parallel.allreduce_study import run_study, table
 
     progress("P6.4 all-reduce sweeps (NCCL_ALGO=Ring, Tree)")
     runs = run_study(2, device="cuda", timeout_s=120)
     for r in runs:
         result.metrics[f"p6_4_model_error_{r['algo'].lower()}"] = r["model_error"]
     result.tables["all-reduce α-β study (2 GPUs)"] = table(runs)
-    # $OUT is where the device machine's files come back from; elsewhere the working directory.
-    png = plot(runs, str(Path(os.environ.get("OUT", ".")) / "allreduce_alpha_beta.png"))
-    if png:
-        result.notes.append(f"all-reduce plot written to {png}")
+    alpha_beta_figure(runs, result, out_dir, stem)
     return runs
+
+
+def alpha_beta_figure(runs: list[dict], result: BenchResult, out_dir: Path, stem: str) -> Path | None:
+    """``<out_dir>/<stem>.allreduce_alpha_beta.png`` (measured points and fitted lines), linked from the report."""
+    from phase6_tensor_parallel.allreduce_study import plot
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot(runs, str(out_dir / f"{stem}.allreduce_alpha_beta.png"))
+    if png is None:
+        result.notes.append("all-reduce plot: not drawn (matplotlib is not installed)")
+        return None
+    png = Path(png)
+    result.tables["all-reduce α-β fit, plotted"] = f"![all-reduce time vs message size, α-β fits]({png.name})"
+    return png
 
 
 def throughput_targets(impl: str, result: BenchResult, *, device: str = "cuda", sweep: dict = SWEEP,
@@ -178,7 +189,8 @@ def throughput_targets(impl: str, result: BenchResult, *, device: str = "cuda", 
                                f"batch {batches[i]}, rank 0")
 
 
-def run(impl: str, size: str) -> BenchResult:
+def run(impl: str, size: str, out_dir: Path | None = None) -> BenchResult:
+    """``out_dir``: where the report goes (the check runner passes it); the α-β plot is written beside it."""
     device_info = detect_device()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if size == "full" and gpus < 2:
@@ -205,7 +217,11 @@ def run(impl: str, size: str) -> BenchResult:
             result.skip(metric, why)
         return result
     # Each GPU part reports its own failure (as SKIP with the error) so the other part's figures still land.
-    runs = guarded("P6.4", result, ("p6_4_model_error_ring", "p6_4_model_error_tree"), allreduce_targets, result)
+    from module0_profiling.check import report_stem
+
+    figures = Path(out_dir) if out_dir is not None else Path(__file__).resolve().parents[1] / "reports" / "phase6_tensor_parallel"
+    runs = guarded("P6.4", result, ("p6_4_model_error_ring", "p6_4_model_error_tree"), allreduce_targets, result,
+                   figures, report_stem(device_info.slug, impl, size))
     guarded("P6.2/P6.3", result, ("p6_2_speedup", "p6_2_comm_share", "p6_3_exposed_comm_ratio"),
             throughput_targets, impl, result, allreduce_runs=runs)
     return result

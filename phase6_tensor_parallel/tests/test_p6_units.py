@@ -148,3 +148,26 @@ def test_nocomm_group_keeps_shapes_and_a_world1_engine_unchanged():
         decoder.fill_cache_randomly(4)
         timing = time_steps(decoder, 4, iters=3, warmup=1)
     assert timing["step_s"] > 0 and set(timing) == {"step_s"}  # no profiler figures off CUDA
+
+
+def test_alpha_beta_figure_lands_beside_the_report_and_is_linked(tmp_path):
+    """The check runner's report folder gets ``<stem>.allreduce_alpha_beta.png``; the report links that name."""
+    import dataclasses
+
+    from module0_profiling.targets import BenchResult
+    from phase6_tensor_parallel.bench import alpha_beta_figure
+
+    pytest.importorskip("matplotlib")
+    sizes = [2 ** k for k in range(10, 20, 2)]
+    runs = []
+    for algo, alpha, beta in (("Ring", 9e-6, 3e-12), ("Tree", 11e-6, 4e-12)):
+        truth = AlphaBeta(algo, 2, alpha, beta)
+        rng = np.random.default_rng(len(algo))
+        seconds = [truth.predict(n) * (1 + 0.02 * rng.standard_normal()) for n in sizes]
+        runs.append({"algo": algo, "sizes": sizes, "seconds": seconds,
+                     "fit": dataclasses.asdict(fit(algo, 2, sizes, seconds))})
+    result = BenchResult()
+    png = alpha_beta_figure(runs, result, tmp_path / "phase6_tensor_parallel", "h200")
+    assert png == tmp_path / "phase6_tensor_parallel" / "h200.allreduce_alpha_beta.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert any(f"({png.name})" in t for t in result.tables.values())
