@@ -34,13 +34,20 @@ def quantize_weight(w: torch.Tensor, group_size: int = GROUP_SIZE, *, name: str 
 
 
 def quantize_linears(model: LinearLlama, fn, *, method: str, group_size: int = GROUP_SIZE,
-                     quantize_lm_head: bool = False) -> LinearLlama:
-    """A new ``LinearLlama`` whose projections are ``QuantLinear(fn(layer, name, dense_weight))``."""
+                     quantize_lm_head: bool = False, progress: str | None = None) -> LinearLlama:
+    """A new ``LinearLlama`` whose projections are ``QuantLinear(fn(layer, name, dense_weight))``.
+
+    ``progress``: a label for a progress bar over the layers (on stderr, shown on a terminal only)."""
     for i, layer in enumerate(model.linears):  # every shape checked before any work
         for name in LINEAR_NAMES:
             check_divisible(f"layers.{i}.{name}", tuple(layer[name].dense().shape), group_size)
+    layers = list(enumerate(model.linears))
+    if progress:
+        from tqdm.auto import tqdm
+
+        layers = tqdm(layers, desc=progress, unit="layer", disable=None)
     linears = [{name: QuantLinear(fn(i, name, layer[name].dense().float())) for name in LINEAR_NAMES}
-               for i, layer in enumerate(model.linears)]
+               for i, layer in layers]
     head = model.lm_head
     if quantize_lm_head:
         head = QuantLinear(quantize_weight(head.dense().float(), group_size, name="lm_head"))

@@ -98,5 +98,6 @@ def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZ
     out = quantize_linears(
         model, lambda i, name, w: gptq_weight(w, hessian(acts[(i, name)]), group_size, damp=damp,
                                               act_order=act_order, name=f"layers.{i}.{name}"),
-        method="gptq" + ("-act-order" if act_order else ""), group_size=group_size, quantize_lm_head=quantize_lm_head)
+        method="gptq" + ("-act-order" if act_order else ""), group_size=group_size, quantize_lm_head=quantize_lm_head,
+        progress="GPTQ")
     return out

@@ -231,7 +231,9 @@ def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZ
     cos, sin = rope_cache(cfg, windows.shape[1], dev)
     x = model.embed_tokens[windows].float()  # the residual stream entering layer i: [S, T, hidden]
     norms, dense, alphas, clips = [], [], {}, {}
-    for i, layer in enumerate(model.linears):
+    from tqdm.auto import tqdm  # a progress bar on a terminal (stderr); silent in logs and tests
+
+    for i, layer in enumerate(tqdm(model.linears, desc="AWQ search", unit="layer", disable=None)):
         w = {name: lin.dense().float().clone() for name, lin in layer.items()}
         n1, n2 = (n.float().clone() for n in model.norms[i])
         layer_alphas, layer_clips, x = _search_layer(cfg, w, n1, n2, x, cos, sin, group_size, grid, clip, clip_tokens,
