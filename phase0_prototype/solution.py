@@ -108,6 +108,7 @@ class DecodeGraph:
         self.history = history  # [batch, max_seq_len]: the token at each position
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.tail = True  # the greedy tail is captured in the graph (False: the host runs it after each replay)
 
     @classmethod
     def allocate(cls, batch: int, max_seq_len: int, device: torch.device) -> DecodeGraph:
@@ -142,7 +143,8 @@ class SolutionEngine:
 
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
                  compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16,
-                 gemv: str = "reduction", tune: bool = False, decode_kernels: str = "auto"):
+                 gemv: str = "reduction", tune: bool = False, decode_kernels: str = "auto",
+                 graph_tail: bool = True):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.max_seq_len = min(max_seq_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -169,6 +171,9 @@ class SolutionEngine:
 
             raise ModelError(f"unknown decode_kernels={decode_kernels!r}: choose auto, triton or inductor")
         self.decode_kernels = decode_kernels
+        # graph_tail=False: the greedy tail (argmax, EOS, feedback, position) runs as host-launched PyTorch ops
+        # after each replay instead of inside the graph — the A/B of scripts/gpu_pdl_variants.py
+        self.graph_tail = graph_tail
         self.fused_rope = self.rope_fn is apply_rope  # the attention kernel applies the reference RoPE itself
         if self._triton_for(max_batch_size):
             self.mode = "Triton kernels + CUDA graph" if self.use_graphs else "Triton kernels, eager"
@@ -260,6 +265,7 @@ class SolutionEngine:
             if step == self.decode_step:  # the PyTorch step is compiled; the Triton one is already kernels
                 step = torch.compile(self.decode_step, fullgraph=self._fullgraph, dynamic=False)
             g = DecodeGraph.allocate(batch, self.max_seq_len, self.device)
+            g.tail = self.graph_tail
             body = self._decode_body(g, step)
             saved = self.kv_cache.clone()  # warm-up steps write slots 0-3; keep the cache as it was
             side = torch.cuda.Stream()  # compile + autotune (the tail kernel too) outside the capture
@@ -287,7 +293,8 @@ class SolutionEngine:
 
         def body() -> None:
             g.logits = step(g.token_in, g.position_in)
-            greedy_tail(g.logits, g.token_in, g.position_in, g.finished, g.eos, g.pad, g.history)
+            if g.tail:
+                greedy_tail(g.logits, g.token_in, g.position_in, g.finished, g.eos, g.pad, g.history)
 
         return body
 
@@ -329,17 +336,20 @@ class SolutionEngine:
             # ``history`` — so a greedy token costs one replay and nothing else. Sampling overwrites the
             # argmax's choice from the host (and then the graph's EOS list is empty: the host tracks EOS).
             g = self._graph_for(B)
-            g.start(next_tokens, T, eos_ids if stop_on_eos and sampling.greedy else (), eos)
+            in_graph = sampling.greedy and g.tail  # the graph's own kernel picks, applies EOS and records
+            g.start(next_tokens, T, eos_ids if stop_on_eos and in_graph else (), eos)
             out = g.history[:, T:T + max_new_tokens]  # out[:, i] is the token at position T + i
             out[:, 0] = next_tokens
-            finished = g.finished if sampling.greedy else eos.finished
+            finished = g.finished if in_graph else eos.finished
 
             def advance() -> None:
                 g.graph.replay()
-                if not sampling.greedy:
-                    tok = sample(g.logits, sampling, generator)
+                if not in_graph:
+                    tok = torch.argmax(g.logits, dim=-1) if sampling.greedy else sample(g.logits, sampling, generator)
                     g.token_in.copy_(eos.update(tok) if stop_on_eos else tok)
                     out[:, i] = g.token_in
+                    if not g.tail:
+                        g.position_in.add_(1)
         else:
             out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
             out[:, 0] = next_tokens

@@ -7,7 +7,8 @@ programmatic dependent launch on/off (``TITANINFER_PDL``), attention on CUDA cor
 last program to finish merges, found with an atomic counter — instead of a second kernel: it saved the
 launch but serialised the merge behind the slowest split, 1217 vs 1207 µs per step at 32 positions per
 split, and fewer, longer splits were slower still (1323 µs at 64, 1503 µs at 128), so it was dropped.) For each: decode
-tok/s through ``generate`` (host loop included), the graph replay alone, MBU, and agreement of the first 16
+tok/s through ``generate`` (host loop included; the greedy tail inside the graph or, in one variant, launched
+from the host after each replay), the graph replay alone, MBU, and agreement of the first 16
 greedy tokens with the eager PyTorch step.
 
 Usage (repo root, GPU): PYTHONPATH=$PWD python3 phase0_prototype/scripts/gpu_pdl_variants.py
@@ -66,22 +67,25 @@ prompt = bench.random_prompt(512, 32000, "cuda")
 bpt = decode_bytes_per_token(model.config, model.dtype, 512 + 64)
 ref = load_impl("solution").build(model, max_seq_len=640, compile=False).generate(prompt, 16, stop_on_eos=False).tokens
 # name, PDL, attention positions per loop step (= per split at this length), GEMV configs, tensor-core attention
+# ... and whether the greedy tail (argmax, EOS, feedback, position) runs inside the graph or from the host
 VARIANTS = [
-    ("first sweep's tiles, no PDL", "0", 32, ORIGINAL_CONFIG, False),
-    ("default tiles + PDL", "1", 32, DEFAULT_CONFIG, False),
-    ("+ tensor-core attention", "1", 32, DEFAULT_CONFIG, True),
-    ("+ tensor-core attention 16/split", "1", 16, DEFAULT_CONFIG, True),
-    ("+ tensor-core attention 64/split", "1", 64, DEFAULT_CONFIG, True),
-    ("+ tensor-core attention 128/split", "1", 128, DEFAULT_CONFIG, True),
+    ("first sweep's tiles, no PDL", "0", 32, ORIGINAL_CONFIG, False, True),
+    ("default tiles + PDL", "1", 32, DEFAULT_CONFIG, False, True),
+    ("+ tensor-core attention, tail on host", "1", 32, DEFAULT_CONFIG, True, False),
+    ("+ tensor-core attention", "1", 32, DEFAULT_CONFIG, True, True),
+    ("+ tensor-core attention 16/split", "1", 16, DEFAULT_CONFIG, True, True),
+    ("+ tensor-core attention 64/split", "1", 64, DEFAULT_CONFIG, True, True),
+    ("+ tensor-core attention 128/split", "1", 128, DEFAULT_CONFIG, True, True),
 ]
 best = None
-for name, pdl, block_s, config, use_dot in VARIANTS:
+for name, pdl, block_s, config, use_dot, graph_tail in VARIANTS:
     os.environ["TITANINFER_PDL"] = pdl
     decode_attention.USE_DOT = use_dot
     decode_attention.BLOCK_S = block_s
     gemv.default_config = config
     try:
-        e = load_impl("solution").build(model, max_seq_len=640, compile=True, decode_kernels="triton")
+        e = load_impl("solution").build(model, max_seq_len=640, compile=True, decode_kernels="triton",
+                                        graph_tail=graph_tail)
         e.warmup()
         agree = (e.generate(prompt, 16, stop_on_eos=False).tokens == ref).float().mean().item()
         fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), 128, 5)

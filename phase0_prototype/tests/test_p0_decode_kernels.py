@@ -189,8 +189,9 @@ class _EagerReplay:
         self.replay = body
 
 
+@pytest.mark.parametrize("tail", [True, False], ids=["tail_in_graph", "tail_on_host"])
 @pytest.mark.parametrize("case", ["greedy", "greedy_eos", "sampled_eos"])
-def test_graph_path_bookkeeping_equals_eager_generate(tiny, case):
+def test_graph_path_bookkeeping_equals_eager_generate(tiny, case, tail):
     """The graph path of ``generate`` (history buffer, in-graph greedy tail, EOS, host sampling) against the
     eager path, with the captured body run eagerly."""
     from phase0_prototype.sampling import SamplingParams
@@ -201,11 +202,12 @@ def test_graph_path_bookkeeping_equals_eager_generate(tiny, case):
     # PyTorch step (fast there), with the body the graph would capture run eagerly at each "replay".
     kernels = "triton" if DEVICE == "cuda" else "inductor"
     build = lambda compile: load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=40,  # noqa: E731
-                                                        compile=compile, decode_kernels=kernels)
+                                                        compile=compile, decode_kernels=kernels, graph_tail=tail)
     eager, graphed = build(False), build(DEVICE == "cuda")
     if DEVICE == "cpu":
         graphed.use_graphs = True
         g = DecodeGraph.allocate(2, graphed.max_seq_len, graphed.device)
+        g.tail = tail
         g.graph = _EagerReplay(graphed._decode_body(g, graphed._step_for(2)))
         graphed._graphs[2] = g
     assert graphed.use_graphs
