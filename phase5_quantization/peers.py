@@ -4,7 +4,7 @@
   (gpt-fast's recipe: two codes per byte, even column in the high nibble, ``_convert_weight_to_int4pack``
   with 8 inner k-tiles; ``scales_and_zeros [K/group, N, 2]`` bf16 with tinygemm's float zero
   ``w = (q − 8)·s + z``, so ``z = (8 − zero_point)·s``). Same numbers as ours: the timing compares kernels.
-- ``autoawq_state``: AutoAWQ (``pip install autoawq``, CUDA) run on the bundled model with our calibration
+- ``autoawq_state``: AutoAWQ (``pip install -e '.[awq]'``) run on the bundled model with our calibration
   text; its GEMM-format tensors come back through ``packing.from_awq_gemm`` and are evaluated by our code.
 """
 
@@ -52,8 +52,8 @@ def autoawq_reason(size: str = "full") -> str | None:
         from awq import AutoAWQForCausalLM  # noqa: F401 - pulls in its own needs (datasets, accelerate)
     except ImportError as e:
         if getattr(e, "name", None) == "awq":
-            return ("autoawq is not installed (pip install autoawq==0.2.9 accelerate zstandard --no-deps; "
-                    "it imports and runs with this torch/transformers)")
+            return ("autoawq is not installed (pip install -e '.[awq]': autoawq 0.2.9 with accelerate, datasets "
+                    "and zstandard; it imports and runs with this torch/transformers)")
         return f"autoawq does not import here: {e} (install what it names; autoawq 0.2.9 needs datasets, accelerate)"
     if size != "full":
         return "SIZE=small: AutoAWQ's own quantization takes minutes on a CPU; it runs with SIZE=full"
