@@ -174,12 +174,8 @@ def bs1_paths(ctx: Context, engine: LLMEngine, chosen: dict, result: BenchResult
 def int4_row(ctx: Context) -> Row:
     """Phase 5's INT4 engine (RTN weights: the speed is the kernel's, whichever quantizer chose the codes)."""
     from phase0_prototype.errors import ModelError
-    from shared.quant import fallback_reason
 
     name, link = "+ INT4 weights (phase 5)", "phase5_quantization"
-    reason = fallback_reason()
-    if reason:
-        return Row(name, link, skip=reason)
     try:
         return measure_engine(ctx, name, link, "solution", quant="rtn")
     except ModelError as e:

@@ -13,12 +13,14 @@ What runs where (``impls``: see ``shared.impls``; ``EngineConfig.impl`` is the `
 
 Why phase 0's engine for bs=1 (``bs1_decode="phase0"``, the default): a lone decode step is a GEMV per
 projection, memory-bound; phase 0 runs it as Triton GEMVs with RMSNorm/residual/SwiGLU fused and RoPE +
-cache write + attention in one kernel, 6 launches per layer in one graph (836 tok/s, 58 % MBU on an H100
-in phase 0's report), while phase 4's bucket graph runs the batched runner's cuBLAS GEMMs and separate
+cache write + attention in one kernel, 6 launches per layer in one graph (1.085 ms/token, 64 % MBU in phase
+0's committed H100 report; 65–70 % in earlier runs), while phase 4's bucket graph runs the batched runner's cuBLAS GEMMs and separate
 norm/RoPE/cache-write kernels at M=1. ``make check-engine`` times both in the same run and says which
 was faster (its "bs=1 decode path" table): the choice stays explicit, and is checked.
 
-The two engines are built on first use and share phase 0's fused weights (one copy on the GPU).
+The two engines are built on first use and share phase 0's fused weights (one copy on the GPU). Offline,
+a lone request runs phase 0's loop on the calling thread (its text made in the chunk callback); ``stream``
+runs it on a worker thread (``streaming.token_chunks``) so the caller can iterate.
 """
 
 from __future__ import annotations
@@ -367,7 +369,7 @@ class LLMEngine:
         engine = self._single
         reserved = getattr(engine, "max_seq_len", None) if hasattr(engine, "kv_cache") else None
         if not reserved:
-            return None  # no KV cache (phase 0's framework, the INT4 fallback)
+            return None  # no KV cache (phase 0's framework)
         live = steps = 0
         for p, out in zip(ids, outputs, strict=True):
             n = len(out.token_ids)

@@ -48,8 +48,6 @@ COMPONENTS: dict[str, Component] = {
                         ("solution", "framework")),
 }
 PHASES = tuple(COMPONENTS)
-# phase 5's quantizers by their method name (its ``load_impl`` names)
-QUANT_METHODS = {"rtn": "framework", "awq": "solution", "gptq": "phase5_quantization.gptq"}
 PRESET_NAMES = ("solution", "framework")
 
 

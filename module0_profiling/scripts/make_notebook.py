@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-import nbformat as nbf
+from module0_profiling.notebook_source import NotebookSource
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+nb = NotebookSource()
+md, code = nb.md, nb.code
 
 md(r"""
 # Module 0 — measure before you optimise
@@ -143,7 +142,4 @@ import tempfile
 code_, outcomes, written = run_check("module0", out_root=tempfile.mkdtemp())
 """)
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-out = Path(__file__).resolve().parents[1] / "notebook.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+nb.write(Path(__file__).resolve().parents[1])

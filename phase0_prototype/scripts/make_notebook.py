@@ -6,11 +6,10 @@ Run from the repository root: ``python phase0_prototype/scripts/make_notebook.py
 
 from pathlib import Path
 
-import nbformat as nbf
+from module0_profiling.notebook_source import NotebookSource
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))
+nb = NotebookSource()
+md, code = nb.md, nb.code
 
 md(r"""
 # Phase 0 — a TinyLlama prototype, then why it is slow, then making it fast
@@ -175,10 +174,4 @@ fused projections, or the device-side EOS check) and run `make check-phase0 IMPL
 GPU to see which target moves. The CUDA basics (`cuda_basics/*.cu`) come with their own targets in P0.5.
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                  "language_info": {"name": "python"}}
-out = Path(__file__).resolve().parent.parent / "notebook.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+nb.write(Path(__file__).resolve().parents[1])

@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-import nbformat as nbf
+from module0_profiling.notebook_source import NotebookSource
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))  # noqa: E731
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))  # noqa: E731
+nb = NotebookSource()
+md, code = nb.md, nb.code
 
 md(r"""
 # Phase 3 — paged attention in Triton
@@ -176,9 +175,4 @@ head, then split-KV), and run `make check-phase3 IMPL=phase3_paged_attention.min
 switch: `pytest phase3_paged_attention/tests` runs every kernel against the SDPA reference.
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
-out = Path(__file__).resolve().parent.parent / "notebook.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+nb.write(Path(__file__).resolve().parents[1])

@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-import nbformat as nbf
+from module0_profiling.notebook_source import NotebookSource
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))  # noqa: E731
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))  # noqa: E731
+nb = NotebookSource()
+md, code = nb.md, nb.code
 
 md(r"""
 # Phase 5 — INT4 weights: RTN, AWQ, GPTQ and a W4A16 kernel
@@ -190,9 +189,4 @@ compares your quantizer with RTN on the held-out text. For the kernel, try `conf
 `w4a16_linear` on a GPU and read the SASS instruction mix (`cuobjdump -sass`).
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
-out = Path(__file__).resolve().parent.parent / "notebook.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+nb.write(Path(__file__).resolve().parents[1])

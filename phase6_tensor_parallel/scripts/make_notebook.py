@@ -6,11 +6,10 @@ report is ``reports/phase6_tensor_parallel/h200.md``). The notebook itself runs 
 
 from pathlib import Path
 
-import nbformat as nbf
+from module0_profiling.notebook_source import NotebookSource
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))  # noqa: E731
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))  # noqa: E731
+nb = NotebookSource()
+md, code = nb.md, nb.code
 
 md(r"""
 # Phase 6 — tensor parallelism
@@ -170,10 +169,4 @@ for name in ("framework", "solution", "solution_no_overlap"):
 print(tp1)
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                  "language_info": {"name": "python"}}
-out = Path(__file__).resolve().parents[1] / "notebook.ipynb"
-nbf.write(nb, str(out))
-print(f"wrote {out}")
+nb.write(Path(__file__).resolve().parents[1])

@@ -4,13 +4,6 @@ PyTorch path they replace. On a CPU they run in Triton's interpreter at small sh
 from __future__ import annotations
 
 import os
-import sys
-
-if "triton" not in sys.modules:  # the interpreter is chosen when kernels are decorated: set it before
-    import torch as _torch
-
-    if not _torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

@@ -6,11 +6,10 @@ From the repository root: ``python shared/scripts/make_notebook.py``, then execu
 
 from pathlib import Path
 
-import nbformat as nbf
+from module0_profiling.notebook_source import NotebookSource
 
-cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))  # noqa: E731
-code = lambda s: cells.append(nbf.v4.new_code_cell(s.strip()))  # noqa: E731
+nb = NotebookSource()
+md, code = nb.md, nb.code
 
 md(r"""
 # The assembled engine — every phase in one `LLMEngine`
@@ -110,8 +109,4 @@ md(r"""
   `reports/shared/<device>.md`; `titaninfer report` regenerates every phase's report.
 """)
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                "language": "python"}})
-path = Path(__file__).resolve().parents[1] / "notebook.ipynb"
-nbf.write(nb, path)
-print(f"wrote {path}")
+nb.write(Path(__file__).resolve().parents[1])

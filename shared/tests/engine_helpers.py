@@ -6,15 +6,10 @@ is missing, phase 0's framework (no KV cache: a different code path from every e
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels (phase 3) run interpreted; must precede the triton import
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from phase0_prototype import load_impl, load_model  # noqa: E402
-from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason  # noqa: E402
+from phase0_prototype import load_impl, load_model
+from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU runs the Triton kernels compiled, not interpreted
 
