@@ -1,8 +1,9 @@
 """What each decode-step change buys, on random:tinyllama bf16 (prompt 512, 128 new tokens), one GPU run.
 
 Variants of the Triton decode step (kernels/step.py), each captured in a CUDA graph:
-programmatic dependent launch on/off (``TITANINFER_PDL``), attention on CUDA cores or tensor cores
-(``decode_attention.USE_DOT``), attention split length, and GEMV tile configs.
+programmatic dependent launch on/off (``TITANINFER_PDL``), when the attention kernels and the GEMVs let
+their dependents launch (``EARLY_LAUNCH``), attention split length, and GEMV tile configs; and, as a
+diagnostic, the step with its attention replaced by a view of q (what attention + merge cost).
 (An earlier run of this script also tried merging the attention splits inside the attention kernel — the
 last program to finish merges, found with an atomic counter — instead of a second kernel: it saved the
 launch but serialised the merge behind the slowest split, 1217 vs 1207 µs per step at 32 positions per
@@ -23,6 +24,7 @@ import torch
 from module0_profiling.hardware import measured_peaks
 from phase0_prototype import bench, load_impl, load_model
 from phase0_prototype.kernels import decode_attention, gemv
+from phase0_prototype.kernels import step as step_module
 from phase0_prototype.weights import decode_bytes_per_token
 
 T0 = time.time()
@@ -66,34 +68,49 @@ model = load_model("random:tinyllama", dtype="bf16", device="cuda")
 prompt = bench.random_prompt(512, 32000, "cuda")
 bpt = decode_bytes_per_token(model.config, model.dtype, 512 + 64)
 ref = load_impl("solution").build(model, max_seq_len=640, compile=False).generate(prompt, 16, stop_on_eos=False).tokens
-# name, PDL, attention positions per loop step (= per split at this length), GEMV configs, tensor-core attention
-# ... and whether the greedy tail (argmax, EOS, feedback, position) runs inside the graph or from the host
+# Each variant: name and the switches it sets (PDL, attention positions per loop step = per split at this length,
+# GEMV tiles, tensor-core attention, the greedy tail inside the graph or launched from the host, which kernels
+# let their dependents launch before waiting on their own inputs, and — a diagnostic, wrong tokens — the
+# attention replaced by a view of q, to see what attention and merge cost inside the step).
+BASE = dict(pdl="1", block_s=32, config=DEFAULT_CONFIG, use_dot=True, graph_tail=True, attn_early=True,
+            gemv_early=True, skip_attention=False)
 VARIANTS = [
-    ("first sweep's tiles, no PDL", "0", 32, ORIGINAL_CONFIG, False, True),
-    ("default tiles + PDL", "1", 32, DEFAULT_CONFIG, False, True),
-    ("+ tensor-core attention, tail on host", "1", 32, DEFAULT_CONFIG, True, False),
-    ("+ tensor-core attention", "1", 32, DEFAULT_CONFIG, True, True),
-    ("+ tensor-core attention 16/split", "1", 16, DEFAULT_CONFIG, True, True),
-    ("+ tensor-core attention 64/split", "1", 64, DEFAULT_CONFIG, True, True),
-    ("+ tensor-core attention 128/split", "1", 128, DEFAULT_CONFIG, True, True),
+    ("first sweep's tiles, no PDL", dict(pdl="0", config=ORIGINAL_CONFIG)),
+    ("PDL, dependents after the wait", dict(attn_early=False, gemv_early=False)),
+    ("+ attention launches early", dict(gemv_early=False)),
+    ("+ GEMVs launch early too (default)", {}),
+    ("default, tail on host", dict(graph_tail=False)),
+    ("default, 16/split", dict(block_s=16)),
+    ("diagnostic: no attention", dict(skip_attention=True)),
 ]
+real_attention = step_module.rope_cache_attention
+
+
+def no_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True):
+    return qkv[:, : n_heads * k_cache.shape[-1]]
+
+
 best = None
-for name, pdl, block_s, config, use_dot, graph_tail in VARIANTS:
-    os.environ["TITANINFER_PDL"] = pdl
-    decode_attention.USE_DOT = use_dot
-    decode_attention.BLOCK_S = block_s
-    gemv.default_config = config
+for name, changes in VARIANTS:
+    v = dict(BASE, **changes)
+    os.environ["TITANINFER_PDL"] = v["pdl"]
+    decode_attention.USE_DOT = v["use_dot"]
+    decode_attention.BLOCK_S = v["block_s"]
+    decode_attention.EARLY_LAUNCH = v["attn_early"]
+    gemv.EARLY_LAUNCH = v["gemv_early"]
+    gemv.default_config = v["config"]
+    step_module.rope_cache_attention = no_attention if v["skip_attention"] else real_attention
     try:
         e = load_impl("solution").build(model, max_seq_len=640, compile=True, decode_kernels="triton",
-                                        graph_tail=graph_tail)
+                                        graph_tail=v["graph_tail"])
         e.warmup()
         agree = (e.generate(prompt, 16, stop_on_eos=False).tokens == ref).float().mean().item()
         fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), 128, 5)
         lo, hi = replay_us(e)
         mbu = 100 * bpt * fig["decode_tok_s"] / 1e9 / peak
-        log(f"{name:28s}: decode {fig['decode_s_per_token'] * 1e3:.3f} ms MBU {mbu:.1f} %; replay {lo:.0f}-{hi:.0f} us "
+        log(f"{name:38s}: decode {fig['decode_s_per_token'] * 1e3:.3f} ms MBU {mbu:.1f} %; replay {lo:.0f}-{hi:.0f} us "
             f"= MBU {100 * bpt / lo / 1e3 / peak:.1f} %; agree16 {agree:.2f}")
-        if best is None or mbu > best[0]:
+        if (best is None or mbu > best[0]) and not v["skip_attention"]:
             best = (mbu, name)
         del e
     except Exception:

@@ -99,6 +99,23 @@ def test_rope_cache_attention_matches_float64(dtype, rope):
     assert torch.equal(k_cache[B], untouched)
 
 
+def test_rope_cache_attention_several_blocks_per_split(monkeypatch):
+    """Splits longer than a loop block: the next block is prefetched while the current one is used."""
+    from phase0_prototype.kernels import decode_attention
+
+    monkeypatch.setattr(decode_attention, "MAX_SPLITS", 2)
+    n_heads, n_kv, D, S, B = 4, 2, 16, 100, 3
+    assert split_len(S, 16) == 64  # 2 splits of 4 blocks of 16 positions
+    cos, sin = rope_cache(TINY, S, DEVICE)
+    qkv = rand(B, (n_heads + 2 * n_kv) * D, seed=15)
+    k_cache, v_cache = rand(B, n_kv, S, D, seed=16), rand(B, n_kv, S, D, seed=17)
+    positions = torch.tensor([17, 64, 90], device=DEVICE)  # mid-block, a split's first slot, the last split
+    expected, k_exp, _ = reference_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads)
+    got = rope_cache_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, block_s=16)
+    torch.testing.assert_close(got.double(), expected, **TOL[torch.float32])
+    torch.testing.assert_close(k_cache.double(), k_exp, **TOL[torch.float32])
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("random:tiny", dtype="fp32", device=DEVICE, seed=5)

@@ -67,11 +67,11 @@ def offline(engine: LLMEngine, w: Workload, label: str) -> None:
          decode_only_steps=sum(1 for s, h in zip(steps, host, strict=True) if s <= 256))
 
 
-def busy(engine: LLMEngine) -> None:
+def busy(engine: LLMEngine, requests: int = 256) -> None:
     from module0_profiling.trace import profile_region
 
-    t = profile_region(lambda: run_offline(engine, Workload(256, long_tokens=64)), iters=1, warmup=0)
-    emit(what="trace", gpu_busy=t.gpu_busy, wall_s=t.wall_s, launches=t.launches, mean_gap_us=(t.mean_gap_s or 0) * 1e6,
+    t = profile_region(lambda: run_offline(engine, Workload(requests, long_tokens=64)), iters=1, warmup=0)
+    emit(what="trace", requests=requests, gpu_busy=t.gpu_busy, wall_s=t.wall_s, launches=t.launches, mean_gap_us=(t.mean_gap_s or 0) * 1e6,
          top=[(k.name[:60], k.calls, round(k.mean_s * 1e6, 1), round(k.share, 3)) for k in t.top(8)])
 
 
@@ -100,7 +100,8 @@ def main() -> None:
     w = Workload(512, long_tokens=200)
     offline(e, w, "overlap")
     offline(e, w, "overlap, again")
-    busy(e)
+    for n in (256, 512, 1024):
+        busy(e, n)
     host_profile(e, w)
     del e
     e2 = engine_for(model, overlap=False)
