@@ -83,6 +83,29 @@ VARIANTS = [
     ("default, 16/split", dict(block_s=16)),
     ("diagnostic: no attention", dict(skip_attention=True)),
 ]
+
+
+def tiles(small=None, swiglu=None, down=None):
+    """The default tiles with batch-1 overrides: ``small`` (qkv, o), ``swiglu`` (gate_up), ``down`` (K > 4096)."""
+    def config(n, k, batch, sw, norm=False):
+        if batch == 1 and n < 16384:
+            pick = swiglu if sw else down if k > 4096 else small
+            if pick is not None:
+                return pick
+        return DEFAULT_CONFIG(n, k, batch, sw, norm)
+    return config
+
+
+VARIANTS += [(f"tiles {name}", dict(config=tiles(**kw))) for name, kw in (
+    ("qkv/o (1, 2048, 4)", dict(small=(1, 2048, 4))),
+    ("qkv/o (4, 2048, 8)", dict(small=(4, 2048, 8))),
+    ("qkv/o (2, 2048, 8)", dict(small=(2, 2048, 8))),
+    ("gate_up (2, 2048, 8)", dict(swiglu=(2, 2048, 8))),
+    ("gate_up (1, 1024, 4)", dict(swiglu=(1, 1024, 4))),
+    ("down (1, 2048, 4)", dict(down=(1, 2048, 4))),
+    ("down (4, 2048, 8)", dict(down=(4, 2048, 8))),
+    ("down (2, 1024, 4)", dict(down=(2, 1024, 4))),
+)]
 real_attention = step_module.rope_cache_attention
 
 
