@@ -20,7 +20,8 @@ it is bound by memory bandwidth, and the limit it approaches is *bytes per token
 4. **Host work per token** — nothing reads the device per token, and a greedy token costs one graph replay:
    the graph ends in one small kernel (``kernels/greedy.py``) that takes the argmax, applies EOS, feeds
    the token back into the graph's input, advances the position and records the token (``DecodeGraph``).
-   The host looks at the tokens every ``sync_every`` tokens (EOS check, streaming callback); the CPU runs
+   The host looks at the tokens every ``sync_every`` tokens (EOS check, streaming callback), and launches
+   the next step before it does, so the GPU computes while the host turns a chunk into text; the CPU runs
    ahead and keeps the GPU fed. Sampled decoding draws from the graph's logits on the host side instead.
 
 Measured on an H100 (random:tinyllama bf16, prompt 512, 128 new tokens, ``scripts/gpu_pdl_variants.py``):
@@ -147,7 +148,7 @@ class SolutionEngine:
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
                  compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16,
                  gemv: str = "reduction", tune: bool = False, decode_kernels: str = "auto",
-                 graph_tail: bool = True):
+                 graph_tail: bool = True, lookahead: bool | None = None):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.max_seq_len = min(max_seq_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -177,6 +178,8 @@ class SolutionEngine:
         # graph_tail=False: the greedy tail (argmax, EOS, feedback, position) runs as host-launched PyTorch ops
         # after each replay instead of inside the graph — the A/B of scripts/gpu_pdl_variants.py
         self.graph_tail = graph_tail
+        # lookahead: at a sync point, launch the next step before the host reads the chunk (default on CUDA)
+        self.lookahead = self.device.type == "cuda" if lookahead is None else lookahead
         self.fused_rope = self.rope_fn is apply_rope  # the attention kernel applies the reference RoPE itself
         if self._triton_for(max_batch_size):
             self.mode = "Triton kernels + CUDA graph" if self.use_graphs else "Triton kernels, eager"
@@ -367,17 +370,34 @@ class SolutionEngine:
                 out[:, i] = next_tokens
 
         emitted = 0
+        look = on_tokens is not None or stop_on_eos  # the host reads the tokens at each sync point
         for i in range(1, max_new_tokens + 1):
+            launched = False
             # Hand a chunk to the host after the first token (time to first token) and every sync_every.
-            if i == max_new_tokens or i == 1 or i % self.sync_every == 0:
+            if look and (i == max_new_tokens or i == 1 or i % self.sync_every == 0):
+                chunk = out[:, emitted:i].to("cpu", non_blocking=True)  # pinned: ready when `copied` is
+                done = finished.all().to("cpu", non_blocking=True) if stop_on_eos else None
+                copied = torch.cuda.Event() if self.device.type == "cuda" else None
+                if copied is not None:
+                    copied.record()
+                if self.lookahead and i < max_new_tokens:
+                    # Launch the next step before looking: the GPU computes it while the host turns this
+                    # chunk into text (or finds EOS, and the extra step is discarded).
+                    advance()
+                    launched = True
+                if copied is not None:
+                    copied.synchronize()
                 if on_tokens is not None:
-                    on_tokens(out[:, emitted:i].cpu())
+                    on_tokens(chunk)
                 emitted = i
-                if stop_on_eos and bool(finished.all()):
+                if done is not None and bool(done):
                     break
+            elif not look and (i == max_new_tokens or i % self.sync_every == 0):
+                emitted = i
             if i == max_new_tokens:
                 break
-            advance()
+            if not launched:
+                advance()
         return finish(out[:, :emitted], eos_ids, stop_on_eos)
 
 

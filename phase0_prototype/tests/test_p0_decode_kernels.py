@@ -201,7 +201,8 @@ class _EagerReplay:
 
 @pytest.mark.parametrize("tail", [True, False], ids=["tail_in_graph", "tail_on_host"])
 @pytest.mark.parametrize("case", ["greedy", "greedy_eos", "sampled_eos"])
-def test_graph_path_bookkeeping_equals_eager_generate(tiny, case, tail):
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_graph_path_bookkeeping_equals_eager_generate(tiny, case, tail, lookahead):
     """The graph path of ``generate`` (history buffer, in-graph greedy tail, EOS, host sampling) against the
     eager path, with the captured body run eagerly."""
     from phase0_prototype.sampling import SamplingParams
@@ -221,6 +222,7 @@ def test_graph_path_bookkeeping_equals_eager_generate(tiny, case, tail):
         g.graph = _EagerReplay(graphed._decode_body(g, graphed._step_for(2)))
         graphed._graphs[2] = g
     assert graphed.use_graphs
+    graphed.lookahead, graphed.sync_every = lookahead, 4  # the next step launched before each chunk is read
     sampling = SamplingParams(temperature=0.9, seed=3) if case == "sampled_eos" else SamplingParams()
     kw = dict(stop_on_eos=False)
     if case != "greedy":  # an EOS id that one sequence emits mid-way: it must stop there, the other not
