@@ -10,8 +10,9 @@ Public contract (``framework``, ``solution`` and ``gptq`` share it)::
 - ``packing``: group-wise asymmetric INT4 codes, the storage layout (``QuantizedWeight``: qweight [out, in/8]
   int32, fp16 scales and uint8 zero-points per (row, group of 128)), AutoAWQ's GEMM tensors
   (``to_awq_gemm`` / ``from_awq_gemm``); ``awq_checkpoint``: whole AutoAWQ checkpoint directories.
-- ``kernels``: the Triton W4A16 GEMV (M = 1, split-K) and GEMM (tensor cores), ``w4a16_linear`` (fused RMSNorm /
-  residual / SwiGLU), the kernel layout (``kernels.layout``: repacked at load time).
+- ``kernels``: the Triton W4A16 row GEMV (M = 1–8, phase 0's bandwidth-bound design over INT4 rows; optional
+  split-K) and GEMM (tensor cores), ``w4a16_linear`` (fused RMSNorm / residual / SwiGLU), the kernel layout
+  (``kernels.layout``: repacked at load time; the original ``[K/8, N]`` one with ``TITANINFER_W4A16_LAYOUT=col``).
 - ``linear``: ``QuantLinear`` (kernel on CUDA, dequantize + ``F.linear`` elsewhere) and ``DenseLinear``;
   ``model``: ``LinearLlama`` (phase 0's fused layout over those; save/load of quantized safetensors).
 - ``integration``: ``quantize_for_generate`` and ``build_engine`` (``--quant rtn|awq|gptq|DIR``): phase 0's

@@ -9,8 +9,10 @@
 sampling/EOS/streaming loop) with the projections swapped for ``QuantLinear``: the norms come from the
 quantized model too (AWQ divides them by its scales). Its decode step (``int4_decode_step``) is phase 0's
 Triton step with the four GEMVs of each layer replaced by the W4A16 GEMV (RMSNorm, residual and SwiGLU
-fused the same way) and phase 0's RoPE + cache-write + attention kernels unchanged. Prefill runs the
-W4A16 GEMM. On a CPU the engine runs eagerly with the dequantizing fallback (correct, slow).
+fused the same way: the row-layout GEMV of ``kernels.w4a16_rows`` for 1–8 rows) and phase 0's RoPE +
+cache-write + attention kernels unchanged. Prefill runs the W4A16 GEMM over the same layout; the engine
+holds each projection's codes once, in the kernel layout (``QuantLinear.release_storage``). On a CPU the
+engine runs eagerly with the dequantizing fallback (correct, slow).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Int4Engine(SolutionEngine):
                 for lin in layer.values():
                     if hasattr(lin, "kernel_weight"):
                         lin.kernel_weight(self.device)
+                        lin.release_storage()  # the engine keeps only what its kernels read
             torch.cuda.empty_cache()
         kernel = self.device.type == "cuda"
         self.mode = ("W4A16 Triton kernels" + (" + CUDA graph" if self.use_graphs else ", eager") if kernel

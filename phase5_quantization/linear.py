@@ -5,10 +5,13 @@ add it, ``out=residual`` for in place; ``swiglu``: the matrix is ``[gate; up]`` 
 ``silu(gate) · up``), so the engine's step is written once.
 
 ``QuantLinear`` on a CUDA tensor runs the Triton W4A16 kernel (``kernels``): the codes are repacked into the
-kernel layout on first use on that device and cached. Elsewhere (a CPU, or a group size other than 128)
-it dequantizes the whole matrix and calls ``F.linear``: correct, and slower than the float matrix (it reads
-4-bit codes *and* writes a float copy). ``use_kernel=True`` forces the kernel (the CPU tests do, under
-``TRITON_INTERPRET=1``); ``False`` forces the fallback.
+kernel layout on first use on that device and cached. ``release_storage()`` then drops the storage codes
+(``Int4Engine`` does, so the weight exists once in memory; the row layout already shares storage's scales
+and zero-points): ``qw`` is rebuilt from the kernel layout when something asks for it (saving, the fallback).
+Elsewhere (a CPU, or a group size other than 128) it dequantizes the whole matrix and calls ``F.linear``:
+correct, and slower than the float matrix (it reads 4-bit codes *and* writes a float copy).
+``use_kernel=True`` forces the kernel (the CPU tests do, under ``TRITON_INTERPRET=1``); ``False`` forces the
+fallback.
 """
 
 from __future__ import annotations
@@ -64,9 +67,25 @@ class QuantLinear:
     """``y = x · dequant(W)ᵀ`` with W stored as INT4 (``packing.QuantizedWeight``)."""
 
     def __init__(self, qw: QuantizedWeight, use_kernel: bool | None = None):
-        self.qw = qw
+        self._qw: QuantizedWeight | None = qw
+        self.group_size = qw.group_size
         self.use_kernel = use_kernel
         self._kernel: dict[torch.device, object] = {}  # device -> kernels.layout.KernelWeight
+
+    @property
+    def qw(self) -> QuantizedWeight:
+        """The storage layout (rebuilt from the kernel layout, not cached, after ``release_storage``)."""
+        if self._qw is None:
+            from phase5_quantization.kernels.layout import from_kernel_layout
+
+            return from_kernel_layout(next(iter(self._kernel.values())))
+        return self._qw
+
+    def release_storage(self) -> None:
+        """Keep only the kernel layout (built before on some device): the codes are no longer held twice."""
+        if not self._kernel:
+            raise ValueError("release_storage() before kernel_weight(device): the codes would be lost")
+        self._qw = None
 
     def kernel_weight(self, device: torch.device | str):
         """The codes in the kernel layout on ``device`` (repacked once, then cached)."""
@@ -74,13 +93,13 @@ class QuantLinear:
 
         device = torch.device(device)
         if device not in self._kernel:
-            self._kernel[device] = to_kernel_layout(self.qw, device)
+            self._kernel[device] = to_kernel_layout(self.qw, device)  # (layout: TITANINFER_W4A16_LAYOUT)
         return self._kernel[device]
 
     def runs_kernel(self, x: torch.Tensor) -> bool:
         if self.use_kernel is not None:
             return self.use_kernel
-        return x.is_cuda and self.qw.group_size == 128
+        return x.is_cuda and self.group_size == 128
 
     def __call__(self, x: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                  residual: torch.Tensor | None = None, swiglu: bool = False,
@@ -97,10 +116,17 @@ class QuantLinear:
         return self.qw.dequantize(torch.float32)
 
     def nbytes(self) -> int:
-        return self.qw.nbytes()
+        if self._qw is None:
+            return next(iter(self._kernel.values())).nbytes()
+        return self._qw.nbytes()
 
     def to(self, device=None, dtype=None) -> "QuantLinear":
         """The codes on ``device`` (``dtype`` applies to activations, not to INT4 weights: ignored)."""
+        if self._qw is None and (device is None or torch.device(device) in self._kernel):
+            out = QuantLinear.__new__(QuantLinear)  # storage released: the kernel layout is all there is
+            out._qw, out.group_size, out.use_kernel = None, self.group_size, self.use_kernel
+            out._kernel = dict(self._kernel)
+            return out
         qw = self.qw
         if device is not None:
             qw = QuantizedWeight(qw.qweight.to(device), qw.scales.to(device), qw.zeros.to(device), qw.group_size)

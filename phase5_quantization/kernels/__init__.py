@@ -1,11 +1,20 @@
-"""Phase 5's Triton W4A16 kernels (``w4a16``), their launcher (``launch.w4a16_linear``) and the kernel layout
-(``layout.KernelWeight``, repacked from storage by ``layout.to_kernel_layout``).
+"""Phase 5's Triton W4A16 kernels (``w4a16``: the tensor-core GEMM and the original ``[K/8, N]`` GEMV;
+``w4a16_rows``: the row-layout decode GEMV, phase 0's bandwidth-bound design over INT4), their launcher
+(``launch.w4a16_linear``, fixed row-GEMV configurations from ``launch.row_gemv_config``) and the kernel
+layouts (``layout.KernelWeight``, repacked from storage by ``layout.to_kernel_layout``; rows by default,
+``TITANINFER_W4A16_LAYOUT=col`` for the original one).
 
 On a CPU they run under ``TRITON_INTERPRET=1`` (the tests, at small shapes); ``QuantLinear`` uses them on CUDA
 tensors and falls back to dequantize + ``F.linear`` elsewhere.
 """
 
-from phase5_quantization.kernels.launch import w4a16_linear
-from phase5_quantization.kernels.layout import KernelWeight, from_kernel_layout, to_kernel_layout
+from phase5_quantization.kernels.launch import row_gemv_config, w4a16_linear
+from phase5_quantization.kernels.layout import (
+           KernelWeight,
+           default_layout,
+           from_kernel_layout,
+           to_kernel_layout,
+)
 
-__all__ = ["w4a16_linear", "KernelWeight", "to_kernel_layout", "from_kernel_layout"]
+__all__ = ["w4a16_linear", "row_gemv_config", "KernelWeight", "default_layout", "to_kernel_layout",
+           "from_kernel_layout"]

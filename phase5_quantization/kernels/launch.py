@@ -1,7 +1,13 @@
 """``w4a16_linear``: choose the kernel and its configuration, own the split-K workspace, check the inputs.
 
-Configurations: on a GPU, ``triton.autotune`` picks among a few per (N, K, M bucket, fusion) the first time
-a shape is seen (tens of milliseconds per configuration; warm up before capturing a CUDA graph). The space
+Which kernel: the weight's layout decides (``layout.KernelWeight.row_major``; ``TITANINFER_W4A16_LAYOUT``
+picks the layout ``QuantLinear`` builds). Row layout (default): 1–8 rows run the row GEMV
+(``w4a16_rows``) with a **fixed** configuration from ``row_gemv_config`` (``ROW_GEMV_TABLE``, pasted from the
+GPU sweep, or a rule; no tuning inside the engine), more rows the tensor-core GEMM reading the same
+layout. ``col`` layout: one row runs the original ``[K/8, N]`` GEMV, more rows the GEMM, both autotuned.
+
+Configurations of the autotuned kernels: on a GPU, ``triton.autotune`` picks among a few per (N, K, M bucket,
+fusion, layout) the first time a shape is seen (tens of milliseconds per configuration; warm up before capturing a CUDA graph). The space
 is small on purpose and was chosen for TinyLlama's projections on an H100:
 
 - one row (``_gemv_kernel``): 16 output features per program, ``BLOCK_KW`` 128–512 packed words (1024–4096
@@ -26,6 +32,7 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
 from phase5_quantization.kernels.layout import KernelWeight
 from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU, _gemm_kernel, _gemv_kernel
+from phase5_quantization.kernels.w4a16_rows import _row_gemv_kernel
 
 WS_FLOATS = 1 << 21  # split-K workspace (fp32, 8 MB per device): rows × 2N must fit
 LOCKS = 1 << 16
@@ -107,9 +114,63 @@ def _kernel(which: str):
     if which not in _tuned:
         configs, prune, fn = ((GEMV_CONFIGS, _prune_gemv, _gemv_kernel) if which == "gemv"
                               else (GEMM_CONFIGS, _prune_gemm, _gemm_kernel))
-        _tuned[which] = triton.autotune(configs, key=KEY, prune_configs_by={"early_config_prune": prune},
+        key = KEY if which == "gemv" else KEY + ["stride_wk"]  # the GEMM reads either layout: tune each apart
+        _tuned[which] = triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune},
                                         restore_value=["out_ptr"], warmup=5, rep=25)(fn)
     return _tuned[which]
+
+
+ROW_GEMV_MAX_ROWS = 8
+# (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps) at batch 1, pasted from scripts/gpu_gemv_sweep.py
+# (the H100 sweep's best per TinyLlama shape); shapes not listed take row_gemv_config's rule.
+ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {}
+
+
+def row_gemv_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> dict:
+    """``BLOCK_N`` / ``BLOCK_KW`` / ``SPLIT_K`` / ``num_warps`` of the row GEMV for an ``[n, k]`` product of ``batch``
+    rows (``n``: output features, the gate half with ``swiglu``). Fixed, not autotuned: tuning inside the
+    engine is slow and noisy; ``scripts/gpu_gemv_sweep.py`` measures the space and prints ``ROW_GEMV_TABLE``.
+
+    The rule for shapes not in the table, in the spirit of phase 0's ``default_config``: many programs (hundreds
+    to thousands) of a few rows each, whole 2048-feature slabs (256 words = 1 KB per row) over 2 warps, so a
+    thread loads 16 bytes per row and ``BLOCK_KW = 4 · 32 · num_warps`` (the activation slab then shares the
+    word tile's layout, see ``w4a16_rows``). Four rows per program (two gate + two up rows with SwiGLU)
+    amortise the activation work — loads, RMSNorm's multiply, ``Σ x`` per group — which INT4 weights, at a
+    quarter of bf16's bytes, cannot hide behind bandwidth as phase 0's 1–2 rows do.
+    """
+    if batch == 1 and (n, k, swiglu) in ROW_GEMV_TABLE and not interpreting():
+        block_n, block_kw, split, warps = ROW_GEMV_TABLE[(n, k, swiglu)]
+        return dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=split, num_warps=warps)
+    if batch == 1:
+        block_n, block_kw, warps = (2, 256, 2) if swiglu else (4, 256, 2)
+    else:  # the [B, BLOCK_N, BLOCK_KW] partials live in registers: smaller slabs
+        block_n, block_kw, warps = (2, 128, 4) if swiglu else (4, 128, 4)
+    block_kw = max(16, min(block_kw, triton.next_power_of_2(k // 8)))
+    if interpreting():  # Triton's CPU interpreter pays per program and per step: few, big ones (tests)
+        block_n, block_kw = max(block_n, 8) * 4, max(block_kw, 64)
+    return dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=1, num_warps=warps)
+
+
+def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool, config: dict | None) -> None:
+    M, K = x2.shape
+    N = out2.shape[1]
+    c = row_gemv_config(N, K, M, epilogue == SWIGLU, norm)
+    c.update(config or {})
+    bkw = c["BLOCK_KW"]
+    if bkw < 16 or bkw & (bkw - 1):
+        raise ModelError(f"W4A16 row GEMV: BLOCK_KW must be a power of two ≥ 16 (whole groups), got {bkw}")
+    split = c.get("SPLIT_K", 1)
+    if split > 1 and M * 2 * N > WS_FLOATS:
+        raise ModelError(f"W4A16 linear: split-K for {M}×{N} outputs needs {M * 2 * N} workspace floats, "
+                         f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
+    ws, locks = workspace(x2.device)
+    pdl = pdl_enabled(x2.device)
+    extra = {"num_warps": c["num_warps"]} if "num_warps" in c and not interpreting() else {}
+    _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
+        x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
+        res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
+        BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
+        **launch_options(pdl))
 
 
 INTERPRETER_GEMV = dict(BLOCK_N=16, BLOCK_KW=32, SPLIT_K=1)
@@ -123,8 +184,9 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
 
     ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual`` (shape of the output): add it (``out=residual``
     for in place). ``swiglu``: the weight is ``[gate; up]`` and the result ``silu(x·gateᵀ) · (x·upᵀ)``.
-    ``config``: fixed kernel parameters (``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for one row, ``BLOCK_M``/``BLOCK_N``/
-    ``SPLIT_K`` otherwise, optional ``num_warps``) instead of the tuned ones.
+    ``config``: fixed kernel parameters (``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for a GEMV — 1–8 rows with the row
+    layout, one with ``col`` —, ``BLOCK_M``/``BLOCK_N``/``SPLIT_K`` otherwise, optional ``num_warps``) instead of
+    the default (row GEMV) or tuned (others) ones.
     """
     K = w.k
     if x.shape[-1] != K:
@@ -152,7 +214,9 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
                          f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
     common = dict(GROUP=w.group_size, NORM=norm_weight is not None, EPILOGUE=epilogue)
     m_key = M if M <= 64 else triton.next_power_of_2(M)
-    if M == 1:
+    if w.row_major and M <= ROW_GEMV_MAX_ROWS:
+        _row_gemv(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)
+    elif M == 1 and not w.row_major:
         pdl = pdl_enabled(x.device)
         common.update(USE_PDL=pdl)
         fn = _kernel("gemv")
@@ -170,7 +234,7 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
             meta["BLOCK_M"] = _block_m(M)
         fn_run = fn.fn if (config and not interpreting() and hasattr(fn, "fn")) else fn
         grid = lambda c: (triton.cdiv(N, c["BLOCK_N"]), triton.cdiv(M, c["BLOCK_M"]), c["SPLIT_K"])  # noqa: E731
-        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K, w.n, x2.stride(0),
+        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K, *w.strides(), x2.stride(0),
                      out2.stride(0), res2.stride(0), eps, m_key, *NIBBLE_MASKS, **common,
                      DOT_F32=x.dtype == torch.float32 or interpreting(), **meta)
     return out

@@ -1,16 +1,19 @@
 """W4A16 in Triton: ``y = x · Wᵀ`` with ``W`` as INT4 codes (``layout.KernelWeight``), dequantized in registers.
 
 Only the 4-bit codes (and one fp16 scale + one uint8 zero-point per 128 weights) cross memory; the float weight
-never exists. Two kernels share the arithmetic and the epilogues:
+never exists. Three kernels share the arithmetic and the epilogues:
 
-- ``_gemv_kernel`` (one activation row, decode): no tensor cores — a program owns ``BLOCK_N`` output features
-  and walks ``K`` in slabs of ``BLOCK_KW`` packed words spread over its warps (the warps split K: a split-K
-  inside the program, reduced once through shared memory at the end). Every weight costs a shift, a
-  logical op, a subtract and an FMA on the CUDA cores; ``SPLIT_K > 1`` also splits K across programs.
-- ``_gemm_kernel`` (``M ≥ 2``): per group of 128, the codes become ``q − z`` (small integers, exact in
-  bf16/fp16), one ``tl.dot`` with the activation tile accumulates in fp32 on the tensor cores, and the
-  group's scale multiplies that partial: ``y = Σ_g s_g · (x_g · (q_g − z_g))``. No rounding of dequantized
-  weights: the only roundings are the activation dtype's and fp32 accumulation.
+- ``w4a16_rows._row_gemv_kernel`` (1–8 activation rows, decode, the default *row* layout): phase 0's
+  bandwidth-bound GEMV design carried over to INT4 (its module docstring says why);
+- ``_gemv_kernel`` (one row, the original ``[K/8, N]`` layout, kept for A/B with
+  ``TITANINFER_W4A16_LAYOUT=col``): no tensor cores — a program owns ``BLOCK_N`` output features and walks
+  ``K`` in slabs of ``BLOCK_KW`` packed words spread over its warps (the warps split K: a split-K inside the
+  program, reduced once through shared memory at the end). Every weight costs a shift, a logical op, a
+  subtract and an FMA on the CUDA cores; ``SPLIT_K > 1`` also splits K across programs.
+- ``_gemm_kernel`` (more rows; either layout, through strides): per group of 128, the codes become
+  ``q − z`` (small integers, exact in bf16/fp16), one ``tl.dot`` with the activation tile accumulates in
+  fp32 on the tensor cores, and the group's scale multiplies that partial: ``y = Σ_g s_g · (x_g · (q_g − z_g))``.
+  No rounding of dequantized weights: the only roundings are the activation dtype's and fp32 accumulation.
 
 **Dequantisation without int→float conversions.** ``cvt.f32.s32`` runs at a quarter of the FMA rate; at
 bandwidth-bound speed it would be the bottleneck. OR-ing a 4-bit code ``q`` into the mantissa of 2²³
@@ -224,15 +227,16 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, ldw,
-                m0, m1, m2, m3, m4, NORM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr):
+def _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, stride_wk, stride_wn,
+                stride_sk, stride_sn, m0, m1, m2, m3, m4, NORM: tl.constexpr, DOT_F32: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``x_g · (q_g − z_g)`` for group ``g``: 8 MMA steps of k = 16, nibble ``j`` of the 16 words against the
-    16 contiguous input features ``128g + 16j ..``; exact small integers in the MMA's operand dtype."""
-    words = tl.load(qw_ptr + (g * 16 + tl.arange(0, 16))[:, None] * ldw + offs_n[None, :], mask=mask_n[None, :],
-                    other=0, eviction_policy="evict_first")
+    16 contiguous input features ``128g + 16j ..``; exact small integers in the MMA's operand dtype.
+    The strides say which layout (``layout.KernelWeight.strides``): ``[K/8, N]`` or rows ``[N, K/8]``."""
+    words = tl.load(qw_ptr + (g * 16 + tl.arange(0, 16))[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                    mask=mask_n[None, :], other=0, eviction_policy="evict_first")
     words_hi = words >> 12
-    z = _zero(z_ptr + g * ldw + offs_n, mask_n)
+    z = _zero(z_ptr + g * stride_sk + offs_n * stride_sn, mask_n)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for j in tl.static_range(8):
         cols = g * 128 + 16 * j + tl.arange(0, 16)
@@ -248,7 +252,8 @@ def _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n,
 
 @triton.jit
 def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
-                 M, N, K, ldw, stride_xm, stride_om, stride_rm, eps, M_KEY, m0, m1, m2, m3, m4,
+                 M, N, K, stride_wk, stride_wn, stride_sk, stride_sn, stride_xm, stride_om, stride_rm, eps, M_KEY,
+                 m0, m1, m2, m3, m4,
                  GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, DOT_F32: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     """``out = epilogue(x · Wᵀ)`` for ``x [M, K]``; grid ``(cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), SPLIT_K)``."""
@@ -269,13 +274,15 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for g in range(g_begin, g_end):
-        part = _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, ldw,
-                           m0, m1, m2, m3, m4, NORM, DOT_F32, BLOCK_M, BLOCK_N)
-        acc += part * tl.load(s_ptr + g * ldw + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if EPILOGUE == 2:
-            part = _gemm_group(x_ptr, nw_ptr, qw_ptr + N, z_ptr + N, g, offs_m, mask_m, offs_n, mask_n, stride_xm,
-                               ldw, m0, m1, m2, m3, m4, NORM, DOT_F32, BLOCK_M, BLOCK_N)
-            acc_up += part * tl.load(s_ptr + N + g * ldw + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        part = _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, stride_wk,
+                           stride_wn, stride_sk, stride_sn, m0, m1, m2, m3, m4, NORM, DOT_F32, BLOCK_M, BLOCK_N)
+        s_off = g * stride_sk + offs_n * stride_sn
+        acc += part * tl.load(s_ptr + s_off, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if EPILOGUE == 2:  # the up rows: N features further
+            part = _gemm_group(x_ptr, nw_ptr, qw_ptr + N * stride_wn, z_ptr + N * stride_sn, g, offs_m, mask_m,
+                               offs_n, mask_n, stride_xm, stride_wk, stride_wn, stride_sk, stride_sn,
+                               m0, m1, m2, m3, m4, NORM, DOT_F32, BLOCK_M, BLOCK_N)
+            acc_up += part * tl.load(s_ptr + N * stride_sn + s_off, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     acc = acc * r[:, None]
     acc_up = acc_up * r[:, None]
     tile = pid_m * tl.num_programs(0) + pid_n

@@ -1,12 +1,18 @@
-"""GPU: every W4A16 GEMV configuration (M = 1) on TinyLlama's four projections, plain and fused as the decode
-step calls them, beside bf16 ``F.linear`` and tinygemm — to see how far the autotuner's space is from the
-bandwidth roof and which tile shapes a better space (or layout) should hold.
+"""GPU: the row-layout W4A16 GEMV's configurations (M = 1) on TinyLlama's projections, fused as the decode step
+calls them (and plain, as P5.2 measures them), beside bf16 ``F.linear``, tinygemm and the original ``[K/8, N]``
+GEMV; then M = 16 (the GEMM over each layout); at the end the best configuration per shape as a
+ready-to-paste ``launch.ROW_GEMV_TABLE``.
 
-    python -m phase5_quantization.scripts.gpu_gemv_sweep [--quick] [--out sweep.json]
+    PYTHONPATH=$PWD python -m phase5_quantization.scripts.gpu_gemv_sweep [--quick] [--shapes qkv,down] [--no-m16]
+                                                                         [--no-col] [--out sweep.json]
 
-Timing as ``bench_speed``: ``CALLS`` calls captured in one CUDA graph, rotating among enough weight copies that
-every call reads HBM, per call = replay / ``CALLS``. Each configuration's output is checked against the
-dequantized matrix first (a wrong configuration is reported, not timed). One line of JSON per measurement.
+``--quick`` (~1 minute of GPU time): BLOCK_N 2/4, three (BLOCK_KW, warps) pairs, no split-K. The full space
+(~3–4 minutes, mostly compilations): BLOCK_N 1/2/4/8 × BLOCK_KW 64–512 × 1/2/4/8 warps (pairs with at
+least 2 words per thread along K, at most 32 words per thread — 16 with SwiGLU's two tiles — and no slab
+wider than the row), split-K 2 for the long-K down projection. Timing as ``bench_speed``: ``CALLS`` calls
+captured in one CUDA graph, rotating among enough weight copies that every call reads HBM, per call = replay / ``CALLS``. Each configuration's output
+is first checked against the dequantized matrix in fp32 (a wrong one is reported, not timed). One line of
+JSON per measurement; a summary table at the end.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import time
 import torch
 
 T0 = time.time()
-SHAPES = {  # name: (K, N, fusion) as the decode step calls them
-    "qkv (norm)": (2048, 2560, "norm"),
-    "o (residual)": (2048, 2048, "residual"),
-    "gate_up (norm + swiglu)": (2048, 11264, "swiglu"),
-    "down (residual)": (5632, 2048, "residual"),
+DEVICE = "cuda"
+SHAPES = {  # name: (K, N, fusion) as the decode step calls them (N: the gate half with SwiGLU), + P5.2's plain one
+    "qkv": (2048, 2560, "norm"),
+    "o": (2048, 2048, "residual"),
+    "gate_up": (2048, 5632, "swiglu"),
+    "down": (5632, 2048, "residual"),
+    "gate_or_up_plain": (2048, 5632, "none"),
 }
+M16_SHAPES = {"gate_or_up_plain": (2048, 5632), "down": (5632, 2048)}  # P5.2's M = 16 shapes (plain)
 
 
 def emit(**kw) -> None:
@@ -32,27 +41,51 @@ def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def configs(quick: bool):
-    ns = (16, 32) if quick else (16, 32, 64)
-    kws = (128, 256) if quick else (64, 128, 256, 512)
-    splits = (1, 2, 4) if quick else (1, 2, 4, 8)
-    warps = (4, 8) if quick else (2, 4, 8)
-    for bn, bkw, sk, w in itertools.product(ns, kws, splits, warps):
-        if bn * bkw // (32 * w) > 64:  # words per thread: beyond this the tile spills
+def row_configs(quick: bool, k: int, swiglu: bool):
+    """The row GEMV's space (module docstring)."""
+    if quick:
+        space = [(bn, bkw, w, 1) for bn in (2, 4) for bkw, w in ((256, 2), (256, 4), (512, 4))]
+    else:
+        space = [(bn, bkw, w, sk) for bn, bkw, w in itertools.product((1, 2, 4, 8), (64, 128, 256, 512), (1, 2, 4, 8))
+                 for sk in ((1, 2) if k > 4096 else (1,))]
+    cap = 16 if swiglu else 32
+    for bn, bkw, w, sk in space:
+        # ≥ 2 words per thread along K (8-byte loads), ≤ cap words per thread, no slab wider than a split's K
+        if bkw // (32 * w) < 2 or bn * bkw // (32 * w) > cap or bkw * 8 * sk > k:
             continue
         yield dict(BLOCK_N=bn, BLOCK_KW=bkw, SPLIT_K=sk, num_warps=w)
 
 
+def reference(x, deq, fusion, g, res):
+    """The fused product in fp32 from the dequantized matrix (roundings aside)."""
+    h = x.float()
+    if fusion in ("norm", "swiglu"):
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * g.float()
+    y = h @ deq.t()
+    if fusion == "swiglu":
+        gate, up = y.chunk(2, -1)
+        y = torch.nn.functional.silu(gate) * up
+    if fusion == "residual":
+        y = y + res.float()
+    return y
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a smaller configuration space")
+    ap.add_argument("--quick", action="store_true", help="a smaller configuration space (~1 minute)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {','.join(SHAPES)}")
+    ap.add_argument("--no-m16", action="store_true", help="skip the M = 16 GEMM timings")
+    ap.add_argument("--no-col", action="store_true", help="skip the original [K/8, N] GEMV (autotuned) baseline")
     ap.add_argument("--out", default=None, help="also write every measurement to this JSON file")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this sweep times CUDA graphs: it needs a CUDA GPU")
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        raise SystemExit(f"unknown shape(s) {sorted(unknown)}: choose among {', '.join(SHAPES)}")
     F = torch.nn.functional
     from phase5_quantization.bench_speed import _copies, _random_int4, graphed_seconds
-    from phase5_quantization.kernels import to_kernel_layout, w4a16_linear
+    from phase5_quantization.kernels import row_gemv_config, to_kernel_layout, w4a16_linear
     from phase5_quantization.peers import int4pack_linear, int4pack_reason
 
     copy_gbps = None
@@ -60,60 +93,124 @@ def main() -> None:
         from module0_profiling.hardware import detect_device, measured_peaks
 
         copy_gbps = measured_peaks(detect_device()).copy_gbps
+        emit(what="copy bandwidth", gbps=round(copy_gbps))
     except Exception as e:  # noqa: BLE001 - the sweep is still useful without the roof
         emit(what="no measured peaks", error=str(e)[:200])
-    rows = []
-    for name, (k, n, fusion) in SHAPES.items():
-        int4_bytes = n * k / 2 + 3 * n * k / 128
-        qws = [_random_int4(n, k, seed) for seed in range(_copies(int4_bytes))]
-        kws = [to_kernel_layout(q) for q in qws]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
-        res = torch.randn(1, n, device="cuda", dtype=torch.bfloat16)
+    rows, summary, table = [], [], {}
+    for name in args.shapes.split(","):
+        k, n, fusion = SHAPES[name]
+        swiglu = fusion == "swiglu"
+        rows_w = 2 * n if swiglu else n  # matrix rows
+        int4_bytes = rows_w * k / 2 + 3 * rows_w * k / 128
+        qws = [_random_int4(rows_w, k, seed) for seed in range(_copies(int4_bytes))]
+        row_w = [to_kernel_layout(q, layout="row") for q in qws]
+        col_w = [] if args.no_col else [to_kernel_layout(q, layout="col") for q in qws]
+        deq = qws[0].dequantize(torch.float32)
+        x = torch.randn(1, k, device=DEVICE, dtype=torch.bfloat16)
+        g = torch.rand(k, device=DEVICE, dtype=torch.bfloat16) + 0.5
+        res = torch.randn(1, n, device=DEVICE, dtype=torch.bfloat16)
         kw = dict(norm=dict(norm_weight=g, eps=1e-5), swiglu=dict(norm_weight=g, eps=1e-5, swiglu=True),
-                  residual=dict(residual=res))[fusion]
-        ref = w4a16_linear(x, kws[0], **kw).float()  # the tuned kernel: every configuration must agree with it
-        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(_copies(2 * n * k))]
+                  residual=dict(residual=res), none={})[fusion]
+        ref = reference(x, deq, fusion, g, res)
         base = dict(shape=name, K=k, N=n, fusion=fusion, int4_mb=round(int4_bytes / 1e6, 2))
+
+        def perf(t, int4_bytes=int4_bytes):
+            return dict(us=round(t * 1e6, 2), gbps=round(int4_bytes / t / 1e9),
+                        copy_pct=round(100 * int4_bytes / t / 1e9 / copy_gbps, 1) if copy_gbps else None)
+
+        dense = [torch.randn(rows_w, k, device=DEVICE, dtype=torch.bfloat16) * 0.02
+                 for _ in range(_copies(2 * rows_w * k))]
         t_lin = graphed_seconds([lambda w=w, x=x: F.linear(x, w) for w in dense])
         emit(**base, version="bf16 F.linear (plain)", us=round(t_lin * 1e6, 2))
-        t_tuned = graphed_seconds([lambda w=w, x=x, kw=kw: w4a16_linear(x, w, **kw) for w in kws])
-        emit(**base, version="W4A16 autotuned", us=round(t_tuned * 1e6, 2),
-             gbps=round(int4_bytes / t_tuned / 1e9), roof_pct=round(100 * int4_bytes / t_tuned / 1e9 / copy_gbps, 1)
-             if copy_gbps else None)
+        del dense
+        t_peer = None
         if int4pack_reason() is None:
             try:
                 peers = [int4pack_linear(q) for q in qws]
                 t_peer = graphed_seconds([lambda p=p, x=x: p(x) for p in peers])
                 emit(**base, version="tinygemm (plain)", us=round(t_peer * 1e6, 2))
+                del peers
             except Exception as e:  # noqa: BLE001
                 emit(**base, version="tinygemm", error=str(e)[:200])
+        t_col = None
+        if not args.no_col:
+            # autotuned in capture_cuda_graph's warm-up
+            t_col = graphed_seconds([lambda w=w, x=x, kw=kw: w4a16_linear(x, w, **kw) for w in col_w])
+            emit(**base, version="[K/8, N] GEMV autotuned (col)", **perf(t_col))
+        default = row_gemv_config(n, k, 1, swiglu, fusion in ("norm", "swiglu"))
         best = None
-        for c in configs(args.quick):
+        for c in [default] + [c for c in row_configs(args.quick, k, swiglu) if c != default]:
             try:
-                got = w4a16_linear(x, kws[0], config=c, **kw).float()
+                got = w4a16_linear(x, row_w[0], config=c, **kw).float()
                 err = float((got - ref).abs().max() / ref.abs().max().clamp(min=1e-6))
                 if err > 2e-2:
-                    emit(**base, version="W4A16", config=c, error=f"wrong result: rel. err {err:.1e}")
+                    emit(**base, version="row GEMV", config=c, error=f"wrong result: rel. err {err:.1e}")
                     continue
-                t = graphed_seconds([lambda w=w, x=x, c=c, kw=kw: w4a16_linear(x, w, config=c, **kw)
-                                     for w in kws])
+                t = graphed_seconds([lambda w=w, x=x, c=c, kw=kw: w4a16_linear(x, w, config=c, **kw) for w in row_w])
             except Exception as e:  # noqa: BLE001 - out of resources, a split the workspace cannot hold ...
-                emit(**base, version="W4A16", config=c, error=f"{type(e).__name__}: {str(e)[:150]}")
+                emit(**base, version="row GEMV", config=c, error=f"{type(e).__name__}: {str(e)[:150]}")
                 continue
-            row = dict(**base, version="W4A16", config=c, us=round(t * 1e6, 2), gbps=round(int4_bytes / t / 1e9))
+            row = dict(**base, version="row GEMV" + (" (default)" if c is default else ""), config=c, **perf(t),
+                       vs_linear=round(t_lin / t, 2), vs_tinygemm=round(t_peer / t, 2) if t_peer else None,
+                       rel_err=float(f"{err:.1e}"))
             rows.append(row)
             emit(**row)
             if best is None or t < best[0]:
                 best = (t, c)
         if best:
-            emit(**base, version="best configuration", config=best[1], us=round(best[0] * 1e6, 2),
-                 vs_tuned=round(t_tuned / best[0], 2), vs_linear=round(t_lin / best[0], 2))
-        del qws, kws, dense
+            t, c = best
+            table[(n, k, swiglu)] = (c["BLOCK_N"], c["BLOCK_KW"], c["SPLIT_K"], c["num_warps"])
+            summary.append((name, int4_bytes, t_lin, t_peer, t_col, t, c))
+        del qws, row_w, col_w
         torch.cuda.empty_cache()
+
+    m16 = []
+    for name, (k, n) in ({} if args.no_m16 else M16_SHAPES).items():
+        int4_bytes = n * k / 2 + 3 * n * k / 128
+        qws = [_random_int4(n, k, seed) for seed in range(_copies(int4_bytes))]
+        x = torch.randn(16, k, device=DEVICE, dtype=torch.bfloat16)
+        ref = x.float() @ qws[0].dequantize(torch.float32).t()
+        dense = [torch.randn(n, k, device=DEVICE, dtype=torch.bfloat16) * 0.02 for _ in range(_copies(2 * n * k))]
+        t_lin = graphed_seconds([lambda w=w, x=x: F.linear(x, w) for w in dense])
+        del dense
+        line = dict(shape=name, K=k, N=n, M=16, linear_us=round(t_lin * 1e6, 2))
+        if int4pack_reason() is None:
+            try:
+                peers = [int4pack_linear(q) for q in qws]
+                line["tinygemm_us"] = round(graphed_seconds([lambda p=p, x=x: p(x) for p in peers]) * 1e6, 2)
+                del peers
+            except Exception as e:  # noqa: BLE001
+                line["tinygemm_error"] = str(e)[:200]
+        for layout in ("row",) if args.no_col else ("row", "col"):
+            ws = [to_kernel_layout(q, layout=layout) for q in qws]
+            err = float((w4a16_linear(x, ws[0]).float() - ref).abs().max() / ref.abs().max())
+            t = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in ws])  # the autotuned GEMM
+            line[f"gemm_{layout}_us"], line[f"gemm_{layout}_vs_linear"] = round(t * 1e6, 2), round(t_lin / t, 2)
+            line[f"gemm_{layout}_rel_err"] = float(f"{err:.1e}")
+            del ws
+        emit(**line)
+        m16.append(line)
+        del qws
+        torch.cuda.empty_cache()
+
+    print("\nM = 1, per shape: bf16 F.linear | tinygemm | [K/8,N] GEMV (autotuned) | best row GEMV (µs, % copy bw)")
+    for name, int4_bytes, t_lin, t_peer, t_col, t, c in summary:
+        pct = f"{100 * int4_bytes / t / 1e9 / copy_gbps:.0f} %" if copy_gbps else "?"
+        peer = f"{t_peer * 1e6:.1f}" if t_peer else "—"
+        col = f"{t_col * 1e6:6.1f}" if t_col else "     —"
+        ratio = f", {t_peer / t:.2f}× tinygemm" if t_peer else ""
+        print(f"  {name:18s} {t_lin * 1e6:6.1f} | {peer:>6s} | {col} | {t * 1e6:6.1f} ({pct}) "
+              f"= {t_lin / t:.2f}× F.linear{ratio}  {c}")
+    for line in m16:
+        print(f"  M=16 {line}")
+    print("\n# paste into phase5_quantization/kernels/launch.py (measured by scripts/gpu_gemv_sweep.py):")
+    print("ROW_GEMV_TABLE = {  # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps), batch 1")
+    for key, val in table.items():
+        print(f"    {key}: {val},")
+    print("}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"m1": rows, "m16": m16, "table": {str(k): v for k, v in table.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -141,10 +141,12 @@ for name, model in models.items():
 md(r"""
 ## 5. The kernel: dequantize in registers
 
-`kernels/w4a16.py` never writes a float weight. The codes are repacked once into `[K/8, N]` words (a warp
-reads consecutive output features: coalesced 16-byte loads), with code `j` of word `w` in group `g` holding
-input feature `128g + 16j + w`. A code becomes a float without an int→float conversion (a quarter-rate
-instruction): OR it into the mantissa of 2²³ and subtract 2²³.
+`kernels/w4a16_rows.py` and `kernels/w4a16.py` never write a float weight. The codes are repacked once: each
+output row's words stay contiguous (the decode GEMV streams whole rows in 16-byte loads, as phase 0's bf16
+GEMV does), and code `j` of word `w` in group `g` holds input feature `128g + 16j + w`, so the activations a
+thread's consecutive words multiply are consecutive too. A code becomes a float without an int→float
+conversion (a quarter-rate instruction): OR it into the mantissa of 2²³ and subtract 2²³. Scale and
+zero-point apply once per group: `Σ s·(q − z)·x = s·(Σ q·x − z·Σ x)`.
 """)
 code(r"""
 q = torch.arange(16, dtype=torch.int32)
@@ -154,7 +156,7 @@ from phase5_quantization.kernels import to_kernel_layout, w4a16_linear
 qw = framework.quantize_weight(torch.randn(32, 256) * 0.05, 128)
 kw = to_kernel_layout(qw)
 x = torch.randn(1, 256)
-y = w4a16_linear(x, kw)  # the GEMV (M = 1); M > 1 runs the tensor-core GEMM
+y = w4a16_linear(x, kw)  # the row GEMV (M ≤ 8); more rows run the tensor-core GEMM
 print("GEMV == x · dequant(W)ᵀ:", torch.allclose(y, x @ qw.dequantize().t(), atol=1e-4, rtol=1e-4))
 """)
 md(r"""

@@ -11,13 +11,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 SHAPES = [(2048, 5632), (5632, 2048), (2048, 2560), (2048, 2048)]  # (K, N): gate/up, down, qkv, o
 
 
-def _weight(n, k, seed):
+def _weight(n, k, seed, layout=None):
     from phase5_quantization.kernels import to_kernel_layout
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
     w = torch.randn(n, k, generator=gen, device="cuda") * 0.02
     qw = quantize_weight(w, 128)
-    return qw, to_kernel_layout(qw), qw.dequantize(torch.float32)
+    return qw, to_kernel_layout(qw, layout=layout), qw.dequantize(torch.float32)
 
 
 def _close(y, ref, rel):
@@ -26,11 +26,13 @@ def _close(y, ref, rel):
 
 
 @pytest.mark.parametrize("k,n", SHAPES)
-@pytest.mark.parametrize("m", [1, 16, 64])
-def test_tinyllama_shapes_match_dequantized_matmul(k, n, m):
+@pytest.mark.parametrize("m,layout", [(1, "row"), (3, "row"), (8, "row"), (16, "row"), (64, "row"), (1, "col"),
+                                      (16, "col")])
+def test_tinyllama_shapes_match_dequantized_matmul(k, n, m, layout):
+    """Row layout: the row GEMV (M ≤ 8) and the GEMM over rows; col: the [K/8, N] GEMV (M = 1) and GEMM."""
     from phase5_quantization.kernels import w4a16_linear
 
-    qw, kw, deq = _weight(n, k, k + n + m)
+    qw, kw, deq = _weight(n, k, k + n + m, layout)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     ref = x.float() @ deq.t()
     _close(w4a16_linear(x, kw), ref, 2 ** -7)  # bf16 output rounding, fp32 accumulation
@@ -48,6 +50,34 @@ def test_gemv_split_k_repeated_calls(config):
     for seed in range(3):
         x = torch.randn(1, 5632, device="cuda", dtype=torch.bfloat16, generator=torch.Generator(device="cuda").manual_seed(seed))
         _close(w4a16_linear(x, kw, config=config), x.float() @ deq.t(), 2 ** -7)
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_N=1, BLOCK_KW=256, SPLIT_K=1, num_warps=2),
+                                    dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=1, num_warps=2),
+                                    dict(BLOCK_N=4, BLOCK_KW=512, SPLIT_K=1, num_warps=4),
+                                    dict(BLOCK_N=2, BLOCK_KW=256, SPLIT_K=2, num_warps=2)])
+@pytest.mark.parametrize("m", [1, 4])
+def test_row_gemv_configs_and_fusions(config, m):
+    """The row GEMV under sweep-like configurations: qkv (norm), o (residual in place), gate_up (norm + SwiGLU),
+    down (residual, K = 5632: a partial last slab)."""
+    from phase5_quantization.kernels import w4a16_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    g = 1 + 0.1 * torch.randn(2048, device="cuda", generator=gen)
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5) * g
+    _, kq, dq = _weight(2560, 2048, 1, "row")
+    _close(w4a16_linear(x, kq, norm_weight=g.bfloat16(), eps=1e-5, config=config), h @ dq.t(), 2 ** -6)
+    _, kg, dg = _weight(2 * 5632, 2048, 2, "row")
+    gate, up = (h @ dg.t()).chunk(2, -1)
+    _close(w4a16_linear(x, kg, norm_weight=g.bfloat16(), eps=1e-5, swiglu=True, config=config),
+           torch.nn.functional.silu(gate) * up, 2 ** -6)
+    _, kd, dd = _weight(2048, 5632, 3, "row")
+    act = torch.randn(m, 5632, device="cuda", dtype=torch.bfloat16, generator=gen)
+    res = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    expect = res.float() + act.float() @ dd.t()
+    w4a16_linear(act, kd, residual=res, out=res, config=config)
+    _close(res, expect, 2 ** -6)
 
 
 @pytest.mark.parametrize("m", [1, 16])
@@ -76,7 +106,7 @@ def test_cuda_graph_replay_matches_eager():
     x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(1, 5632, device="cuda", dtype=torch.bfloat16)
     eager = w4a16_linear(x, kw).clone()
-    graph = capture_cuda_graph(lambda: w4a16_linear(x, kw, out=out))
+    graph = capture_cuda_graph(lambda: [w4a16_linear(x, kw, out=out) for _ in range(3)])  # back to back (PDL)
     out.zero_()
     graph.replay()
     assert torch.equal(out, eager)

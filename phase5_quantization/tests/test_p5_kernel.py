@@ -1,4 +1,5 @@
-"""The Triton W4A16 kernels (CPU interpreter, small shapes) against float64 products with the dequantized matrix."""
+"""The Triton W4A16 kernels over the original ``[K/8, N]`` layout (CPU interpreter, small shapes) against float64
+products with the dequantized matrix (the row layout's GEMV: ``test_p5_row_gemv``)."""
 
 import os
 
@@ -23,7 +24,7 @@ def _weight(n, k, seed):
     w = torch.randn(n, k, generator=gen) * 0.05
     w[:, 5] *= 8  # an outlier column: its groups get wide ranges and small codes elsewhere
     qw = quantize_weight(w, 128)
-    return qw, to_kernel_layout(qw, DEVICE), qw.dequantize(torch.float64).to(DEVICE)
+    return qw, to_kernel_layout(qw, DEVICE, layout="col"), qw.dequantize(torch.float64).to(DEVICE)
 
 
 def _x(m, k, seed, dtype=torch.float32):

@@ -1,0 +1,181 @@
+"""The decode GEMV over the row layout (``layout.KernelWeight`` with ``row_major``): ``out[b] = epilogue(W · x[b])``
+for 1–8 activation rows, W as INT4 codes.
+
+At batch 1 a projection reads each weight once and does 2 FLOPs with it, so the limit is **copy bandwidth**:
+0.52 byte per weight (codes + group scale and zero-point) at ~3 TB/s. The design is phase 0's bf16 GEMV
+(``phase0_prototype.kernels.gemv``, ~90 % of copy bandwidth) carried over to INT4:
+
+- **rows contiguous along K**: a program owns ``BLOCK_N`` output rows (1, 2, 4 …) and walks K in slabs of
+  ``BLOCK_KW`` packed words (256 words = 2048 input features = 1 KB per row), every thread loading 16 bytes
+  (4 words) per row per slab; a grid of ``N / BLOCK_N`` programs (hundreds to thousands) keeps every SM's
+  memory pipe full, where the ``[K/8, N]`` kernel (``w4a16._gemv_kernel``) had few programs and 64-byte
+  segments;
+- **a two-deep pipeline by hand**: the next slab's codes are requested before the current one is used, and
+  under programmatic dependent launch (``USE_PDL``) the first slab is requested *before* waiting for the
+  previous kernel (the codes do not depend on it), so this kernel's ramp-up hides the previous one's tail;
+- **few instructions per weight** (at 3 TB/s an H100 has ~5 issue slots per INT4 weight): nibble ``j`` of a
+  word is masked in place and OR-ed into the exponent of a power of two (``w4a16._code_plus_magic``: one
+  LOP3 + one FADD, no shift for 5 of the 8 nibbles, no int→float conversion), then one FMA with the
+  activation. The zero-point and scale are applied per *group*, not per weight:
+  ``Σ_k s·(q_k − z)·x_k = s·(Σ_k q_k·x_k − z·Σ_k x_k)``, so per-word partials are summed over each group's 16
+  words (a reshape + reduction) and only then meet the group's scale and zero-point;
+- **contiguous activations per nibble**: inside a group the row layout keeps the kernel layout's nibble
+  order (nibble ``j`` of word ``w`` = feature ``128g + 16j + w``), so the activations nibble ``j`` of a
+  thread's 4 words multiplies are 4 consecutive features — one vector load, shared by the ``BLOCK_N`` rows.
+  With ``BLOCK_KW = 4 · 32 · num_warps`` the activation slab and one row of the word tile have the same
+  layout (4 per thread), so no shared-memory reshuffle sits between them (other sizes are correct, and pay it).
+
+**Issue slots are the second limit.** Compiled for sm_90 (Triton 3.9, ``BLOCK_N=4, BLOCK_KW=256``, 2 warps), the
+loop body issues ~5.0 instructions per weight: 1 LOP3 + 1 FADD + 1 FFMA per weight, the rest per activation
+(bf16 → fp32, ``Σ x``, the RMSNorm multiply: shared by the ``BLOCK_N`` rows) and per group. An H100 issues
+~33·10¹² thread-instructions per second, ~6.7·10¹² weights/s at 5 per weight, ≈ 3.5 TB/s of INT4: just above
+its copy bandwidth, so the kernel can only approach the roof with enough warps to keep every scheduler
+issuing — and larger ``BLOCK_N`` (fewer instructions per weight) trades against fewer programs.
+
+Fusions as ``w4a16``'s other kernels: RMSNorm prologue (``Σ x²`` accumulated in the same loop; with split-K
+a separate pass over the row, from L2), residual epilogue (in place when ``out is residual``) and SwiGLU
+(``[gate; up]`` rows: each program reads gate rows ``n`` and up rows ``N + n``). Roundings as the unfused
+code (``w4a16._epilogue``). ``SPLIT_K > 1`` splits K across programs through ``w4a16._finish``'s workspace.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from phase5_quantization.kernels.w4a16 import _code_plus_magic, _finish, _magic, _mask, _row_rsqrt, _zero
+
+
+@triton.jit
+def _x_nibble(x_ptr, nw_ptr, offs_b, mask_b, stride_xb, feat, mask_w, NORM: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The activations nibble ``j`` multiplies (``feat``): ``[BLOCK_KW]`` for one row, else ``[BLOCK_B, BLOCK_KW]``;
+    also the raw values (for ``Σ x²``)."""
+    if BLOCK_B == 1:
+        raw = tl.load(x_ptr + feat, mask=mask_w, other=0.0).to(tl.float32)
+    else:
+        raw = tl.load(x_ptr + offs_b[:, None] * stride_xb + feat[None, :], mask=mask_b[:, None] & mask_w[None, :],
+                      other=0.0).to(tl.float32)
+    x = raw
+    if NORM:
+        g = tl.load(nw_ptr + feat, mask=mask_w, other=0.0).to(tl.float32)
+        x = raw * (g if BLOCK_B == 1 else g[None, :])
+    return x, raw
+
+
+@triton.jit
+def _slab(words, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
+          NORM: tl.constexpr, SUMSQ: tl.constexpr, GW: tl.constexpr, BLOCK_B: tl.constexpr,
+          BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr):
+    """Per group of a slab: ``Σ q·x`` (``[BLOCK_B, BLOCK_N, groups]``), ``Σ x`` (``[BLOCK_B, groups]``) and ``Σ x²``
+    (``[BLOCK_B]``, when ``SUMSQ``).
+
+    Several rows use a 3-D ``[BLOCK_B, BLOCK_N, BLOCK_KW]`` product (each code extracted once, multiplied by
+    every row); Triton lays it out apart from the 2-D loads, so codes and activations pass through shared
+    memory once per nibble — correct, not tuned (batched decode is not a target of this phase).
+    """
+    words_hi = words >> 12
+    if BLOCK_B == 1:
+        part = tl.zeros([BLOCK_N, BLOCK_KW], dtype=tl.float32)
+        xs = tl.zeros([BLOCK_KW], dtype=tl.float32)
+    else:
+        part = tl.zeros([BLOCK_B, BLOCK_N, BLOCK_KW], dtype=tl.float32)
+        xs = tl.zeros([BLOCK_B, BLOCK_KW], dtype=tl.float32)
+    sq = tl.zeros_like(xs)
+    for j in tl.static_range(8):
+        x, raw = _x_nibble(x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base + GW * j, mask_w, NORM, BLOCK_B)
+        if SUMSQ:
+            sq += raw * raw
+        xs += x
+        q = _code_plus_magic(words, words_hi, j, _mask(j, m0, m1, m2, m3, m4)) - _magic(j)
+        if BLOCK_B == 1:
+            part += q * x[None, :]
+        else:
+            part += q[None, :, :] * x[:, None, :]
+    NG: tl.constexpr = BLOCK_KW // GW
+    if BLOCK_B == 1:
+        part_g = tl.sum(tl.reshape(part, [BLOCK_N, NG, GW]), axis=2)[None, :, :]
+        xs_g = tl.sum(tl.reshape(xs, [NG, GW]), axis=1)[None, :]
+        sq_t = tl.sum(sq)[None]
+    else:
+        part_g = tl.sum(tl.reshape(part, [BLOCK_B, BLOCK_N, NG, GW]), axis=3)
+        xs_g = tl.sum(tl.reshape(xs, [BLOCK_B, NG, GW]), axis=2)
+        sq_t = tl.sum(sq, axis=1)
+    return part_g, xs_g, sq_t
+
+
+@triton.jit
+def _apply_groups(part_g, xs_g, s_ptr, z_ptr, gidx, mask_g):
+    """``Σ_g s_g · (Σ q·x − z_g · Σ x)`` -> ``[BLOCK_B, BLOCK_N]``; ``gidx [BLOCK_N, groups]`` indexes scales/zeros."""
+    s = tl.load(s_ptr + gidx, mask=mask_g, other=0.0).to(tl.float32)
+    z = _zero(z_ptr + gidx, mask_g)
+    return tl.sum((part_g - z[None, :, :] * xs_g[:, None, :]) * s[None, :, :], axis=2)
+
+
+@triton.jit
+def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
+                     B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
+                     GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
+    """``out[b, n] = epilogue(Σ_k x[b, k] · W[n, k])`` for ``b < B ≤ BLOCK_B``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
+
+    ``qw [rows, K/8]`` int32 and ``s``/``z [rows, K/GROUP]`` (rows = N, or 2N with SwiGLU); ``m0..m4`` must be
+    ``w4a16.NIBBLE_MASKS``.
+    """
+    GW: tl.constexpr = GROUP // 8  # words per group
+    NG: tl.constexpr = BLOCK_KW // GW  # groups per slab
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_b = tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    K = KW * 8  # KW (words per row) is the argument: its divisibility by 16 is what lets masked loads be 16 bytes
+    G = KW // GW
+    per_split = tl.cdiv(tl.cdiv(KW, SPLIT_K), BLOCK_KW) * BLOCK_KW
+    kw_begin = pid_k * per_split
+    kw_end = tl.minimum(kw_begin + per_split, KW)
+    rows = qw_ptr + offs_n.to(tl.int64)[:, None] * KW  # row n's words are contiguous
+    rows_up = rows + N.to(tl.int64) * KW  # SwiGLU: the matching up row
+    offs_w = kw_begin + tl.arange(0, BLOCK_KW)
+    wmask = mask_n[:, None] & (offs_w < kw_end)[None, :]
+    words = tl.load(rows + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+    words_up = words
+    if EPILOGUE == 2:
+        words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
+        tl.extra.cuda.gdc_launch_dependents()  # after the wait: at most one kernel runs ahead of its inputs
+    SUMSQ: tl.constexpr = NORM and SPLIT_K == 1  # with split-K no program sees the whole row: separate pass
+    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for kw0 in range(kw_begin, kw_end, BLOCK_KW):
+        offs_w = kw0 + tl.arange(0, BLOCK_KW)
+        mask_w = offs_w < kw_end
+        cur, cur_up = words, words_up
+        nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end)
+        nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
+        words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        if EPILOGUE == 2:
+            words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
+        offs_g = kw0 // GW + tl.arange(0, NG)
+        mask_g = mask_n[:, None] & (offs_g * GW < kw_end)[None, :]
+        gidx = offs_n[:, None] * G + offs_g[None, :]
+        part, xs, sq = _slab(cur, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
+                             NORM, SUMSQ, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
+        sumsq += sq
+        acc += _apply_groups(part, xs, s_ptr, z_ptr, gidx, mask_g)
+        if EPILOGUE == 2:
+            part, xs, sq = _slab(cur_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
+                                 NORM, False, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
+            acc_up += _apply_groups(part, xs, s_ptr + N * G, z_ptr + N * G, gidx, mask_g)
+    if NORM:
+        if SUMSQ:
+            r = 1.0 / tl.sqrt(sumsq / K + eps)
+        else:
+            r = _row_rsqrt(x_ptr, stride_xb, offs_b, mask_b, K, eps, BLOCK_B, 256)
+        acc = acc * r[:, None]
+        acc_up = acc_up * r[:, None]
+    _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, pid_n, offs_b, offs_n, mask_b[:, None] & mask_n[None, :],
+            N, stride_ob, stride_rb, EPILOGUE, SPLIT_K)
