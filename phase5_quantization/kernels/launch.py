@@ -29,6 +29,7 @@ import torch
 import triton
 
 from phase0_prototype.errors import ModelError
+from phase0_prototype.kernels import gemv as phase0_gemv
 from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
 from phase5_quantization.kernels.layout import KernelWeight
 from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU, _gemm_kernel, _gemv_kernel
@@ -169,7 +170,7 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
-        BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
+        EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
         **launch_options(pdl))
 
 

@@ -12,7 +12,8 @@ At batch 1 a projection reads each weight once and does 2 FLOPs with it, so the 
   segments;
 - **a two-deep pipeline by hand**: the next slab's codes are requested before the current one is used, and
   under programmatic dependent launch (``USE_PDL``) the first slab is requested *before* waiting for the
-  previous kernel (the codes do not depend on it), so this kernel's ramp-up hides the previous one's tail;
+  previous kernel (the codes do not depend on it), so this kernel's ramp-up hides the previous one's tail,
+  and (``EARLY``, phase 0's ``gemv.EARLY_LAUNCH``) the next kernel may launch before this one waits;
 - **few instructions per weight** (at 3 TB/s an H100 has ~5 issue slots per INT4 weight): nibble ``j`` of a
   word is masked in place and OR-ed into the exponent of a power of two (``w4a16._code_plus_magic``: one
   LOP3 + one FADD, no shift for 5 of the 8 nibbles, no int→float conversion), then one FMA with the
@@ -115,7 +116,7 @@ def _apply_groups(part_g, xs_g, s_ptr, z_ptr, gidx, mask_g):
 def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
                      B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
                      GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
+                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
     """``out[b, n] = epilogue(Σ_k x[b, k] · W[n, k])`` for ``b < B ≤ BLOCK_B``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
 
     ``qw [rows, K/8]`` int32 and ``s``/``z [rows, K/GROUP]`` (rows = N, or 2N with SwiGLU); ``m0..m4`` must be
@@ -142,9 +143,12 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     words_up = words
     if EPILOGUE == 2:
         words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
-    if USE_PDL:
+    if USE_PDL:  # EARLY: the next kernel may launch (and prefetch) now, as phase 0's GEMV lets it
+        if EARLY:
+            tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
-        tl.extra.cuda.gdc_launch_dependents()  # after the wait: at most one kernel runs ahead of its inputs
+        if not EARLY:
+            tl.extra.cuda.gdc_launch_dependents()
     SUMSQ: tl.constexpr = NORM and SPLIT_K == 1  # with split-K no program sees the whole row: separate pass
     acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
