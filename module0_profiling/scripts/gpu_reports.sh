@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: run the checks of the phases named in PHASES (default: module0 phase2 phase0) and,
-# when TESTS is set, those GPU tests; the reports land under $OUT as one tarball (reports.tgz).
+# when TESTS is set, those GPU tests; the reports land under $OUT as one tarball (reports.tgz). SWEEP=1 runs
+# phase 5's GEMV sweep first and keeps its table (tuned/<gpu>.json: commit it under phase5_quantization/kernels/).
 # Device tool usage: carry [".whl"] for optional peers (liger-kernel) built as wheels.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -11,6 +12,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+if [ -n "${SWEEP:-}" ]; then  # phase 5's W4A16 GEMV sweep first: its table (kernels/tuned/<gpu>.json) serves the checks
+  echo "=== phase 5 GEMV sweep"
+  timeout "${SWEEP_TIMEOUT:-240}" python3 -m phase5_quantization.scripts.gpu_gemv_sweep --quick --write-table \
+    --out "$R/gemv_sweep.json" > "$R/gemv_sweep.log" 2>&1
+  tail -25 "$R/gemv_sweep.log"
+  mkdir -p "$R/tuned" && cp phase5_quantization/kernels/tuned/*.json "$R/tuned/" 2>/dev/null
+fi
 for p in ${PHASES:-module0 phase2 phase0}; do
   echo "=== check $p"
   timeout "${CHECK_TIMEOUT:-300}" python3 -m module0_profiling.check "$p" --out "$R" 2>&1 | grep -v -e USDT -e _warn_once -e "Profiler clears"

@@ -2,8 +2,8 @@
 
 Which kernel: the weight's layout decides (``layout.KernelWeight.row_major``; ``TITANINFER_W4A16_LAYOUT``
 picks the layout ``QuantLinear`` builds). Row layout (default): 1–8 rows run the row GEMV
-(``w4a16_rows``) with a **fixed** configuration from ``row_gemv_config`` (``ROW_GEMV_TABLE``, pasted from the
-GPU sweep, or a rule; no tuning inside the engine), more rows the tensor-core GEMM reading the same
+(``w4a16_rows``) with a **fixed** configuration from ``row_gemv_config`` (the GPU sweep's table for this
+device in ``kernels/tuned/``, ``ROW_GEMV_TABLE`` pins, or a rule; no tuning inside the engine), more rows the tensor-core GEMM reading the same
 layout. ``col`` layout: one row runs the original ``[K/8, N]`` GEMV, more rows the GEMM, both autotuned.
 
 Configurations of the autotuned kernels: on a GPU, ``triton.autotune`` picks among a few per (N, K, M bucket,
@@ -23,7 +23,9 @@ with ``config=`` so the tests reach every path (split-K included).
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 import triton
@@ -125,12 +127,32 @@ ROW_GEMV_MAX_ROWS = 8
 # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps) at batch 1, pasted from scripts/gpu_gemv_sweep.py
 # (the H100 sweep's best per TinyLlama shape); shapes not listed take row_gemv_config's rule.
 ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {}
+TUNED_DIR = Path(__file__).with_name("tuned")  # <device slug>.json: the sweep's table for that GPU (--write-table)
+_tuned_tables: dict[str, dict] = {}
+
+
+def _device_slug() -> str:
+    from module0_profiling.hardware import detect_device
+
+    return detect_device().slug
+
+
+def tuned_table(slug: str | None = None) -> dict[tuple[int, int, bool], tuple[int, int, int, int]]:
+    """The measured table for this GPU (``TUNED_DIR/<slug>.json``, written by ``gpu_gemv_sweep --write-table``),
+    with ``ROW_GEMV_TABLE``'s entries on top; empty for a GPU nobody has swept."""
+    slug = slug or _device_slug()
+    if slug not in _tuned_tables:
+        path = TUNED_DIR / f"{slug}.json"
+        rows = json.loads(path.read_text())["table"] if path.is_file() else []
+        _tuned_tables[slug] = {(int(n), int(k), bool(sw)): tuple(int(v) for v in cfg) for n, k, sw, *cfg in rows}
+    return {**_tuned_tables[slug], **ROW_GEMV_TABLE}
 
 
 def row_gemv_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> dict:
     """``BLOCK_N`` / ``BLOCK_KW`` / ``SPLIT_K`` / ``num_warps`` of the row GEMV for an ``[n, k]`` product of ``batch``
     rows (``n``: output features, the gate half with ``swiglu``). Fixed, not autotuned: tuning inside the
-    engine is slow and noisy; ``scripts/gpu_gemv_sweep.py`` measures the space and prints ``ROW_GEMV_TABLE``.
+    engine is slow and noisy; ``scripts/gpu_gemv_sweep.py`` measures the space and writes the winners for the GPU
+    it ran on (``tuned_table``: ``kernels/tuned/<device>.json``, committed with the report of that run).
 
     The rule for shapes not in the table, in the spirit of phase 0's ``default_config``: many programs (hundreds
     to thousands) of a few rows each, whole 2048-feature slabs (256 words = 1 KB per row) over 2 warps, so a
@@ -139,8 +161,9 @@ def row_gemv_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False
     amortise the activation work — loads, RMSNorm's multiply, ``Σ x`` per group — which INT4 weights, at a
     quarter of bf16's bytes, cannot hide behind bandwidth as phase 0's 1–2 rows do.
     """
-    if batch == 1 and (n, k, swiglu) in ROW_GEMV_TABLE and not interpreting():
-        block_n, block_kw, split, warps = ROW_GEMV_TABLE[(n, k, swiglu)]
+    table = tuned_table() if batch == 1 and not interpreting() else {}
+    if (n, k, swiglu) in table:
+        block_n, block_kw, split, warps = table[(n, k, swiglu)]
         return dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=split, num_warps=warps)
     if batch == 1:
         block_n, block_kw, warps = (2, 256, 2) if swiglu else (4, 256, 2)

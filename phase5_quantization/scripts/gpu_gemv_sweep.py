@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--no-m16", action="store_true", help="skip the M = 16 GEMM timings")
     ap.add_argument("--no-col", action="store_true", help="skip the original [K/8, N] GEMV (autotuned) baseline")
     ap.add_argument("--out", default=None, help="also write every measurement to this JSON file")
+    ap.add_argument("--write-table", action="store_true",
+                    help="write the best configuration per shape to kernels/tuned/<this GPU>.json (row_gemv_config reads it)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this sweep times CUDA graphs: it needs a CUDA GPU")
@@ -211,6 +213,19 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"m1": rows, "m16": m16, "table": {str(k): v for k, v in table.items()}}, f, indent=1)
+    if args.write_table and table:
+        from module0_profiling.hardware import detect_device
+        from phase5_quantization.kernels import launch
+
+        info = detect_device()
+        launch.TUNED_DIR.mkdir(exist_ok=True)
+        path = launch.TUNED_DIR / f"{info.slug}.json"
+        path.write_text(json.dumps({
+            "device": info.name, "torch": torch.__version__, "measured_by": "python -m phase5_quantization.scripts."
+            "gpu_gemv_sweep" + (" --quick" if args.quick else ""), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "columns": ["n", "k", "swiglu", "BLOCK_N", "BLOCK_KW", "SPLIT_K", "num_warps"],
+            "table": [[n, k, sw, *cfg] for (n, k, sw), cfg in table.items()]}, indent=1) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,28 @@ def test_release_storage_keeps_one_copy_and_the_same_numbers():
     assert moved._qw is None and moved.kernel_weight(DEVICE) is kw
     x = _x(2, 256, 72)
     assert torch.allclose(moved(x).double(), x.double() @ deq.t(), atol=1e-4, rtol=1e-4)
+
+
+def test_row_gemv_config_reads_the_sweeps_table_for_this_device(tmp_path, monkeypatch):
+    """The sweep's ``--write-table`` file for a device drives ``row_gemv_config`` there, pins on top; other
+    devices, other shapes and several rows keep the rule."""
+    import json
+
+    from phase5_quantization.kernels import launch
+
+    (tmp_path / "gpu-a.json").write_text(json.dumps({"table": [[2560, 2048, False, 8, 128, 2, 4],
+                                                               [5632, 2048, True, 1, 256, 1, 8]]}))
+    monkeypatch.setattr(launch, "TUNED_DIR", tmp_path)
+    monkeypatch.setattr(launch, "_tuned_tables", {})
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_device_slug", lambda: "gpu-b")  # nobody swept this one: the rule
+    rule = {args: launch.row_gemv_config(*args) for args in
+            [(2560, 2048, 1, False, True), (2048, 5632, 1, False, False), (2560, 2048, 4, False, True)]}
+    monkeypatch.setattr(launch, "_device_slug", lambda: "gpu-a")
+    assert launch.row_gemv_config(2560, 2048, 1, False, True) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4)
+    assert launch.row_gemv_config(5632, 2048, 1, True, True) == dict(BLOCK_N=1, BLOCK_KW=256, SPLIT_K=1, num_warps=8)
+    assert launch.row_gemv_config(2048, 5632, 1, False, False) == rule[(2048, 5632, 1, False, False)]  # not swept
+    assert launch.row_gemv_config(2560, 2048, 4, False, True) == rule[(2560, 2048, 4, False, True)]  # 4 rows
+    monkeypatch.setattr(launch, "ROW_GEMV_TABLE", {(2560, 2048, False): (2, 256, 1, 2)})
+    assert launch.row_gemv_config(2560, 2048, 1, False, True) == dict(BLOCK_N=2, BLOCK_KW=256, SPLIT_K=1, num_warps=2)
+    assert rule[(2560, 2048, 1, False, True)] != dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4)
