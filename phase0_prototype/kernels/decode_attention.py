@@ -35,6 +35,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # its tl.dot mishandles
 USE_DOT = True  # scores and p·V on tensor cores (query heads of a group padded to 16 rows); False: CUDA cores
 # With PDL, both kernels let their dependents launch before waiting on their own inputs (gemv.pdl_enabled).
 EARLY_LAUNCH = True
+COMBINE_WARPS = 1  # warps per merge program (one program per query head)
 
 
 @triton.jit
@@ -212,5 +213,5 @@ def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         EARLY=EARLY_LAUNCH, num_warps=num_warps, **launch_options(pdl))
     _combine_kernel[(B * n_heads,)](part_o, part_ml, out, positions, n_splits, out.stride(0), n_heads,
                                     D=D, BLOCK_SPLITS=triton.next_power_of_2(n_splits), SPLIT_LEN=chunk,
-                                    USE_PDL=pdl, EARLY=EARLY_LAUNCH, num_warps=1, **launch_options(pdl))
+                                    USE_PDL=pdl, EARLY=EARLY_LAUNCH, num_warps=COMBINE_WARPS, **launch_options(pdl))
     return out

@@ -73,7 +73,7 @@ ref = load_impl("solution").build(model, max_seq_len=640, compile=False).generat
 # let their dependents launch before waiting on their own inputs, and — a diagnostic, wrong tokens — the
 # attention replaced by a view of q, to see what attention and merge cost inside the step).
 BASE = dict(pdl="1", block_s=32, config=DEFAULT_CONFIG, use_dot=True, graph_tail=True, attn_early=True,
-            gemv_early=True, skip_attention=False)
+            gemv_early=True, skip_attention=False, combine_warps=1, attn_warps=4)
 VARIANTS = [
     ("first sweep's tiles, no PDL", dict(pdl="0", config=ORIGINAL_CONFIG)),
     ("PDL, dependents after the wait", dict(attn_early=False, gemv_early=False)),
@@ -81,6 +81,8 @@ VARIANTS = [
     ("+ GEMVs launch early too (default)", {}),
     ("default, tail on host", dict(graph_tail=False)),
     ("default, 16/split", dict(block_s=16)),
+    ("default, merge with 4 warps", dict(combine_warps=4)),
+    ("default, attention with 2 warps", dict(attn_warps=2)),
     ("diagnostic: no attention", dict(skip_attention=True)),
 ]
 
@@ -113,6 +115,12 @@ def no_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True)
     return qkv[:, : n_heads * k_cache.shape[-1]]
 
 
+def attention_with(num_warps):
+    def attend(*args, **kw):
+        return real_attention(*args, num_warps=num_warps, **kw)
+    return attend
+
+
 best = None
 for name, changes in VARIANTS:
     v = dict(BASE, **changes)
@@ -122,7 +130,9 @@ for name, changes in VARIANTS:
     decode_attention.EARLY_LAUNCH = v["attn_early"]
     gemv.EARLY_LAUNCH = v["gemv_early"]
     gemv.default_config = v["config"]
-    step_module.rope_cache_attention = no_attention if v["skip_attention"] else real_attention
+    decode_attention.COMBINE_WARPS = v["combine_warps"]
+    step_module.rope_cache_attention = (no_attention if v["skip_attention"] else real_attention if v["attn_warps"] == 4
+                                        else attention_with(v["attn_warps"]))
     try:
         e = load_impl("solution").build(model, max_seq_len=640, compile=True, decode_kernels="triton",
                                         graph_tail=v["graph_tail"])
