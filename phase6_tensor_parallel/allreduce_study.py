@@ -15,19 +15,32 @@ PCIe/NVLink round trip), β the inverse link bandwidth. An all-reduce is a sched
   At N = 2 both have the same latency term; Tree's bandwidth term is 2× Ring's, which is why NCCL picks
   Ring for large messages and Tree (lower latency at large N) for small ones.
 
-Two fits, both on RELATIVE error (timings span five decades; an absolute fit would ignore every small
-message): ``fit`` is least squares, Σ (model/t − 1)²; ``fit_minimax`` minimises the WORST relative error
-max |model − t| / t (α, β ≥ 0), so its ``model_error`` answers P6.4's question exactly — can any α-β line
-describe the measurements within 25 %? — and the least-squares error is reported beside it.
-NCCL switches protocol with the size (LL for small messages: low latency, ~half the bandwidth; LL128;
-Simple for large ones: full bandwidth, more latency), so the measured curve is the lower envelope of three
-α-β lines and one line can only approximate it: the worst error sits where the protocols hand over.
+Fits are on RELATIVE error (timings span five decades; an absolute fit would ignore every small message):
+``fit`` is least squares, Σ (model/t − 1)²; ``fit_minimax`` minimises the WORST relative error
+max |model − t| / t (α, β ≥ 0), the question P6.4 asks — is the model within 25 % at every size?
+
+**One line per protocol (NCCL's own model).** NCCL moves data with one of three protocols: LL (8-byte
+stores with an inline flag: lowest latency, about half the bandwidth), LL128 (128-byte lines, most of the
+bandwidth) and Simple (bulk copies and a fence per chunk: full bandwidth, most latency). Its tuner prices
+every (algorithm, protocol) pair as latency + size / bandwidth and runs the cheapest, so with the algorithm
+fixed the measured curve is the LOWER ENVELOPE of three α-β lines and one line can only approximate it (the
+worst error sits where the protocols hand over: Tree at 64→256 KB on two H200s, 28.7 % for one line).
+``run_study`` therefore sweeps each algorithm four times: once as NCCL chooses (the "measured" curve of
+P6.4) and once per protocol with ``NCCL_PROTO`` forced. ``analyse`` fits each protocol's own line
+(``fit_minimax`` on that protocol's forced run, two parameters per protocol, never on the default run),
+predicts the default run as the minimum over those lines (``envelope``: what NCCL's tuner does) and reports
+its worst error (``envelope_error``, the P6.4 metric) beside the single line's (``model_error``: the lesson
+is the gap between them). A protocol NCCL refuses, or whose run fails, is recorded as skipped with the
+reason and left out of the envelope.
+
 **Bus bandwidth** is nccl-tests' definition (PERFORMANCE.md): algbw = n / t, busbw = algbw · 2(N−1)/N for
 all-reduce — the per-link rate, comparable with the link's datasheet whatever N is.
 
-Measuring: NCCL reads ``NCCL_ALGO`` when the communicator is created, so each algorithm is a separate run
-(``python -m phase6_tensor_parallel.allreduce_study --algo Ring`` under torchrun, or ``run_study`` which launches
-one torchrun per algorithm). Over gloo (CPU) ``--algo`` is ignored: that path is a smoke run of the code only.
+Measuring: NCCL reads ``NCCL_ALGO`` and ``NCCL_PROTO`` when the communicator is created, so each
+(algorithm, protocol) is a separate run (``python -m phase6_tensor_parallel.allreduce_study --algo Ring
+[--proto LL]`` under torchrun, or ``run_study`` which launches one torchrun per algorithm and one per forced
+protocol). Over gloo (CPU) ``--algo`` is ignored and no protocol is forced: that path is a smoke run of the
+code only. The table and the plot are in ``allreduce_report``.
 """
 
 from __future__ import annotations
@@ -36,8 +49,11 @@ import argparse
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,6 +61,7 @@ import torch
 
 KB, MB = 1024, 1024 * 1024
 ALGOS = ("Ring", "Tree")
+PROTOCOLS = ("LL", "LL128", "Simple")  # NCCL_PROTO values, lowest latency first
 
 
 def sizes_bytes(lo: int = KB, hi: int = 256 * MB, factor: int = 4) -> list[int]:
@@ -197,108 +214,172 @@ def study_rank(group, sizes: list[int], algo: str, device: str, iters: int) -> d
     return {"algo": algo, "world": group.world, "sizes": sizes, "seconds": seconds, "method": method}
 
 
-def analyse(run: dict) -> dict:
-    """Both fits, their worst errors and bus bandwidth for one measured run (``study_rank``'s result).
+def envelope(lines: dict[str, AlphaBeta], n_bytes: float) -> tuple[float, str]:
+    """NCCL's tuner: the cheapest protocol's predicted time for ``n_bytes``, and that protocol."""
+    if not lines:
+        raise ValueError("the envelope needs at least one fitted protocol line")
+    name = min(lines, key=lambda p: lines[p].predict(n_bytes))
+    return lines[name].predict(n_bytes), name
 
-    ``fit``/``model_error`` are the minimax fit's (the P6.4 metric); ``fit_lsq``/``model_error_lsq`` the
-    least-squares one's.
+
+def protocol_lines(run: dict) -> dict[str, AlphaBeta]:
+    """The fitted line of every protocol that ran (``analyse``'s result); empty when none did."""
+    return {p: AlphaBeta(**r["fit"]) for p, r in (run.get("protocols") or {}).items() if "fit" in r}
+
+
+def predictor(run: dict) -> Callable[[float], float]:
+    """Seconds for n bytes from an analysed run: the protocol envelope where protocols were measured,
+    else the single minimax line (gloo, or results saved before the protocol runs existed)."""
+    lines = protocol_lines(run)
+    if lines:
+        return lambda n: envelope(lines, n)[0]
+    return AlphaBeta(**run["fit"]).predict
+
+
+def analyse(run: dict) -> dict:
+    """Fits, worst errors and bus bandwidth for one algorithm's runs (``study_rank``'s result, plus
+    ``protocols``: name -> that protocol's forced run or ``{"skipped": reason}``).
+
+    Single line on the default run: ``fit``/``model_error`` (minimax), ``fit_lsq``/``model_error_lsq``.
+    Per protocol: its own minimax ``fit``, ``model_error`` and ``link_gbps`` on its own run. Envelope (when
+    at least one protocol ran): ``envelope_seconds``/``envelope_protocol`` per size of the default run and
+    ``envelope_error``, the worst relative error vs the default run (P6.4's metric).
     """
-    ab = fit_minimax(run["algo"], run["world"], run["sizes"], run["seconds"])
-    lsq = fit(run["algo"], run["world"], run["sizes"], run["seconds"])
-    busbw = [bus_bandwidth_gbps(n, t, run["world"]) for n, t in zip(run["sizes"], run["seconds"], strict=True)]
-    return {**run, "fit": asdict(ab), "link_gbps": ab.link_gbps,
-            "model_error": model_error(ab, run["sizes"], run["seconds"]),
-            "fit_lsq": asdict(lsq), "model_error_lsq": model_error(lsq, run["sizes"], run["seconds"]),
-            "busbw_gbps": busbw}
+    algo, world, sizes, seconds = run["algo"], run["world"], run["sizes"], run["seconds"]
+    ab = fit_minimax(algo, world, sizes, seconds)
+    lsq = fit(algo, world, sizes, seconds)
+    busbw = [bus_bandwidth_gbps(n, t, world) for n, t in zip(sizes, seconds, strict=True)]
+    out = {**run, "fit": asdict(ab), "link_gbps": ab.link_gbps, "model_error": model_error(ab, sizes, seconds),
+           "fit_lsq": asdict(lsq), "model_error_lsq": model_error(lsq, sizes, seconds), "busbw_gbps": busbw}
+    if "protocols" not in run:
+        return out
+    protos = {}
+    for name, pr in run["protocols"].items():
+        if "skipped" in pr:
+            protos[name] = {"skipped": pr["skipped"]}
+            continue
+        line = fit_minimax(algo, world, pr["sizes"], pr["seconds"])
+        protos[name] = {**pr, "fit": asdict(line), "link_gbps": line.link_gbps,
+                        "model_error": model_error(line, pr["sizes"], pr["seconds"])}
+    out["protocols"] = protos
+    lines = protocol_lines(out)
+    if lines:
+        pred = [envelope(lines, n) for n in sizes]
+        out["envelope_seconds"] = [p for p, _ in pred]
+        out["envelope_protocol"] = [name for _, name in pred]
+        out["envelope_error"] = max(abs(p - t) / t for (p, _), t in zip(pred, seconds, strict=True))
+    return out
+
+
+class ProtocolRunFailed(RuntimeError):
+    """A forced-protocol sweep that NCCL refused, crashed or timed out (recorded, not raised further)."""
+
+
+def failure_reason(log: str) -> str:
+    """One line saying why a torchrun sweep failed, from its output: NCCL's own last error if it printed one."""
+    lines = [re.sub(r"^\[(?:rank|default)\d*\]:\s*", "", s).strip() for s in log.splitlines()]
+    lines = [s for s in lines if s]
+    for i, s in enumerate(lines):
+        if s.startswith("Last error:") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    for s in lines:
+        if "NCCL WARN" in s:
+            return s.split("NCCL WARN", 1)[1].strip()[:300]
+    for s in lines:
+        if re.match(r"[\w.]*(Error|Exception)\b:?", s):
+            return s[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def torchrun_sweep(world: int, algo: str, proto: str | None, *, sizes: list[int], iters: int, device: str,
+                   timeout_s: float) -> dict:
+    """One torchrun of ``main`` with ``NCCL_ALGO=algo`` and, when ``proto`` is given, ``NCCL_PROTO=proto``
+    (unset otherwise, so NCCL picks). The default sweep's failure raises (``CalledProcessError``,
+    ``TimeoutExpired``); a forced protocol's raises ``ProtocolRunFailed`` with the reason."""
+    import tempfile
+
+    env = {**os.environ, "NCCL_ALGO": algo}
+    env.pop("NCCL_PROTO", None)
+    if proto is not None:
+        env["NCCL_PROTO"] = proto
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
+               "-m", "phase6_tensor_parallel.allreduce_study", "--algo", algo, "--device", device,
+               "--iters", str(iters), "--out", f.name, "--sizes", ",".join(map(str, sizes))]
+        cmd += ["--proto", proto] if proto is not None else []
+        capture = subprocess.PIPE if proto is not None else None  # a forced run's output gives its reason
+        # Own session: on a timeout the whole tree (torchrun and its ranks) is killed, not only torchrun.
+        proc = subprocess.Popen(cmd, env=env, stdout=capture, stderr=subprocess.STDOUT if capture else None,
+                                text=True, start_new_session=True)
+        try:
+            log, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            if proto is None:
+                raise
+            raise ProtocolRunFailed(f"timed out after {timeout_s:.0f} s") from None
+        finally:
+            if proc.poll() is None:  # interrupted: take the ranks down too
+                os.killpg(proc.pid, signal.SIGKILL)
+        if log:
+            sys.stderr.write(log[-4000:])  # the forced run's tail stays in the check's log
+        if proc.returncode != 0:
+            if proto is None:
+                raise subprocess.CalledProcessError(proc.returncode, cmd)
+            raise ProtocolRunFailed(f"exit status {proc.returncode}: {failure_reason(log or '')}")
+        return json.loads(open(f.name).read())
 
 
 def run_study(world: int = 2, algos: tuple[str, ...] = ALGOS, *, sizes: list[int] | None = None,
-              iters: int = 20, device: str = "cuda", timeout_s: float = 300.0) -> list[dict]:
-    """One torchrun per algorithm (NCCL_ALGO set in its environment); returns ``analyse`` of each.
+              iters: int = 20, device: str = "cuda", timeout_s: float = 300.0,
+              protocols: tuple[str, ...] | None = None, protocol_iters: int = 8,
+              protocol_timeout_s: float | None = None, launch: Callable[..., dict] = torchrun_sweep) -> list[dict]:
+    """Per algorithm: the default sweep (NCCL picks the protocol), then one sweep per forced protocol
+    (``protocols``, default all three on CUDA, ``protocol_iters`` iterations: they only fit a line, and
+    ``protocol_timeout_s``, default ``timeout_s``); ``analyse`` of each.
 
-    ``device="cpu"`` runs gloo (the algorithm name is then only a label): a smoke of this driver.
+    ``device="cpu"`` runs gloo (the algorithm name is then only a label, no protocol is forced): a smoke of
+    this driver. ``launch`` runs one sweep (``torchrun_sweep``; the tests pass a fake).
     """
-    import tempfile
-
     sizes = sizes or sizes_bytes()
+    protocols = () if device != "cuda" else PROTOCOLS if protocols is None else protocols
     results = []
     for algo in algos:
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-                   "-m", "phase6_tensor_parallel.allreduce_study", "--algo", algo, "--device", device,
-                   "--iters", str(iters), "--out", f.name, "--sizes", ",".join(map(str, sizes))]
-            subprocess.run(cmd, check=True, timeout=timeout_s, env={**os.environ, "NCCL_ALGO": algo})
-            results.append(analyse(json.loads(open(f.name).read())))
+        run = launch(world, algo, None, sizes=sizes, iters=iters, device=device, timeout_s=timeout_s)
+        if protocols:
+            run["protocols"] = {}
+        for proto in protocols:
+            try:
+                pr = launch(world, algo, proto, sizes=sizes, iters=protocol_iters, device=device,
+                            timeout_s=protocol_timeout_s or timeout_s)
+                run["protocols"][proto] = pr
+            except ProtocolRunFailed as e:
+                print(f"[allreduce_study] {algo}/{proto} skipped: {e}", file=sys.stderr, flush=True)
+                run["protocols"][proto] = {"skipped": str(e)}
+        results.append(analyse(run))
     return results
-
-
-def human_bytes(n: int) -> str:
-    return f"{n / MB:.0f} MB" if n >= MB else f"{n / KB:.0f} KB"
-
-
-def table(results: list[dict]) -> str:
-    """Markdown: one row per size, measured vs the minimax model (and its error) and busbw per algorithm."""
-    head = "| size | " + " | ".join(f"{r['algo']} µs | model µs | error | busbw GB/s" for r in results) + " |"
-    lines = [head, "|" + "---|" * (1 + 4 * len(results))]
-    for i, n in enumerate(results[0]["sizes"]):
-        cells = []
-        for r in results:
-            model, t = AlphaBeta(**r["fit"]).predict(n), r["seconds"][i]
-            cells += [f"{t * 1e6:.1f}", f"{model * 1e6:.1f}", f"{100 * (model - t) / t:+.0f} %",
-                      f"{r['busbw_gbps'][i]:.1f}"]
-        lines.append(f"| {human_bytes(n)} | " + " | ".join(cells) + " |")
-    fits = []
-    for r in results:
-        line = (f"{r['algo']}: α = {r['fit']['alpha_s'] * 1e6:.2f} µs, 1/β = {r['link_gbps']:.1f} GB/s, worst error "
-                f"{100 * r['model_error']:.1f} % (minimax fit)")
-        if "fit_lsq" in r:
-            lsq = AlphaBeta(**r["fit_lsq"])
-            line += (f"; least squares: α = {lsq.alpha_s * 1e6:.2f} µs, 1/β = {lsq.link_gbps:.1f} GB/s, worst error "
-                     f"{100 * r['model_error_lsq']:.1f} %")
-        fits.append(line)
-    method = results[0].get("method")
-    return "\n".join(lines) + "\n\n" + "\n\n".join(fits) + (f"\n\nTiming: {method}." if method else "")
-
-
-def plot(results: list[dict], path: str) -> str | None:
-    """Measured points and fitted lines, log-log; ``None`` when matplotlib is absent."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, r in enumerate(results):
-        ab, color = AlphaBeta(**r["fit"]), f"C{i}"  # one colour per algorithm: points and their line
-        ax.loglog(r["sizes"], [t * 1e6 for t in r["seconds"]], "o", color=color, label=f"{r['algo']} measured")
-        ax.loglog(r["sizes"], [ab.predict(n) * 1e6 for n in r["sizes"]], "-", color=color,
-                  label=f"{r['algo']} α-β fit (minimax)")
-    ax.set_xlabel("message bytes")
-    ax.set_ylabel("all-reduce µs")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="one all-reduce sweep (run under torchrun; NCCL_ALGO from --algo)")
     ap.add_argument("--algo", default="Ring", choices=ALGOS)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--proto", default=None, choices=PROTOCOLS, help="force NCCL_PROTO (default: NCCL picks)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--sizes", default=None, help="comma-separated bytes (default 1 KB..256 MB ×4)")
     ap.add_argument("--out", required=True, help="JSON file rank 0 writes")
     args = ap.parse_args(argv)
     os.environ.setdefault("NCCL_ALGO", args.algo)  # read by NCCL at communicator creation
+    if args.proto is not None:
+        os.environ.setdefault("NCCL_PROTO", args.proto)
     from phase6_tensor_parallel.dist_env import init_distributed, shutdown
 
     group = init_distributed(args.device)
     try:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes_bytes()
         run = study_rank(group, sizes, args.algo, args.device, args.iters)
+        run["proto"] = args.proto
     finally:
         shutdown()
     if group.rank == 0:

@@ -71,7 +71,7 @@ md(r"""
 **All-reduce** (`allreduce_study`, 1 KB–256 MB, k calls captured in one CUDA graph and timed per replay, as
 nccl-tests does; a single call timed with events measures Python and the launch instead):
 
-| | 1 KB | 64 KB | 1 MB | 16 MB | 256 MB | α (minimax fit) | 1/β | worst α-β error |
+| | 1 KB | 64 KB | 1 MB | 16 MB | 256 MB | α (one minimax line) | 1/β | one line's worst error |
 |---|---|---|---|---|---|---|---|---|
 | Ring | 17.9 µs | 19.1 µs | 25.4 µs | 78.6 µs | 899 µs (busbw 299 GB/s) | 9.71 µs | 280 GB/s | 8.8 % |
 | Tree | 17.5 µs | 19.8 µs | 34.8 µs | 102 µs | 871 µs (busbw 308 GB/s) | 11.2 µs | 489 GB/s | 28.7 % |
@@ -80,6 +80,8 @@ Below ~64 KB an all-reduce costs ~18 µs whatever its size: that is α (per hop;
 The 256 MB bus bandwidth, ~300 GB/s, is two thirds of NVLink 4's 450 GB/s per direction. Tree's worst error
 sits at 256 KB–1 MB, where NCCL hands over from its low-latency protocol (LL) to the full-bandwidth ones
 (LL128, Simple): the measured curve is the lower envelope of several α-β lines, and one line misses the corner.
+So P6.4 models it as NCCL's tuner does: each protocol's own line, fitted to a sweep with `NCCL_PROTO` forced,
+and at each size the cheapest of them (`allreduce_study.envelope`); the one line stays in the report beside it.
 
 **Decode step** (TinyLlama bf16, context 256, one CUDA-graph replay per step with the NCCL collectives inside):
 

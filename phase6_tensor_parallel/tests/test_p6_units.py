@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from phase6_tensor_parallel.allreduce_report import table
 from phase6_tensor_parallel.allreduce_study import (
     AlphaBeta,
     analyse,
@@ -18,7 +19,6 @@ from phase6_tensor_parallel.allreduce_study import (
     model_error,
     model_terms,
     sizes_bytes,
-    table,
 )
 from phase6_tensor_parallel.dist_env import TPError, TPGroup
 from phase6_tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear, shard_fused, shard_rows
