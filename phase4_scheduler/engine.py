@@ -13,6 +13,9 @@ N-1's tokens and applies them, while the GPU computes step N:
 
     schedule N -> launch N (no wait) -> advance N -> read back + apply N-1 -> events of N-1
 
+``step`` returns ``StepEvents``: what each request got is fixed when the tokens are applied, the
+``Event`` objects are made when read (an offline ``generate`` reads none and builds none).
+
 Step N is planned before N-1's tokens are on the host: each request's last token is in flight
 (``Request.num_in_flight``) and the runner feeds it to step N from the device. The price is one step
 of lag: ``step`` returns the events of the previous step, a request that ends with EOS or a stop
@@ -23,7 +26,9 @@ freed by a finished request is refilled one step later. Greedy tokens are identi
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import torch
 
@@ -36,6 +41,8 @@ from phase4_scheduler.request import Request, Status
 from phase4_scheduler.runner import PagedModelRunner, PendingStep, graph_sizes_for
 from phase4_scheduler.sampler import Sampler
 from phase4_scheduler.text_stream import TextStream
+
+_output_ids = attrgetter("output_ids")
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,51 @@ class Event:
         return f"Event(request={self.request.request_id}, finished={self.finished})"
 
 
+class StepEvents(Sequence):
+    """The events of one step, made when read: an offline run that never looks builds none.
+
+    What each event says is fixed when the step's tokens are applied (which requests took a token, how
+    many output tokens each had then, which finished, the text of those with stop strings); the
+    ``Event`` objects themselves are built on first access."""
+
+    EMPTY: "StepEvents"
+
+    __slots__ = ("_requests", "_upto", "_finished", "_texts", "_events")
+
+    def __init__(self, requests: list[Request], upto: list[int], finished: set[int], texts: dict[int, str] | None):
+        self._requests, self._upto, self._finished, self._texts = requests, upto, finished, texts
+        self._events: list[Event] | None = None
+
+    def _build(self) -> list[Event]:
+        if self._events is None:
+            texts, finished = self._texts or {}, self._finished
+            events = []
+            for r, upto in zip(self._requests, self._upto, strict=True):
+                rid = r.request_id
+                text = texts.get(rid)
+                if text is not None:
+                    events.append(Event(r, text, rid in finished))
+                else:
+                    events.append(Event(r, None, rid in finished, stream=r.text_stream, upto=upto))
+            self._events = events
+        return self._events
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __getitem__(self, i):
+        return self._build()[i]
+
+    def __iter__(self):
+        return iter(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
+
+
+StepEvents.EMPTY = StepEvents([], [], set(), None)
+
+
 @dataclass
 class StepStats:
     plan: StepPlan
@@ -96,6 +148,7 @@ class LLMEngine:
                                        graph_batch_sizes=graph_sizes_for(seqs), max_num_seqs=seqs)
         self.sampler = Sampler(model.device)
         self.streams: dict[int, TextStream] = {}
+        self._with_stop: set[int] = set()  # ids of unfinished requests with stop strings
         self.last_step: StepStats | None = None
         self._in_flight: PendingStep | None = None  # launched, tokens not read back yet (overlap)
 
@@ -118,7 +171,11 @@ class LLMEngine:
 
     def add(self, request: Request) -> Request:
         self.scheduler.add(request)
-        self.streams[request.request_id] = TextStream(self.tokenizer, request.stop, request.eos_ids)
+        stream = TextStream(self.tokenizer, request.stop, request.eos_ids)
+        request.text_stream = self.streams[request.request_id] = stream
+        if stream.stop:
+            self._with_stop.add(request.request_id)
+        self.sampler.track(request)
         return request
 
     def abort(self, request_id: int) -> Request | None:
@@ -128,12 +185,13 @@ class LLMEngine:
 
     def _forget(self, request_id: int) -> None:
         self.streams.pop(request_id, None)
+        self._with_stop.discard(request_id)
         self.sampler.forget(request_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or self._in_flight is not None
 
-    def step(self) -> list[Event]:
+    def step(self) -> Sequence[Event]:
         """Plan and launch one step; the events of the step whose tokens this call read back (the
         previous one when overlapping, this one otherwise)."""
         t0 = time.perf_counter()
@@ -144,36 +202,36 @@ class LLMEngine:
             done, self._in_flight = self._in_flight, (launched if not plan.empty else None)
         else:
             done = launched
-        events = self._apply(done) if done is not None else []
+        events = self._apply(done) if done is not None else StepEvents.EMPTY
         self.last_step = StepStats(plan, time.perf_counter() - t0, len(events))
         return events
 
-    def _apply(self, step: PendingStep) -> list[Event]:
+    def _apply(self, step: PendingStep) -> "StepEvents":
         """Read ``step``'s tokens back, append them (EOS, length), then text and stop strings."""
         requests = step.sampled
         if not requests:
-            return []
-        tokens = step.tokens()
-        done = Status.FINISHED
-        # Finished (EOS, stop string, abort) while this token was in flight: the token is dropped.
-        live = [r for r in requests if r.status is not done and r.num_in_flight]
-        self.scheduler.apply(step.plan, dict(zip(step.request_ids, tokens, strict=True)))
-        events, now, streams = [], time.perf_counter(), self.streams
-        for r in live:
-            stream = streams[r.request_id]
-            finished = r.status is done
-            if stream.stop:  # stop strings need the text now, to end the request
-                text, stopped = stream.push(r.output_ids[-1], final=finished)
-                if stopped and not finished:
+            return StepEvents.EMPTY
+        # A request finished (EOS, stop string, abort) while its token was in flight drops the token.
+        live, finished = self.scheduler.apply_rows(requests, step.tokens())
+        texts = None
+        if self._with_stop:  # stop strings need the text now, to end the request
+            texts = {}
+            for r in live:
+                stream = self.streams.get(r.request_id)
+                if stream is None or not stream.stop:
+                    continue
+                text, stopped = stream.push(r.output_ids[-1], final=r.status is Status.FINISHED)
+                if stopped and r.status is not Status.FINISHED:
                     self.scheduler.finish(r, "stop")
-                    finished = True
-                event = Event(r, text, finished)
-            else:
-                event = Event(r, None, finished, stream=stream, upto=len(r.output_ids))
-            if finished:
+                    finished.append(r)
+                texts[r.request_id] = text
+        if finished:
+            now = time.perf_counter()
+            for r in finished:
                 r.finish_time = now
-                self._forget(r.request_id)
-            events.append(event)
+        events = StepEvents(live, list(map(len, map(_output_ids, live))), {r.request_id for r in finished}, texts)
+        for r in finished:
+            self._forget(r.request_id)
         return events
 
     def generate(self, requests: list[Request], on_step=None) -> list[Request]:

@@ -3,14 +3,17 @@
 ``StepPlan.chunks`` lists, per scheduled request, the span of positions to compute this step
 (decodes first, then prefill chunks) with the request's block table; the runner writes those
 positions' K/V into the paged cache and returns logits for the chunks that end on the request's
-last token (``ScheduledChunk.sample``). ``SchedulerBase`` holds the queues and what both policies do
-the same way: admission checks, applying sampled tokens, finishing, aborting, freeing KV blocks.
+last token (``ScheduledChunk.sample``); the solution keeps its decodes as columns of the plan
+(``StepPlan.decode_*``), which ``chunks`` lists as chunks when read. ``SchedulerBase`` holds the
+queues and what both policies do the same way: admission checks, applying sampled tokens,
+finishing, aborting, freeing KV blocks.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from phase4_scheduler.request import Request, Status
 
@@ -51,11 +54,13 @@ class ScheduledChunk:
     __slots__ = ("request", "start", "num_tokens", "block_table", "is_decode", "end", "sample")
 
     def __init__(self, request: Request, start: int, num_tokens: int, block_table: list[int],
-                 is_decode: bool = False):
+                 is_decode: bool = False, sample: bool | None = None):
         self.request, self.start, self.num_tokens, self.block_table = request, start, num_tokens, block_table
         self.is_decode = is_decode  # one token after the request already has output (not a prefill piece)
         self.end = start + num_tokens
-        self.sample = self.end == len(request.prompt_ids) + len(request.output_ids) + request.num_in_flight
+        if sample is None:
+            sample = self.end == len(request.prompt_ids) + len(request.output_ids) + request.num_in_flight
+        self.sample = sample
 
     @property
     def token_ids(self) -> list[int]:
@@ -67,19 +72,58 @@ class ScheduledChunk:
                 f"sample={self.sample})")
 
 
-@dataclass
 class StepPlan:
-    step: int
-    chunks: list[ScheduledChunk] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
+    """One step: ``chunks`` (in order) and the requests preempted to make room.
+
+    The scheduler's hot case — a running request decoding its last token — is kept *columnar*: the
+    ``decode_*`` lists (request, start position, block table), one entry per decode, rows ahead of
+    every chunk. That spares an object per request per step; the runner and ``advance``/``apply`` read
+    the columns directly. ``chunks`` still lists every chunk: reading it turns the columns into
+    ``ScheduledChunk``s once (each samples: a decode reaches its request's last token)."""
+
+    __slots__ = ("step", "_chunks", "preempted", "decode_requests", "decode_starts", "decode_tables",
+                 "decode_tails", "decode_seats", "table_rows", "decode_landed")
+
+    def __init__(self, step: int, chunks: list[ScheduledChunk] | None = None, preempted: list[Request] | None = None):
+        self.step = step
+        self._chunks: list[ScheduledChunk] = [] if chunks is None else chunks
+        self.preempted: list[Request] = [] if preempted is None else preempted
+        self.decode_requests: list[Request] = []
+        self.decode_starts: list[int] = []
+        self.decode_tables: list[list[int]] = []
+        # Columnar rows that are the 1-token tail of a prompt (no output yet): not counted as decodes.
+        self.decode_tails: list[Request] = []
+        # The decodes' rows in ``table_rows`` (a ``BlockTableRows`` the scheduler keeps; None without
+        # one): their block tables as one matrix, valid until the next ``schedule``.
+        self.decode_seats: list[int] = []
+        self.table_rows = None
+        # Columnar decodes whose last token is on the host; the others' is still on the device (sampled
+        # by a launched step whose tokens are not read back: overlapped steps). Valid until ``advance``.
+        self.decode_landed: list[Request] = []
+
+    @property
+    def chunks(self) -> list[ScheduledChunk]:
+        if self.decode_requests:
+            tail = {id(r) for r in self.decode_tails}
+            made = [ScheduledChunk(r, s, 1, t, id(r) not in tail, True) for r, s, t in
+                    zip(self.decode_requests, self.decode_starts, self.decode_tables, strict=True)]
+            self._chunks[:0] = made
+            self.decode_requests, self.decode_starts, self.decode_tables = [], [], []
+            self.decode_tails, self.decode_seats, self.decode_landed = [], [], []
+        return self._chunks
+
+    @property
+    def explicit_chunks(self) -> list[ScheduledChunk]:
+        """The chunks after the columnar decodes (all of them once ``chunks`` has been read)."""
+        return self._chunks
 
     @property
     def num_batched_tokens(self) -> int:
-        return sum(c.num_tokens for c in self.chunks)
+        return len(self.decode_requests) + sum(c.num_tokens for c in self._chunks)
 
     @property
     def num_decodes(self) -> int:
-        return sum(1 for c in self.chunks if c.is_decode)
+        return len(self.decode_requests) - len(self.decode_tails) + sum(1 for c in self._chunks if c.is_decode)
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -87,7 +131,10 @@ class StepPlan:
 
     @property
     def empty(self) -> bool:
-        return not self.chunks
+        return not self.decode_requests and not self._chunks
+
+    def __repr__(self) -> str:
+        return f"StepPlan(step={self.step}, chunks={self.chunks!r}, preempted={self.preempted!r})"
 
 
 class SchedulerBase:
@@ -143,9 +190,13 @@ class SchedulerBase:
         """The step was launched: its spans count as computed and each sampling chunk has a token in
         flight (the first half of ``update``; an overlapped engine reads the tokens back later)."""
         running = Status.RUNNING
-        for chunk in plan.chunks:
-            r = chunk.request
+        for r, start in zip(plan.decode_requests, plan.decode_starts, strict=True):  # columnar decodes: all sample
             if r.status is running:  # (not aborted between schedule and launch)
+                r.num_computed = start + 1
+                r.num_in_flight += 1
+        for chunk in plan.explicit_chunks:
+            r = chunk.request
+            if r.status is running:
                 r.num_computed = chunk.end
                 if chunk.sample:
                     r.num_in_flight += 1
@@ -154,17 +205,38 @@ class SchedulerBase:
         """The step's tokens are back: append them in order, finish on EOS or length (second half of
         ``update``). A request finished meanwhile (abort, stop string) drops its token; one preempted
         meanwhile keeps it (it was computed from a valid cache) and recomputes it later."""
-        finished, done = [], Status.FINISHED
-        for chunk in plan.chunks:
-            r = chunk.request
-            if not chunk.sample or r.status is done or r.num_in_flight == 0:
+        requests = plan.decode_requests + [c.request for c in plan.explicit_chunks if c.sample]
+        _, finished = self.apply_rows(requests, [sampled[r.request_id] for r in requests])
+        return finished
+
+    def apply_rows(self, requests: list[Request], tokens: list[int]) -> tuple[list[Request], list[Request]]:
+        """``apply`` for the engine: ``tokens[i]`` is ``requests[i]``'s (one step's sampling rows, in row
+        order; each request at most once). Returns (the requests that took their token, the finished).
+
+        One pass, ``Request.append_token`` inlined: it runs for every running request, every step."""
+        dropped, finished, done = [], [], Status.FINISHED
+        now = None
+        for r, token in zip(requests, tokens, strict=True):
+            if r.status is done or not r.num_in_flight:
+                dropped.append(r)
                 continue
             r.num_in_flight -= 1
-            reason = r.append_token(sampled[r.request_id])
-            if reason is not None:
-                self.finish(r, reason)
-                finished.append(r)
-        return finished
+            out = r.output_ids
+            out.append(token)
+            if r.first_token_time is None:
+                r.first_token_time = now = now or time.perf_counter()
+            if token in r.eos_ids:
+                reason = "stop"
+            elif len(out) >= r.max_tokens:
+                reason = "length"
+            else:
+                continue
+            self.finish(r, reason)
+            finished.append(r)
+        if dropped:
+            gone = set(map(id, dropped))
+            return [r for r in requests if id(r) not in gone], finished
+        return list(requests), finished
 
     def finish(self, request: Request, reason: str) -> None:
         """End ``request`` (EOS, length, a stop string, an abort) and return its KV blocks."""

@@ -49,6 +49,12 @@ class Request:
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     finish_time: float | None = None
+    text_stream: object = field(default=None, repr=False)  # the engine's ``TextStream`` for its output text
+    # The solution scheduler's bookkeeping while running (attributes, not dict lookups: read every step):
+    # its block table, its row in ``BlockTableRows``, and the KV slots ``allocate`` reserved at admission.
+    kv_table: list[int] | None = field(default=None, repr=False)
+    kv_seat: int = field(default=-1, repr=False)
+    kv_slots: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:

@@ -25,6 +25,10 @@ input: the forward pass takes it from ``last_tokens`` (``src`` rows), so steps c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from operator import attrgetter
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +39,8 @@ from phase3_paged_attention import allocate_kv_cache, default_impl
 from phase4_scheduler.plan import StepPlan
 from phase4_scheduler.request import Request
 from phase4_scheduler.step_inputs import WIDTH_ALIGN, DeviceStep, HostStep, upload
+
+_request_id = attrgetter("request_id")
 
 DEFAULT_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
@@ -83,13 +89,39 @@ def later_chunk_attention(impl, q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     return impl.varlen_prefill_attention(q_full, k, v, cu_seqlens, end)[start:]
 
 
+class RowsById(Mapping):
+    """Request id -> row of ``sampled`` (the dict is built on first use: a step of columnar decodes
+    finds its rows by seat and never asks)."""
+
+    def __init__(self, sampled: list[Request]):
+        self._sampled, self._rows = sampled, None
+
+    def _dict(self) -> dict[int, int]:
+        if self._rows is None:
+            self._rows = dict(zip(map(_request_id, self._sampled), range(len(self._sampled)), strict=True))
+        return self._rows
+
+    def __getitem__(self, request_id: int) -> int:
+        return self._dict()[request_id]
+
+    def __iter__(self):
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._sampled)
+
+
 class PendingStep:
     """A launched step: which requests sample (in row order) and their tokens once the copy lands."""
 
     def __init__(self, plan: StepPlan, sampled: list[Request], host_tokens: torch.Tensor | None,
                  event: torch.cuda.Event | None):
         self.plan, self.sampled, self._host, self._event = plan, sampled, host_tokens, event
-        self.request_ids = [r.request_id for r in sampled]
+
+
+    @property
+    def request_ids(self) -> list[int]:
+        return list(map(_request_id, self.sampled))
 
     def tokens(self) -> list[int]:
         if self._host is None:
@@ -122,12 +154,19 @@ class PagedModelRunner:
         # host, and read by the next step's forward for tokens the host has not seen yet (``src``).
         rows = max(max(graph_batch_sizes), max_num_seqs, 1)
         self.last_tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
-        self.prev_rows: dict[int, int] = {}  # request id -> its row in last_tokens (the last launch)
+        # Where the last launch's samples sit in last_tokens: by request id, and by table-row seat (an
+        # array, so a step of decodes finds its rows in one gather; -1: no row).
+        self.prev_rows: Mapping[int, int] = {}
+        self.prev_seat_rows = np.full(max(max_num_seqs, 1), -1, dtype=np.int64)
+        self._seat_rows_valid = False
         self.graphs = None
         if cuda_graphs and self.device.type == "cuda":
             from phase4_scheduler.decode_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self, graph_batch_sizes)
+
+    def _seat_rows(self) -> np.ndarray | None:
+        return self.prev_seat_rows if self._seat_rows_valid else None
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -138,11 +177,19 @@ class PagedModelRunner:
     # ------------------------------------------------------------------ one step
     def _host_step(self, plan: StepPlan) -> tuple[HostStep, int | None]:
         """The packed inputs, laid out for a graph bucket when the step can replay one."""
-        g, chunks = self.graphs, plan.chunks
-        if g is not None and g.fits(len(chunks)) and all(c.num_tokens == 1 and c.start > 0 and c.sample for c in chunks):
-            bucket = g.bucket(len(chunks))  # decode-only, every row samples: a graph bucket's layout
-            return HostStep(plan, self.block_size, self.prev_rows, pad_to=bucket, width=self.max_blocks_per_seq), bucket
-        return HostStep(plan, self.block_size, self.prev_rows), None
+        g = self.graphs
+        if g is not None and self._graph_eligible(plan):
+            # decode-only, every row samples: a graph bucket's layout
+            bucket = g.bucket(len(plan.decode_requests) + len(plan.explicit_chunks))
+            return HostStep(plan, self.block_size, self.prev_rows, pad_to=bucket, width=self.max_blocks_per_seq,
+                            prev_seat_rows=self._seat_rows()), bucket
+        return HostStep(plan, self.block_size, self.prev_rows, prev_seat_rows=self._seat_rows()), None
+
+    def _graph_eligible(self, plan: StepPlan) -> bool:
+        """Decode-only, every row samples, at most the largest bucket's rows."""
+        if not self.graphs.fits(len(plan.decode_requests) + len(plan.explicit_chunks)) or 0 in plan.decode_starts:
+            return False
+        return all(c.num_tokens == 1 and c.start > 0 and c.sample for c in plan.explicit_chunks)
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, sampler) -> PendingStep:
@@ -167,7 +214,15 @@ class PagedModelRunner:
                 torch.argmax(logits, dim=-1, out=self.last_tokens[:ns])
         sampler.sample_rows(host.sampled, logits, self.last_tokens)
         pending = PendingStep(plan, host.sampled, *self._read_back(ns))
-        self.prev_rows = dict(zip(pending.request_ids, range(ns), strict=True))
+        self.prev_rows = RowsById(host.sampled)
+        seats = host.sampled_seats
+        self._seat_rows_valid = seats is not None  # else the next step looks its rows up by request id
+        if seats is not None and len(seats):
+            if int(seats.max()) >= len(self.prev_seat_rows):
+                grown = np.full(2 * int(seats.max()) + 1, -1, dtype=np.int64)
+                grown[: len(self.prev_seat_rows)] = self.prev_seat_rows
+                self.prev_seat_rows = grown
+            self.prev_seat_rows[seats] = np.arange(ns)
         return pending
 
     def _read_back(self, n: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:

@@ -15,17 +15,28 @@ class Sampler:
     def __init__(self, device: torch.device):
         self.device = device
         self._generators: dict[int, torch.Generator | None] = {}
+        self._tracking, self._random = False, set()  # ``track``: ids of the tracked non-greedy requests
 
     def forget(self, request_id: int) -> None:
         self._generators.pop(request_id, None)
+        self._random.discard(request_id)
 
     def _generator(self, r: Request) -> torch.Generator | None:
         if r.request_id not in self._generators:
             self._generators[r.request_id] = r.sampling.generator(self.device)
         return self._generators[r.request_id]
 
+    def track(self, r: Request) -> None:
+        """Say that ``r`` will be sampled here (the engine does, on add; ``forget`` ends it). While every
+        tracked request is greedy, ``sample_rows`` has nothing to do and skips its per-row loop."""
+        self._tracking = True
+        if r.sampling.temperature:
+            self._random.add(r.request_id)
+
     def sample_rows(self, requests: list[Request], logits: torch.Tensor, tokens: torch.Tensor) -> None:
         """``tokens[:n]`` already holds each row's argmax; overwrite the rows that do not sample greedily."""
+        if self._tracking and not self._random:
+            return
         for row, r in enumerate(requests):
             if r.sampling.temperature:  # (not greedy)
                 tokens[row:row + 1] = sample(logits[row:row + 1], r.sampling, self._generator(r))

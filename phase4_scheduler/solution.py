@@ -17,16 +17,24 @@ Every step is planned afresh within a token budget (``max_num_batched_tokens``):
 What limit it approaches: the model runner's step, not the scheduler. Rows finished requests leave
 are refilled the next step, so the batch stays full (the GPU busy fraction of P4.2), and decode
 steps stay short because prefill arrives in budget-sized chunks (inter-token latency of P4.3).
-The Python cost per step is O(running + waiting · log waiting) — a few microseconds per running
-request, which at 256 requests is the same order as a ~1.6 ms decode step on an H100: so the hot loop
-is written for it (block tables kept from what the manager returns instead of fetched per request,
-chunks built inline, one sort of the waiting queue per step), and the engine overlaps it with the GPU.
+The Python cost per step is O(running + waiting · log waiting) — well under a microsecond per running
+request, against a ~1.6 ms decode step at 256 requests on an H100 (the engine overlaps it with the GPU).
+The hot loop is written for it: one pass over the running requests; decodes go into the plan as
+columns (no object per request per step: ``StepPlan``); who needs a new KV slot is known from
+``Request.kv_slots`` without a call into the manager per request; block tables are kept from what the
+manager returns, as lists and as rows of one matrix (``table_rows``) the runner gathers in one index.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from phase4_scheduler.plan import ScheduledChunk, SchedulerBase, SchedulerConfig, StepPlan
 from phase4_scheduler.request import Request, Status
+from phase4_scheduler.table_rows import BlockTableRows
+
+_num_computed, _kv_table, _kv_seat = attrgetter("num_computed"), attrgetter("kv_table"), attrgetter("kv_seat")
+_request_id = attrgetter("request_id")
 
 
 class Scheduler(SchedulerBase):
@@ -37,6 +45,8 @@ class Scheduler(SchedulerBase):
         # Block tables of running requests, kept up to date from what the manager returns (allocate's
         # table, step's new blocks) instead of asking for every request's table every step.
         self._tables: dict[int, list[int]] = {}
+        # The same tables as rows of one matrix (a seat per running request): what the runner reads.
+        self.table_rows = BlockTableRows(max(config.max_num_seqs, 1))
 
     def _chunk(self, request: Request, num_tokens: int, is_decode: bool | None = None) -> ScheduledChunk:
         table = self._tables.get(request.request_id)
@@ -49,8 +59,15 @@ class Scheduler(SchedulerBase):
         return ScheduledChunk(request, request.num_computed, num_tokens, table, is_decode)
 
     def finish(self, request: Request, reason: str) -> None:
-        self._tables.pop(request.request_id, None)
+        self._release(request)
         super().finish(request, reason)
+
+    def _release(self, r: Request) -> None:
+        """Forget ``r``'s table (finished or preempted): its seat is free for the next admission."""
+        self._tables.pop(r.request_id, None)
+        if r.kv_seat >= 0:
+            self.table_rows.remove(r.kv_seat)
+        r.kv_table, r.kv_seat, r.kv_slots = None, -1, 0
 
     # ------------------------------------------------------------------ ordering
     def is_aged(self, r: Request) -> bool:
@@ -70,30 +87,56 @@ class Scheduler(SchedulerBase):
         """The largest key is preempted first: lowest class, then the latest admitted."""
         return (r.priority, self.running.index(r))
 
+    def _victim(self) -> Request:
+        """``max(running, key=victim_key)`` in one pass (``victim_key`` looks each index up: O(n²))."""
+        top = max(r.priority for r in self.running)
+        return next(r for r in reversed(self.running) if r.priority == top)
+
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepPlan:
         self.step_count += 1
         plan = StepPlan(self.step_count)
         budget = self.config.max_num_batched_tokens
 
-        pending = [(r, r.num_pending) for r in self.running]  # once per request: this loop runs every step
-        decodes = [r for r, p in pending if p == 1]
-        decodes = self._make_room(decodes, plan)
-        tables, step, chunks = self._tables, self.step_count, plan.chunks
-        for r in decodes:  # ``_chunk`` inlined: the loop that runs for every running request, every step
-            table = tables.get(r.request_id)
-            if table is None:
-                table = tables[r.request_id] = list(self.blocks.block_table(r.request_id))
-            if r.first_scheduled_step < 0:
-                r.first_scheduled_step = step
-            chunks.append(ScheduledChunk(r, r.num_computed, 1, table, bool(r.output_ids or r.num_in_flight)))
-        budget -= len(decodes)
+        # One pass over the running requests (``Request.num_pending`` inlined): this loop runs for every
+        # running request, every step. A decode (its whole context cached but the last token) goes into
+        # the plan's columns; a request with more to compute gets a prefill chunk after them.
+        decodes, reserved, landed, prefills = [], [], [], []
+        for r in self.running:
+            flying = r.num_in_flight
+            done = len(r.output_ids) + flying
+            if done >= r.max_tokens:
+                continue  # its last token is in flight: nothing left to compute
+            computed = r.num_computed
+            p = len(r.prompt_ids) + done - computed
+            if p == 1:
+                decodes.append(r)
+                if r.kv_slots > computed:
+                    reserved.append(r)  # ``allocate`` reserved its position's slot (see ``_make_room``)
+                if not flying:
+                    landed.append(r)  # its last token is on the host (not sampled by a step still in flight)
+            elif p > 1:
+                prefills.append((r, p))
+        if decodes:
+            need = decodes if not reserved else [r for r in decodes if r.kv_slots <= r.num_computed]
+            decodes = self._make_room(decodes, need, plan)
+            plan.decode_requests = decodes
+            plan.decode_starts = list(map(_num_computed, decodes))
+            plan.decode_tables = list(map(_kv_table, decodes))
+            plan.decode_seats = list(map(_kv_seat, decodes))
+            plan.table_rows = self.table_rows
+            if landed:
+                running = Status.RUNNING
+                plan.decode_landed = landed = [r for r in landed if r.status is running]
+                # the last prompt token (a chunked prefill's 1-token remainder): not a decode
+                plan.decode_tails = [r for r in landed if not r.output_ids]
+            budget -= len(decodes)
 
         running = Status.RUNNING
-        for r, p in pending:
-            if p > 1 and budget > 0 and r.status is running:  # (not preempted just now)
+        for r, p in prefills:
+            if budget > 0 and r.status is running:  # (not preempted just now)
                 n = min(p, budget)
-                chunks.append(self._chunk(r, n))
+                plan.explicit_chunks.append(self._chunk(r, n))
                 budget -= n
 
         # A step that had to preempt admits nobody: the pool is short, a new prompt would only thrash.
@@ -108,36 +151,50 @@ class Scheduler(SchedulerBase):
             if not self.blocks.can_allocate(r.num_tokens):
                 break  # head-of-line: nobody overtakes the best (possibly aged) request
             self.waiting.remove(r)
-            self.blocks.allocate(r.request_id, r.num_tokens)
-            r.status = Status.RUNNING
-            self.running.append(r)
+            self._admit(r)
             n = min(r.num_pending, budget)
-            plan.chunks.append(self._chunk(r, n))
+            plan.explicit_chunks.append(self._chunk(r, n))
             budget -= n
         return plan
 
-    def _make_room(self, decodes: list[Request], plan: StepPlan) -> list[Request]:
-        """One new slot for each decode that needs one, preempting by recompute until they fit."""
+    def _admit(self, r: Request) -> None:
+        rid = r.request_id
+        table = self._tables[rid] = r.kv_table = list(self.blocks.allocate(rid, r.num_tokens))
+        r.kv_seat = self.table_rows.add(table)
+        r.kv_slots = r.num_tokens
+        r.status = Status.RUNNING
+        self.running.append(r)
+
+    def _make_room(self, decodes: list[Request], need: list[Request], plan: StepPlan) -> list[Request]:
+        """One new slot for each decode that needs one, preempting by recompute until they fit.
+
+        A decode computes position ``num_computed`` and needs a slot for it unless ``allocate`` already
+        reserved it: the manager's token count is ``max(kv_slots, num_computed)`` at every ``schedule``
+        (``kv_slots``: what ``allocate`` reserved; every decode since then took exactly its position's
+        slot), so who needs one (``need``, found by ``schedule``) is known without asking the manager."""
         while True:
-            num_tokens = self.blocks.num_tokens  # a decode's next slot is position num_computed
-            ids = [r.request_id for r in decodes if num_tokens(r.request_id) <= r.num_computed]
+            ids = list(map(_request_id, need))
             if self.blocks.can_append(ids):
                 break
-            victim = max(self.running, key=self.victim_key)
+            victim = self._victim()
             self._preempt(victim)
             plan.preempted.append(victim)
             decodes = [r for r in decodes if r is not victim]
+            need = [r for r in need if r is not victim]
         if ids:
-            result = self.blocks.step(ids)
-            tables = self._tables
-            for rid, block in result.new_blocks:
-                table = tables.get(rid)
-                if table is not None:
-                    table.append(block)
+            new_blocks = self.blocks.step(ids).new_blocks
+            if new_blocks:
+                by_id, seats, blocks = self.by_id, [], []
+                for rid, block in new_blocks:
+                    r = by_id[rid]
+                    r.kv_table.append(block)
+                    seats.append(r.kv_seat)
+                    blocks.append(block)
+                self.table_rows.append_many(seats, blocks)
         return decodes
 
     def _preempt(self, r: Request) -> None:
-        self._tables.pop(r.request_id, None)
+        self._release(r)
         self.blocks.free(r.request_id)
         self.running.remove(r)
         r.num_computed = 0

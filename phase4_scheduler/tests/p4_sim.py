@@ -30,6 +30,12 @@ def check_plan(sched, plan) -> None:
         assert len(c.block_table) * bm.block_size >= c.end, "chunk past its reserved slots"
         assert list(c.block_table) == bm.block_table(c.request.request_id), "stale block table"
     assert bm.check_invariants() == []
+    if sched.name == "solution":  # the bookkeeping that spares a manager call per request per step
+        one = {c.request.request_id for c in plan.chunks if c.num_tokens == 1}  # a slot taken this step
+        for r in sched.running:
+            want = max(r.kv_slots, r.num_computed + (r.request_id in one))
+            assert bm.num_tokens(r.request_id) == want, "slot bookkeeping drifted from the manager"
+            assert sched.table_rows.row(r.kv_seat) == bm.block_table(r.request_id), "stale table row"
     held = {b for r in sched.running for b in bm.block_table(r.request_id)}
     assert len(held) == bm.num_gpu_blocks - bm.num_free_gpu_blocks, "blocks held outside running requests"
 
