@@ -17,7 +17,10 @@ The contract (what ``framework``, ``solution`` or a learner's ``phase4_scheduler
 computes a ``ScheduledChunk`` ``[start, start + num_tokens)`` and samples when the chunk reaches the
 last token (decode = one token; prefill = a chunk; recompute after preemption = ``num_computed = 0``).
 ``block_manager`` is phase 1's ``BlockManager`` (``blocks.make_block_manager``: Rust when built,
-the Python reference otherwise) with ``policy="refuse"``: the scheduler chooses the victims.
+the Python reference otherwise) with ``policy="refuse"``: the scheduler chooses the victims and
+preempts them by recompute, or by swap (``SchedulerConfig.preemption="swap"``: the manager's
+``swap_out``/``swap_in`` give the block copies, ``StepPlan.swap_out``/``swap_in`` carry them to the
+runner, which copies them to and from a host pool, ``kv_swap``) — recompute when the host pool is full.
 
 The rest of the phase (one idea per file): ``runner.PagedModelRunner`` (batched prefill + decode over
 phase 3's paged cache, CUDA graphs for bucketed decode batches on GPU), ``sampler`` (per-request

@@ -15,9 +15,11 @@ def _serve(args) -> None:
     from phase4_scheduler.serve import build_app
 
     sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                            policy=args.policy, max_wait_steps=args.max_wait_steps or None)
+                            policy=args.policy, max_wait_steps=args.max_wait_steps or None,
+                            preemption=args.preemption)
     app, _ = build_app(args.model, device=args.device, dtype=args.dtype, scheduler=sched, num_blocks=args.num_blocks,
-                       block_size=args.block_size, max_queue=args.max_queue)
+                       block_size=args.block_size, max_queue=args.max_queue, swap_space=args.swap_space,
+                       num_cpu_blocks=args.num_cpu_blocks)
     print(f"serving {args.model} on http://{args.host}:{args.port}/v1 (Ctrl-C drains and stops)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"])
     s.add_argument("--max-wait-steps", type=int, default=64, help="aging bound in steps (0: no aging)")
     s.add_argument("--max-queue", type=int, default=256)
+    s.add_argument("--preemption", default="recompute", choices=["recompute", "swap"],
+                   help="when KV blocks run out: recompute the victim later, or swap its blocks to host memory")
+    s.add_argument("--swap-space", type=float, default=4.0, help="GiB of host KV blocks for --preemption swap")
+    s.add_argument("--num-cpu-blocks", type=int, default=None, help="the swap pool in blocks (overrides --swap-space)")
     g = sub.add_parser("loadgen", help="load a running server (or the engine offline) and print latency figures")
     from phase4_scheduler.loadgen import add_arguments
 

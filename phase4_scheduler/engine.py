@@ -25,6 +25,7 @@ freed by a finished request is refilled one step later. Greedy tokens are identi
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel
 from phase4_scheduler import load_impl
 from phase4_scheduler.blocks import make_block_manager
+from phase4_scheduler.kv_swap import KVSwapSpace
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
 from phase4_scheduler.request import Request, Status
 from phase4_scheduler.runner import PagedModelRunner, PendingStep, graph_sizes_for
@@ -47,7 +49,13 @@ _output_ids = attrgetter("output_ids")
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """``num_blocks=None``: enough KV for ``max_num_seqs`` requests of the full context."""
+    """``num_blocks=None``: enough KV for ``max_num_seqs`` requests of the full context.
+
+    Preemption by swap (``scheduler.preemption="swap"``; vLLM's ``swap_space``): a pinned host pool of
+    ``swap_space`` GiB of KV blocks (or exactly ``num_cpu_blocks``) that victims' blocks are copied to
+    instead of being recomputed. It buys a preempted request its progress back for a PCIe round trip of
+    its KV (~25 GB/s) instead of re-running its prompt + output through the model; it costs that host
+    memory and the copies. A victim that does not fit the pool is recomputed. Unused with recompute."""
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     scheduler_impl: str = "solution"
@@ -57,6 +65,42 @@ class EngineConfig:
     cuda_graphs: bool = True
     max_model_len: int | None = None  # prompt + max_tokens limit; defaults to the model's context
     overlap: bool = True  # launch step N before reading back step N-1 (events lag one step)
+    swap_space: float = 4.0  # GiB of host KV blocks for preemption by swap
+    num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
+
+    def __post_init__(self) -> None:
+        if not self.swap_space >= 0:
+            raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
+        if self.num_cpu_blocks is not None and self.num_cpu_blocks < 0:
+            raise ValueError(f"num_cpu_blocks must be >= 0, got {self.num_cpu_blocks}")
+        if self.scheduler.preemption == "swap" and (self.num_cpu_blocks == 0 or
+                                                    (self.num_cpu_blocks is None and self.swap_space == 0)):
+            raise ValueError("preemption by swap needs a CPU pool: set swap_space > 0 GiB or num_cpu_blocks > 0 "
+                             "(or use preemption='recompute')")
+
+    def cpu_blocks(self, block_bytes: int) -> int:
+        """Host KV blocks of the swap pool (0 unless preempting by swap); ``block_bytes``: one block, all layers."""
+        if self.scheduler.preemption != "swap":
+            return 0
+        if self.num_cpu_blocks is not None:
+            n = self.num_cpu_blocks
+        else:
+            n = int(self.swap_space * 2**30 // block_bytes)
+            if n < 1:
+                raise ValueError(f"swap_space of {self.swap_space} GiB holds no KV block ({block_bytes} bytes each): "
+                                 "raise it or set num_cpu_blocks")
+        ram = _host_memory_bytes()
+        if ram and n * block_bytes > 0.7 * ram:
+            raise ValueError(f"the swap pool ({n * block_bytes / 2**30:.1f} GiB) exceeds 70% of host memory "
+                             f"({ram / 2**30:.1f} GiB): lower swap_space / num_cpu_blocks")
+        return n
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 class Event:
@@ -141,11 +185,15 @@ class LLMEngine:
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         num_blocks = config.num_blocks or config.scheduler.max_num_seqs * -(-self.max_model_len // config.block_size)
-        self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark)
+        num_cpu_blocks = config.cpu_blocks(KVSwapSpace.bytes_per_block(
+            cfg.num_hidden_layers, config.block_size, cfg.num_key_value_heads, cfg.head_dim, model.dtype))
+        self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark,
+                                         num_cpu_blocks=num_cpu_blocks)
         self.scheduler = load_impl(config.scheduler_impl).build(config.scheduler, self.blocks)
         seqs = config.scheduler.max_num_seqs
         self.runner = PagedModelRunner(model, num_blocks, config.block_size, cuda_graphs=config.cuda_graphs,
-                                       graph_batch_sizes=graph_sizes_for(seqs), max_num_seqs=seqs)
+                                       graph_batch_sizes=graph_sizes_for(seqs), max_num_seqs=seqs,
+                                       num_cpu_blocks=num_cpu_blocks)
         self.sampler = Sampler(model.device)
         self.streams: dict[int, TextStream] = {}
         self._with_stop: set[int] = set()  # ids of unfinished requests with stop strings

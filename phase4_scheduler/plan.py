@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from phase4_scheduler.request import Request, Status
 
 POLICIES = ("fcfs", "priority", "sjf")
+PREEMPTION_MODES = ("recompute", "swap")
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,17 @@ class SchedulerConfig:
     """``max_num_batched_tokens``: the per-step token budget (decodes + prefill chunks).
     ``policy``: waiting-queue order — ``fcfs``; ``priority`` (lower class first, then arrival);
     ``sjf`` (class first, then the shortest requested ``max_tokens``). ``max_wait_steps``: aging — a
-    request waiting this many steps goes ahead of every younger one (None: no aging)."""
+    request waiting this many steps goes ahead of every younger one (None: no aging).
+    ``preemption``: what happens to a victim when KV blocks run out — ``recompute`` (free its blocks,
+    prefill prompt + output again later) or ``swap`` (copy its blocks to the CPU pool of the block
+    manager and back later; recompute when that pool is full). The solution scheduler reads it; the
+    framework never preempts."""
 
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 256
     policy: str = "sjf"
     max_wait_steps: int | None = 64
+    preemption: str = "recompute"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -42,6 +48,8 @@ class SchedulerConfig:
                              f"({self.max_num_seqs}) so every running request can decode each step")
         if self.max_wait_steps is not None and self.max_wait_steps < 1:
             raise ValueError(f"max_wait_steps must be >= 1 or None, got {self.max_wait_steps}")
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"preemption must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption!r}")
 
 
 class ScheduledChunk:
@@ -73,7 +81,8 @@ class ScheduledChunk:
 
 
 class StepPlan:
-    """One step: ``chunks`` (in order) and the requests preempted to make room.
+    """One step: ``chunks`` (in order), the requests preempted to make room, and the KV block copies
+    to do before the forward pass: ``swap_out`` ``(gpu, cpu)`` pairs, then ``swap_in`` ``(cpu, gpu)``.
 
     The scheduler's hot case — a running request decoding its last token — is kept *columnar*: the
     ``decode_*`` lists (request, start position, block table), one entry per decode, rows ahead of
@@ -82,7 +91,8 @@ class StepPlan:
     ``ScheduledChunk``s once (each samples: a decode reaches its request's last token)."""
 
     __slots__ = ("step", "_chunks", "preempted", "decode_requests", "decode_starts", "decode_tables",
-                 "decode_tails", "decode_seats", "table_rows", "decode_landed")
+                 "decode_tails", "decode_seats", "table_rows", "decode_landed", "swap_out", "swap_in",
+                 "swapped_in")
 
     def __init__(self, step: int, chunks: list[ScheduledChunk] | None = None, preempted: list[Request] | None = None):
         self.step = step
@@ -100,6 +110,12 @@ class StepPlan:
         # Columnar decodes whose last token is on the host; the others' is still on the device (sampled
         # by a launched step whose tokens are not read back: overlapped steps). Valid until ``advance``.
         self.decode_landed: list[Request] = []
+        # Block copies of preemption by swap (``BlockManager.swap_out`` / ``swap_in``), in that order; the
+        # runner does them before the forward pass. ``swapped_in``: the requests brought back this step.
+        # (Empty tuples until a step swaps: the scheduler assigns lists then.)
+        self.swap_out: list[tuple[int, int]] | tuple = ()
+        self.swap_in: list[tuple[int, int]] | tuple = ()
+        self.swapped_in: list[Request] | tuple = ()
 
     @property
     def chunks(self) -> list[ScheduledChunk]:
@@ -144,6 +160,7 @@ class SchedulerBase:
         self.config, self.blocks = config, block_manager
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.swapped: deque[Request] = deque()  # preempted by swap: their KV blocks are in the CPU pool
         self.step_count = 0
         self.by_id: dict[int, Request] = {}
 
@@ -173,8 +190,12 @@ class SchedulerBase:
     def num_running(self) -> int:
         return len(self.running)
 
+    @property
+    def num_swapped(self) -> int:
+        return len(self.swapped)
+
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     def kv_usage(self) -> float:
         total = self.blocks.num_gpu_blocks
@@ -244,6 +265,8 @@ class SchedulerBase:
             return
         if request.status is Status.RUNNING:
             self.running.remove(request)
+        elif request.status is Status.SWAPPED:
+            self.swapped.remove(request)
         else:
             self.waiting.remove(request)
         if request.request_id in self.blocks:

@@ -20,6 +20,7 @@ from phase0_prototype.sampling import SamplingParams
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    SWAPPED = "swapped"  # preempted by swap: its KV blocks wait in the CPU pool, its progress is kept
     FINISHED = "finished"
 
 

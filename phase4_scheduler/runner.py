@@ -136,7 +136,7 @@ class PagedModelRunner:
 
     def __init__(self, model: LoadedModel, num_blocks: int, block_size: int = 16, *, attention=None,
                  cuda_graphs: bool = True, graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES,
-                 max_num_seqs: int = 0, fused: bool | None = None):
+                 max_num_seqs: int = 0, fused: bool | None = None, num_cpu_blocks: int = 0):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.block_size, self.num_blocks = block_size, num_blocks
@@ -150,6 +150,12 @@ class PagedModelRunner:
         for k, v in self.kv:  # never read unwritten memory as NaN in a masked-out lane
             k.zero_()
             v.zero_()
+        # The host pool of preemption by swap (``kv_swap``): the plan's block copies run before the forward.
+        self.swap_space = None
+        if num_cpu_blocks:
+            from phase4_scheduler.kv_swap import KVSwapSpace
+
+            self.swap_space = KVSwapSpace(self.kv, num_cpu_blocks)
         # Every step's sampled tokens, row i = the i-th sampling request of the step: read back by the
         # host, and read by the next step's forward for tokens the host has not seen yet (``src``).
         rows = max(max(graph_batch_sizes), max_num_seqs, 1)
@@ -194,6 +200,8 @@ class PagedModelRunner:
     @torch.inference_mode()
     def launch(self, plan: StepPlan, sampler) -> PendingStep:
         """Run ``plan`` and sample on the device without waiting; ``PendingStep.tokens()`` reads them."""
+        if plan.swap_out or plan.swap_in:
+            self.swap(plan)
         if plan.empty:
             return PendingStep(plan, [], None, None)
         host, bucket = self._host_step(plan)
@@ -225,6 +233,12 @@ class PagedModelRunner:
             self.prev_seat_rows[seats] = np.arange(ns)
         return pending
 
+    def swap(self, plan: StepPlan) -> None:
+        """The step's swap copies (GPU -> CPU pool, then CPU pool -> GPU), queued before its forward."""
+        if self.swap_space is None:
+            raise RuntimeError("the plan swaps KV blocks but the runner has no CPU pool: pass num_cpu_blocks")
+        self.swap_space.apply(plan.swap_out, plan.swap_in)
+
     def _read_back(self, n: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         if self.device.type != "cuda":
             return self.last_tokens[:n].clone(), None
@@ -238,6 +252,8 @@ class PagedModelRunner:
     def execute(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
         """Run ``plan`` synchronously: the requests that sample, in order, and their logits ``[n, vocab]``
         (fp32). Tokens of ``plan`` must all be known on the host (no overlapped step before it)."""
+        if plan.swap_out or plan.swap_in:
+            self.swap(plan)
         if plan.empty:
             return [], torch.empty(0, self.config.vocab_size, device=self.device)
         host, bucket = self._host_step(plan)

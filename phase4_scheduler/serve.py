@@ -17,11 +17,15 @@ from phase4_scheduler.server import create_app
 
 def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str = "fp32",
               scheduler: SchedulerConfig | None = None, scheduler_impl: str = "solution",
-              num_blocks: int | None = None, block_size: int = 16, max_queue: int = 256, warmup: bool = True):
-    """(app, engine loop) for ``model``; the loop's thread is started."""
+              num_blocks: int | None = None, block_size: int = 16, max_queue: int = 256, warmup: bool = True,
+              swap_space: float = 4.0, num_cpu_blocks: int | None = None):
+    """(app, engine loop) for ``model``; the loop's thread is started. ``swap_space`` (GiB) /
+    ``num_cpu_blocks``: the host KV pool when ``scheduler.preemption == "swap"``."""
     scheduler = scheduler or SchedulerConfig()
+    config = EngineConfig(scheduler, scheduler_impl, num_blocks, block_size, swap_space=swap_space,
+                          num_cpu_blocks=num_cpu_blocks)  # (checked before the model loads)
     loaded = load_model(model, dtype=dtype, device=device)
-    engine = LLMEngine(loaded, EngineConfig(scheduler, scheduler_impl, num_blocks, block_size))
+    engine = LLMEngine(loaded, config)
     if warmup and engine.runner.graphs is not None:
         engine.runner.graphs.warmup()
     loop = EngineLoop(engine, max_queue=max_queue).start()

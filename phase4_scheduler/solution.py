@@ -4,11 +4,18 @@ Every step is planned afresh within a token budget (``max_num_batched_tokens``):
 
 1. **Decodes first** — each running request that has its whole context cached gets one token. Their
    new slots come from ONE batched ``BlockManager.step`` call; when the pool cannot give them, the
-   scheduler preempts by *recompute*: the victim (lowest priority class, then most recently
-   admitted) loses its blocks and goes back to the waiting queue with ``num_computed = 0``.
+   scheduler preempts a victim (lowest priority class, then most recently admitted). By *recompute*
+   (the default) it loses its blocks and goes back to the waiting queue with ``num_computed = 0``;
+   by *swap* (``SchedulerConfig.preemption = "swap"``) its blocks move to the manager's CPU pool
+   (``swap_out``; the runner copies them) and it keeps its tokens and progress — recompute again when
+   the CPU pool is full. Swap trades FLOPs for PCIe: a victim of ``n`` cached tokens costs 2 × its KV
+   bytes over the bus (out and back, ~25 GB/s) instead of an ``n``-token prefill; it pays when ``n`` is
+   long or the GPU is busy, and costs pinned host memory.
 2. **Prefill chunks** of running requests whose prompt is not yet fully cached, in admission order,
    each cut to the budget left (chunked prefill: a 2000-token prompt never stalls the decodes).
-3. **Admission** from the waiting queue in policy order — priority class, then shortest requested
+3. **Swap-in** of swapped requests (priority class, then arrival) while the GPU pool keeps its
+   watermark, ahead of any admission: no new request is admitted while one is still swapped out.
+4. **Admission** from the waiting queue in policy order — priority class, then shortest requested
    ``max_tokens`` (SJF), with *aging*: a request that has waited ``max_wait_steps`` steps (or was
    preempted) goes ahead of every younger one, ordered by arrival. Admission stops at the first
    request that does not fit (``can_allocate`` keeps the watermark free for decodes), so nobody jumps
@@ -37,6 +44,10 @@ _num_computed, _kv_table, _kv_seat = attrgetter("num_computed"), attrgetter("kv_
 _request_id = attrgetter("request_id")
 
 
+def _swap_in_key(r: Request) -> tuple:
+    return (r.priority, r.arrival_step, r.request_id)
+
+
 class Scheduler(SchedulerBase):
     name = "solution"
 
@@ -62,12 +73,15 @@ class Scheduler(SchedulerBase):
         self._release(request)
         super().finish(request, reason)
 
-    def _release(self, r: Request) -> None:
-        """Forget ``r``'s table (finished or preempted): its seat is free for the next admission."""
+    def _release(self, r: Request, keep_slots: bool = False) -> None:
+        """Forget ``r``'s table (finished or preempted): its seat is free for the next admission.
+        ``keep_slots``: swapped out — the manager keeps its token count, so ``kv_slots`` stays true."""
         self._tables.pop(r.request_id, None)
         if r.kv_seat >= 0:
             self.table_rows.remove(r.kv_seat)
-        r.kv_table, r.kv_seat, r.kv_slots = None, -1, 0
+        r.kv_table, r.kv_seat = None, -1
+        if not keep_slots:
+            r.kv_slots = 0
 
     # ------------------------------------------------------------------ ordering
     def is_aged(self, r: Request) -> bool:
@@ -140,8 +154,15 @@ class Scheduler(SchedulerBase):
                 budget -= n
 
         # A step that had to preempt admits nobody: the pool is short, a new prompt would only thrash.
+        # Swapped requests come back before anyone new is admitted.
+        if plan.preempted:
+            return plan
+        if self.swapped:
+            budget = self._swap_in(plan, budget)
+            if self.swapped:
+                return plan
         # Keys do not change within a step, so one sort gives the admission order.
-        if plan.preempted or not self.waiting or budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+        if not self.waiting or budget <= 0 or len(self.running) >= self.config.max_num_seqs:
             return plan
         for r in sorted(self.waiting, key=self.waiting_key):
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
@@ -177,7 +198,7 @@ class Scheduler(SchedulerBase):
             if self.blocks.can_append(ids):
                 break
             victim = self._victim()
-            self._preempt(victim)
+            self._preempt(victim, plan)
             plan.preempted.append(victim)
             decodes = [r for r in decodes if r is not victim]
             need = [r for r in need if r is not victim]
@@ -193,14 +214,53 @@ class Scheduler(SchedulerBase):
                 self.table_rows.append_many(seats, blocks)
         return decodes
 
-    def _preempt(self, r: Request) -> None:
+    def _preempt(self, r: Request, plan: StepPlan) -> None:
+        self.running.remove(r)
+        r.num_preemptions += 1
+        if self.config.preemption == "swap" and len(r.kv_table) <= self.blocks.num_free_cpu_blocks:
+            # (a table's blocks are distinct: nothing is shared without fork, which the scheduler never calls)
+            plan.swap_out = [*plan.swap_out, *self.blocks.swap_out([r.request_id])]
+            self._release(r, keep_slots=True)
+            r.status = Status.SWAPPED
+            self.swapped.append(r)
+            return
         self._release(r)
         self.blocks.free(r.request_id)
-        self.running.remove(r)
         r.num_computed = 0
-        r.num_preemptions += 1
         r.status = Status.WAITING
         self.waiting.appendleft(r)
+
+    def _swap_in(self, plan: StepPlan, budget: int) -> int:
+        """Swap requests back in (priority class, then arrival) and schedule their next chunk, while the
+        pool keeps its watermark after their blocks and the decode slot they take; the budget left.
+        In order: nobody overtakes the first swapped request that does not fit."""
+        blocks, bs, limit = self.blocks, self.blocks.block_size, self.config.max_num_seqs
+        for r in sorted(self.swapped, key=_swap_in_key):
+            if budget <= 0 or len(self.running) >= limit:
+                break
+            p = r.num_pending
+            if p == 0:
+                continue  # its last token is in flight: it finishes where it is (its CPU blocks freed then)
+            rid, computed = r.request_id, r.num_computed
+            held = max(r.kv_slots, computed)  # the manager's token count (see ``_make_room``)
+            slot = p == 1 and r.kv_slots <= computed  # a decode whose position has no slot yet
+            need = -(-held // bs) + (slot and held % bs == 0)
+            if not blocks.can_swap_in([rid]) or blocks.num_free_gpu_blocks - need < blocks.watermark_blocks:
+                break
+            copies = blocks.swap_in([rid])
+            self.swapped.remove(r)
+            table = self._tables[rid] = r.kv_table = list(blocks.block_table(rid))
+            if slot:
+                table.extend(b for _, b in blocks.step([rid]).new_blocks)
+            r.kv_seat = self.table_rows.add(table)
+            r.status = Status.RUNNING
+            self.running.append(r)
+            plan.swap_in = [*plan.swap_in, *copies]
+            plan.swapped_in = [*plan.swapped_in, r]
+            n = min(p, budget)
+            plan.explicit_chunks.append(self._chunk(r, n))
+            budget -= n
+        return budget
 
 
 def build(config: SchedulerConfig, block_manager) -> Scheduler:

@@ -38,16 +38,29 @@ def check_plan(sched, plan) -> None:
             assert sched.table_rows.row(r.kv_seat) == bm.block_table(r.request_id), "stale table row"
     held = {b for r in sched.running for b in bm.block_table(r.request_id)}
     assert len(held) == bm.num_gpu_blocks - bm.num_free_gpu_blocks, "blocks held outside running requests"
+    # Preemption by swap: a swapped request holds CPU blocks only, and keeps its progress.
+    swapped = getattr(sched, "swapped", ())
+    on_cpu = {b for r in swapped for b in bm.block_table(r.request_id)}
+    assert len(on_cpu) == bm.num_cpu_blocks - bm.num_free_cpu_blocks, "CPU blocks held outside swapped requests"
+    for r in swapped:
+        assert bm.is_swapped(r.request_id) and r.kv_seat < 0 and r.kv_table is None
+        assert len(bm.block_table(r.request_id)) * bm.block_size >= r.num_computed
+    assert all(not bm.is_swapped(r.request_id) for r in sched.running)
+    out = dict(plan.swap_out)  # copies of this step: GPU blocks now free, CPU blocks now held
+    assert all(bm.ref_count(g) == 0 or g in held for g in out), "a swapped-out GPU block still held elsewhere"
+    assert {c for _, c in plan.swap_out} <= on_cpu | {c for c, _ in plan.swap_in}
+    assert {g for _, g in plan.swap_in} <= held, "a swapped-in block not in a running table"
 
 
 def drive(impl: str, workload, *, num_blocks=64, block_size=4, config=None, eos_at=None, max_steps=5000,
-          bm_impl=None, on_plan=None, overlap=False):
+          bm_impl=None, on_plan=None, overlap=False, num_cpu_blocks=0):
     """``workload``: list of (arrival_step, Request). Returns (scheduler, requests, plans).
 
     ``overlap``: the engine's overlapped protocol — step N is planned and ``advance``d before step N-1's
     tokens are ``apply``'d (each request's last token is in flight while the next step is planned)."""
     config = config or SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=16)
-    sched = load_impl(impl).build(config, make_block_manager(num_blocks, block_size, impl=bm_impl))
+    sched = load_impl(impl).build(config, make_block_manager(num_blocks, block_size, impl=bm_impl,
+                                                             num_cpu_blocks=num_cpu_blocks))
     eos_at = eos_at or {}
     pending = sorted(workload, key=lambda x: x[0])
     requests = [r for _, r in pending]
