@@ -45,6 +45,10 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
         ap.add_argument("--block-size", type=int, default=16)
         ap.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"])
         ap.add_argument("--max-wait-steps", type=int, default=64, help="aging bound in steps (0: no aging)")
+        ap.add_argument("--preemption", default="recompute", choices=["recompute", "swap"],
+                        help="when KV blocks run out: recompute the victim later, or swap its blocks to host memory")
+        ap.add_argument("--swap-space", type=float, default=4.0, help="GiB of host KV blocks for --preemption swap")
+        ap.add_argument("--num-cpu-blocks", type=int, default=None, help="host KV blocks (overrides --swap-space)")
 
 
 def add_sampling_arguments(ap: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -62,7 +66,8 @@ def engine_config(args: argparse.Namespace, extra_impl: list[str] = ()):
     if hasattr(args, "max_num_seqs"):
         kw = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                   num_blocks=args.num_blocks, block_size=args.block_size, policy=args.policy,
-                  max_wait_steps=args.max_wait_steps or None)
+                  max_wait_steps=args.max_wait_steps or None, preemption=args.preemption,
+                  swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks)
     return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + list(extra_impl), device=args.device,
                         dtype=args.dtype, quant=args.quant, quant_group_size=args.quant_group_size, tp=args.tp,
                         max_model_len=args.max_seq_len, compile=not args.no_compile, bs1_decode=args.bs1_decode, **kw)

@@ -58,6 +58,9 @@ class EngineConfig:
     num_blocks: int | None = None  # default: max_num_seqs requests of max_model_len
     policy: str = "sjf"
     max_wait_steps: int | None = 64
+    preemption: str = "recompute"  # or "swap": victims' KV blocks go to a host pool (phase 4)
+    swap_space: float = 4.0  # GiB of host KV blocks for preemption="swap"
+    num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
     compile: bool = True  # CUDA graphs (phase 0, phase 4) on CUDA
     bs1_decode: str = "phase0"  # which engine decodes a lone request
 
@@ -172,15 +175,19 @@ class LLMEngine:
 
             c = self.config
             try:
-                sched = SchedulerConfig(c.max_num_seqs, c.max_num_batched_tokens, c.policy, c.max_wait_steps)
+                sched = SchedulerConfig(c.max_num_seqs, c.max_num_batched_tokens, c.policy, c.max_wait_steps,
+                                        preemption=c.preemption)
+                batched = BatchedConfig(sched, self.impls["phase4"], c.num_blocks, c.block_size, cuda_graphs=c.compile,
+                                        max_model_len=self.max_model_len, swap_space=c.swap_space,
+                                        num_cpu_blocks=c.num_cpu_blocks)
             except ValueError as e:
                 raise ModelError(str(e)) from None
-            engine = BatchedEngine(self.model, BatchedConfig(sched, self.impls["phase4"], c.num_blocks, c.block_size,
-                                                             cuda_graphs=c.compile, max_model_len=self.max_model_len))
+            engine = BatchedEngine(self.model, batched)
             # Phase 4 builds its own block manager and attention backend; the engine's choices replace
             # them before the first step (and before any decode graph is captured).
             engine.blocks = make_block_manager(engine.runner.num_blocks, c.block_size,
-                                               watermark=engine.config.watermark, impl=self.impls["phase1"])
+                                               watermark=engine.config.watermark, impl=self.impls["phase1"],
+                                               num_cpu_blocks=engine.blocks.num_cpu_blocks)
             engine.scheduler = scheduler_impl(self.impls["phase4"]).build(sched, engine.blocks)
             engine.runner.attention = attention_impl(self.impls["phase3"])
             if self._single is not None and not self.quant:

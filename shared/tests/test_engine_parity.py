@@ -122,3 +122,24 @@ def test_both_engines_share_one_copy_of_the_fused_weights(model):
     e = engine(model, "solution")
     e.warmup(batched=True)
     assert e.single.weights is e.batched.runner.weights
+
+
+def test_batched_engine_preempting_by_swap_equals_hf(model):
+    """A KV pool too small for the batch: victims go to the host pool and come back; tokens still equal HF's."""
+    prompts = random_prompts(model, [9, 11, 7, 10], seed=13)
+    new = [12, 10, 14, 9]
+    expected = reference_tokens(model, prompts, new)
+    e = engine(model, "phase1=reference,phase3=reference,phase4=solution", max_num_seqs=4, num_blocks=14,
+               preemption="swap", num_cpu_blocks=32)
+    assert run(e, prompts, new) == expected
+    stats = e.batched.blocks.stats()
+    assert stats["swapped_out_blocks"] > 0 and stats["swapped_in_blocks"] == stats["swapped_out_blocks"]
+    assert e.batched.blocks.num_free_gpu_blocks == e.batched.blocks.num_gpu_blocks
+
+
+def test_swap_without_a_host_pool_is_one_clear_error(model):
+    from phase0_prototype.errors import ModelError
+
+    e = engine(model, "phase4=solution", preemption="swap", num_cpu_blocks=0)
+    with pytest.raises(ModelError, match="CPU pool"):
+        e.batched
