@@ -369,8 +369,8 @@ class SolutionEngine:
                 position.add_(1)
                 out[:, i] = next_tokens
 
-        emitted = 0
         look = on_tokens is not None or stop_on_eos  # the host reads the tokens at each sync point
+        emitted = 0 if look else max_new_tokens  # (no reader: no sync point until the end)
         for i in range(1, max_new_tokens + 1):
             launched = False
             # Hand a chunk to the host after the first token (time to first token) and every sync_every.
@@ -392,8 +392,6 @@ class SolutionEngine:
                 emitted = i
                 if done is not None and bool(done):
                     break
-            elif not look and (i == max_new_tokens or i % self.sync_every == 0):
-                emitted = i
             if i == max_new_tokens:
                 break
             if not launched:

@@ -103,7 +103,7 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     l_sum = tl.where(mine, 1.0, 0.0) + tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.where(mine, 1.0, 0.0) * v_new[None, :] + tl.zeros((BLOCK_G, D), dtype=tl.float32)
     q_dot = q.to(k_ptr.dtype.element_ty)
-    for s0 in range(0, SPLIT_LEN, BLOCK_S):
+    for _ in range(0, SPLIT_LEN, BLOCK_S):
         k_cur, v_cur, mask_cur = k, v, mask_s
         offs_s += BLOCK_S  # the next block, requested before this one is used (masked off past the split)
         mask_s = offs_s < end

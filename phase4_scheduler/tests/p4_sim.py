@@ -18,6 +18,34 @@ def fake_token(request: Request, eos_at: dict[int, int], index: int | None = Non
     return 3 + (request.request_id * 31 + n * 7) % 50
 
 
+def expected_tokens(request: Request, eos_at: dict[int, int]) -> list[int]:
+    """What ``request`` must end with: ``fake_token`` at each index up to its EOS or ``max_tokens``."""
+    out = []
+    while len(out) < request.max_tokens and (not out or out[-1] != EOS):
+        out.append(fake_token(request, eos_at, len(out)))
+    return out
+
+
+def workloads(max_requests: int = 10):
+    """Hypothesis: lists of (arrival step, prompt length, max_tokens, priority, EOS index or None)."""
+    from hypothesis import strategies as st
+
+    req = st.tuples(st.integers(0, 12), st.integers(1, 20), st.integers(1, 16), st.integers(0, 2),
+                    st.one_of(st.none(), st.integers(0, 15)))
+    return st.lists(req, min_size=1, max_size=max_requests)
+
+
+def build_workload(spec) -> tuple[list[tuple[int, Request]], dict[int, int]]:
+    """``workloads`` items as (arrival, Request) pairs and the EOS index of each request that has one."""
+    work, eos_at = [], {}
+    for arrival, prompt_len, max_tokens, prio, eos in spec:
+        r = Request(list(range(5, 5 + prompt_len)), max_tokens, priority=prio, eos_ids=(EOS,))
+        if eos is not None:
+            eos_at[r.request_id] = eos
+        work.append((arrival, r))
+    return work, eos_at
+
+
 def check_plan(sched, plan) -> None:
     cfg, bm = sched.config, sched.blocks
     assert plan.num_batched_tokens <= max(cfg.max_num_batched_tokens, 0) or sched.name == "framework"

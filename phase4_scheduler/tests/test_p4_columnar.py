@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from p4_sim import EOS, expected_tokens, fake_token
 
 from phase0_prototype import load_model
 from phase4_scheduler import SchedulerConfig
@@ -20,13 +21,6 @@ from phase4_scheduler.step_inputs import HostStep
 from phase4_scheduler.table_rows import BlockTableRows
 
 BS = 4
-EOS = 2
-
-
-def fake_token(request_id: int, index: int, eos_at: dict[int, int]) -> int:
-    if eos_at.get(request_id) == index:
-        return EOS
-    return 3 + (request_id * 131 + index * 17) % 300
 
 
 def expected_rows(plan, blocks, prev_sampled):
@@ -111,7 +105,7 @@ def run_engine(model, overlap: bool, seed: int):
         state["steps"] += 1
         logits = torch.zeros(len(sampled), vocab)
         for i, r in enumerate(sampled):
-            logits[i, fake_token(r.request_id, len(r.output_ids) + r.num_in_flight, eos_at)] = 1.0
+            logits[i, fake_token(r, eos_at, len(r.output_ids) + r.num_in_flight)] = 1.0
         return logits
 
     runner.forward = forward
@@ -126,11 +120,7 @@ def run_engine(model, overlap: bool, seed: int):
     assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
     assert state["steps"] > 0
     for r in requests:  # the closed form: fake tokens until EOS or max_tokens
-        want = []
-        while len(want) < r.max_tokens:
-            want.append(fake_token(r.request_id, len(want), eos_at))
-            if want[-1] == EOS:
-                break
+        want = expected_tokens(r, eos_at)
         assert r.output_ids == want and r.num_in_flight == 0
         assert r.finish_reason == ("stop" if want[-1] == EOS else "length")
     return engine, state

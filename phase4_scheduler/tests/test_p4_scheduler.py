@@ -9,7 +9,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from p4_sim import EOS, drive, fake_token
+from p4_sim import build_workload, drive, expected_tokens, workloads
 
 from phase0_prototype.sampling import SamplingParams
 from phase4_scheduler import Request, SchedulerConfig
@@ -85,22 +85,6 @@ class ModelScheduler:
                     self.running.remove(rid)
 
 
-def workloads(max_requests=10):
-    req = st.tuples(st.integers(0, 12), st.integers(1, 20), st.integers(1, 16), st.integers(0, 2),
-                    st.one_of(st.none(), st.integers(0, 15)))
-    return st.lists(req, min_size=1, max_size=max_requests)
-
-
-def build_workload(spec):
-    work, eos_at = [], {}
-    for arrival, prompt_len, max_tokens, prio, eos in spec:
-        r = Request(list(range(5, 5 + prompt_len)), max_tokens, priority=prio, eos_ids=(EOS,))
-        if eos is not None:
-            eos_at[r.request_id] = eos
-        work.append((arrival, r))
-    return work, eos_at
-
-
 configs = st.builds(
     SchedulerConfig, max_num_seqs=st.integers(1, 4), max_num_batched_tokens=st.integers(4, 16),
     policy=st.sampled_from(["fcfs", "priority", "sjf"]), max_wait_steps=st.one_of(st.none(), st.integers(1, 12)))
@@ -132,20 +116,9 @@ def test_solution_matches_python_model_step_by_step(spec, cfg, num_blocks, block
 def _check_all_finished(sched, requests, eos_at):
     for r in requests:
         assert r.finished and r.finish_reason in ("stop", "length")
-        expected = min(r.max_tokens, eos_at[r.request_id] + 1) if r.request_id in eos_at else r.max_tokens
-        assert len(r.output_ids) == expected
-        assert r.output_ids == [fake_token_at(r, i, eos_at) for i in range(expected)]
+        assert r.output_ids == expected_tokens(r, eos_at)
     assert sched.blocks.num_free_gpu_blocks == sched.blocks.num_gpu_blocks, "KV blocks leaked"
     assert sched.blocks.seq_ids() == []
-
-
-def fake_token_at(r, i, eos_at):
-    saved = r.output_ids
-    r.output_ids = saved[:i]
-    try:
-        return fake_token(r, eos_at)
-    finally:
-        r.output_ids = saved
 
 
 @settings(max_examples=40, deadline=None)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from p4_sim import EOS, drive, fake_token
+from p4_sim import build_workload, drive, expected_tokens, workloads
 
 from phase0_prototype import load_impl as phase0_impl
 from phase0_prototype import load_model
-from phase4_scheduler import Request, SchedulerConfig
+from phase4_scheduler import SchedulerConfig
 from phase4_scheduler.engine import EngineConfig, LLMEngine
 from phase4_scheduler.request import Status
 
@@ -137,37 +137,12 @@ def test_serve_cli_rejects_a_bad_swap_space(capsys):
 
 
 # ---------------------------------------------------------------------- scheduler level (stubbed model)
-def _workload(spec):
-    work, eos_at = [], {}
-    for arrival, prompt_len, max_tokens, prio, eos in spec:
-        r = Request(list(range(5, 5 + prompt_len)), max_tokens, priority=prio, eos_ids=(EOS,))
-        if eos is not None:
-            eos_at[r.request_id] = eos
-        work.append((arrival, r))
-    return work, eos_at
-
-
-def _expected(r, eos_at):
-    saved, out = r.output_ids, []
-    try:
-        while len(out) < r.max_tokens:
-            r.output_ids = out
-            out = out + [fake_token(r, eos_at)]
-            if out[-1] == EOS:
-                break
-    finally:
-        r.output_ids = saved
-    return out
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=st.lists(st.tuples(st.integers(0, 12), st.integers(1, 20), st.integers(1, 16), st.integers(0, 2),
-                               st.one_of(st.none(), st.integers(0, 15))), min_size=1, max_size=10),
-       seqs=st.integers(1, 4), budget=st.integers(4, 16), num_blocks=st.integers(8, 20),
+@given(spec=workloads(), seqs=st.integers(1, 4), budget=st.integers(4, 16), num_blocks=st.integers(8, 20),
        num_cpu_blocks=st.integers(0, 24), overlap=st.booleans(), bm_impl=st.sampled_from([None, "reference"]))
 def test_swap_scheduler_keeps_progress_and_frees_every_block(spec, seqs, budget, num_blocks, num_cpu_blocks, overlap,
                                                              bm_impl):
-    work, eos_at = _workload(spec)
+    work, eos_at = build_workload(spec)
     if any(r.max_total_tokens > num_blocks * BS for _, r in work):
         return
     cfg = SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=max(budget, seqs), preemption="swap")
@@ -183,7 +158,7 @@ def test_swap_scheduler_keeps_progress_and_frees_every_block(spec, seqs, budget,
                                    bm_impl=bm_impl)
     assert not restarts
     for r in requests:
-        assert r.finished and r.output_ids == _expected(r, eos_at)
+        assert r.finished and r.output_ids == expected_tokens(r, eos_at)
     bm = sched.blocks
     assert bm.num_free_gpu_blocks == bm.num_gpu_blocks and bm.num_free_cpu_blocks == bm.num_cpu_blocks
     assert bm.seq_ids() == [] and not sched.swapped and bm.check_invariants() == []
