@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: the diagnostics behind the checks, logs under $OUT. JOBS (default "p0var bs1 p4diag"):
 #   p0var   phase 0 decode-step variants (launch points, attention, GEMV tiles)   ~40 s
+#   p0ops   phase 0 projections one by one and chained, per tile config       ~60 s
 #   bs1     the engine's bs=1 decode beside phase 0 called directly (E.1a)          ~60 s
 #   p4diag  phase 4 step timing, GPU busy at 256/512/1024 requests, host profile ~80 s
 #   p5sweep phase 5 W4A16 GEMV sweep (SWEEP_ARGS, default --quick)              ~90 s
@@ -8,6 +9,7 @@
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
 OUT="${OUT:-$PWD/out}"; mkdir -p "$OUT"
+export P0OPS_JSON="$OUT/p0ops.json"  # p0ops ranks each projection's tiles; p0var then runs the best together
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
@@ -16,6 +18,7 @@ for job in ${JOBS:-p0var bs1 p4diag}; do
   echo "=== $job"
   case $job in
     p0var) timeout 260 python3 phase0_prototype/scripts/gpu_pdl_variants.py 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p0var.log" | tail -40 ;;
+    p0ops) timeout 200 python3 phase0_prototype/scripts/gpu_gemv_ops.py 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p0ops.log" | tail -70 ;;
     p4diag) timeout 240 python3 -m phase4_scheduler.scripts.gpu_step_timing --quick 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p4diag.log" | tail -60 ;;
     p5sweep) timeout 300 python3 -m phase5_quantization.scripts.gpu_gemv_sweep ${SWEEP_ARGS:---quick} --out "$OUT/sweep.json" > "$OUT/p5sweep.log" 2>&1; tail -40 "$OUT/p5sweep.log" ;;
     bs1) timeout 200 python3 -m shared.scripts.gpu_bs1 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/bs1.log" | tail -12 ;;

@@ -75,39 +75,43 @@ ref = load_impl("solution").build(model, max_seq_len=640, compile=False).generat
 BASE = dict(pdl="1", block_s=32, config=DEFAULT_CONFIG, use_dot=True, graph_tail=True, attn_early=True,
             gemv_early=True, skip_attention=False, combine_warps=1, attn_warps=4)
 VARIANTS = [
-    ("first sweep's tiles, no PDL", dict(pdl="0", config=ORIGINAL_CONFIG)),
-    ("PDL, dependents after the wait", dict(attn_early=False, gemv_early=False)),
-    ("+ attention launches early", dict(gemv_early=False)),
-    ("+ GEMVs launch early too (default)", {}),
-    ("default, tail on host", dict(graph_tail=False)),
-    ("default, 16/split", dict(block_s=16)),
-    ("default, merge with 4 warps", dict(combine_warps=4)),
-    ("default, attention with 2 warps", dict(attn_warps=2)),
+    ("default", {}),
     ("diagnostic: no attention", dict(skip_attention=True)),
 ]
 
 
-def tiles(small=None, swiglu=None, down=None):
-    """The default tiles with batch-1 overrides: ``small`` (qkv, o), ``swiglu`` (gate_up), ``down`` (K > 4096)."""
+def per_op(choice):
+    """Batch-1 tiles per projection (``choice``: qkv / o / gate_up / down -> config), defaults elsewhere."""
     def config(n, k, batch, sw, norm=False):
         if batch == 1 and n < 16384:
-            pick = swiglu if sw else down if k > 4096 else small
-            if pick is not None:
-                return pick
+            op = "gate_up" if sw else "down" if k > 4096 else "qkv" if norm else "o"
+            if op in choice:
+                return tuple(choice[op])
         return DEFAULT_CONFIG(n, k, batch, sw, norm)
     return config
 
 
-VARIANTS += [(f"tiles {name}", dict(config=tiles(**kw))) for name, kw in (
-    ("qkv/o (1, 2048, 4)", dict(small=(1, 2048, 4))),
-    ("qkv/o (4, 2048, 8)", dict(small=(4, 2048, 8))),
-    ("qkv/o (2, 2048, 8)", dict(small=(2, 2048, 8))),
-    ("gate_up (2, 2048, 8)", dict(swiglu=(2, 2048, 8))),
-    ("gate_up (1, 1024, 4)", dict(swiglu=(1, 1024, 4))),
-    ("down (1, 2048, 4)", dict(down=(1, 2048, 4))),
-    ("down (4, 2048, 8)", dict(down=(4, 2048, 8))),
-    ("down (2, 1024, 4)", dict(down=(2, 1024, 4))),
+OPS = os.environ.get("P0OPS_JSON")  # gpu_gemv_ops.py's timings of each projection's configs, best first
+if OPS and os.path.exists(OPS):
+    import json
+    with open(OPS) as f:
+        ranked = json.load(f)
+    best1 = {op: v[0][1] for op, v in ranked.items()}
+    best2 = {op: v[min(1, len(v) - 1)][1] for op, v in ranked.items()}
+    log(f"best per projection: {best1}; second: {best2}")
+    VARIANTS += [("best per projection", dict(config=per_op(best1))),
+                 ("second best per projection", dict(config=per_op(best2)))]
+    VARIANTS += [(f"best per projection, {op} default", dict(config=per_op({o: c for o, c in best1.items() if o != op})))
+                 for op in best1]
+    VARIANTS += [("diagnostic: no attention, best per projection", dict(config=per_op(best1), skip_attention=True))]
+VARIANTS += [(f"tiles {name}", dict(config=per_op(kw))) for name, kw in (
+    ("qkv+o (2, 2048, 4, 2)", dict(qkv=(2, 2048, 4, 2), o=(2, 2048, 4, 2))),
+    ("qkv+o (2, 2048, 4, 3)", dict(qkv=(2, 2048, 4, 3), o=(2, 2048, 4, 3))),
+    ("all persistent P=2", dict(qkv=(2, 2048, 4, 2), o=(2, 2048, 4, 2), gate_up=(1, 2048, 4, 2), down=(4, 1024, 4, 2))),
+    ("all persistent P=3", dict(qkv=(2, 2048, 4, 3), o=(2, 2048, 4, 3), gate_up=(1, 2048, 4, 3), down=(4, 1024, 4, 3))),
+    ("all persistent P=4", dict(qkv=(2, 2048, 4, 4), o=(2, 2048, 4, 4), gate_up=(1, 2048, 4, 4), down=(4, 1024, 4, 4))),
 )]
+VARIANTS += [("default again (drift)", {})]
 real_attention = step_module.rope_cache_attention
 
 

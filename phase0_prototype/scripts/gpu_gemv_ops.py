@@ -1,0 +1,120 @@
+"""Where the decode step's time goes, projection by projection: each GEMV of TinyLlama's 22 layers, back to back.
+
+For each projection (qkv with its RMSNorm, o with its residual, gate_up with RMSNorm + SwiGLU, down with its
+residual) and each tile config, one CUDA graph launches that projection once per layer (22 different weights,
+so nothing stays in L2) and is replayed; µs per launch against the bytes it must read give its share of copy
+bandwidth. Then the four projections in step order (no attention), the whole chain a decode step runs. What
+the chain loses against the sum of its parts is what the boundaries between kernels cost.
+
+Usage (repo root, GPU): PYTHONPATH=$PWD python3 phase0_prototype/scripts/gpu_gemv_ops.py
+"""
+
+import json
+import os
+
+import torch
+
+from module0_profiling.hardware import measured_peaks
+from phase0_prototype import load_impl, load_model
+from phase0_prototype.kernels import gemv
+
+
+@torch.inference_mode()
+def graph_us(fn, reps=50, trials=3):
+    """Mean µs per call of ``fn`` captured in a graph, best of ``trials``."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(trials):
+        a.record()
+        for _ in range(reps):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        best = min(best, a.elapsed_time(b) * 1e3 / reps)
+    return best
+
+
+def main():
+    peak = measured_peaks().copy_gbps
+    print(f"{torch.cuda.get_device_name()} copy {peak:.0f} GB/s", flush=True)
+    model = load_model("random:tinyllama", dtype="bf16", device="cuda")
+    e = load_impl("solution").build(model, max_seq_len=640, compile=False)
+    layers = e.weights.layers
+    cfg = e.config
+    H = cfg.hidden_size
+    x = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
+    attn = torch.randn(1, cfg.num_attention_heads * cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+    act = torch.randn(1, cfg.intermediate_size, device="cuda", dtype=torch.bfloat16)
+    res = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
+    ops = {
+        "qkv": (lambda w, c: gemv.fused_gemv(x, w.qkv_proj, norm_weight=w.input_norm, eps=1e-5, config=c),
+                lambda w: w.qkv_proj),
+        "o": (lambda w, c: gemv.fused_gemv(attn, w.o_proj, residual=res, out=res, config=c), lambda w: w.o_proj),
+        "gate_up": (lambda w, c: gemv.fused_gemv(x, w.gate_up_proj, norm_weight=w.post_norm, eps=1e-5, swiglu=True,
+                                                 config=c), lambda w: w.gate_up_proj),
+        "down": (lambda w, c: gemv.fused_gemv(act, w.down_proj, residual=res, out=res, config=c),
+                 lambda w: w.down_proj),
+    }
+    configs = {
+        "qkv": [None, (8, 2048, 8)] + [(2, 2048, 4, p) for p in (1, 2, 3, 4)] + [(4, 2048, 8, p) for p in (1, 2)]
+               + [(1, 2048, 4, 4), (1, 2048, 4, 6)],
+        "o": [None, (8, 2048, 8)] + [(2, 2048, 4, p) for p in (1, 2, 3, 4)] + [(4, 2048, 8, p) for p in (1, 2)]
+             + [(1, 2048, 4, 4), (1, 2048, 4, 6)],
+        "gate_up": [None, (2, 1024, 4)] + [(1, 2048, 4, p) for p in (2, 3, 4, 5)] + [(2, 1024, 4, p) for p in (2, 4)]
+                   + [(1, 1024, 2, 8)],
+        "down": [None, (4, 2048, 8)] + [(2, 2048, 4, p) for p in (2, 3, 4)] + [(4, 1024, 4, p) for p in (2, 3, 4)]
+                + [(8, 512, 4, p) for p in (2, 3, 4)] + [(4, 2048, 8, 2)],
+    }
+    out_path = os.environ.get("P0OPS_JSON")
+    best: dict[str, list] = {}
+    total = sum(sum(f(w).numel() * 2 for w in layers) for f in (o[1] for o in ops.values()))
+
+    def chain(choice):
+        def run():
+            for w in layers:
+                for name, (call, _) in ops.items():
+                    call(w, choice.get(name))
+        return run
+
+    for pdl in ("1", "0"):
+        os.environ["TITANINFER_PDL"] = pdl
+        gemv._PDL.clear()
+        for name, (call, weight) in ops.items():
+            nbytes = sum(weight(w).numel() * 2 for w in layers) / len(layers)
+            for c in configs[name] if pdl == "1" else configs[name][:2]:
+                try:
+                    us = graph_us(lambda: [call(w, c) for w in layers]) / len(layers)
+                    shown = c or gemv.default_config(weight(layers[0]).shape[0] // (2 if name == "gate_up" else 1),
+                                                     weight(layers[0]).shape[1], 1, name == "gate_up",
+                                                     name in ("qkv", "gate_up"))
+                    print(f"PDL={pdl} {name:8s} {str(shown):18s}{' (default)' if c is None else '          '}: "
+                          f"{us:6.2f} us  {nbytes / us / 1e3:6.0f} GB/s = {100 * nbytes / us / 1e3 / peak:5.1f} % copy",
+                          flush=True)
+                    if pdl == "1":
+                        best.setdefault(name, []).append((us, list(shown)))
+                except Exception as exc:  # a tile that does not compile (registers, shared memory)
+                    print(f"PDL={pdl} {name} {c}: FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        us = graph_us(chain({}))
+        print(f"PDL={pdl} chain of 4 projections x 22 layers (defaults, no attention): {us:.1f} us "
+              f"= {100 * total / us / 1e3 / peak:.1f} % copy", flush=True)
+        if pdl == "1":
+            for v in best.values():
+                v.sort()
+            pick = {name: tuple(v[0][1]) for name, v in best.items()}
+            us = graph_us(chain(pick))
+            print(f"PDL=1 chain, best config per projection {pick}: {us:.1f} us "
+                  f"= {100 * total / us / 1e3 / peak:.1f} % copy", flush=True)
+            if out_path:
+                with open(out_path, "w") as f:
+                    json.dump(best, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
