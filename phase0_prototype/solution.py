@@ -31,10 +31,14 @@ kernel, so launch and ramp-up overlap the previous tail — and whole-row GEMV t
 with the attention products on tensor cores, 1.06 ms/token = 65 % MBU; with every kernel letting the next
 one launch *before* it waits for its own inputs (so the next kernel's programs are resident and streaming
 weights while this one finishes: the output projection's weights arrive during the attention), 0.979
-ms/token = 70.8 % (graph replay alone 960 µs = 72 %). The inductor step, in a separate run of
-``scripts/gpu_triton_decode.py``, 582 tok/s = 40 % (~360 kernels). What is left between 71 % and the roof:
-attention + merge still cost ~65 µs per token (the step without them, a diagnostic, takes 912 µs), and the
-small GEMVs (qkv, o: 8–10 MB, ~3 µs of reads each) pay a ramp-up and tail comparable to their reads.
+ms/token = 70.8 % (graph replay alone 960 µs = 72 %); with tiles per projection and fewer registers per
+GEMV program (``gemv.default_config``: more programs resident, waiting with their weights in hand), 0.90–0.92
+ms/token = 76–77 % (graph replay 899–917 µs). The inductor step, in a separate run of
+``scripts/gpu_triton_decode.py``, 582 tok/s = 40 % (~360 kernels). What is left between 77 % and the roof:
+attention + merge still cost ~80 µs per token (the step without them, a diagnostic, takes 823 µs: the
+attention's latency leaves the memory idle), and the small GEMVs (qkv, o: 8–10 MB, ~3 µs of reads each) pay
+a ramp-up and tail comparable to their reads (62–69 % of copy bandwidth each, against 83–93 % for gate_up
+and down; ``scripts/gpu_gemv_ops.py``).
 
 On a CPU (tests) the step runs eagerly in PyTorch; ``decode_kernels="triton"`` runs the Triton kernels
 there too under ``TRITON_INTERPRET=1`` (slow; for tests).

@@ -58,7 +58,8 @@ def pdl_enabled(device: torch.device) -> bool:
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, stride_xb, stride_ob, stride_rb, eps,
-                 NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr,
+                 NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, ONE_SLAB: tl.constexpr,
+                 USE_PDL: tl.constexpr,
                  EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -104,11 +105,13 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
         w_cur = w.to(tl.float32)
         if EPILOGUE == 2:
             w_up_cur = w_up.to(tl.float32)
-        nxt = offs_k + BLOCK_K  # the next slab (masked off past the end)
-        n_mask = mask_n[:, None] & (nxt[None, :] < K)
-        w = tl.load(rows + nxt[None, :], mask=n_mask, other=0.0, eviction_policy="evict_first")
-        if EPILOGUE == 2:
-            w_up = tl.load(rows + up_offset + nxt[None, :], mask=n_mask, other=0.0, eviction_policy="evict_first")
+        if not ONE_SLAB:  # the next slab (masked off past the end); with K ≤ BLOCK_K there is none to hold
+            nxt = offs_k + BLOCK_K
+            n_mask = mask_n[:, None] & (nxt[None, :] < K)
+            w = tl.load(rows + nxt[None, :], mask=n_mask, other=0.0, eviction_policy="evict_first")
+            if EPILOGUE == 2:
+                w_up = tl.load(rows + up_offset + nxt[None, :], mask=n_mask, other=0.0,
+                               eviction_policy="evict_first")
         if BLOCK_B == 1:  # one row: a 2-D multiply-reduce (no [1, N, K] broadcast for the compiler to lay out)
             acc += tl.sum(w_cur * x, axis=1)[None, :]
             if EPILOGUE == 2:
@@ -273,8 +276,15 @@ def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False)
     waits on the previous kernel. The large projections want many small programs (gate_up: one gate and one
     up row per program, 16.7 µs = 92 % of copy bandwidth); the output projection wants fewer, fatter ones
     (8 rows, 8 warps: 4.2 µs against 4.5 with 2 rows) and so does down (4 rows, 8 warps: 9.2 against 9.6 µs).
-    Together with PDL the step's graph replay went from 957 to 932 µs. The persistent kernel
-    (4-tuples, ``_gemv_persistent_kernel``) measured slower in the whole step and is not a default.
+    Together with PDL the step's graph replay went from 957 to 932 µs. Then ``ONE_SLAB`` (K ≤ BLOCK_K: no
+    next slab to hold in registers) cut registers per thread 96 → 72 for qkv (5 → 7 programs per SM) and
+    160 → 99 for o (its 256 programs now fit in one wave, two per SM): 899–917 µs per step (76–77 % of copy
+    bandwidth counting weights and KV; 823 µs without attention). Registers decide how many programs wait,
+    weights in hand, for the previous kernel — and so how much of the next kernels' streaming overlaps the
+    current one's tail; count them without a GPU by compiling for sm_90 and reading ``cuobjdump
+    --dump-resource-usage``. The persistent kernel (4-tuples, ``_gemv_persistent_kernel``) is faster for
+    qkv alone (5.0 vs 5.6 µs) but slower in the whole step (935 vs 905 µs): its programs loop, so fewer
+    weights are in flight when the next kernel starts; it is not a default.
     lm_head keeps 8 rows and 1024-wide slabs (44 µs, 99 % of copy bandwidth).
     """
     if n >= 16384:
@@ -322,12 +332,13 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
     res = residual if residual is not None else out
     nw = norm_weight if norm_weight is not None else weight
     args = (x, weight, out, res, nw, B, N, K, N * K, x.stride(0), out.stride(0), res.stride(0), eps)
-    meta = dict(NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, USE_PDL=pdl,
+    meta = dict(NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, ONE_SLAB=K <= block_k,
+                USE_PDL=pdl,
                 EARLY=EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k,
                 num_warps=warps, **launch_options(pdl))
     if len(config) == 4:  # (…, programs per SM): the persistent kernel on a grid that is resident at once
         grid = min(triton.cdiv(N, block_n), config[3] * sm_count(x.device))
-        _gemv_persistent_kernel[(grid,)](*args, ONE_SLAB=K <= block_k, **meta)
+        _gemv_persistent_kernel[(grid,)](*args, **meta)
     else:
         _gemv_kernel[(triton.cdiv(N, block_n),)](*args, **meta)
     return out
