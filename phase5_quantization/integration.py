@@ -9,7 +9,8 @@
 sampling/EOS/streaming loop) with the projections swapped for ``QuantLinear``: the norms come from the
 quantized model too (AWQ divides them by its scales). Its decode step (``int4_decode_step``) is phase 0's
 Triton step with the four GEMVs of each layer replaced by the W4A16 GEMV (RMSNorm, residual and SwiGLU
-fused the same way: the row-layout GEMV of ``kernels.w4a16_rows`` for 1–8 rows) and phase 0's RoPE +
+fused the same way: the row-layout GEMV of ``kernels.w4a16_rows`` for one row, the small-batch tensor-core
+kernel of ``kernels.w4a16_rows_mma`` for 2–64) and phase 0's RoPE +
 cache-write + attention kernels unchanged. Prefill runs the W4A16 GEMM over the same layout; the engine
 holds each projection's codes once, in the kernel layout (``QuantLinear.release_storage``). On a CPU the
 engine runs eagerly with the dequantizing fallback (correct, slow).

@@ -5,14 +5,12 @@
 #   bs1     the engine's bs=1 decode beside phase 0 called directly (E.1a)          ~60 s
 #   p4diag  phase 4 step timing, GPU busy at 256/512/1024 requests, host profile ~80 s
 #   p5sweep phase 5 W4A16 GEMV sweep (SWEEP_ARGS, default --quick)              ~90 s
-# Device tool usage: carry [".whl"] (optional peers and the Rust extension as wheels).
+# Device tool usage: carry [".whl"] (or .whlA/.whlB over two calls): optional peers and the Rust extension (device_site.sh).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
 OUT="${OUT:-$PWD/out}"; mkdir -p "$OUT"
 export P0OPS_JSON="$OUT/p0ops.json"  # p0ops ranks each projection's tiles; p0var then runs the best together
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+source module0_profiling/scripts/device_site.sh  # carried wheels (.whl*/) -> .site on PYTHONPATH
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 for job in ${JOBS:-p0var bs1 p4diag}; do
   echo "=== $job"

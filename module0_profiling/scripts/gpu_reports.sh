@@ -2,15 +2,14 @@
 # On a GPU machine: run the checks of the phases named in PHASES (default: module0 phase2 phase0) and,
 # when TESTS is set, those GPU tests; the reports land under $OUT as one tarball (reports.tgz). SWEEP=1 runs
 # phase 5's GEMV sweep first and keeps its table (tuned/<gpu>.json: commit it under phase5_quantization/kernels/).
-# Device tool usage: carry [".whl"] for optional peers (liger-kernel) built as wheels.
+# Device tool usage: carry [".whl"] (or .whlA/.whlB over two calls) for optional peers and the Rust extension
+# (device_site.sh).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-$PWD/out}"
 R="$OUT/r"
 mkdir -p "$R"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+source module0_profiling/scripts/device_site.sh  # carried wheels (.whl*/) -> .site on PYTHONPATH
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 if [ -n "${SWEEP:-}" ]; then  # phase 5's W4A16 GEMV sweep first: its table (kernels/tuned/<gpu>.json) serves the checks
   echo "=== phase 5 GEMV sweep"

@@ -1,10 +1,14 @@
 """``w4a16_linear``: choose the kernel and its configuration, own the split-K workspace, check the inputs.
 
 Which kernel: the weight's layout decides (``layout.KernelWeight.row_major``; ``TITANINFER_W4A16_LAYOUT``
-picks the layout ``QuantLinear`` builds). Row layout (default): 1–8 rows run the row GEMV
-(``w4a16_rows``) with a **fixed** configuration from ``row_gemv_config`` (the GPU sweep's table for this
-device in ``kernels/tuned/``, ``ROW_GEMV_TABLE`` pins, or a rule; no tuning inside the engine), more rows the tensor-core GEMM reading the same
-layout. ``col`` layout: one row runs the original ``[K/8, N]`` GEMV, more rows the GEMM, both autotuned.
+picks the layout ``QuantLinear`` builds). Row layout (default): one row runs the row GEMV (``w4a16_rows``) with a
+**fixed** configuration from ``row_gemv_config`` (the GPU sweep's table for this device in ``kernels/tuned/``,
+``ROW_GEMV_TABLE`` pins, or a rule; no tuning inside the engine); 2–64 rows (``MMA_MIN_ROWS`` ..
+``MMA_MAX_ROWS``) the small-batch tensor-core kernel (``w4a16_rows_mma``: the row GEMV's streaming with the
+multiply on the tensor cores), also with a fixed configuration (``mma_config``: the sweep's ``mma_table``, or a
+rule); more rows the tensor-core GEMM reading the same layout (prefill). A ``config`` with ``BLOCK_KW`` still
+sends 2–8 rows to the row GEMV (its batched form, kept for A/B and the tests). ``col`` layout: one row runs the
+original ``[K/8, N]`` GEMV, more rows the GEMM, both autotuned.
 
 Configurations of the autotuned kernels: on a GPU, ``triton.autotune`` picks among a few per (N, K, M bucket,
 fusion, layout) the first time a shape is seen (tens of milliseconds per configuration; warm up before capturing a CUDA graph). The space
@@ -36,6 +40,7 @@ from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
 from phase5_quantization.kernels.layout import KernelWeight
 from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU, _gemm_kernel, _gemv_kernel
 from phase5_quantization.kernels.w4a16_rows import _row_gemv_kernel
+from phase5_quantization.kernels.w4a16_rows_mma import _row_mma_kernel
 
 WS_FLOATS = 1 << 21  # split-K workspace (fp32, 8 MB per device): rows × 2N must fit
 LOCKS = 1 << 16
@@ -137,9 +142,10 @@ def _device_slug() -> str:
     return detect_device().slug
 
 
-def tuned_table(slug: str | None = None) -> dict[tuple[int, int, bool], tuple[int, int, int, int]]:
+def tuned_table(slug: str | None = None) -> dict[tuple[int, int, bool], tuple[int, ...]]:
     """The measured table for this GPU (``TUNED_DIR/<slug>.json``, written by ``gpu_gemv_sweep --write-table``),
-    with ``ROW_GEMV_TABLE``'s entries on top; empty for a GPU nobody has swept."""
+    with ``ROW_GEMV_TABLE``'s entries on top; empty for a GPU nobody has swept. Values ``(BLOCK_N, BLOCK_KW,
+    SPLIT_K, num_warps[, maxnreg])``: newer tables add the register cap (0 = none), older ones still read."""
     slug = slug or _device_slug()
     if slug not in _tuned_tables:
         path = TUNED_DIR / f"{slug}.json"
@@ -163,8 +169,11 @@ def row_gemv_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False
     """
     table = tuned_table() if batch == 1 and not interpreting() else {}
     if (n, k, swiglu) in table:
-        block_n, block_kw, split, warps = table[(n, k, swiglu)]
-        return dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=split, num_warps=warps)
+        block_n, block_kw, split, warps, *maxnreg = table[(n, k, swiglu)]  # (maxnreg: newer tables; 0 = none)
+        c = dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=split, num_warps=warps)
+        if maxnreg and maxnreg[0]:
+            c["maxnreg"] = maxnreg[0]
+        return c
     if batch == 1:
         block_n, block_kw, warps = (2, 256, 2) if swiglu else (4, 256, 2)
     else:  # the [B, BLOCK_N, BLOCK_KW] partials live in registers: smaller slabs
@@ -173,6 +182,84 @@ def row_gemv_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False
     if interpreting():  # Triton's CPU interpreter pays per program and per step: few, big ones (tests)
         block_n, block_kw = max(block_n, 8) * 4, max(block_kw, 64)
     return dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=1, num_warps=warps)
+
+
+MMA_MIN_ROWS = 2  # the small-batch tensor-core kernel from this many rows (the row GEMV below) ...
+MMA_MAX_ROWS = 64  # ... up to this many (the GEMM above: prefill)
+MMA_KEYS = ("BLOCK_N", "SPLIT_K", "num_warps", "DEPTH", "ONE_DOT", "maxnreg")
+
+
+def _sm_count(device) -> int:
+    if interpreting() or not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def mma_block_m(m: int) -> int:
+    """Activation rows per program of the small-batch kernel (the MMA's N side): 16, 32 or 64."""
+    return 16 if m <= 16 else 32 if m <= 32 else 64
+
+
+def mma_table(slug: str | None = None) -> dict[tuple[int, int, bool, int], dict]:
+    """The sweep's measured small-batch configurations for this GPU (``mma_table`` of ``TUNED_DIR/<slug>.json``):
+    ``(n, k, swiglu, BLOCK_M) -> config``; empty for a GPU nobody has swept, or a table from before this kernel."""
+    slug = slug or _device_slug()
+    key = "mma:" + slug
+    if key not in _tuned_tables:
+        path = TUNED_DIR / f"{slug}.json"
+        rows = json.loads(path.read_text()).get("mma_table", []) if path.is_file() else []
+        _tuned_tables[key] = {(int(n), int(k), bool(sw), int(bm)): dict(zip(MMA_KEYS, (int(v) for v in cfg), strict=False))
+                              for n, k, sw, bm, *cfg in rows}
+    return _tuned_tables[key]
+
+
+def mma_config(n: int, k: int, m: int, swiglu: bool, norm: bool = False, device=None) -> dict:
+    """``BLOCK_N`` / ``SPLIT_K`` / ``num_warps`` / ``DEPTH`` / ``ONE_DOT`` (/ ``maxnreg``) of the small-batch kernel for an
+    ``[n, k]`` product of ``m`` rows (``n``: the gate half with ``swiglu``). Fixed, like ``row_gemv_config``:
+    the sweep's table for this GPU, else a rule.
+
+    The rule: 64 weight rows per program on one warpgroup (Hopper's ``wgmma`` takes 64 rows; sm_90 builds, Triton
+    3.9: 146 registers at 16 activation rows → 3 programs of 4 warps per SM; 173 at 32 rows → 2), 8 warps with
+    RMSNorm + SwiGLU (two tiles and two accumulators: 174 registers without spills, 4 warps spill), the joined
+    k = 128 MMA per group, and split-K so that the grid is about the resident programs of one wave with at
+    least 2 groups per program: every program starts at once, none waits for a second wave.
+    """
+    block_m = mma_block_m(m)
+    table = mma_table() if not interpreting() else {}
+    if (n, k, swiglu, block_m) in table:
+        return dict(table[(n, k, swiglu, block_m)])
+    if interpreting():  # Triton's CPU interpreter pays per program and per step: few, big ones (tests)
+        return dict(BLOCK_N=16, SPLIT_K=1, num_warps=4, DEPTH=1, ONE_DOT=1)
+    block_n, warps = 64, 8 if swiglu else 4
+    per_sm = 1 if swiglu else 3 if block_m == 16 else 2  # resident programs per SM (sm_90 register counts)
+    groups = max(1, k // 128)
+    tiles = triton.cdiv(n, block_n)
+    split = max(1, min(groups // 2, round(per_sm * _sm_count(device) / tiles)))
+    split = triton.cdiv(groups, triton.cdiv(groups, split))  # no empty splits
+    return dict(BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, DEPTH=1, ONE_DOT=1)
+
+
+def _row_mma(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool, config: dict | None) -> None:
+    M, K = x2.shape
+    N = out2.shape[1]
+    c = mma_config(N, K, M, epilogue == SWIGLU, norm, x2.device)
+    c.update(config or {})
+    block_m = c.get("BLOCK_M", mma_block_m(M))
+    if block_m < M:
+        raise ModelError(f"W4A16 small-batch kernel: BLOCK_M={block_m} < {M} rows")
+    split = c.get("SPLIT_K", 1)
+    if split > 1 and M * 2 * N > WS_FLOATS:
+        raise ModelError(f"W4A16 linear: split-K for {M}×{N} outputs needs {M * 2 * N} workspace floats, "
+                         f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
+    ws, locks = workspace(x2.device)
+    pdl = pdl_enabled(x2.device)
+    extra = {} if interpreting() else {key: c[key] for key in ("num_warps", "maxnreg") if c.get(key)}
+    _row_mma_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
+        x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
+        res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
+        EARLY=phase0_gemv.EARLY_LAUNCH, DOT_F32=x2.dtype == torch.float32 or interpreting(), BLOCK_M=block_m,
+        BLOCK_N=c["BLOCK_N"], SPLIT_K=split, DEPTH=c.get("DEPTH", 1), ONE_DOT=bool(c.get("ONE_DOT", 1)), **extra,
+        **launch_options(pdl))
 
 
 def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool, config: dict | None) -> None:
@@ -189,12 +276,26 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
                          f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
     ws, locks = workspace(x2.device)
     pdl = pdl_enabled(x2.device)
-    extra = {"num_warps": c["num_warps"]} if "num_warps" in c and not interpreting() else {}
+    extra = {} if interpreting() else {key: c[key] for key in ("num_warps", "maxnreg") if c.get(key)}
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
         EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
         **launch_options(pdl))
+
+
+KERNELS = ("row", "mma", "gemv", "gemm")
+
+
+def kernel_for(m: int, row_major: bool, config: dict | None = None) -> str:
+    """Which kernel ``w4a16_linear`` runs for ``m`` rows (``config["KERNEL"]`` overrides): row layout ``row``
+    (the row GEMV: one row, or 2–8 rows with a ``BLOCK_KW`` config), ``mma`` (2–64 rows), ``gemm`` (more);
+    ``col`` layout ``gemv`` (one row) or ``gemm``."""
+    if not row_major:
+        return "gemv" if m == 1 else "gemm"
+    if m < MMA_MIN_ROWS or (m <= ROW_GEMV_MAX_ROWS and config and "BLOCK_KW" in config):
+        return "row"
+    return "mma" if m <= MMA_MAX_ROWS else "gemm"
 
 
 INTERPRETER_GEMV = dict(BLOCK_N=16, BLOCK_KW=32, SPLIT_K=1)
@@ -208,9 +309,11 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
 
     ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual`` (shape of the output): add it (``out=residual``
     for in place). ``swiglu``: the weight is ``[gate; up]`` and the result ``silu(x·gateᵀ) · (x·upᵀ)``.
-    ``config``: fixed kernel parameters (``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for a GEMV — 1–8 rows with the row
-    layout, one with ``col`` —, ``BLOCK_M``/``BLOCK_N``/``SPLIT_K`` otherwise, optional ``num_warps``) instead of
-    the default (row GEMV) or tuned (others) ones.
+    ``config``: fixed kernel parameters instead of the default (row GEMV, small-batch kernel) or tuned (others)
+    ones: ``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for a GEMV (1–8 rows with the row layout, one with ``col``);
+    ``BLOCK_N``/``SPLIT_K``/``DEPTH``/``ONE_DOT`` (optional ``BLOCK_M``) for the small-batch kernel (2–64 rows, row
+    layout); ``BLOCK_M``/``BLOCK_N``/``SPLIT_K`` for the GEMM; optional ``num_warps`` and ``maxnreg`` (a register
+    cap, compiled kernels only). ``KERNEL`` (``row``, ``mma``, ``gemv``, ``gemm``) overrides ``kernel_for``'s choice.
     """
     K = w.k
     if x.shape[-1] != K:
@@ -238,9 +341,19 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
                          f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
     common = dict(GROUP=w.group_size, NORM=norm_weight is not None, EPILOGUE=epilogue)
     m_key = M if M <= 64 else triton.next_power_of_2(M)
-    if w.row_major and M <= ROW_GEMV_MAX_ROWS:
+    config = dict(config) if config else None
+    which = config.pop("KERNEL", None) if config else None
+    which = which or kernel_for(M, w.row_major, config)
+    if which not in KERNELS:
+        raise ModelError(f"W4A16 linear: unknown KERNEL {which!r}: choose among {', '.join(KERNELS)}")
+    if which != "gemm" and (which in ("row", "mma")) != w.row_major:
+        raise ModelError(f"W4A16 linear: KERNEL={which!r} does not read this weight's "
+                         f"{'row' if w.row_major else 'col'} layout")
+    if which == "row":
         _row_gemv(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)
-    elif M == 1 and not w.row_major:
+    elif which == "mma":
+        _row_mma(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)
+    elif which == "gemv":
         pdl = pdl_enabled(x.device)
         common.update(USE_PDL=pdl)
         fn = _kernel("gemv")

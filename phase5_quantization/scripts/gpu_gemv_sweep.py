@@ -1,12 +1,19 @@
 """GPU: the row-layout W4A16 GEMV's configurations (M = 1) on TinyLlama's projections, fused as the decode step
 calls them (and plain, as P5.2 measures them), beside bf16 ``F.linear``, tinygemm and the original ``[K/8, N]``
-GEMV; then M = 16 (the GEMM over each layout); at the end the best configuration per shape as a
-ready-to-paste ``launch.ROW_GEMV_TABLE``.
+GEMV; then M = 16: the small-batch tensor-core kernel (``w4a16_rows_mma``) over its configurations beside
+``F.linear`` and tinygemm; at the end the best configuration per shape as a ready-to-paste ``launch.ROW_GEMV_TABLE``
+and, with ``--write-table``, both winners' tables in ``kernels/tuned/<this GPU>.json`` (merged into what is there;
+a copy beside ``--out`` so that it comes back from a remote run).
 
     PYTHONPATH=$PWD python -m phase5_quantization.scripts.gpu_gemv_sweep [--quick] [--shapes qkv,down] [--no-m16]
                                                                          [--no-col] [--out sweep.json]
 
-``--quick`` (~1 minute of GPU time): BLOCK_N 2/4, three (BLOCK_KW, warps) pairs, no split-K. The full space
+``--quick`` (≤ ~2.5 minutes on an H100): at M = 1 the earlier winners (BLOCK_N 2/4, three (BLOCK_KW, warps) pairs)
+and the candidates whose whole grid is resident in one wave (sm_90 register counts, Triton 3.9: BLOCK_N 4 ×
+BLOCK_KW 128 × 1 warp = 123 registers → 16 programs/SM, 2112 resident for 1408 programs of 2048 → 5632;
+BLOCK_N 8 × 256 × 2 warps = 167 → 792 resident for 704; the current 4 × 256 × 2 warps = 119 → 1056 resident
+< 1408: two waves; capped at 96 registers, no spills → 1320), split-K 2 for the long-K down projection; at M = 16
+a dozen small-batch configurations per shape; no ``[K/8, N]`` baselines (``--col`` adds them). The full space
 (~3–4 minutes, mostly compilations): BLOCK_N 1/2/4/8 × BLOCK_KW 64–512 × 1/2/4/8 warps (pairs with at
 least 2 words per thread along K, at most 32 words per thread — 16 with SwiGLU's two tiles — and no slab
 wider than the row), split-K 2 for the long-K down projection. Timing as ``bench_speed``: ``CALLS`` calls
@@ -42,18 +49,49 @@ def emit(**kw) -> None:
 
 
 def row_configs(quick: bool, k: int, swiglu: bool):
-    """The row GEMV's space (module docstring)."""
+    """The row GEMV's space (module docstring); ``maxnreg``: a register cap (more programs resident per SM)."""
     if quick:
-        space = [(bn, bkw, w, 1) for bn in (2, 4) for bkw, w in ((256, 2), (256, 4), (512, 4))]
+        space = [(bn, bkw, w, 1, 0) for bn in (2, 4) for bkw, w in ((256, 2), (256, 4), (512, 4))]
+        space += [(4, 128, 1, 1, 0), (8, 128, 1, 1, 0), (8, 256, 2, 1, 0), (8, 512, 4, 1, 0), (4, 256, 2, 1, 96),
+                  (8, 256, 2, 1, 128), (2, 256, 2, 1, 80)]
+        if k > 4096:  # the down projection: 704 words per row, split in two
+            space += [(4, 256, 2, 2, 0), (4, 128, 1, 2, 0), (8, 256, 2, 2, 0)]
     else:
-        space = [(bn, bkw, w, sk) for bn, bkw, w in itertools.product((1, 2, 4, 8), (64, 128, 256, 512), (1, 2, 4, 8))
+        space = [(bn, bkw, w, sk, 0) for bn, bkw, w in itertools.product((1, 2, 4, 8), (64, 128, 256, 512), (1, 2, 4, 8))
                  for sk in ((1, 2) if k > 4096 else (1,))]
+        space += [(4, 256, 2, 1, 96), (8, 256, 2, 1, 128), (2, 256, 2, 1, 80)]
     cap = 16 if swiglu else 32
-    for bn, bkw, w, sk in space:
+    for bn, bkw, w, sk, maxnreg in space:
         # ≥ 2 words per thread along K (8-byte loads), ≤ cap words per thread, no slab wider than a split's K
         if bkw // (32 * w) < 2 or bn * bkw // (32 * w) > cap or bkw * 8 * sk > k:
             continue
-        yield dict(BLOCK_N=bn, BLOCK_KW=bkw, SPLIT_K=sk, num_warps=w)
+        c = dict(BLOCK_N=bn, BLOCK_KW=bkw, SPLIT_K=sk, num_warps=w)
+        if maxnreg:
+            c["maxnreg"] = maxnreg
+        yield c
+
+
+def mma_configs(quick: bool, n: int, k: int, sms: int):
+    """The small-batch kernel's space at 16 rows: (BLOCK_N, warps, resident programs per SM at sm_90's register
+    counts) × split-K for one resident wave (and half of it) × DEPTH × ONE_DOT, a register cap for 4 per SM."""
+    from phase5_quantization.kernels.launch import mma_config
+
+    groups = k // 128
+    out = [mma_config(n, k, 16, False)]
+    shapes = [(64, 4, 3, 0), (64, 4, 4, 128), (128, 8, 1, 0), (32, 2, 4, 0)] + ([] if quick else [(128, 8, 2, 128),
+                                                                                              (16, 1, 8, 0)])
+    for bn, w, per_sm, maxnreg in shapes:
+        tiles = -(-n // bn)
+        for frac in (1.0, 0.5):
+            split = max(1, min(groups // 2, round(frac * per_sm * sms / tiles)))
+            split = -(-groups // -(-groups // split))
+            for depth, one_dot in ((1, 1), (2, 1), (1, 0)) if not quick or (bn == 64 and frac == 1.0) else ((1, 1),):
+                c = dict(BLOCK_N=bn, SPLIT_K=split, num_warps=w, DEPTH=depth, ONE_DOT=one_dot)
+                if maxnreg:
+                    c["maxnreg"] = maxnreg
+                if c not in out:
+                    out.append(c)
+    return out
 
 
 def reference(x, deq, fusion, g, res):
@@ -76,10 +114,13 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {','.join(SHAPES)}")
     ap.add_argument("--no-m16", action="store_true", help="skip the M = 16 GEMM timings")
     ap.add_argument("--no-col", action="store_true", help="skip the original [K/8, N] GEMV (autotuned) baseline")
+    ap.add_argument("--col", action="store_true", help="with --quick: still time the [K/8, N] baselines")
     ap.add_argument("--out", default=None, help="also write every measurement to this JSON file")
     ap.add_argument("--write-table", action="store_true",
                     help="write the best configuration per shape to kernels/tuned/<this GPU>.json (row_gemv_config reads it)")
     args = ap.parse_args()
+    if args.quick and not args.col:
+        args.no_col = True  # the [K/8, N] kernels autotune (tens of seconds): not in the quick run
     if not torch.cuda.is_available():
         raise SystemExit("this sweep times CUDA graphs: it needs a CUDA GPU")
     unknown = set(args.shapes.split(",")) - set(SHAPES)
@@ -98,7 +139,8 @@ def main() -> None:
         emit(what="copy bandwidth", gbps=round(copy_gbps))
     except Exception as e:  # noqa: BLE001 - the sweep is still useful without the roof
         emit(what="no measured peaks", error=str(e)[:200])
-    rows, summary, table = [], [], {}
+    rows, summary, table, mma_table = [], [], {}, {}
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name in args.shapes.split(","):
         k, n, fusion = SHAPES[name]
         swiglu = fusion == "swiglu"
@@ -161,7 +203,7 @@ def main() -> None:
                 best = (t, c)
         if best:
             t, c = best
-            table[(n, k, swiglu)] = (c["BLOCK_N"], c["BLOCK_KW"], c["SPLIT_K"], c["num_warps"])
+            table[(n, k, swiglu)] = (c["BLOCK_N"], c["BLOCK_KW"], c["SPLIT_K"], c["num_warps"], c.get("maxnreg", 0))
             summary.append((name, int4_bytes, t_lin, t_peer, t_col, t, c))
         del qws, row_w, col_w
         torch.cuda.empty_cache()
@@ -183,13 +225,44 @@ def main() -> None:
                 del peers
             except Exception as e:  # noqa: BLE001
                 line["tinygemm_error"] = str(e)[:200]
-        for layout in ("row",) if args.no_col else ("row", "col"):
-            ws = [to_kernel_layout(q, layout=layout) for q in qws]
-            err = float((w4a16_linear(x, ws[0]).float() - ref).abs().max() / ref.abs().max())
-            t = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in ws])  # the autotuned GEMM
-            line[f"gemm_{layout}_us"], line[f"gemm_{layout}_vs_linear"] = round(t * 1e6, 2), round(t_lin / t, 2)
-            line[f"gemm_{layout}_rel_err"] = float(f"{err:.1e}")
-            del ws
+        ws = [to_kernel_layout(q, layout="row") for q in qws]
+        if not args.quick:  # the tensor-core GEMM over the row layout (autotuned: tens of seconds), the old M = 16 path
+            t = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w, config={"KERNEL": "gemm"}) for w in ws])
+            line["gemm_row_us"] = round(t * 1e6, 2)
+        best = None
+        for c in mma_configs(args.quick, n, k, sms):
+            cfg = dict(c, KERNEL="mma")
+            try:
+                err = float((w4a16_linear(x, ws[0], config=cfg).float() - ref).abs().max() / ref.abs().max())
+                if err > 2e-2:
+                    emit(shape=name, M=16, version="small-batch MMA", config=c, error=f"wrong result: rel. err {err:.1e}")
+                    continue
+                t = graphed_seconds([lambda w=w, x=x, cfg=cfg: w4a16_linear(x, w, config=cfg) for w in ws])
+            except Exception as e:  # noqa: BLE001 - out of resources ...
+                emit(shape=name, M=16, version="small-batch MMA", config=c, error=f"{type(e).__name__}: {str(e)[:150]}")
+                continue
+            r = dict(shape=name, K=k, N=n, M=16, version="small-batch MMA" + (" (launcher's current)" if best is None else ""),
+                     config=c, us=round(t * 1e6, 2), vs_linear=round(t_lin / t, 2),
+                     vs_tinygemm=round(line["tinygemm_us"] / (t * 1e6), 2) if "tinygemm_us" in line else None,
+                     rel_err=float(f"{err:.1e}"))
+            rows.append(r)
+            emit(**r)
+            if best is None or t < best[0]:
+                best = (t, c, err)
+        if best:
+            t, c, err = best
+            line.update(mma_us=round(t * 1e6, 2), mma_vs_linear=round(t_lin / t, 2), mma_config=c,
+                        mma_rel_err=float(f"{err:.1e}"))
+            if "tinygemm_us" in line:
+                line["mma_vs_tinygemm"] = round(line["tinygemm_us"] / (t * 1e6), 2)
+            mma_table[(n, k, False, 16)] = tuple(c.get(key, 0) for key in ("BLOCK_N", "SPLIT_K", "num_warps", "DEPTH",
+                                                                             "ONE_DOT", "maxnreg"))
+        if not args.no_col:
+            wc = [to_kernel_layout(q, layout="col") for q in qws]
+            t = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in wc])  # the autotuned GEMM
+            line["gemm_col_us"], line["gemm_col_vs_linear"] = round(t * 1e6, 2), round(t_lin / t, 2)
+            del wc
+        del ws
         emit(**line)
         m16.append(line)
         del qws
@@ -203,29 +276,51 @@ def main() -> None:
         ratio = f", {t_peer / t:.2f}× tinygemm" if t_peer else ""
         print(f"  {name:18s} {t_lin * 1e6:6.1f} | {peer:>6s} | {col} | {t * 1e6:6.1f} ({pct}) "
               f"= {t_lin / t:.2f}× F.linear{ratio}  {c}")
+    print("\nM = 16 (P5.2: ≥ 1.5× F.linear and ≥ 1× tinygemm), per shape: bf16 F.linear | tinygemm | best small-batch MMA")
     for line in m16:
+        if "mma_us" in line:
+            peer = f"{line['tinygemm_us']:6.1f}" if "tinygemm_us" in line else "     —"
+            vs_peer = f", {line['mma_vs_tinygemm']:.2f}× tinygemm" if "mma_vs_tinygemm" in line else ""
+            print(f"  {line['shape']:18s} {line['linear_us']:6.1f} | {peer} | {line['mma_us']:6.1f} "
+                  f"= {line['mma_vs_linear']:.2f}× F.linear{vs_peer}  {line['mma_config']}")
         print(f"  M=16 {line}")
     print("\n# paste into phase5_quantization/kernels/launch.py (measured by scripts/gpu_gemv_sweep.py):")
-    print("ROW_GEMV_TABLE = {  # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps), batch 1")
+    print("ROW_GEMV_TABLE = {  # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps, maxnreg), batch 1")
     for key, val in table.items():
         print(f"    {key}: {val},")
     print("}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"m1": rows, "m16": m16, "table": {str(k): v for k, v in table.items()}}, f, indent=1)
-    if args.write_table and table:
+            json.dump({"m1": rows, "m16": m16, "table": {str(k): v for k, v in table.items()},
+                       "mma_table": {str(k): v for k, v in mma_table.items()}}, f, indent=1)
+    if args.write_table and (table or mma_table):
+        from pathlib import Path
+
         from module0_profiling.hardware import detect_device
         from phase5_quantization.kernels import launch
 
         info = detect_device()
         launch.TUNED_DIR.mkdir(exist_ok=True)
         path = launch.TUNED_DIR / f"{info.slug}.json"
-        path.write_text(json.dumps({
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        merged = {tuple(r[:3]): r[3:] for r in old.get("table", [])}  # shapes not swept this time stay
+        merged.update({key: list(cfg) for key, cfg in table.items()})
+        merged_mma = {tuple(r[:4]): r[4:] for r in old.get("mma_table", [])}
+        merged_mma.update({key: list(cfg) for key, cfg in mma_table.items()})
+        text = json.dumps({
             "device": info.name, "torch": torch.__version__, "measured_by": "python -m phase5_quantization.scripts."
             "gpu_gemv_sweep" + (" --quick" if args.quick else ""), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "columns": ["n", "k", "swiglu", "BLOCK_N", "BLOCK_KW", "SPLIT_K", "num_warps"],
-            "table": [[n, k, sw, *cfg] for (n, k, sw), cfg in table.items()]}, indent=1) + "\n")
+            "columns": ["n", "k", "swiglu", "BLOCK_N", "BLOCK_KW", "SPLIT_K", "num_warps", "maxnreg"],
+            "table": [[*key, *cfg] for key, cfg in merged.items()],
+            "mma_columns": ["n", "k", "swiglu", "BLOCK_M", "BLOCK_N", "SPLIT_K", "num_warps", "DEPTH", "ONE_DOT",
+                            "maxnreg"],
+            "mma_table": [[*key, *cfg] for key, cfg in merged_mma.items()]}, indent=1) + "\n"
+        path.write_text(text)
         print(f"wrote {path}")
+        if args.out:  # beside the measurements, so a remote run brings it back (copy it to kernels/tuned/)
+            copy = Path(args.out).with_name(f"tuned-{info.slug}.json")
+            copy.write_text(text)
+            print(f"wrote {copy} (copy to phase5_quantization/kernels/tuned/{info.slug}.json)")
 
 
 if __name__ == "__main__":

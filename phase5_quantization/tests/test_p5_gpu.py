@@ -29,7 +29,8 @@ def _close(y, ref, rel):
 @pytest.mark.parametrize("m,layout", [(1, "row"), (3, "row"), (8, "row"), (16, "row"), (64, "row"), (1, "col"),
                                       (16, "col")])
 def test_tinyllama_shapes_match_dequantized_matmul(k, n, m, layout):
-    """Row layout: the row GEMV (M ≤ 8) and the GEMM over rows; col: the [K/8, N] GEMV (M = 1) and GEMM."""
+    """Row layout: the row GEMV (M = 1), the small-batch MMA kernel (2–64 rows); col: the [K/8, N] GEMV (M = 1)
+    and the GEMM."""
     from phase5_quantization.kernels import w4a16_linear
 
     qw, kw, deq = _weight(n, k, k + n + m, layout)
@@ -141,3 +142,36 @@ def test_int4pack_peer_agrees_with_our_codes():
     qw, kw, deq = _weight(2048, 2048, 31)
     x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
     _close(int4pack_linear(qw)(x), x.float() @ deq.t(), 2 ** -6)
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_N=64, SPLIT_K=4, num_warps=4, DEPTH=1, ONE_DOT=1),
+                                    dict(BLOCK_N=64, SPLIT_K=6, num_warps=4, DEPTH=2, ONE_DOT=1, maxnreg=128),
+                                    dict(BLOCK_N=64, SPLIT_K=1, num_warps=8, DEPTH=1, ONE_DOT=0),
+                                    dict(BLOCK_N=32, SPLIT_K=3, num_warps=2, DEPTH=1, ONE_DOT=1),
+                                    dict(BLOCK_N=128, SPLIT_K=2, num_warps=8, DEPTH=2, ONE_DOT=1)])
+@pytest.mark.parametrize("m", [2, 16, 40])
+def test_small_batch_mma_configs_and_fusions(config, m):
+    """The small-batch tensor-core kernel under the sweep's configurations, fused as the batched decode step
+    calls it (qkv: norm; gate_up: norm + SwiGLU; down: residual in place, K = 5632) and plain."""
+    from phase5_quantization.kernels import w4a16_linear
+
+    config = dict(config, KERNEL="mma")
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    g = 1 + 0.1 * torch.randn(2048, device="cuda", generator=gen)
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5) * g
+    _, kq, dq = _weight(2560, 2048, 1, "row")
+    _close(w4a16_linear(x, kq, norm_weight=g.bfloat16(), eps=1e-5, config=config), h @ dq.t(), 2 ** -6)
+    _close(w4a16_linear(x, kq, config=config), x.float() @ dq.t(), 2 ** -7)
+    _, kg, dg = _weight(2 * 5632, 2048, 2, "row")
+    gate, up = (h @ dg.t()).chunk(2, -1)
+    _close(w4a16_linear(x, kg, norm_weight=g.bfloat16(), eps=1e-5, swiglu=True, config=config),
+           torch.nn.functional.silu(gate) * up, 2 ** -6)
+    _, kd, dd = _weight(2048, 5632, 3, "row")
+    act = torch.randn(m, 5632, device="cuda", dtype=torch.bfloat16, generator=gen)
+    res = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    expect = res.float() + act.float() @ dd.t()
+    for _ in range(2):  # split-K leaves the workspace clean for the next call
+        r = res.clone()
+        w4a16_linear(act, kd, residual=r, out=r, config=config)
+        _close(r, expect, 2 ** -6)

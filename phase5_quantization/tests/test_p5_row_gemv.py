@@ -40,7 +40,8 @@ def test_row_gemv_norm_swiglu(m, split):
 
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_gemm_reads_the_row_layout(swiglu):
-    """More rows than the GEMV takes: the tensor-core kernel over the same (row) layout, as over ``col``."""
+    """More rows than the GEMV takes: the tensor-core kernels over the row layout (the small-batch kernel here),
+    as the GEMM over ``col``."""
     m, n = 12, 64
     qw, kw, deq = weight(n, 256, 41)
     _, kw_col, _ = weight(n, 256, 41, layout="col")
