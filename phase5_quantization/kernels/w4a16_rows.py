@@ -116,7 +116,8 @@ def _apply_groups(part_g, xs_g, s_ptr, z_ptr, gidx, mask_g):
 def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
                      B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
                      GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
-                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
+                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr,
+                     ONE_SLAB: tl.constexpr = False):
     """``out[b, n] = epilogue(Σ_k x[b, k] · W[n, k])`` for ``b < B ≤ BLOCK_B``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
 
     ``qw [rows, K/8]`` int32 and ``s``/``z [rows, K/GROUP]`` (rows = N, or 2N with SwiGLU); ``m0..m4`` must be
@@ -157,11 +158,12 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
         offs_w = kw0 + tl.arange(0, BLOCK_KW)
         mask_w = offs_w < kw_end
         cur, cur_up = words, words_up
-        nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end)
-        nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
-        words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
-        if EPILOGUE == 2:
-            words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        if not ONE_SLAB:  # the next slab (masked off past the end); a split of ≤ BLOCK_KW words has none to hold
+            nxt = offs_w + BLOCK_KW
+            nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
+            words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+            if EPILOGUE == 2:
+                words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
         base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
         offs_g = kw0 // GW + tl.arange(0, NG)
         mask_g = mask_n[:, None] & (offs_g * GW < kw_end)[None, :]

@@ -23,7 +23,8 @@ K = 384  # 3 groups, 48 words: not a multiple of a 32- or 64-word slab
 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("split", [1, 2])
-def test_row_gemv_norm_swiglu(m, split):
+@pytest.mark.parametrize("bkw", [16, 64])  # 64: the whole (split of the) row is one slab (ONE_SLAB, masked)
+def test_row_gemv_norm_swiglu(m, split, bkw):
     """RMSNorm prologue (in-loop Σx², or the separate pass under split-K) and SwiGLU on [gate; up] rows."""
     inter = 48
     gen = torch.Generator().manual_seed(3 + m)
@@ -31,10 +32,10 @@ def test_row_gemv_norm_swiglu(m, split):
     g = (1 + 0.1 * torch.randn(K, generator=gen)).to(DEVICE)
     qw, kw, deq = weight(2 * inter, K, 21 + m)
     gate, up = (rms(x, g) @ deq.t()).chunk(2, -1)
-    act = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, swiglu=True, config={"SPLIT_K": split, "BLOCK_KW": 16})
+    act = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, swiglu=True, config={"SPLIT_K": split, "BLOCK_KW": bkw})
     assert act.shape == (m, inter)
     assert torch.allclose(act.double(), torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-3)
-    y = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, config={"SPLIT_K": split, "BLOCK_KW": 16})  # qkv's fusion
+    y = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, config={"SPLIT_K": split, "BLOCK_KW": bkw})  # qkv's fusion
     assert torch.allclose(y.double(), rms(x, g) @ deq.t(), atol=1e-4, rtol=1e-4)
 
 
