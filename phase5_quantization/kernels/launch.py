@@ -280,8 +280,8 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
-        EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split,
-        ONE_SLAB=triton.cdiv(triton.cdiv(K // 8, split), bkw) * bkw <= bkw, **extra, **launch_options(pdl))
+        EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
+        **launch_options(pdl))
 
 
 KERNELS = ("row", "mma", "gemv", "gemm")

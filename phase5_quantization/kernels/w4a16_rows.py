@@ -10,7 +10,9 @@ At batch 1 a projection reads each weight once and does 2 FLOPs with it, so the 
   (4 words) per row per slab; a grid of ``N / BLOCK_N`` programs (hundreds to thousands) keeps every SM's
   memory pipe full, where the ``[K/8, N]`` kernel (``w4a16._gemv_kernel``) had few programs and 64-byte
   segments;
-- **a two-deep pipeline by hand**: the next slab's codes are requested before the current one is used, and
+- **a two-deep pipeline by hand**: the next slab's codes are requested before the current one is used (even
+  when the row is one slab and that load is masked off: dropping it, as phase 0's GEMV does with
+  ``ONE_SLAB``, measured slower here on an H100 — qkv 3.9 → 4.2 µs, o 3.3 → 4.9 µs in the sweep), and
   under programmatic dependent launch (``USE_PDL``) the first slab is requested *before* waiting for the
   previous kernel (the codes do not depend on it), so this kernel's ramp-up hides the previous one's tail,
   and (``EARLY``, phase 0's ``gemv.EARLY_LAUNCH``) the next kernel may launch before this one waits;
@@ -116,8 +118,7 @@ def _apply_groups(part_g, xs_g, s_ptr, z_ptr, gidx, mask_g):
 def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
                      B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
                      GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
-                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr,
-                     ONE_SLAB: tl.constexpr = False):
+                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
     """``out[b, n] = epilogue(Σ_k x[b, k] · W[n, k])`` for ``b < B ≤ BLOCK_B``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
 
     ``qw [rows, K/8]`` int32 and ``s``/``z [rows, K/GROUP]`` (rows = N, or 2N with SwiGLU); ``m0..m4`` must be
@@ -158,12 +159,11 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
         offs_w = kw0 + tl.arange(0, BLOCK_KW)
         mask_w = offs_w < kw_end
         cur, cur_up = words, words_up
-        if not ONE_SLAB:  # the next slab (masked off past the end); a split of ≤ BLOCK_KW words has none to hold
-            nxt = offs_w + BLOCK_KW
-            nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
-            words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
-            if EPILOGUE == 2:
-                words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end)
+        nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
+        words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        if EPILOGUE == 2:
+            words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
         base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
         offs_g = kw0 // GW + tl.arange(0, NG)
         mask_g = mask_n[:, None] & (offs_g * GW < kw_end)[None, :]
