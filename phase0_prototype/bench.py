@@ -53,7 +53,7 @@ def measure_generate(generate, n_new: int, repeats: int) -> dict:
     for _ in range(repeats - 1):
         fulls += time_region(lambda: generate(n_new), repeats=1, warmup=0).samples
         firsts += time_region(lambda: generate(1), repeats=1, warmup=0).samples
-    diffs = sorted(f - s for f, s in zip(fulls, firsts))
+    diffs = sorted(f - s for f, s in zip(fulls, firsts, strict=True))
     decode_s = max(diffs[len(diffs) // 2], 1e-12) / (n_new - 1)
     e2e, prefill = sorted(fulls)[len(fulls) // 2], sorted(firsts)[len(firsts) // 2]
     return {"e2e_s": e2e, "e2e_tok_s": n_new / e2e, "prefill_s": prefill,

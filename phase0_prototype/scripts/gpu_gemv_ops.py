@@ -86,7 +86,7 @@ def main():
             nbytes = sum(weight(w).numel() * 2 for w in layers) / len(layers)
             for c in configs[name] if pdl == "1" else configs[name][:1]:
                 try:
-                    us = graph_us(lambda: [call(w, c) for w in layers]) / len(layers)
+                    us = graph_us(lambda: [call(w, c) for w in layers]) / len(layers)  # noqa: B023 (timed at once)
                     shown = c or gemv.default_config(weight(layers[0]).shape[0] // (2 if name == "gate_up" else 1),
                                                      weight(layers[0]).shape[1], 1, name == "gate_up",
                                                      name in ("qkv", "gate_up"))
