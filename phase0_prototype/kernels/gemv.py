@@ -136,138 +136,12 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
     tl.store(out_ptr + offs_b[:, None] * stride_ob + offs_n[None, :], acc.to(dtype), mask=mask)
 
 
-@triton.jit
-def _gemv_persistent_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, stride_xb, stride_ob,
-                            stride_rb, eps, NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
-                            ONE_SLAB: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr,
-                            BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``_gemv_kernel`` on a fixed grid (a few programs per SM), each program looping over tiles
-    ``pid, pid + grid, …`` of ``BLOCK_N`` rows; the next tile's first slab is requested before the current
-    tile is used, so the pipeline runs across tiles without draining. The whole grid is resident at once: it
-    starts in one wave (no second-wave tail), lets its dependent launch at once, and leaves SM room for that
-    dependent's programs to prefetch their weights while this kernel streams (``ONE_SLAB``: ``K ≤ BLOCK_K``,
-    the activation row is loaded and normalised once per program, not once per tile)."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    n_tiles = tl.cdiv(N, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    arange_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_n = pid * BLOCK_N + arange_n
-    mask_n = offs_n < N
-    rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
-    if EVEN_K:
-        w_mask = mask_n[:, None]
-    else:
-        w_mask = mask_n[:, None] & (offs_k[None, :] < K)
-    w = tl.load(rows + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-    w_up = w
-    if EPILOGUE == 2:
-        w_up = tl.load(rows + up_offset + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-    if USE_PDL:
-        if EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-        if not EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
-    if ONE_SLAB:  # the whole (normalised) row, once
-        if EVEN_K:
-            x_mask = mask_b[:, None]
-        else:
-            x_mask = mask_b[:, None] & (offs_k[None, :] < K)
-        x_all = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=x_mask, other=0.0).to(tl.float32)
-        r_all = tl.zeros((BLOCK_B,), dtype=tl.float32) + 1.0
-        if NORM:
-            r_all = 1.0 / tl.sqrt(tl.sum(x_all * x_all, axis=1) / K + eps)
-            if EVEN_K:
-                g = tl.load(nw_ptr + offs_k).to(tl.float32)
-            else:
-                g = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-            x_all = x_all * g[None, :]
-    dtype = out_ptr.dtype.element_ty
-    for tile in range(pid, n_tiles, nprog):
-        offs_n = tile * BLOCK_N + arange_n
-        mask_n = offs_n < N
-        acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc_up = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            if ONE_SLAB:
-                x = x_all
-            else:
-                if EVEN_K:
-                    x_mask = mask_b[:, None]
-                else:
-                    x_mask = mask_b[:, None] & (offs_k[None, :] < K)
-                x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=x_mask,
-                            other=0.0).to(tl.float32)
-                if NORM:
-                    sumsq += tl.sum(x * x, axis=1)
-                    if EVEN_K:
-                        g = tl.load(nw_ptr + offs_k).to(tl.float32)
-                    else:
-                        g = tl.load(nw_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-                    x = x * g[None, :]
-            w_cur = w.to(tl.float32)
-            w_up_cur = w_up.to(tl.float32)
-            # the next slab: this tile's, or the first of this program's next tile (masked off past the end)
-            last = k0 + BLOCK_K >= K
-            next_tile = tl.where(last, tile + nprog, tile)
-            next_k = tl.where(last, 0, k0 + BLOCK_K) + tl.arange(0, BLOCK_K)
-            next_n = next_tile * BLOCK_N + arange_n
-            next_rows = w_ptr + next_n.to(tl.int64)[:, None] * K
-            n_mask = (next_n < N)[:, None] & (next_k < K)[None, :]
-            w = tl.load(next_rows + next_k[None, :], mask=n_mask, other=0.0, eviction_policy="evict_first")
-            if EPILOGUE == 2:
-                w_up = tl.load(next_rows + up_offset + next_k[None, :], mask=n_mask, other=0.0,
-                               eviction_policy="evict_first")
-            if BLOCK_B == 1:
-                acc += tl.sum(w_cur * x, axis=1)[None, :]
-                if EPILOGUE == 2:
-                    acc_up += tl.sum(w_up_cur * x, axis=1)[None, :]
-            else:
-                acc += tl.sum(x[:, None, :] * w_cur[None, :, :], axis=2)
-                if EPILOGUE == 2:
-                    acc_up += tl.sum(x[:, None, :] * w_up_cur[None, :, :], axis=2)
-        if NORM:
-            if ONE_SLAB:
-                r = r_all
-            else:
-                r = 1.0 / tl.sqrt(sumsq / K + eps)
-            acc = acc * r[:, None]
-            acc_up = acc_up * r[:, None]
-        mask = mask_b[:, None] & mask_n[None, :]
-        if EPILOGUE == 1:
-            res = tl.load(res_ptr + offs_b[:, None] * stride_rb + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
-            acc = res + acc.to(dtype).to(tl.float32)
-        if EPILOGUE == 2:
-            gate = acc.to(dtype).to(tl.float32)
-            silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-            acc = silu * acc_up.to(dtype).to(tl.float32)
-        tl.store(out_ptr + offs_b[:, None] * stride_ob + offs_n[None, :], acc.to(dtype), mask=mask)
-
-
-_SMS: dict[int, int] = {}
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device`` (cached; 4 on a CPU, where the interpreter runs the grid)."""
-    if device.type != "cuda":
-        return 4
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
-
-
 def launch_options(pdl: bool) -> dict:
     """Extra launch keywords: ``launch_pdl`` only when used (the CPU interpreter does not know it)."""
     return {"launch_pdl": True} if pdl else {}
 
 
-def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> tuple[int, ...]:
+def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> tuple[int, int, int]:
     """``(BLOCK_N, BLOCK_K, num_warps)`` for an ``[n, k]`` product of ``batch`` rows.
 
     Chosen on an H100 at TinyLlama's shapes by timing each projection of the 22 layers back to back in a CUDA
@@ -282,9 +156,9 @@ def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False)
     bandwidth counting weights and KV; 823 µs without attention). Registers decide how many programs wait,
     weights in hand, for the previous kernel — and so how much of the next kernels' streaming overlaps the
     current one's tail; count them without a GPU by compiling for sm_90 and reading ``cuobjdump
-    --dump-resource-usage``. The persistent kernel (4-tuples, ``_gemv_persistent_kernel``) is faster for
-    qkv alone (5.0 vs 5.6 µs) but slower in the whole step (935 vs 905 µs): its programs loop, so fewer
-    weights are in flight when the next kernel starts; it is not a default.
+    --dump-resource-usage``. A persistent variant (a fixed grid of a few programs per SM, each looping over
+    tiles) was faster for qkv alone (5.0 vs 5.6 µs) but slower in the whole step (935–1399 µs against
+    905): its programs loop, so fewer weights are in flight when the next kernel starts; it was dropped.
     lm_head keeps 8 rows and 1024-wide slabs (44 µs, 99 % of copy bandwidth).
     """
     if n >= 16384:
@@ -313,8 +187,7 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
     """``x [B, K]`` (last dim contiguous), ``weight [N, K]`` (or ``[2I, K]`` with ``swiglu``) -> ``[B, N]`` (``[B, I]``).
 
     ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual [B, N]``: add it (``out=residual`` for in place).
-    ``swiglu``: ``silu(x·W[:I]ᵀ) · (x·W[I:]ᵀ)``. ``config``: ``(BLOCK_N, BLOCK_K, num_warps)`` override, or
-    ``(BLOCK_N, BLOCK_K, num_warps, programs_per_sm)`` for the persistent kernel.
+    ``swiglu``: ``silu(x·W[:I]ᵀ) · (x·W[I:]ᵀ)``. ``config``: ``(BLOCK_N, BLOCK_K, num_warps)`` override.
     """
     B, K = x.shape
     if B > MAX_BATCH:
@@ -325,20 +198,14 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
     N = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if out is None:
         out = torch.empty(B, N, dtype=x.dtype, device=x.device)
-    config = config or default_config(N, K, B, swiglu, norm_weight is not None)
-    block_n, block_k, warps = config[:3]
+    block_n, block_k, warps = config or default_config(N, K, B, swiglu, norm_weight is not None)
     pdl = pdl_enabled(x.device)
     epilogue = SWIGLU if swiglu else RESIDUAL if residual is not None else NONE
     res = residual if residual is not None else out
     nw = norm_weight if norm_weight is not None else weight
-    args = (x, weight, out, res, nw, B, N, K, N * K, x.stride(0), out.stride(0), res.stride(0), eps)
-    meta = dict(NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, ONE_SLAB=K <= block_k,
-                USE_PDL=pdl,
-                EARLY=EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k,
-                num_warps=warps, **launch_options(pdl))
-    if len(config) == 4:  # (…, programs per SM): the persistent kernel on a grid that is resident at once
-        grid = min(triton.cdiv(N, block_n), config[3] * sm_count(x.device))
-        _gemv_persistent_kernel[(grid,)](*args, **meta)
-    else:
-        _gemv_kernel[(triton.cdiv(N, block_n),)](*args, **meta)
+    _gemv_kernel[(triton.cdiv(N, block_n),)](
+        x, weight, out, res, nw, B, N, K, N * K, x.stride(0), out.stride(0), res.stride(0), eps,
+        NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, ONE_SLAB=K <= block_k, USE_PDL=pdl,
+        EARLY=EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **launch_options(pdl))
     return out

@@ -15,30 +15,16 @@ import os
 import torch
 
 from module0_profiling.hardware import measured_peaks
+from module0_profiling.timing import capture_cuda_graph, time_fn
 from phase0_prototype import load_impl, load_model
 from phase0_prototype.kernels import gemv
 
 
 @torch.inference_mode()
 def graph_us(fn, reps=50, trials=3):
-    """Mean µs per call of ``fn`` captured in a graph, best of ``trials``."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(trials):
-        a.record()
-        for _ in range(reps):
-            g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b) * 1e3 / reps)
-    return best
+    """µs per call of ``fn`` captured in a CUDA graph (module0's capture and timer), best of ``trials``."""
+    graph = capture_cuda_graph(fn)
+    return min(time_fn(graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda").samples) * 1e6
 
 
 def main():
@@ -63,9 +49,9 @@ def main():
                  lambda w: w.down_proj),
     }
     configs = {  # None = gemv.default_config
-        "qkv": [None, (4, 2048, 8), (1, 2048, 4), (8, 2048, 8), (2, 2048, 4, 4)],
+        "qkv": [None, (4, 2048, 8), (1, 2048, 4), (8, 2048, 8)],
         "o": [None, (2, 2048, 4), (4, 2048, 8), (16, 2048, 8), (16, 2048, 16)],
-        "gate_up": [None, (2, 2048, 8), (2, 2048, 4), (1, 2048, 4, 4)],
+        "gate_up": [None, (2, 2048, 8), (2, 2048, 4), (1, 1024, 4)],
         "down": [None, (2, 2048, 4), (8, 1024, 8), (8, 2048, 8)],
     }
     out_path = os.environ.get("P0OPS_JSON")

@@ -22,6 +22,7 @@ import traceback
 import torch
 
 from module0_profiling.hardware import measured_peaks
+from module0_profiling.timing import time_fn
 from phase0_prototype import bench, load_impl, load_model
 from phase0_prototype.kernels import decode_attention, gemv
 from phase0_prototype.kernels import step as step_module
@@ -46,20 +47,9 @@ def log(*a):
 def replay_us(engine, reps=100, trials=3):
     """(min, max) over ``trials`` of the mean µs per replay of the step's graph, ``reps`` back to back."""
     g = engine._graph_for(1)
-    graph = g.graph
     g.position_in.fill_(576)  # each replay advances it (saturating at the cache's last slot)
-    graph.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    got = []
-    for _ in range(trials):
-        a.record()
-        for _ in range(reps):
-            graph.replay()
-        b.record()
-        torch.cuda.synchronize()
-        got.append(a.elapsed_time(b) * 1e3 / reps)
-    return min(got), max(got)
+    t = time_fn(g.graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda")
+    return min(t.samples) * 1e6, max(t.samples) * 1e6
 
 
 peak = measured_peaks().copy_gbps
@@ -104,13 +94,6 @@ if OPS and os.path.exists(OPS):
     VARIANTS += [(f"best per projection, {op} default", dict(config=per_op({o: c for o, c in best1.items() if o != op})))
                  for op in best1]
     VARIANTS += [("diagnostic: no attention, best per projection", dict(config=per_op(best1), skip_attention=True))]
-VARIANTS += [(f"tiles {name}", dict(config=per_op(kw))) for name, kw in (
-    ("qkv+o (2, 2048, 4, 2)", dict(qkv=(2, 2048, 4, 2), o=(2, 2048, 4, 2))),
-    ("qkv+o (2, 2048, 4, 3)", dict(qkv=(2, 2048, 4, 3), o=(2, 2048, 4, 3))),
-    ("all persistent P=2", dict(qkv=(2, 2048, 4, 2), o=(2, 2048, 4, 2), gate_up=(1, 2048, 4, 2), down=(4, 1024, 4, 2))),
-    ("all persistent P=3", dict(qkv=(2, 2048, 4, 3), o=(2, 2048, 4, 3), gate_up=(1, 2048, 4, 3), down=(4, 1024, 4, 3))),
-    ("all persistent P=4", dict(qkv=(2, 2048, 4, 4), o=(2, 2048, 4, 4), gate_up=(1, 2048, 4, 4), down=(4, 1024, 4, 4))),
-)]
 VARIANTS += [("default again (drift)", {})]
 real_attention = step_module.rope_cache_attention
 

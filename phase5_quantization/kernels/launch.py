@@ -239,6 +239,18 @@ def mma_config(n: int, k: int, m: int, swiglu: bool, norm: bool = False, device=
     return dict(BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, DEPTH=1, ONE_DOT=1)
 
 
+def _launch_state(c: dict, M: int, N: int, device: torch.device) -> tuple:
+    """What the row-layout kernels' launches share: ``(split, workspace, locks, pdl, extra launch options)``;
+    split-K needs ``2·M·N`` workspace floats."""
+    split = c.get("SPLIT_K", 1)
+    if split > 1 and M * 2 * N > WS_FLOATS:
+        raise ModelError(f"W4A16 linear: split-K for {M}×{N} outputs needs {M * 2 * N} workspace floats, "
+                         f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
+    ws, locks = workspace(device)
+    extra = {} if interpreting() else {key: c[key] for key in ("num_warps", "maxnreg") if c.get(key)}
+    return split, ws, locks, pdl_enabled(device), extra
+
+
 def _row_mma(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool, config: dict | None) -> None:
     M, K = x2.shape
     N = out2.shape[1]
@@ -247,13 +259,7 @@ def _row_mma(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool
     block_m = c.get("BLOCK_M", mma_block_m(M))
     if block_m < M:
         raise ModelError(f"W4A16 small-batch kernel: BLOCK_M={block_m} < {M} rows")
-    split = c.get("SPLIT_K", 1)
-    if split > 1 and M * 2 * N > WS_FLOATS:
-        raise ModelError(f"W4A16 linear: split-K for {M}×{N} outputs needs {M * 2 * N} workspace floats, "
-                         f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
-    ws, locks = workspace(x2.device)
-    pdl = pdl_enabled(x2.device)
-    extra = {} if interpreting() else {key: c[key] for key in ("num_warps", "maxnreg") if c.get(key)}
+    split, ws, locks, pdl, extra = _launch_state(c, M, N, x2.device)
     _row_mma_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
@@ -270,13 +276,7 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     bkw = c["BLOCK_KW"]
     if bkw < 16 or bkw & (bkw - 1):
         raise ModelError(f"W4A16 row GEMV: BLOCK_KW must be a power of two ≥ 16 (whole groups), got {bkw}")
-    split = c.get("SPLIT_K", 1)
-    if split > 1 and M * 2 * N > WS_FLOATS:
-        raise ModelError(f"W4A16 linear: split-K for {M}×{N} outputs needs {M * 2 * N} workspace floats, "
-                         f"the workspace holds {WS_FLOATS}: use SPLIT_K=1")
-    ws, locks = workspace(x2.device)
-    pdl = pdl_enabled(x2.device)
-    extra = {} if interpreting() else {key: c[key] for key in ("num_warps", "maxnreg") if c.get(key)}
+    split, ws, locks, pdl, extra = _launch_state(c, M, N, x2.device)
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,

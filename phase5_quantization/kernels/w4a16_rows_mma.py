@@ -47,7 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from phase5_quantization.kernels.w4a16 import _code_plus_magic, _finish, _magic, _mask, _row_rsqrt
+from phase5_quantization.kernels.w4a16 import _code_plus_magic, _dot, _finish, _magic, _mask, _row_rsqrt
 
 
 @triton.jit
@@ -87,13 +87,6 @@ def _joined(words, words_hi, zm, m0, m1, m2, m3, m4, dtype: tl.constexpr, BLOCK_
     a = tl.join(tl.join(n0, n4), tl.join(n2, n6))
     b = tl.join(tl.join(n1, n5), tl.join(n3, n7))
     return tl.reshape(tl.join(a, b), [BLOCK_N, 8 * GW])
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_F32: tl.constexpr):
-    if DOT_F32:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
 
 
 @triton.jit

@@ -53,14 +53,10 @@ def test_gemv_split_k_repeated_calls(config):
         _close(w4a16_linear(x, kw, config=config), x.float() @ deq.t(), 2 ** -7)
 
 
-@pytest.mark.parametrize("config", [dict(BLOCK_N=1, BLOCK_KW=256, SPLIT_K=1, num_warps=2),
-                                    dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=1, num_warps=2),
-                                    dict(BLOCK_N=4, BLOCK_KW=512, SPLIT_K=1, num_warps=4),
-                                    dict(BLOCK_N=2, BLOCK_KW=256, SPLIT_K=2, num_warps=2)])
-@pytest.mark.parametrize("m", [1, 4])
-def test_row_gemv_configs_and_fusions(config, m):
-    """The row GEMV under sweep-like configurations: qkv (norm), o (residual in place), gate_up (norm + SwiGLU),
-    down (residual, K = 5632: a partial last slab)."""
+def _check_fusions(m: int, config: dict, plain: bool = False, calls: int = 1) -> None:
+    """``w4a16_linear`` under ``config`` at TinyLlama's shapes, fused as the decode step calls it, against float
+    math on the dequantized weights: qkv (RMSNorm; ``plain``: also without it), gate_up (RMSNorm + SwiGLU), down
+    (residual in place, K = 5632: a partial last slab), ``calls`` times (split-K must leave its workspace clean)."""
     from phase5_quantization.kernels import w4a16_linear
 
     gen = torch.Generator(device="cuda").manual_seed(m)
@@ -69,6 +65,8 @@ def test_row_gemv_configs_and_fusions(config, m):
     h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5) * g
     _, kq, dq = _weight(2560, 2048, 1, "row")
     _close(w4a16_linear(x, kq, norm_weight=g.bfloat16(), eps=1e-5, config=config), h @ dq.t(), 2 ** -6)
+    if plain:
+        _close(w4a16_linear(x, kq, config=config), x.float() @ dq.t(), 2 ** -7)
     _, kg, dg = _weight(2 * 5632, 2048, 2, "row")
     gate, up = (h @ dg.t()).chunk(2, -1)
     _close(w4a16_linear(x, kg, norm_weight=g.bfloat16(), eps=1e-5, swiglu=True, config=config),
@@ -77,8 +75,20 @@ def test_row_gemv_configs_and_fusions(config, m):
     act = torch.randn(m, 5632, device="cuda", dtype=torch.bfloat16, generator=gen)
     res = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
     expect = res.float() + act.float() @ dd.t()
-    w4a16_linear(act, kd, residual=res, out=res, config=config)
-    _close(res, expect, 2 ** -6)
+    for _ in range(calls):
+        r = res.clone()
+        w4a16_linear(act, kd, residual=r, out=r, config=config)
+        _close(r, expect, 2 ** -6)
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_N=1, BLOCK_KW=256, SPLIT_K=1, num_warps=2),
+                                    dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=1, num_warps=2),
+                                    dict(BLOCK_N=4, BLOCK_KW=512, SPLIT_K=1, num_warps=4),
+                                    dict(BLOCK_N=2, BLOCK_KW=256, SPLIT_K=2, num_warps=2)])
+@pytest.mark.parametrize("m", [1, 4])
+def test_row_gemv_configs_and_fusions(config, m):
+    """The row GEMV under sweep-like configurations, fused as the decode step calls it (``_check_fusions``)."""
+    _check_fusions(m, config)
 
 
 @pytest.mark.parametrize("m", [1, 16])
@@ -153,25 +163,4 @@ def test_int4pack_peer_agrees_with_our_codes():
 def test_small_batch_mma_configs_and_fusions(config, m):
     """The small-batch tensor-core kernel under the sweep's configurations, fused as the batched decode step
     calls it (qkv: norm; gate_up: norm + SwiGLU; down: residual in place, K = 5632) and plain."""
-    from phase5_quantization.kernels import w4a16_linear
-
-    config = dict(config, KERNEL="mma")
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    g = 1 + 0.1 * torch.randn(2048, device="cuda", generator=gen)
-    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
-    h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5) * g
-    _, kq, dq = _weight(2560, 2048, 1, "row")
-    _close(w4a16_linear(x, kq, norm_weight=g.bfloat16(), eps=1e-5, config=config), h @ dq.t(), 2 ** -6)
-    _close(w4a16_linear(x, kq, config=config), x.float() @ dq.t(), 2 ** -7)
-    _, kg, dg = _weight(2 * 5632, 2048, 2, "row")
-    gate, up = (h @ dg.t()).chunk(2, -1)
-    _close(w4a16_linear(x, kg, norm_weight=g.bfloat16(), eps=1e-5, swiglu=True, config=config),
-           torch.nn.functional.silu(gate) * up, 2 ** -6)
-    _, kd, dd = _weight(2048, 5632, 3, "row")
-    act = torch.randn(m, 5632, device="cuda", dtype=torch.bfloat16, generator=gen)
-    res = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
-    expect = res.float() + act.float() @ dd.t()
-    for _ in range(2):  # split-K leaves the workspace clean for the next call
-        r = res.clone()
-        w4a16_linear(act, kd, residual=r, out=r, config=config)
-        _close(r, expect, 2 ** -6)
+    _check_fusions(m, dict(config, KERNEL="mma"), plain=True, calls=2)

@@ -140,7 +140,8 @@ def test_mma_config_rule_and_the_sweeps_table(tmp_path, monkeypatch):
     assert launch.row_gemv_config(2560, 2048, 1, False) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4,
                                                                 maxnreg=96)
     rule = launch.mma_config(5632, 2048, 32, False)  # another BLOCK_M bucket: the rule
-    assert rule["BLOCK_N"] * rule["num_warps"] and rule["ONE_DOT"] == 1
+    # 32 rows: 2 programs per SM; 88 tiles, 16 groups: split ≈ 2·132/88 = 3 (16 groups in splits of 6)
+    assert rule == dict(BLOCK_N=64, SPLIT_K=3, num_warps=4, DEPTH=1, ONE_DOT=1)
     monkeypatch.setattr(launch, "_device_slug", lambda: "gpu-old")
     assert launch.row_gemv_config(2560, 2048, 1, False) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4)
     c = launch.mma_config(2048, 5632, 16, False)
