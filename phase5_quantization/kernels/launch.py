@@ -129,6 +129,13 @@ def _kernel(which: str):
 
 
 ROW_GEMV_MAX_ROWS = 8
+# Whether the row GEMV lets the next kernel launch before waiting on its own inputs (phase 0's GEMV does:
+# ``gemv.EARLY_LAUNCH``). Not here: on an H100 the INT4 decode step replayed in 699 µs with the row GEMVs waiting
+# first against 734–746 µs letting the next kernel launch at once (scripts/gpu_int4_step.py, 2026-11-23). The INT4
+# kernels are short and hold many registers (168 per thread for gate_up): a dependent that launches that early sits on
+# the SMs, spinning in its own wait, while the kernel it waits for still needs them. After the wait the next kernel
+# still launches at once, so its codes are still requested while this one computes.
+ROW_EARLY_LAUNCH = False
 # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps) at batch 1, pasted from scripts/gpu_gemv_sweep.py
 # (the H100 sweep's best per TinyLlama shape); shapes not listed take row_gemv_config's rule.
 ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {}
@@ -280,7 +287,7 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
-        EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
+        EARLY=ROW_EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
         **launch_options(pdl))
 
 

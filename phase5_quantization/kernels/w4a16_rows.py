@@ -15,7 +15,8 @@ At batch 1 a projection reads each weight once and does 2 FLOPs with it, so the 
   ``ONE_SLAB``, measured slower here on an H100 — qkv 3.9 → 4.2 µs, o 3.3 → 4.9 µs in the sweep), and
   under programmatic dependent launch (``USE_PDL``) the first slab is requested *before* waiting for the
   previous kernel (the codes do not depend on it), so this kernel's ramp-up hides the previous one's tail,
-  and (``EARLY``, phase 0's ``gemv.EARLY_LAUNCH``) the next kernel may launch before this one waits;
+  and the next kernel may launch once this one's wait is over (``EARLY``: before it, as phase 0's GEMV does — slower
+  for these short kernels, ``launch.ROW_EARLY_LAUNCH`` says why);
 - **few instructions per weight** (at 3 TB/s an H100 has ~5 issue slots per INT4 weight): nibble ``j`` of a
   word is masked in place and OR-ed into the exponent of a power of two (``w4a16._code_plus_magic``: one
   LOP3 + one FADD, no shift for 5 of the 8 nibbles, no int→float conversion), then one FMA with the
@@ -145,7 +146,7 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     words_up = words
     if EPILOGUE == 2:
         words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
-    if USE_PDL:  # EARLY: the next kernel may launch (and prefetch) now, as phase 0's GEMV lets it
+    if USE_PDL:  # EARLY: the next kernel may launch (and prefetch) now, as phase 0's GEMV lets it; else after the wait
         if EARLY:
             tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output

@@ -1,0 +1,208 @@
+"""Where the INT4 decode step's time goes, and what each launch choice buys in it (random:tinyllama, RTN, bs=1,
+prompt 512: the P5.3 setting), one GPU run.
+
+1. Variants of the whole step (``integration.int4_decode_step`` captured in a CUDA graph by the engine): the
+   launcher's default; programmatic dependent launch off; the row GEMVs letting the next kernel launch before their
+   own wait (``launch.ROW_EARLY_LAUNCH``), the bf16 lm_head GEMV or attention waiting first; the lm_head as INT4 too; one projection's row-GEMV tiles changed at a time
+   (``launch.ROW_GEMV_TABLE`` over the tuned table); and — a diagnostic, wrong tokens — attention replaced by a
+   view of q. For each: the graph replay (µs per step, best of 3 × 100) and agreement of the first 16 greedy tokens
+   with the default (random weights: near-ties flip under any change of rounding); for the default and the INT4
+   lm_head also decode through ``generate`` (``phase0_prototype.bench.measure_generate``, the P5.3 measurement).
+2. The pieces, each captured alone for the 22 layers (different weights, so nothing stays in L2): every projection
+   with its fusion, the four in step order, attention, the lm_head. What the step loses against the sum of its
+   pieces is what the boundaries between kernels cost.
+
+``--ncu``: instead, launch a few single kernels for Nsight Compute (no graphs): the gate_up and down projections at
+one row (row GEMV) and at 16 rows (the small-batch tensor-core kernel).
+
+First run (H100, 2026-11-23, before the variants above were added): step replay 742 µs (generate 753 µs/token);
+without attention 609 µs; the four projections chained 24.6 µs per layer (542 µs per step; 22.0 µs as the sum of
+the projections timed alone: 3.8 qkv, 3.9 o, 7.3 gate_up, 7.0 down); attention alone 71 µs for 22 layers but
+133 µs inside the step; lm_head 56 µs (44 µs less as INT4); PDL off 784 µs. Second run: every GEMV waiting for its
+inputs before letting the next kernel launch 699 µs against 734–746 µs (hence ``launch.ROW_EARLY_LAUNCH = False``);
+attention doing the same 755 µs; one projection's tiles changed at a time 732–796 µs (no gain over the sweep's). A B-fragment tensor-core kernel
+(activations as the MMA's A operand, codes dequantized into B fragments with no shared-memory round trip) was
+measured in the same run and dropped: 8.9–24 µs at one row against 3.8–7.3 µs for the row GEMV, and no better than
+the swapped kernel at 16 rows (12.0 vs 11.4 µs on 5632→2048) — each 16-feature MMA step staged its activation tile
+through shared memory behind two barriers.
+
+Usage (repo root, GPU): PYTHONPATH=$PWD python3 -m phase5_quantization.scripts.gpu_int4_step [--ncu]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+T0 = time.time()
+PROMPT, NEW, CTX = 512, 128, 576
+
+
+def log(*a):
+    print(f"[{time.time() - T0:5.0f}s]", *a, flush=True)
+
+
+@torch.inference_mode()
+def graph_us(fn, reps=50, trials=3):
+    from module0_profiling.timing import capture_cuda_graph, time_fn
+
+    graph = capture_cuda_graph(fn)
+    return min(time_fn(graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda").samples) * 1e6
+
+
+@torch.inference_mode()
+def replay_us(engine):
+    from module0_profiling.timing import time_fn
+
+    g = engine._graph_for(1)
+    g.position_in.fill_(CTX)
+    return min(time_fn(g.graph.replay, warmup=1, iters=3, calls_per_sample=100, device="cuda").samples) * 1e6
+
+
+def set_env(env: dict) -> None:
+    from phase0_prototype.kernels import gemv
+
+    for key in ("TITANINFER_PDL",):
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    gemv._PDL.clear()
+
+
+def ncu_main() -> None:
+    from phase5_quantization.bench_speed import _random_int4
+    from phase5_quantization.kernels import launch, to_kernel_layout, w4a16_linear
+
+    for (n_rows, k, fusion) in ((11264, 2048, "swiglu"), (2048, 5632, "residual")):
+        w = to_kernel_layout(_random_int4(n_rows, k, 0))
+        g = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+        for m in (1, 16):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            res = torch.randn(m, n_rows, device="cuda", dtype=torch.bfloat16)
+            kw = dict(norm_weight=g, eps=1e-5, swiglu=True) if fusion == "swiglu" else dict(residual=res)
+            for _ in range(3):  # the launcher's kernel: the row GEMV at one row, the small-batch kernel at 16
+                w4a16_linear(x, w, **kw)
+            torch.cuda.synchronize()
+            log(f"ncu: {n_rows}x{k} {fusion} M={m} {launch.kernel_for(m, True)}")
+
+
+@torch.inference_mode()
+def main() -> None:
+    from module0_profiling.hardware import measured_peaks
+    from phase0_prototype import bench, load_model
+    from phase0_prototype.kernels import decode_attention
+    from phase5_quantization.integration import Int4Engine, quantize_for_generate
+
+    peak = measured_peaks().copy_gbps
+    log(f"{torch.cuda.get_device_name()} copy {peak:.0f} GB/s, torch {torch.__version__}")
+    model = load_model("random:tinyllama", dtype="bf16", device="cuda", seed=0)
+    cfg = model.config
+    prompt = bench.random_prompt(PROMPT, cfg.vocab_size, "cuda")
+    q = quantize_for_generate(model, "rtn")
+    real_attention = decode_attention.rope_cache_attention
+
+    def no_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True):
+        return qkv[:, : n_heads * k_cache.shape[-1]]
+
+    from phase0_prototype.kernels import gemv
+    from phase5_quantization.kernels import launch
+
+    o_, qkv_, gu_, dn_ = (2048, 2048, False), (2560, 2048, False), (5632, 2048, True), (2048, 5632, False)
+    variants = [("default (launcher's table)", {}, dict(generate=True)),
+                ("PDL off", {"TITANINFER_PDL": "0"}, {}),
+                ("row GEMVs let the next kernel launch before their wait", {}, dict(row_early=True)),
+                ("bf16 lm_head GEMV waits before letting the next kernel launch", {}, dict(gemv_early=False)),
+                ("attention waits before letting the next kernel launch", {}, dict(attn_early=False)),
+                ("lm_head INT4 too", {}, dict(lm_head=True, generate=True)),
+                ("diagnostic: no attention", {}, dict(no_attention=True)),
+                ("o (4, 256, 2 warps)", {}, dict(table={o_: (4, 256, 1, 2, 0)})),
+                ("o (2, 256, 2 warps), no register cap", {}, dict(table={o_: (2, 256, 1, 2, 0)})),
+                ("qkv (4, 256, 2 warps), no register cap", {}, dict(table={qkv_: (4, 256, 1, 2, 0)})),
+                ("qkv (8, 256, 2 warps)", {}, dict(table={qkv_: (8, 256, 1, 2, 0)})),
+                ("gate_up (2, 256, 2 warps)", {}, dict(table={gu_: (2, 256, 1, 2, 0)})),
+                ("gate_up (4, 256, 2 warps)", {}, dict(table={gu_: (4, 256, 1, 2, 0)})),
+                ("down (4, 256, 2 warps)", {}, dict(table={dn_: (4, 256, 1, 2, 0)})),
+                ("down (8, 512, 4 warps)", {}, dict(table={dn_: (8, 512, 1, 4, 0)})),
+                ("down (4, 256, 2 warps), split-K 2", {}, dict(table={dn_: (4, 256, 2, 2, 0)})),
+                ("default again (drift)", {}, {})]
+    ref = None
+    q_lm = None
+    for name, env, opts in variants:
+        set_env(env)
+        decode_attention.rope_cache_attention = no_attention if opts.get("no_attention") else real_attention
+        gemv.EARLY_LAUNCH = opts.get("gemv_early", True)
+        launch.ROW_EARLY_LAUNCH = opts.get("row_early", False)
+        decode_attention.EARLY_LAUNCH = opts.get("attn_early", True)
+        launch.ROW_GEMV_TABLE.clear()
+        launch.ROW_GEMV_TABLE.update(opts.get("table", {}))
+        try:
+            if opts.get("lm_head") and q_lm is None:
+                q_lm = quantize_for_generate(model, "rtn", quantize_lm_head=True)
+            e = Int4Engine(model, q_lm if opts.get("lm_head") else q, max_seq_len=PROMPT + NEW, compile=True)
+            e.warmup()
+            toks = e.generate(prompt, 16, stop_on_eos=False).tokens
+            ref = toks if ref is None else ref
+            agree = (toks == ref).float().mean().item()
+            us = replay_us(e)
+            line = f"{name:54s}: replay {us:6.1f} us/step; agree16 {agree:.2f}"
+            if opts.get("generate"):
+                fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), NEW, 5)
+                line += f"; generate decode {fig['decode_s_per_token'] * 1e6:6.1f} us/token ({fig['decode_tok_s']:.0f} tok/s)"
+            log(line)
+            del e
+        except Exception:
+            log(f"{name}: FAILED\n{traceback.format_exc()[-2500:]}")
+        torch.cuda.empty_cache()
+    decode_attention.rope_cache_attention = real_attention
+    gemv.EARLY_LAUNCH = decode_attention.EARLY_LAUNCH = True
+    launch.ROW_EARLY_LAUNCH = False
+    launch.ROW_GEMV_TABLE.clear()
+
+    # the pieces, 22 layers each
+    set_env({})
+    e = Int4Engine(model, q, max_seq_len=PROMPT + NEW, compile=False)
+    layers = e.weights.layers
+    eps = cfg.rms_norm_eps
+    H = cfg.hidden_size
+    x = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
+    attn = torch.randn(1, cfg.num_attention_heads * cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+    act = torch.randn(1, cfg.intermediate_size, device="cuda", dtype=torch.bfloat16)
+    res = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
+    qkv = torch.randn(1, cfg.q_size + 2 * cfg.kv_size, device="cuda", dtype=torch.bfloat16)
+    positions = torch.full((1,), CTX, device="cuda", dtype=torch.long)
+    ops = {
+        "qkv (RMSNorm)": (lambda lw: lw.qkv_proj(x, norm_weight=lw.input_norm, eps=eps), lambda lw: lw.qkv_proj),
+        "o (+residual)": (lambda lw: lw.o_proj(attn, residual=res, out=res), lambda lw: lw.o_proj),
+        "gate_up (RMSNorm, SwiGLU)": (lambda lw: lw.gate_up_proj(x, norm_weight=lw.post_norm, eps=eps, swiglu=True),
+                                      lambda lw: lw.gate_up_proj),
+        "down (+residual)": (lambda lw: lw.down_proj(act, residual=res, out=res), lambda lw: lw.down_proj),
+    }
+    total = {}
+    for which in ("row",):
+        for name, (call, lin) in ops.items():
+            nbytes = sum(lin(lw).nbytes() for lw in layers) / len(layers)
+            us = graph_us(lambda call=call: [call(lw) for lw in layers]) / len(layers)
+            total[which] = total.get(which, 0.0) + us
+            log(f"{which:4s} {name:26s}: {us:6.2f} us per layer  {nbytes / us / 1e3:6.0f} GB/s = "
+                f"{100 * nbytes / us / 1e3 / peak:5.1f} % copy")
+        chain = graph_us(lambda: [(ops['qkv (RMSNorm)'][0](lw), ops['o (+residual)'][0](lw),
+                                   ops['gate_up (RMSNorm, SwiGLU)'][0](lw), ops['down (+residual)'][0](lw))
+                                  for lw in layers]) / len(layers)
+        log(f"{which:4s} the four in step order (no attention): {chain:6.2f} us per layer (sum of parts "
+            f"{total[which]:6.2f}); x22 = {22 * chain:6.1f} us")
+    set_env({})
+    att = graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin, positions,
+                                           cfg.num_attention_heads, rope=e.fused_rope) for i in range(len(layers))])
+    log(f"attention (RoPE + cache write + attend), 22 layers: {att:6.1f} us")
+    lm = graph_us(lambda: e.weights.lm_head(x, norm_weight=e.weights.norm, eps=eps))
+    log(f"lm_head (bf16, RMSNorm fused): {lm:6.1f} us")
+    log("done")
+
+
+if __name__ == "__main__":
+    if not torch.cuda.is_available():
+        raise SystemExit("this diagnostic times CUDA graphs: it needs a CUDA GPU")
+    ncu_main() if "--ncu" in sys.argv else main()
