@@ -40,6 +40,12 @@ Where it is slow: one MMA operand per group goes through shared memory (the acti
 for the MMA), and the per-group scale multiply is a ``[BLOCK_N, BLOCK_M]`` FMA per 128 features — small next to
 the ~2.5 instructions per weight of the dequantisation, but it grows with ``BLOCK_M``: at 64 rows a prefill-style
 GEMM (``_gemm_kernel``) may win, which is why ``launch`` keeps that one above 64 rows.
+
+Tried and dropped (H100, 2026-11-23): the other orientation — activations as ``A``, codes dequantized straight into
+``mma.sync``'s ``B`` fragments (a ``[16 words, BLOCK_N]`` tile with 4 words per thread *is* the ``kWidth = 4``
+fragment, so no shared-memory round trip for the weights). It measured 12.0 vs 11.4 µs at 16 rows on 5632→2048 and
+8.9–24 µs against the row GEMV's 3.8–7.3 µs at one row: each ``k = 16`` step staged its ``[16, 16]`` activation tile
+through shared memory behind two barriers (``scripts/gpu_int4_step.py``'s docstring has the run).
 """
 
 from __future__ import annotations
