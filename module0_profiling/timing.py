@@ -109,7 +109,7 @@ def time_fn(
                 call()
             ends[i].record()
         torch.cuda.synchronize()
-        samples = [s.elapsed_time(e) / 1e3 / calls_per_sample for s, e in zip(starts, ends)]
+        samples = [s.elapsed_time(e) / 1e3 / calls_per_sample for s, e in zip(starts, ends, strict=True)]
     else:
         for _ in range(iters):
             t0 = time.perf_counter()
@@ -175,3 +175,10 @@ def capture_cuda_graph(fn: Callable[[], Any], *, warmup: int = 3) -> torch.cuda.
         fn()
     torch.cuda.synchronize()
     return graph
+
+
+def time_graph(fn: Callable[[], Any], *, calls_per_sample: int = 50, iters: int = 3, warmup: int = 1) -> Timing:
+    """Capture ``fn`` into a CUDA graph (``capture_cuda_graph``) and time its replays with ``time_fn``: seconds per
+    replay, ``calls_per_sample`` replays back to back per sample (device time, no launch cost between kernels)."""
+    graph = capture_cuda_graph(fn)
+    return time_fn(graph.replay, warmup=warmup, iters=iters, calls_per_sample=calls_per_sample, device="cuda")

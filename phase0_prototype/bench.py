@@ -19,7 +19,7 @@ import torch
 
 from module0_profiling.hardware import detect_device, measured_peaks
 from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
-from module0_profiling.timing import time_region
+from module0_profiling.timing import Timing, time_fn, time_region
 from phase0_prototype import hf_peer, load_impl, load_model
 from phase0_prototype.weights import decode_bytes_per_token
 
@@ -58,6 +58,14 @@ def measure_generate(generate, n_new: int, repeats: int) -> dict:
     e2e, prefill = sorted(fulls)[len(fulls) // 2], sorted(firsts)[len(firsts) // 2]
     return {"e2e_s": e2e, "e2e_tok_s": n_new / e2e, "prefill_s": prefill,
             "decode_s_per_token": decode_s, "decode_tok_s": 1.0 / decode_s}
+
+
+def decode_replay(engine, position: int, reps: int = 100, trials: int = 3) -> Timing:
+    """Seconds per replay of a compiled engine's batch-1 decode-step graph at ``position`` (``trials`` samples of
+    ``reps`` replays back to back; each replay advances the position, saturating at the cache's last slot)."""
+    g = engine._graph_for(1)
+    g.position_in.fill_(position)
+    return time_fn(g.graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda")
 
 
 def greedy_parity(impl: str, shapes: dict, device: str, result: BenchResult) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
-from module0_profiling.timing import capture_cuda_graph, time_fn
+from module0_profiling.timing import time_graph
 
 MLP_SHAPES = [(2048, 5632), (5632, 2048)]  # (K, N): gate / up, down
 ATTN_SHAPES = [(2048, 2560), (2048, 2048)]  # qkv, o
@@ -26,8 +26,7 @@ L2_BYTES = 50e6
 def graphed_seconds(fns: list, calls: int = CALLS) -> float:
     """Seconds per call of ``fns`` (rotating) captured ``calls`` times in one CUDA graph."""
     seq = [fns[i % len(fns)] for i in range(calls)]
-    graph = capture_cuda_graph(lambda: [f() for f in seq])
-    return time_fn(graph.replay, warmup=3, iters=20).median / calls
+    return time_graph(lambda: [f() for f in seq], calls_per_sample=1, iters=20, warmup=3).median / calls
 
 
 def _copies(nbytes: float) -> int:

@@ -9,7 +9,7 @@ import torch
 
 from module0_profiling import roofline
 from module0_profiling.targets import RooflinePoint
-from module0_profiling.timing import Timing, format_seconds, time_fn, time_region
+from module0_profiling.timing import Timing, format_seconds, time_fn, time_graph, time_region
 
 
 def test_time_fn_measures_known_sleep():
@@ -103,3 +103,22 @@ def test_cpu_timing_of_real_matmul_is_positive():
     a = torch.randn(128, 128)
     t = time_fn(lambda: a @ a, warmup=1, iters=3, device="cpu")
     assert t.median > 0
+
+
+def test_time_graph_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the GPU test below covers time_graph")
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA GPU"):
+        time_graph(lambda: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_time_graph_times_the_captured_work():
+    """A graph of 8 copies of 64 MB takes several times a graph of 1 (per replay), and the replay really ran it."""
+    src = torch.randn(16 << 20, device="cuda")
+    dst = torch.zeros_like(src)
+    one = time_graph(lambda: dst.copy_(src), calls_per_sample=5, iters=5)
+    eight = time_graph(lambda: [dst.copy_(src) for _ in range(8)], calls_per_sample=5, iters=5)
+    assert torch.equal(dst, src)
+    assert 4 < eight.median / one.median < 12

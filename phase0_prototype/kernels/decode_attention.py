@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from phase0_prototype.kernels.gemv import pdl_wait
+
 BLOCK_S = 32  # cache positions per loop step
 MAX_SPLITS = 128
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # its tl.dot mishandles bf16: products run in fp32 there
@@ -66,12 +68,7 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     kv_off = offs_s.to(tl.int64)[:, None] * stride_cs + offs_d[None, :]
     k = tl.load(k_base + kv_off, mask=mask_s[:, None], other=0.0)
     v = tl.load(v_base + kv_off, mask=mask_s[:, None], other=0.0)
-    if USE_PDL:
-        if EARLY:  # let the merge and the output projection launch now: they prefetch while this runs
-            tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
-        if not EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL, EARLY)  # qkv is the previous kernel's output; EARLY: the merge and o launch now, and prefetch
     q_off = (h * G + offs_g)[:, None] * D
     k_row = row + q_size + h * D
     v_row = row + q_size + kv_size + h * D
@@ -154,12 +151,7 @@ def _combine_kernel(part_o_ptr, part_ml_ptr, out_ptr, pos_ptr, n_splits, stride_
     offs = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, D)
     pos = tl.load(pos_ptr + b).to(tl.int32)
-    if USE_PDL:
-        if EARLY:  # the output projection launches now and streams its weights in while the attention runs
-            tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-        if not EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL, EARLY)  # EARLY: the output projection launches now and streams its weights in meanwhile
     valid = offs < pos // SPLIT_LEN + 1  # the splits the attention kernel wrote
     slot = bq.to(tl.int64) * n_splits + offs
     m = tl.load(part_ml_ptr + slot * 2, mask=valid, other=float("-inf"))

@@ -57,6 +57,21 @@ def pdl_enabled(device: torch.device) -> bool:
 
 
 @triton.jit
+def pdl_wait(USE_PDL: tl.constexpr, EARLY: tl.constexpr):
+    """A kernel's input boundary under programmatic dependent launch (``pdl_enabled``): wait for the previous
+    kernel's output (``gdc_wait``) and let the next kernel launch (``gdc_launch_dependents``) — before the wait with
+    ``EARLY`` (it may then prefetch its weights while this kernel waits and runs), after it otherwise (at most one
+    kernel runs ahead of its inputs). Nothing without ``USE_PDL``. Every kernel of the decode steps calls it after
+    requesting the loads that do not depend on the previous kernel."""
+    if USE_PDL:
+        if EARLY:
+            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+        if not EARLY:
+            tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, stride_xb, stride_ob, stride_rb, eps,
                  NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, ONE_SLAB: tl.constexpr,
                  USE_PDL: tl.constexpr,
@@ -82,12 +97,7 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
     w = tl.load(rows + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
     if EPILOGUE == 2:
         w_up = tl.load(rows + up_offset + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-    if USE_PDL:
-        if EARLY:  # the next kernel may launch and prefetch its weights now
-            tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
-        if not EARLY:  # at most one kernel runs ahead of its inputs
-            tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:

@@ -15,16 +15,15 @@ import os
 import torch
 
 from module0_profiling.hardware import measured_peaks
-from module0_profiling.timing import capture_cuda_graph, time_fn
+from module0_profiling.timing import time_graph
 from phase0_prototype import load_impl, load_model
 from phase0_prototype.kernels import gemv
 
 
 @torch.inference_mode()
-def graph_us(fn, reps=50, trials=3):
-    """µs per call of ``fn`` captured in a CUDA graph (module0's capture and timer), best of ``trials``."""
-    graph = capture_cuda_graph(fn)
-    return min(time_fn(graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda").samples) * 1e6
+def graph_us(fn):
+    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50."""
+    return min(time_graph(fn).samples) * 1e6
 
 
 def main():

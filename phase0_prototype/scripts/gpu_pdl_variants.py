@@ -22,7 +22,6 @@ import traceback
 import torch
 
 from module0_profiling.hardware import measured_peaks
-from module0_profiling.timing import time_fn
 from phase0_prototype import bench, load_impl, load_model
 from phase0_prototype.kernels import decode_attention, gemv
 from phase0_prototype.kernels import step as step_module
@@ -44,11 +43,9 @@ def log(*a):
 
 
 @torch.inference_mode()
-def replay_us(engine, reps=100, trials=3):
-    """(min, max) over ``trials`` of the mean µs per replay of the step's graph, ``reps`` back to back."""
-    g = engine._graph_for(1)
-    g.position_in.fill_(576)  # each replay advances it (saturating at the cache's last slot)
-    t = time_fn(g.graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda")
+def replay_us(engine):
+    """(min, max) over 3 samples of the mean µs per replay of the step's graph, 100 back to back."""
+    t = bench.decode_replay(engine, 576)
     return min(t.samples) * 1e6, max(t.samples) * 1e6
 
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from phase0_prototype.kernels.gemv import pdl_wait
+
 NONE, RESIDUAL, SWIGLU = 0, 1, 2
 NIBBLE_MASKS = (0xF, 0xF0, 0xF00, 0xF000, 0xF0000)  # the kernels' m0..m4 arguments (see _code)
 
@@ -184,9 +186,7 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, 
     if EPILOGUE == 2:
         words_up = tl.load(qw_ptr + rows[:, None] * ldw + offs_n[None, :] + N, mask=mask, other=0,
                            eviction_policy="evict_first")
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL, False)  # x (and the residual) are the previous kernel's output
     r = 1.0
     if NORM:
         r = tl.sum(_row_rsqrt(x_ptr, 0, tl.arange(0, 1), tl.arange(0, 1) < 1, K, eps, 1, 1024))

@@ -51,6 +51,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from phase0_prototype.kernels.gemv import pdl_wait
 from phase5_quantization.kernels.w4a16 import _code_plus_magic, _finish, _magic, _mask, _row_rsqrt, _zero
 
 
@@ -150,12 +151,7 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     words_up = words
     if EPILOGUE == 2:
         words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
-    if USE_PDL:  # EARLY: the next kernel may launch (and prefetch) now, as phase 0's GEMV lets it; else after the wait
-        if EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
-        if not EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
     SUMSQ: tl.constexpr = NORM and SPLIT_K == 1  # with split-K no program sees the whole row: separate pass
     acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)

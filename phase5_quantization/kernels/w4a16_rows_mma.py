@@ -53,6 +53,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from phase0_prototype.kernels.gemv import pdl_wait
 from phase5_quantization.kernels.w4a16 import _code_plus_magic, _dot, _finish, _magic, _mask, _row_rsqrt
 
 
@@ -134,12 +135,7 @@ def _row_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_pt
         if EPILOGUE == 2:
             words2_up, s2_up, z2_up = _group_codes(rows_up, s_row + N * G, z_row + N * G, g_begin + 1, g_end,
                                                    mask_n, GW)
-    if USE_PDL:  # EARLY: the next kernel may launch (and prefetch) now, as the row GEMV lets it
-        if EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # x (and the residual) are the previous kernel's output
-        if not EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
     dtype: tl.constexpr = tl.float32 if DOT_F32 else x_ptr.dtype.element_ty
     SUMSQ: tl.constexpr = NORM and SPLIT_K == 1  # with split-K no program sees the whole row: separate pass
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)

@@ -47,20 +47,19 @@ def log(*a):
 
 
 @torch.inference_mode()
-def graph_us(fn, reps=50, trials=3):
-    from module0_profiling.timing import capture_cuda_graph, time_fn
+def graph_us(fn):
+    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50."""
+    from module0_profiling.timing import time_graph
 
-    graph = capture_cuda_graph(fn)
-    return min(time_fn(graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda").samples) * 1e6
+    return min(time_graph(fn).samples) * 1e6
 
 
 @torch.inference_mode()
 def replay_us(engine):
-    from module0_profiling.timing import time_fn
+    """µs per replay of the engine's decode-step graph at position ``CTX`` (phase 0's ``decode_replay``), best of 3."""
+    from phase0_prototype.bench import decode_replay
 
-    g = engine._graph_for(1)
-    g.position_in.fill_(CTX)
-    return min(time_fn(g.graph.replay, warmup=1, iters=3, calls_per_sample=100, device="cuda").samples) * 1e6
+    return min(decode_replay(engine, CTX).samples) * 1e6
 
 
 def set_env(env: dict) -> None:
