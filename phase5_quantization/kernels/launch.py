@@ -136,9 +136,17 @@ ROW_GEMV_MAX_ROWS = 8
 # the SMs, spinning in its own wait, while the kernel it waits for still needs them. After the wait the next kernel
 # still launches at once, so its codes are still requested while this one computes.
 ROW_EARLY_LAUNCH = False
+# Whether the row GEMV requests each slab's scales and zero-points with its codes (the first slab's before the PDL
+# wait, the next one's a slab ahead) and the residual right after the wait (``PREFETCH``), or where it uses them.
+ROW_PREFETCH = True
 # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps) at batch 1, pasted from scripts/gpu_gemv_sweep.py
 # (the H100 sweep's best per TinyLlama shape); shapes not listed take row_gemv_config's rule.
-ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {}
+ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, ...]] = {
+    # down (K = 5632) in the decode step: 8 rows × 512 words over 4 warps. Alone the sweep prefers 4 × 256 × 2 warps
+    # (5.59 vs 5.75 µs on an H100), but the whole INT4 step replayed 6–21 µs faster with this one in three runs
+    # (scripts/gpu_int4_step.py, 2026-11-23: 629 vs 638 µs; 652 vs 658 µs; 645 vs 666 µs).
+    (2048, 5632, False): (8, 512, 1, 4, 0),
+}
 TUNED_DIR = Path(__file__).with_name("tuned")  # <device slug>.json: the sweep's table for that GPU (--write-table)
 _tuned_tables: dict[str, dict] = {}
 
@@ -287,7 +295,8 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
-        EARLY=ROW_EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split, **extra,
+        EARLY=ROW_EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split,
+        PREFETCH=ROW_PREFETCH, **extra,
         **launch_options(pdl))
 
 

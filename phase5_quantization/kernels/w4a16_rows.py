@@ -17,6 +17,15 @@ At batch 1 a projection reads each weight once and does 2 FLOPs with it, so the 
   previous kernel (the codes do not depend on it), so this kernel's ramp-up hides the previous one's tail,
   and the next kernel may launch once this one's wait is over (``EARLY``: before it, as phase 0's GEMV does — slower
   for these short kernels, ``launch.ROW_EARLY_LAUNCH`` says why);
+- **every DRAM round trip requested early** (``PREFETCH``, ``launch.ROW_PREFETCH``): a slab's scales and zero-points
+  travel with its codes (the first slab's before the PDL wait, the next one's a slab ahead) and the residual is
+  read right after the wait. Requested where they are used, they put a DRAM round trip between the last FMA and
+  the store of every program: on an H100 the INT4 decode step replayed in 638 µs with them early against 669 µs
+  (the four projections of a layer chained: 22.3 vs 24.1 µs; ``scripts/gpu_int4_step.py``, 2026-11-23).
+  Tried and dropped in the same runs: asking L2 for the *next* projection's weight (``prefetch.global.L2``, the
+  programs sharing its 128-byte lines, before the PDL wait, after it or after the loop; ``evict_last`` or not):
+  the step took 681–777 µs against 645–658 µs without — the prefetch's DRAM traffic lands on top of this
+  kernel's own loads instead of in the idle time between kernels;
 - **few instructions per weight** (at 3 TB/s an H100 has ~5 issue slots per INT4 weight): nibble ``j`` of a
   word is masked in place and OR-ed into the exponent of a power of two (``w4a16._code_plus_magic``: one
   LOP3 + one FADD, no shift for 5 of the 8 nibbles, no int→float conversion), then one FMA with the
@@ -113,10 +122,25 @@ def _slab(words, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1,
 
 
 @triton.jit
-def _apply_groups(part_g, xs_g, s_ptr, z_ptr, gidx, mask_g):
-    """``Σ_g s_g · (Σ q·x − z_g · Σ x)`` -> ``[BLOCK_B, BLOCK_N]``; ``gidx [BLOCK_N, groups]`` indexes scales/zeros."""
-    s = tl.load(s_ptr + gidx, mask=mask_g, other=0.0).to(tl.float32)
+def _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0, kw_end, GW: tl.constexpr, NG: tl.constexpr,
+                  SWIGLU: tl.constexpr):
+    """The scales and zero-points (``[BLOCK_N, groups]`` fp32) of the slab starting at word ``kw0``: gate rows,
+    and the matching up rows when ``SWIGLU`` (else the same values again)."""
+    offs_g = kw0 // GW + tl.arange(0, NG)
+    mask_g = mask_n[:, None] & (offs_g * GW < kw_end)[None, :]
+    gidx = offs_n[:, None] * G + offs_g[None, :]
+    s = tl.load(s_ptr + gidx, mask=mask_g, other=0.0, eviction_policy="evict_first").to(tl.float32)
     z = _zero(z_ptr + gidx, mask_g)
+    s_up, z_up = s, z
+    if SWIGLU:
+        s_up = tl.load(s_ptr + N * G + gidx, mask=mask_g, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        z_up = _zero(z_ptr + N * G + gidx, mask_g)
+    return s, z, s_up, z_up
+
+
+@triton.jit
+def _apply_groups(part_g, xs_g, s, z):
+    """``Σ_g s_g · (Σ q·x − z_g · Σ x)`` -> ``[BLOCK_B, BLOCK_N]`` (``s``, ``z``: ``[BLOCK_N, groups]``)."""
     return tl.sum((part_g - z[None, :, :] * xs_g[:, None, :]) * s[None, :, :], axis=2)
 
 
@@ -124,11 +148,13 @@ def _apply_groups(part_g, xs_g, s_ptr, z_ptr, gidx, mask_g):
 def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
                      B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
                      GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
-                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
+                     EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+                     SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr = True):
     """``out[b, n] = epilogue(Σ_k x[b, k] · W[n, k])`` for ``b < B ≤ BLOCK_B``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
 
     ``qw [rows, K/8]`` int32 and ``s``/``z [rows, K/GROUP]`` (rows = N, or 2N with SwiGLU); ``m0..m4`` must be
-    ``w4a16.NIBBLE_MASKS``.
+    ``w4a16.NIBBLE_MASKS``. ``PREFETCH``: each slab's scales and zero-points are requested with its codes (the
+    first slab's before the PDL wait) and the residual right after the wait; else where they are used (A/B).
     """
     GW: tl.constexpr = GROUP // 8  # words per group
     NG: tl.constexpr = BLOCK_KW // GW  # groups per slab
@@ -151,7 +177,15 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     words_up = words
     if EPILOGUE == 2:
         words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+    # the first slab's scales and zero-points too: requested after the loop's math they put a DRAM round trip
+    # between the last FMA and the store of every program
+    if PREFETCH:
+        s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw_begin, kw_end, GW, NG, EPILOGUE == 2)
     pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
+    RES_EARLY: tl.constexpr = PREFETCH and EPILOGUE == 1 and SPLIT_K == 1
+    if RES_EARLY:  # an L2 round trip that then overlaps the activation loads instead of following the math
+        res = tl.load(res_ptr + offs_b[:, None] * stride_rb + offs_n[None, :],
+                      mask=mask_b[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
     SUMSQ: tl.constexpr = NORM and SPLIT_K == 1  # with split-K no program sees the whole row: separate pass
     acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
@@ -160,23 +194,28 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
         offs_w = kw0 + tl.arange(0, BLOCK_KW)
         mask_w = offs_w < kw_end
         cur, cur_up = words, words_up
-        nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end)
+        if PREFETCH:
+            cur_s, cur_z, cur_s_up, cur_z_up = s, z, s_up, z_up
+        else:
+            cur_s, cur_z, cur_s_up, cur_z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0, kw_end, GW, NG,
+                                                             EPILOGUE == 2)
+        nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end): codes, scales and zero-points
         nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
         words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
         if EPILOGUE == 2:
             words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        if PREFETCH:
+            s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0 + BLOCK_KW, kw_end, GW, NG,
+                                             EPILOGUE == 2)
         base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
-        offs_g = kw0 // GW + tl.arange(0, NG)
-        mask_g = mask_n[:, None] & (offs_g * GW < kw_end)[None, :]
-        gidx = offs_n[:, None] * G + offs_g[None, :]
         part, xs, sq = _slab(cur, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
                              NORM, SUMSQ, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
         sumsq += sq
-        acc += _apply_groups(part, xs, s_ptr, z_ptr, gidx, mask_g)
+        acc += _apply_groups(part, xs, cur_s, cur_z)
         if EPILOGUE == 2:
             part, xs, sq = _slab(cur_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
                                  NORM, False, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
-            acc_up += _apply_groups(part, xs, s_ptr + N * G, z_ptr + N * G, gidx, mask_g)
+            acc_up += _apply_groups(part, xs, cur_s_up, cur_z_up)
     if NORM:
         if SUMSQ:
             r = 1.0 / tl.sqrt(sumsq / K + eps)
@@ -184,5 +223,10 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
             r = _row_rsqrt(x_ptr, stride_xb, offs_b, mask_b, K, eps, BLOCK_B, 256)
         acc = acc * r[:, None]
         acc_up = acc_up * r[:, None]
-    _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, pid_n, offs_b, offs_n, mask_b[:, None] & mask_n[None, :],
-            N, stride_ob, stride_rb, EPILOGUE, SPLIT_K)
+    if RES_EARLY:  # _epilogue's residual add, with the residual already here
+        y = acc.to(out_ptr.dtype.element_ty).to(tl.float32) + res
+        tl.store(out_ptr + offs_b[:, None] * stride_ob + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=mask_b[:, None] & mask_n[None, :])
+    else:
+        _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, pid_n, offs_b, offs_n,
+                mask_b[:, None] & mask_n[None, :], N, stride_ob, stride_rb, EPILOGUE, SPLIT_K)

@@ -24,7 +24,11 @@ attention doing the same 755 µs; one projection's tiles changed at a time 732�
 (activations as the MMA's A operand, codes dequantized into B fragments with no shared-memory round trip) was
 measured in the same run and dropped: 8.9–24 µs at one row against 3.8–7.3 µs for the row GEMV, and no better than
 the swapped kernel at 16 rows (12.0 vs 11.4 µs on 5632→2048) — each 16-feature MMA step staged its activation tile
-through shared memory behind two barriers.
+through shared memory behind two barriers. Later runs (same day): scales, zero-points and the residual requested early
+(``launch.ROW_PREFETCH``) 638 µs against 669 µs without, the four projections chained 22.3 against 24.1 µs per layer;
+the re-swept tiles plus the down pin (``launch.ROW_GEMV_TABLE``) 629 µs; asking L2 for the next projection's weight
+681–777 µs against 645–658 µs without (dropped: ``w4a16_rows``' docstring); INT4 lm_head 600–619 µs (generate
+600–634 µs/token); without attention 560–565 µs.
 
 Usage (repo root, GPU): PYTHONPATH=$PWD python3 -m phase5_quantization.scripts.gpu_int4_step [--ncu]
 """
@@ -113,6 +117,7 @@ def main() -> None:
     variants = [("default (launcher's table)", {}, dict(generate=True)),
                 ("PDL off", {"TITANINFER_PDL": "0"}, {}),
                 ("row GEMVs let the next kernel launch before their wait", {}, dict(row_early=True)),
+                ("row GEMVs read scales/zeros/residual where used", {}, dict(row_prefetch=False)),
                 ("bf16 lm_head GEMV waits before letting the next kernel launch", {}, dict(gemv_early=False)),
                 ("attention waits before letting the next kernel launch", {}, dict(attn_early=False)),
                 ("lm_head INT4 too", {}, dict(lm_head=True, generate=True)),
@@ -124,19 +129,21 @@ def main() -> None:
                 ("gate_up (2, 256, 2 warps)", {}, dict(table={gu_: (2, 256, 1, 2, 0)})),
                 ("gate_up (4, 256, 2 warps)", {}, dict(table={gu_: (4, 256, 1, 2, 0)})),
                 ("down (4, 256, 2 warps)", {}, dict(table={dn_: (4, 256, 1, 2, 0)})),
-                ("down (8, 512, 4 warps)", {}, dict(table={dn_: (8, 512, 1, 4, 0)})),
+                ("down (4, 256, 2 warps, 96 registers): the sweep's", {}, dict(table={dn_: (4, 256, 1, 2, 96)})),
                 ("down (4, 256, 2 warps), split-K 2", {}, dict(table={dn_: (4, 256, 2, 2, 0)})),
                 ("default again (drift)", {}, {})]
     ref = None
     q_lm = None
+    pins = dict(launch.ROW_GEMV_TABLE)  # the launcher's own pins, under every variant's
     for name, env, opts in variants:
         set_env(env)
         decode_attention.rope_cache_attention = no_attention if opts.get("no_attention") else real_attention
         gemv.EARLY_LAUNCH = opts.get("gemv_early", True)
         launch.ROW_EARLY_LAUNCH = opts.get("row_early", False)
+        launch.ROW_PREFETCH = opts.get("row_prefetch", True)
         decode_attention.EARLY_LAUNCH = opts.get("attn_early", True)
         launch.ROW_GEMV_TABLE.clear()
-        launch.ROW_GEMV_TABLE.update(opts.get("table", {}))
+        launch.ROW_GEMV_TABLE.update({**pins, **opts.get("table", {})})
         try:
             if opts.get("lm_head") and q_lm is None:
                 q_lm = quantize_for_generate(model, "rtn", quantize_lm_head=True)
@@ -158,7 +165,9 @@ def main() -> None:
     decode_attention.rope_cache_attention = real_attention
     gemv.EARLY_LAUNCH = decode_attention.EARLY_LAUNCH = True
     launch.ROW_EARLY_LAUNCH = False
+    launch.ROW_PREFETCH = True
     launch.ROW_GEMV_TABLE.clear()
+    launch.ROW_GEMV_TABLE.update(pins)
 
     # the pieces, 22 layers each
     set_env({})
@@ -180,18 +189,20 @@ def main() -> None:
         "down (+residual)": (lambda lw: lw.down_proj(act, residual=res, out=res), lambda lw: lw.down_proj),
     }
     total = {}
-    for which in ("row",):
+    for which in ("row", "row, no prefetch"):
+        launch.ROW_PREFETCH = which == "row"
         for name, (call, lin) in ops.items():
             nbytes = sum(lin(lw).nbytes() for lw in layers) / len(layers)
             us = graph_us(lambda call=call: [call(lw) for lw in layers]) / len(layers)
             total[which] = total.get(which, 0.0) + us
-            log(f"{which:4s} {name:26s}: {us:6.2f} us per layer  {nbytes / us / 1e3:6.0f} GB/s = "
+            log(f"{which:16s} {name:26s}: {us:6.2f} us per layer  {nbytes / us / 1e3:6.0f} GB/s = "
                 f"{100 * nbytes / us / 1e3 / peak:5.1f} % copy")
         chain = graph_us(lambda: [(ops['qkv (RMSNorm)'][0](lw), ops['o (+residual)'][0](lw),
                                    ops['gate_up (RMSNorm, SwiGLU)'][0](lw), ops['down (+residual)'][0](lw))
                                   for lw in layers]) / len(layers)
-        log(f"{which:4s} the four in step order (no attention): {chain:6.2f} us per layer (sum of parts "
+        log(f"{which:16s} the four in step order (no attention): {chain:6.2f} us per layer (sum of parts "
             f"{total[which]:6.2f}); x22 = {22 * chain:6.1f} us")
+    launch.ROW_PREFETCH = True
     set_env({})
     att = graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin, positions,
                                            cfg.num_attention_heads, rope=e.fused_rope) for i in range(len(layers))])

@@ -39,6 +39,28 @@ def test_row_gemv_norm_swiglu(m, split, bkw):
     assert torch.allclose(y.double(), rms(x, g) @ deq.t(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("split", [1, 2])
+def test_row_gemv_prefetch_and_residual(prefetch, split, monkeypatch):
+    """Scales and zero-points requested a slab ahead and the residual read right after the wait
+    (``launch.ROW_PREFETCH``), or where they are used: the same sums, over several slabs, in place."""
+    from phase5_quantization.kernels import launch
+
+    monkeypatch.setattr(launch, "ROW_PREFETCH", prefetch)
+    n = 40
+    qw, kw, deq = weight(n, K, 31 + split)
+    x = act(1, K, 32)
+    res = act(1, n, 33)
+    expect = res.double() + x.double() @ deq.t()
+    out = w4a16_linear(x, kw, residual=res, out=res, config={"SPLIT_K": split, "BLOCK_KW": 16, "BLOCK_N": 8})
+    assert out is res
+    assert torch.allclose(res.double(), expect, atol=1e-4, rtol=1e-4)
+    g = (1 + 0.1 * torch.randn(K, generator=torch.Generator().manual_seed(34))).to(DEVICE)
+    gate, up = (rms(x, g) @ deq.t()).chunk(2, -1)
+    y = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, swiglu=True, config={"SPLIT_K": split, "BLOCK_KW": 16})
+    assert torch.allclose(y.double(), torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-3)
+
+
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_gemm_reads_the_row_layout(swiglu):
     """More rows than the GEMV takes: the tensor-core kernels over the row layout (the small-batch kernel here),
