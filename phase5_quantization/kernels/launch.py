@@ -139,6 +139,9 @@ ROW_EARLY_LAUNCH = False
 # Whether the row GEMV requests each slab's scales and zero-points with its codes (the first slab's before the PDL
 # wait, the next one's a slab ahead) and the residual right after the wait (``PREFETCH``), or where it uses them.
 ROW_PREFETCH = True
+# Whether a row whose words do not fill whole slabs ends in one smaller power-of-two slab (``TAIL_KW``) instead of a
+# mostly masked full one.
+ROW_TAIL = True
 # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps) at batch 1, pasted from scripts/gpu_gemv_sweep.py
 # (the H100 sweep's best per TinyLlama shape); shapes not listed take row_gemv_config's rule.
 ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, ...]] = {
@@ -292,11 +295,13 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     if bkw < 16 or bkw & (bkw - 1):
         raise ModelError(f"W4A16 row GEMV: BLOCK_KW must be a power of two ≥ 16 (whole groups), got {bkw}")
     split, ws, locks, pdl, extra = _launch_state(c, M, N, x2.device)
+    rem = (K // 8) % bkw
+    tail = triton.next_power_of_2(rem) if rem and split == 1 and ROW_TAIL else 0
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
         EARLY=ROW_EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split,
-        PREFETCH=ROW_PREFETCH, **extra,
+        PREFETCH=ROW_PREFETCH, TAIL_KW=tail if tail < bkw else 0, **extra,
         **launch_options(pdl))
 
 

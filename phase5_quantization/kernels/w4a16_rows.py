@@ -26,6 +26,10 @@ At batch 1 a projection reads each weight once and does 2 FLOPs with it, so the 
   programs sharing its 128-byte lines, before the PDL wait, after it or after the loop; ``evict_last`` or not):
   the step took 681–777 µs against 645–658 µs without — the prefetch's DRAM traffic lands on top of this
   kernel's own loads instead of in the idle time between kernels;
+- **no masked-off slab** (``TAIL_KW``, ``launch.ROW_TAIL``): K = 5632 is 704 words per row, 512 + 192; a second
+  512-word slab would spend a full slab's instructions on 192 words (every lane executes, masked or not), so the
+  row ends in a 256-word slab requested with the first. On an H100 the down projection took 5.17 µs per layer
+  instead of 5.56–5.62 and the INT4 step replayed in 593 µs against 624 µs with the masked slab;
 - **few instructions per weight** (at 3 TB/s an H100 has ~5 issue slots per INT4 weight): nibble ``j`` of a
   word is masked in place and OR-ed into the exponent of a power of two (``w4a16._code_plus_magic``: one
   LOP3 + one FADD, no shift for 5 of the 8 nibbles, no int→float conversion), then one FMA with the
@@ -149,12 +153,15 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
                      B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
                      GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
                      EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-                     SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr = True):
+                     SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr = True, TAIL_KW: tl.constexpr = 0):
     """``out[b, n] = epilogue(Σ_k x[b, k] · W[n, k])`` for ``b < B ≤ BLOCK_B``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
 
     ``qw [rows, K/8]`` int32 and ``s``/``z [rows, K/GROUP]`` (rows = N, or 2N with SwiGLU); ``m0..m4`` must be
     ``w4a16.NIBBLE_MASKS``. ``PREFETCH``: each slab's scales and zero-points are requested with its codes (the
     first slab's before the PDL wait) and the residual right after the wait; else where they are used (A/B).
+    ``TAIL_KW`` (a power of two < ``BLOCK_KW``, ``SPLIT_K == 1``): the row's last ``KW mod BLOCK_KW`` words are one
+    ``[BLOCK_N, TAIL_KW]`` slab, requested before the PDL wait with the first, instead of a ``BLOCK_KW`` slab
+    mostly masked off (K = 5632: 704 words = 512 + 192, a 256-word tail instead of a second 512-word slab).
     """
     GW: tl.constexpr = GROUP // 8  # words per group
     NG: tl.constexpr = BLOCK_KW // GW  # groups per slab
@@ -169,10 +176,13 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     per_split = tl.cdiv(tl.cdiv(KW, SPLIT_K), BLOCK_KW) * BLOCK_KW
     kw_begin = pid_k * per_split
     kw_end = tl.minimum(kw_begin + per_split, KW)
+    kw_stop = kw_end  # the full slabs end here; a TAIL_KW slab covers the rest
+    if TAIL_KW > 0:
+        kw_stop = kw_begin + ((kw_end - kw_begin) // BLOCK_KW) * BLOCK_KW
     rows = qw_ptr + offs_n.to(tl.int64)[:, None] * KW  # row n's words are contiguous
     rows_up = rows + N.to(tl.int64) * KW  # SwiGLU: the matching up row
     offs_w = kw_begin + tl.arange(0, BLOCK_KW)
-    wmask = mask_n[:, None] & (offs_w < kw_end)[None, :]
+    wmask = mask_n[:, None] & (offs_w < kw_stop)[None, :]
     words = tl.load(rows + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
     words_up = words
     if EPILOGUE == 2:
@@ -180,7 +190,16 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     # the first slab's scales and zero-points too: requested after the loop's math they put a DRAM round trip
     # between the last FMA and the store of every program
     if PREFETCH:
-        s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw_begin, kw_end, GW, NG, EPILOGUE == 2)
+        s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw_begin, kw_stop, GW, NG, EPILOGUE == 2)
+    if TAIL_KW > 0:
+        offs_t = kw_stop + tl.arange(0, TAIL_KW)
+        tmask = mask_n[:, None] & (offs_t < kw_end)[None, :]
+        t_words = tl.load(rows + offs_t[None, :], mask=tmask, other=0, eviction_policy="evict_first")
+        t_words_up = t_words
+        if EPILOGUE == 2:
+            t_words_up = tl.load(rows_up + offs_t[None, :], mask=tmask, other=0, eviction_policy="evict_first")
+        t_s, t_z, t_s_up, t_z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw_stop, kw_end, GW,
+                                                 TAIL_KW // GW, EPILOGUE == 2)
     pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
     RES_EARLY: tl.constexpr = PREFETCH and EPILOGUE == 1 and SPLIT_K == 1
     if RES_EARLY:  # an L2 round trip that then overlaps the activation loads instead of following the math
@@ -190,22 +209,22 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_B], dtype=tl.float32)
-    for kw0 in range(kw_begin, kw_end, BLOCK_KW):
+    for kw0 in range(kw_begin, kw_stop, BLOCK_KW):
         offs_w = kw0 + tl.arange(0, BLOCK_KW)
-        mask_w = offs_w < kw_end
+        mask_w = offs_w < kw_stop
         cur, cur_up = words, words_up
         if PREFETCH:
             cur_s, cur_z, cur_s_up, cur_z_up = s, z, s_up, z_up
         else:
-            cur_s, cur_z, cur_s_up, cur_z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0, kw_end, GW, NG,
+            cur_s, cur_z, cur_s_up, cur_z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0, kw_stop, GW, NG,
                                                              EPILOGUE == 2)
         nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end): codes, scales and zero-points
-        nmask = mask_n[:, None] & (nxt < kw_end)[None, :]
+        nmask = mask_n[:, None] & (nxt < kw_stop)[None, :]
         words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
         if EPILOGUE == 2:
             words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
         if PREFETCH:
-            s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0 + BLOCK_KW, kw_end, GW, NG,
+            s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0 + BLOCK_KW, kw_stop, GW, NG,
                                              EPILOGUE == 2)
         base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
         part, xs, sq = _slab(cur, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
@@ -216,6 +235,17 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
             part, xs, sq = _slab(cur_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
                                  NORM, False, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
             acc_up += _apply_groups(part, xs, cur_s_up, cur_z_up)
+    if TAIL_KW > 0:
+        base = (offs_t // GW) * GROUP + offs_t % GW
+        mask_t = offs_t < kw_end
+        part, xs, sq = _slab(t_words, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_t, m0, m1, m2, m3, m4,
+                             NORM, SUMSQ, GW, BLOCK_B, BLOCK_N, TAIL_KW)
+        sumsq += sq
+        acc += _apply_groups(part, xs, t_s, t_z)
+        if EPILOGUE == 2:
+            part, xs, sq = _slab(t_words_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_t, m0, m1, m2, m3,
+                                 m4, NORM, False, GW, BLOCK_B, BLOCK_N, TAIL_KW)
+            acc_up += _apply_groups(part, xs, t_s_up, t_z_up)
     if NORM:
         if SUMSQ:
             r = 1.0 / tl.sqrt(sumsq / K + eps)

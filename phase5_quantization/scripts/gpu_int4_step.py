@@ -28,7 +28,8 @@ through shared memory behind two barriers. Later runs (same day): scales, zero-p
 (``launch.ROW_PREFETCH``) 638 µs against 669 µs without, the four projections chained 22.3 against 24.1 µs per layer;
 the re-swept tiles plus the down pin (``launch.ROW_GEMV_TABLE``) 629 µs; asking L2 for the next projection's weight
 681–777 µs against 645–658 µs without (dropped: ``w4a16_rows``' docstring); INT4 lm_head 600–619 µs (generate
-600–634 µs/token); without attention 560–565 µs.
+600–634 µs/token); without attention 560–565 µs. Last run: down's row ending in a 256-word slab instead of a masked
+512-word one (``launch.ROW_TAIL``) 593 µs (generate 562 µs/token) against 624 µs.
 
 Usage (repo root, GPU): PYTHONPATH=$PWD python3 -m phase5_quantization.scripts.gpu_int4_step [--ncu]
 """
@@ -118,6 +119,7 @@ def main() -> None:
                 ("PDL off", {"TITANINFER_PDL": "0"}, {}),
                 ("row GEMVs let the next kernel launch before their wait", {}, dict(row_early=True)),
                 ("row GEMVs read scales/zeros/residual where used", {}, dict(row_prefetch=False)),
+                ("row GEMVs end a row in a masked full slab, no tail slab", {}, dict(row_tail=False)),
                 ("bf16 lm_head GEMV waits before letting the next kernel launch", {}, dict(gemv_early=False)),
                 ("attention waits before letting the next kernel launch", {}, dict(attn_early=False)),
                 ("lm_head INT4 too", {}, dict(lm_head=True, generate=True)),
@@ -141,6 +143,7 @@ def main() -> None:
         gemv.EARLY_LAUNCH = opts.get("gemv_early", True)
         launch.ROW_EARLY_LAUNCH = opts.get("row_early", False)
         launch.ROW_PREFETCH = opts.get("row_prefetch", True)
+        launch.ROW_TAIL = opts.get("row_tail", True)
         decode_attention.EARLY_LAUNCH = opts.get("attn_early", True)
         launch.ROW_GEMV_TABLE.clear()
         launch.ROW_GEMV_TABLE.update({**pins, **opts.get("table", {})})
@@ -166,6 +169,7 @@ def main() -> None:
     gemv.EARLY_LAUNCH = decode_attention.EARLY_LAUNCH = True
     launch.ROW_EARLY_LAUNCH = False
     launch.ROW_PREFETCH = True
+    launch.ROW_TAIL = True
     launch.ROW_GEMV_TABLE.clear()
     launch.ROW_GEMV_TABLE.update(pins)
 

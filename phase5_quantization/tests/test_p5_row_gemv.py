@@ -23,7 +23,7 @@ K = 384  # 3 groups, 48 words: not a multiple of a 32- or 64-word slab
 
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("split", [1, 2])
-@pytest.mark.parametrize("bkw", [16, 64])  # 64: the whole (split of the) row is one slab (ONE_SLAB, masked)
+@pytest.mark.parametrize("bkw", [16, 32, 64])  # 32: a 16-word tail slab; 64: the whole (split of the) row is one slab
 def test_row_gemv_norm_swiglu(m, split, bkw):
     """RMSNorm prologue (in-loop Σx², or the separate pass under split-K) and SwiGLU on [gate; up] rows."""
     inter = 48
@@ -41,23 +41,25 @@ def test_row_gemv_norm_swiglu(m, split, bkw):
 
 @pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("split", [1, 2])
-def test_row_gemv_prefetch_and_residual(prefetch, split, monkeypatch):
+@pytest.mark.parametrize("tail", [True, False])
+def test_row_gemv_prefetch_and_residual(prefetch, split, tail, monkeypatch):
     """Scales and zero-points requested a slab ahead and the residual read right after the wait
     (``launch.ROW_PREFETCH``), or where they are used: the same sums, over several slabs, in place."""
     from phase5_quantization.kernels import launch
 
     monkeypatch.setattr(launch, "ROW_PREFETCH", prefetch)
+    monkeypatch.setattr(launch, "ROW_TAIL", tail)
     n = 40
     qw, kw, deq = weight(n, K, 31 + split)
     x = act(1, K, 32)
     res = act(1, n, 33)
     expect = res.double() + x.double() @ deq.t()
-    out = w4a16_linear(x, kw, residual=res, out=res, config={"SPLIT_K": split, "BLOCK_KW": 16, "BLOCK_N": 8})
+    out = w4a16_linear(x, kw, residual=res, out=res, config={"SPLIT_K": split, "BLOCK_KW": 32, "BLOCK_N": 8})
     assert out is res
     assert torch.allclose(res.double(), expect, atol=1e-4, rtol=1e-4)
     g = (1 + 0.1 * torch.randn(K, generator=torch.Generator().manual_seed(34))).to(DEVICE)
     gate, up = (rms(x, g) @ deq.t()).chunk(2, -1)
-    y = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, swiglu=True, config={"SPLIT_K": split, "BLOCK_KW": 16})
+    y = w4a16_linear(x, kw, norm_weight=g, eps=1e-5, swiglu=True, config={"SPLIT_K": split, "BLOCK_KW": 32})
     assert torch.allclose(y.double(), torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-3)
 
 
