@@ -35,6 +35,16 @@ def random_prompt(n: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
     return torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(3, vocab, (1, n - 1), generator=g)], 1).to(device)
 
 
+def step_inputs(config, device, batch: int = 1, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Random inputs of one decode step's projections, for timing them apart (GPU scripts): ``x`` (the residual
+    stream: qkv's and gate_up's input), ``attn`` (o's), ``act`` (down's), ``res`` (a residual) and ``qkv``
+    (attention's)."""
+    c = config
+    shapes = dict(x=c.hidden_size, attn=c.num_attention_heads * c.head_dim, act=c.intermediate_size,
+                  res=c.hidden_size, qkv=c.q_size + 2 * c.kv_size)
+    return {name: torch.randn(batch, n, device=device, dtype=dtype) for name, n in shapes.items()}
+
+
 def progress(message: str) -> None:
     """One line per stage on stderr: a full run compiles three times and takes minutes."""
     print(f"[phase0 bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

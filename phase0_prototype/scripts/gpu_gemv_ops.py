@@ -16,7 +16,7 @@ import torch
 
 from module0_profiling.hardware import measured_peaks
 from module0_profiling.timing import time_graph
-from phase0_prototype import load_impl, load_model
+from phase0_prototype import bench, load_impl, load_model
 from phase0_prototype.kernels import gemv
 
 
@@ -33,11 +33,7 @@ def main():
     e = load_impl("solution").build(model, max_seq_len=640, compile=False)
     layers = e.weights.layers
     cfg = e.config
-    H = cfg.hidden_size
-    x = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
-    attn = torch.randn(1, cfg.num_attention_heads * cfg.head_dim, device="cuda", dtype=torch.bfloat16)
-    act = torch.randn(1, cfg.intermediate_size, device="cuda", dtype=torch.bfloat16)
-    res = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
+    x, attn, act, res = (bench.step_inputs(cfg, "cuda")[k] for k in ("x", "attn", "act", "res"))
     ops = {
         "qkv": (lambda w, c: gemv.fused_gemv(x, w.qkv_proj, norm_weight=w.input_norm, eps=1e-5, config=c),
                 lambda w: w.qkv_proj),

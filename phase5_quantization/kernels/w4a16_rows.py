@@ -149,6 +149,37 @@ def _apply_groups(part_g, xs_g, s, z):
 
 
 @triton.jit
+def _slab_codes(rows, rows_up, offs_w, mask_n, kw_lim, SWIGLU: tl.constexpr):
+    """The ``[BLOCK_N, slab]`` codes at words ``offs_w`` (masked past ``kw_lim``), and the up rows' with SwiGLU."""
+    wmask = mask_n[:, None] & (offs_w < kw_lim)[None, :]
+    words = tl.load(rows + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+    words_up = words
+    if SWIGLU:
+        words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+    return words, words_up
+
+
+@triton.jit
+def _slab_sums(words, words_up, s, z, s_up, z_up, offs_w, kw_lim, x_ptr, nw_ptr, offs_b, mask_b, stride_xb,
+               m0, m1, m2, m3, m4, GROUP: tl.constexpr, NORM: tl.constexpr, SUMSQ: tl.constexpr, SWIGLU: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, SLAB: tl.constexpr):
+    """One slab's contribution to the accumulators (``[BLOCK_B, BLOCK_N]``; the up rows' with SwiGLU, else the same
+    tensor again) and to ``Σ x²`` (``[BLOCK_B]``, when ``SUMSQ``)."""
+    GW: tl.constexpr = GROUP // 8
+    base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
+    mask_w = offs_w < kw_lim
+    part, xs, sq = _slab(words, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
+                         NORM, SUMSQ, GW, BLOCK_B, BLOCK_N, SLAB)
+    acc = _apply_groups(part, xs, s, z)
+    acc_up = acc
+    if SWIGLU:
+        part, xs, _ = _slab(words_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
+                            NORM, False, GW, BLOCK_B, BLOCK_N, SLAB)
+        acc_up = _apply_groups(part, xs, s_up, z_up)
+    return acc, acc_up, sq
+
+
+@triton.jit
 def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
                      B, N, KW, stride_xb, stride_ob, stride_rb, eps, m0, m1, m2, m3, m4,
                      GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
@@ -181,23 +212,14 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
         kw_stop = kw_begin + ((kw_end - kw_begin) // BLOCK_KW) * BLOCK_KW
     rows = qw_ptr + offs_n.to(tl.int64)[:, None] * KW  # row n's words are contiguous
     rows_up = rows + N.to(tl.int64) * KW  # SwiGLU: the matching up row
-    offs_w = kw_begin + tl.arange(0, BLOCK_KW)
-    wmask = mask_n[:, None] & (offs_w < kw_stop)[None, :]
-    words = tl.load(rows + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
-    words_up = words
-    if EPILOGUE == 2:
-        words_up = tl.load(rows_up + offs_w[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+    words, words_up = _slab_codes(rows, rows_up, kw_begin + tl.arange(0, BLOCK_KW), mask_n, kw_stop, EPILOGUE == 2)
     # the first slab's scales and zero-points too: requested after the loop's math they put a DRAM round trip
     # between the last FMA and the store of every program
     if PREFETCH:
         s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw_begin, kw_stop, GW, NG, EPILOGUE == 2)
     if TAIL_KW > 0:
         offs_t = kw_stop + tl.arange(0, TAIL_KW)
-        tmask = mask_n[:, None] & (offs_t < kw_end)[None, :]
-        t_words = tl.load(rows + offs_t[None, :], mask=tmask, other=0, eviction_policy="evict_first")
-        t_words_up = t_words
-        if EPILOGUE == 2:
-            t_words_up = tl.load(rows_up + offs_t[None, :], mask=tmask, other=0, eviction_policy="evict_first")
+        t_words, t_words_up = _slab_codes(rows, rows_up, offs_t, mask_n, kw_end, EPILOGUE == 2)
         t_s, t_z, t_s_up, t_z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw_stop, kw_end, GW,
                                                  TAIL_KW // GW, EPILOGUE == 2)
     pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
@@ -211,41 +233,32 @@ def _row_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_p
     sumsq = tl.zeros([BLOCK_B], dtype=tl.float32)
     for kw0 in range(kw_begin, kw_stop, BLOCK_KW):
         offs_w = kw0 + tl.arange(0, BLOCK_KW)
-        mask_w = offs_w < kw_stop
         cur, cur_up = words, words_up
         if PREFETCH:
             cur_s, cur_z, cur_s_up, cur_z_up = s, z, s_up, z_up
         else:
             cur_s, cur_z, cur_s_up, cur_z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0, kw_stop, GW, NG,
                                                              EPILOGUE == 2)
-        nxt = offs_w + BLOCK_KW  # the next slab (masked off past the end): codes, scales and zero-points
-        nmask = mask_n[:, None] & (nxt < kw_stop)[None, :]
-        words = tl.load(rows + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
-        if EPILOGUE == 2:
-            words_up = tl.load(rows_up + nxt[None, :], mask=nmask, other=0, eviction_policy="evict_first")
+        # the next slab (masked off past the end): codes, scales and zero-points
+        words, words_up = _slab_codes(rows, rows_up, offs_w + BLOCK_KW, mask_n, kw_stop, EPILOGUE == 2)
         if PREFETCH:
             s, z, s_up, z_up = _group_params(s_ptr, z_ptr, N, G, offs_n, mask_n, kw0 + BLOCK_KW, kw_stop, GW, NG,
                                              EPILOGUE == 2)
-        base = (offs_w // GW) * GROUP + offs_w % GW  # feature of nibble 0 of each word
-        part, xs, sq = _slab(cur, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
-                             NORM, SUMSQ, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
-        sumsq += sq
-        acc += _apply_groups(part, xs, cur_s, cur_z)
+        a, a_up, sq = _slab_sums(cur, cur_up, cur_s, cur_z, cur_s_up, cur_z_up, offs_w, kw_stop, x_ptr, nw_ptr, offs_b,
+                                 mask_b, stride_xb, m0, m1, m2, m3, m4, GROUP, NORM, SUMSQ, EPILOGUE == 2, BLOCK_B,
+                                 BLOCK_N, BLOCK_KW)
+        acc += a
         if EPILOGUE == 2:
-            part, xs, sq = _slab(cur_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_w, m0, m1, m2, m3, m4,
-                                 NORM, False, GW, BLOCK_B, BLOCK_N, BLOCK_KW)
-            acc_up += _apply_groups(part, xs, cur_s_up, cur_z_up)
+            acc_up += a_up
+        sumsq += sq
     if TAIL_KW > 0:
-        base = (offs_t // GW) * GROUP + offs_t % GW
-        mask_t = offs_t < kw_end
-        part, xs, sq = _slab(t_words, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_t, m0, m1, m2, m3, m4,
-                             NORM, SUMSQ, GW, BLOCK_B, BLOCK_N, TAIL_KW)
-        sumsq += sq
-        acc += _apply_groups(part, xs, t_s, t_z)
+        a, a_up, sq = _slab_sums(t_words, t_words_up, t_s, t_z, t_s_up, t_z_up, offs_t, kw_end, x_ptr, nw_ptr, offs_b,
+                                 mask_b, stride_xb, m0, m1, m2, m3, m4, GROUP, NORM, SUMSQ, EPILOGUE == 2, BLOCK_B,
+                                 BLOCK_N, TAIL_KW)
+        acc += a
         if EPILOGUE == 2:
-            part, xs, sq = _slab(t_words_up, x_ptr, nw_ptr, offs_b, mask_b, stride_xb, base, mask_t, m0, m1, m2, m3,
-                                 m4, NORM, False, GW, BLOCK_B, BLOCK_N, TAIL_KW)
-            acc_up += _apply_groups(part, xs, t_s_up, t_z_up)
+            acc_up += a_up
+        sumsq += sq
     if NORM:
         if SUMSQ:
             r = 1.0 / tl.sqrt(sumsq / K + eps)

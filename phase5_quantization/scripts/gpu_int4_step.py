@@ -178,12 +178,7 @@ def main() -> None:
     e = Int4Engine(model, q, max_seq_len=PROMPT + NEW, compile=False)
     layers = e.weights.layers
     eps = cfg.rms_norm_eps
-    H = cfg.hidden_size
-    x = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
-    attn = torch.randn(1, cfg.num_attention_heads * cfg.head_dim, device="cuda", dtype=torch.bfloat16)
-    act = torch.randn(1, cfg.intermediate_size, device="cuda", dtype=torch.bfloat16)
-    res = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
-    qkv = torch.randn(1, cfg.q_size + 2 * cfg.kv_size, device="cuda", dtype=torch.bfloat16)
+    x, attn, act, res, qkv = bench.step_inputs(cfg, "cuda").values()
     positions = torch.full((1,), CTX, device="cuda", dtype=torch.long)
     ops = {
         "qkv (RMSNorm)": (lambda lw: lw.qkv_proj(x, norm_weight=lw.input_norm, eps=eps), lambda lw: lw.qkv_proj),
