@@ -21,9 +21,11 @@ bandwidth-bound speed it would be the bottleneck. OR-ing a 4-bit code ``q`` into
 ``(2²³ + q) − (2²³ + z) = q − z`` is one exact float subtract.
 
 **Split-K across programs** (``SPLIT_K > 1``): each program adds its fp32 partial into a workspace with
-atomics, then takes a ticket from a per-tile counter; the program that draws the last ticket reads the sums
-back (an atomic add of 0, so the read is served where the partials were added), zeroes them for the next call, resets the counter
-and runs the epilogue. One kernel, no memset, so it captures in a CUDA graph. The workspace is shared by
+relaxed atomics (fire-and-forget reductions at L2), then takes a ticket from a per-tile counter (the one
+ordered atomic); the program that draws the last ticket reads the sums back (an atomic add of 0, so the read is
+served where the partials were added), zeroes them for the next call, resets the counter and runs the epilogue.
+With every atomic ``acq_rel`` (Triton's default) each partial add was fenced GPU-wide and waited for, a chain of
+L2 round trips at the end of every program: the small-batch kernel took 11.5 instead of 8.1 µs at 16 rows. One kernel, no memset, so it captures in a CUDA graph. The workspace is shared by
 every call on the device: kernels must not run concurrently on two streams.
 
 **Fusions** (what the decode step around a projection needs, so no extra kernel or pass over memory):
@@ -114,25 +116,31 @@ def _epilogue(acc, acc_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, st
 @triton.jit
 def _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, tile, offs_m, offs_n, mask, N, stride_om, stride_rm,
             EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Epilogue directly, or (``SPLIT_K > 1``) through the workspace by the program that finishes the tile last."""
+    """Epilogue directly, or (``SPLIT_K > 1``) through the workspace by the program that finishes the tile last.
+
+    Only the ticket orders memory (``acq_rel``: its release covers the partials every thread of the program added
+    before the barrier, its acquire the partials of the programs before); the partial adds, the read-back and the
+    lock's reset are relaxed. Each relaxed add is a fire-and-forget reduction at L2, where ``acq_rel`` on every add
+    wrapped each in a GPU-wide fence and waited for it: a chain of L2 round trips at the end of every program."""
     if SPLIT_K == 1:
         _epilogue(acc, acc_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, stride_rm, EPILOGUE)
     else:
         ws = ws_ptr + offs_m[:, None] * (2 * N) + offs_n[None, :]  # [M, 2N] fp32: sums, then up-sums (SwiGLU)
-        tl.atomic_add(ws, acc, mask=mask)
+        tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
         if EPILOGUE == 2:
-            tl.atomic_add(ws + N, acc_up, mask=mask)
+            tl.atomic_add(ws + N, acc_up, mask=mask, sem="relaxed")
         tl.debug_barrier()  # every thread's partials are in before the ticket is drawn
-        ticket = tl.atomic_add(lock_ptr + tile, 1)
+        ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
             zero = tl.zeros_like(acc)
-            total = tl.atomic_add(ws, zero, mask=mask)  # read at L2, where every partial was added
-            tl.store(ws, zero, mask=mask)  # nobody else touches this tile until the next launch
+            total = tl.atomic_add(ws, zero, mask=mask, sem="relaxed")  # read at L2, where every partial was added
             total_up = total
             if EPILOGUE == 2:
-                total_up = tl.atomic_add(ws + N, zero, mask=mask)
+                total_up = tl.atomic_add(ws + N, zero, mask=mask, sem="relaxed")
+            tl.store(ws, zero, mask=mask)  # nobody else touches this tile until the next launch
+            if EPILOGUE == 2:
                 tl.store(ws + N, zero, mask=mask)
-            tl.atomic_xchg(lock_ptr + tile, 0)
+            tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed")
             _epilogue(total, total_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, stride_rm, EPILOGUE)
 
 

@@ -46,6 +46,17 @@ Tried and dropped (H100, 2026-11-23): the other orientation — activations as `
 fragment, so no shared-memory round trip for the weights). It measured 12.0 vs 11.4 µs at 16 rows on 5632→2048 and
 8.9–24 µs against the row GEMV's 3.8–7.3 µs at one row: each ``k = 16`` step staged its ``[16, 16]`` activation tile
 through shared memory behind two barriers (``scripts/gpu_int4_step.py``'s docstring has the run).
+
+Also tried and dropped (H100, 2026-11-23, ``scripts/gpu_gemv_sweep.py --quick --shapes=``, after ``w4a16._finish``
+stopped fencing every partial add; this kernel then took 8.1 µs on 2048 → 5632 and 8.2 µs on 5632 → 2048 at 16
+rows, from 11.5 µs on both): a loop-free variant whose programs own 1, 2 or 4 groups and request all their codes,
+scales and zero-points at once before the PDL wait, then all their activations (9.0–9.5 and 9.1–9.7 µs; 12.5 µs
+before the fence change), and Triton's own software pipeline (``tl.range(..., num_stages=2–3)``, codes and
+activation tiles copied asynchronously into shared memory) — with the nibble masks as immediates Triton converts
+the codes from the pipeline's buffer straight into the MMA's register-operand layout, so no nibble tile is staged
+through shared memory, yet it measured 9.5–11.6 µs; with the scale folded into bf16 weights (one loop-carried
+k = 128 MMA per group, tinygemm's rounding) 9.9–12 µs. 1–2 warps per program (``mma.sync`` instead of
+``wgmma``): 12.5–33 µs.
 """
 
 from __future__ import annotations

@@ -123,12 +123,14 @@ def main() -> None:
         args.no_col = True  # the [K/8, N] kernels autotune (tens of seconds): not in the quick run
     if not torch.cuda.is_available():
         raise SystemExit("this sweep times CUDA graphs: it needs a CUDA GPU")
-    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    shapes = [name for name in args.shapes.split(",") if name]  # --shapes "": M = 16 only
+    unknown = set(shapes) - set(SHAPES)
     if unknown:
         raise SystemExit(f"unknown shape(s) {sorted(unknown)}: choose among {', '.join(SHAPES)}")
     F = torch.nn.functional
     from phase5_quantization.bench_speed import _copies, _random_int4, graphed_seconds
     from phase5_quantization.kernels import row_gemv_config, to_kernel_layout, w4a16_linear
+    from phase5_quantization.kernels.launch import MMA_KEYS
     from phase5_quantization.peers import int4pack_linear, int4pack_reason
 
     copy_gbps = None
@@ -141,7 +143,7 @@ def main() -> None:
         emit(what="no measured peaks", error=str(e)[:200])
     rows, summary, table, mma_table = [], [], {}, {}
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for name in args.shapes.split(","):
+    for name in shapes:
         k, n, fusion = SHAPES[name]
         swiglu = fusion == "swiglu"
         rows_w = 2 * n if swiglu else n  # matrix rows
@@ -255,8 +257,7 @@ def main() -> None:
                         mma_rel_err=float(f"{err:.1e}"))
             if "tinygemm_us" in line:
                 line["mma_vs_tinygemm"] = round(line["tinygemm_us"] / (t * 1e6), 2)
-            mma_table[(n, k, False, 16)] = tuple(c.get(key, 0) for key in ("BLOCK_N", "SPLIT_K", "num_warps", "DEPTH",
-                                                                             "ONE_DOT", "maxnreg"))
+            mma_table[(n, k, False, 16)] = tuple(c.get(key, 0) for key in MMA_KEYS)
         if not args.no_col:
             wc = [to_kernel_layout(q, layout="col") for q in qws]
             t = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in wc])  # the autotuned GEMM
@@ -312,8 +313,7 @@ def main() -> None:
             "gpu_gemv_sweep" + (" --quick" if args.quick else ""), "date": time.strftime("%Y-%m-%d %H:%M"),
             "columns": ["n", "k", "swiglu", "BLOCK_N", "BLOCK_KW", "SPLIT_K", "num_warps", "maxnreg"],
             "table": [[*key, *cfg] for key, cfg in merged.items()],
-            "mma_columns": ["n", "k", "swiglu", "BLOCK_M", "BLOCK_N", "SPLIT_K", "num_warps", "DEPTH", "ONE_DOT",
-                            "maxnreg"],
+            "mma_columns": ["n", "k", "swiglu", "BLOCK_M", *MMA_KEYS],
             "mma_table": [[*key, *cfg] for key, cfg in merged_mma.items()]}, indent=1) + "\n"
         path.write_text(text)
         print(f"wrote {path}")

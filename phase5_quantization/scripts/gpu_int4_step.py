@@ -93,6 +93,23 @@ def ncu_main() -> None:
             log(f"ncu: {n_rows}x{k} {fusion} M={m} {launch.kernel_for(m, True)}")
 
 
+def ncu_m16_main() -> None:
+    """``--ncu-m16``: P5.2's plain M = 16 products (2048 → 5632 and 5632 → 2048) under the launcher's
+    small-batch configuration, for Nsight Compute."""
+    from phase5_quantization.bench_speed import _random_int4
+    from phase5_quantization.kernels import to_kernel_layout, w4a16_linear
+
+    configs = [None]
+    for n, k in ((5632, 2048), (2048, 5632)):
+        w = to_kernel_layout(_random_int4(n, k, 0))
+        x = torch.randn(16, k, device="cuda", dtype=torch.bfloat16)
+        for c in configs:
+            for _ in range(2):
+                w4a16_linear(x, w, config=c)
+            torch.cuda.synchronize()
+            log(f"ncu: {n}x{k} M=16 {c}")
+
+
 @torch.inference_mode()
 def main() -> None:
     from module0_profiling.hardware import measured_peaks
@@ -214,4 +231,4 @@ def main() -> None:
 if __name__ == "__main__":
     if not torch.cuda.is_available():
         raise SystemExit("this diagnostic times CUDA graphs: it needs a CUDA GPU")
-    ncu_main() if "--ncu" in sys.argv else main()
+    ncu_m16_main() if "--ncu-m16" in sys.argv else ncu_main() if "--ncu" in sys.argv else main()
