@@ -73,7 +73,9 @@ def row_configs(quick: bool, k: int, swiglu: bool):
 
 def mma_configs(quick: bool, n: int, k: int, sms: int):
     """The small-batch kernel's space at 16 rows: (BLOCK_N, warps, resident programs per SM at sm_90's register
-    counts) × split-K for one resident wave (and half of it) × DEPTH × ONE_DOT, a register cap for 4 per SM."""
+    counts) × split-K for one resident wave (and half of it) × DEPTH × ONE_DOT, a register cap for 4 per SM; the
+    full space adds 2–6 groups per program × DEPTH × a 128 or 96 register cap around the quick winner (H100,
+    2026-11-23: none beat it — 8.1 µs on 2048 → 5632 at 64 rows × 6 splits, 8.2 µs on 5632 → 2048 at 15)."""
     from phase5_quantization.kernels.launch import mma_config
 
     groups = k // 128
@@ -91,6 +93,13 @@ def mma_configs(quick: bool, n: int, k: int, sms: int):
                     c["maxnreg"] = maxnreg
                 if c not in out:
                     out.append(c)
+    if not quick:  # around the quick winner (64 rows, 4 warps, nibble MMAs): 2–6 groups per program, cap, depth
+        for split in sorted({-(-groups // g) for g in (2, 3, 4, 5, 6)}):
+            for depth in (1, 2):
+                for maxnreg in (128, 96):
+                    c = dict(BLOCK_N=64, SPLIT_K=split, num_warps=4, DEPTH=depth, ONE_DOT=0, maxnreg=maxnreg)
+                    if c not in out:
+                        out.append(c)
     return out
 
 
