@@ -30,6 +30,11 @@ class Timing:
     samples: list[float] = field(default_factory=list, repr=False)
 
     @property
+    def best(self) -> float:
+        """The fastest sample: what a version can do once noise (clocks, other work) is out of the way."""
+        return min(self.samples) if self.samples else self.p10
+
+    @property
     def spread(self) -> float:
         """(p90 − p10) / median: differences between versions smaller than this are noise."""
         return (self.p90 - self.p10) / self.median if self.median else 0.0

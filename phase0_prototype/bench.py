@@ -19,7 +19,7 @@ import torch
 
 from module0_profiling.hardware import detect_device, measured_peaks
 from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
-from module0_profiling.timing import Timing, time_fn, time_region
+from module0_profiling.timing import Timing, time_fn, time_graph, time_region
 from phase0_prototype import hf_peer, load_impl, load_model
 from phase0_prototype.weights import decode_bytes_per_token
 
@@ -68,6 +68,13 @@ def measure_generate(generate, n_new: int, repeats: int) -> dict:
     e2e, prefill = sorted(fulls)[len(fulls) // 2], sorted(firsts)[len(firsts) // 2]
     return {"e2e_s": e2e, "e2e_tok_s": n_new / e2e, "prefill_s": prefill,
             "decode_s_per_token": decode_s, "decode_tok_s": 1.0 / decode_s}
+
+
+def graph_us(fn) -> float:
+    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50 (GPU
+    scripts timing one projection or a chain of them)."""
+    with torch.inference_mode():
+        return time_graph(fn).best * 1e6
 
 
 def decode_replay(engine, position: int, reps: int = 100, trials: int = 3) -> Timing:

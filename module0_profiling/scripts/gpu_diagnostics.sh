@@ -7,7 +7,7 @@
 #   p5sweep phase 5 W4A16 GEMV sweep (SWEEP_ARGS, default --quick)              ~150 s
 #   p5step  phase 5 INT4 decode step: kernel-choice variants and the pieces     ~120 s
 #   p5ncu   Nsight Compute on the INT4 kernels at one row and 16 (if ncu runs) ~60 s
-#   p5ncu16 Nsight Compute on P5.2's M = 16 products, small-batch kernel variants ~60 s
+#   p5ncu16 Nsight Compute on P5.2's M = 16 products (stall reasons)        ~60 s
 # Device tool usage: carry [".whl"] (or .whlA/.whlB over two calls): optional peers and the Rust extension (device_site.sh).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"

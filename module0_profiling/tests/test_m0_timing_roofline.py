@@ -38,6 +38,7 @@ def test_timing_quantiles_match_numpy():
     assert t.p10 == pytest.approx(np.percentile(samples, 10))
     assert t.p90 == pytest.approx(np.percentile(samples, 90))
     assert t.spread == pytest.approx((t.p90 - t.p10) / t.median)
+    assert t.best == pytest.approx(np.min(samples))
 
 
 def test_time_region_counts_whole_region():

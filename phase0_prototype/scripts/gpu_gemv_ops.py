@@ -15,17 +15,11 @@ import os
 import torch
 
 from module0_profiling.hardware import measured_peaks
-from module0_profiling.timing import time_graph
 from phase0_prototype import bench, load_impl, load_model
 from phase0_prototype.kernels import gemv
 
 
 @torch.inference_mode()
-def graph_us(fn):
-    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50."""
-    return min(time_graph(fn).samples) * 1e6
-
-
 def main():
     peak = measured_peaks().copy_gbps
     print(f"{torch.cuda.get_device_name()} copy {peak:.0f} GB/s", flush=True)
@@ -67,7 +61,7 @@ def main():
             nbytes = sum(weight(w).numel() * 2 for w in layers) / len(layers)
             for c in configs[name] if pdl == "1" else configs[name][:1]:
                 try:
-                    us = graph_us(lambda: [call(w, c) for w in layers]) / len(layers)  # noqa: B023 (timed at once)
+                    us = bench.graph_us(lambda: [call(w, c) for w in layers]) / len(layers)  # noqa: B023 (timed at once)
                     shown = c or gemv.default_config(weight(layers[0]).shape[0] // (2 if name == "gate_up" else 1),
                                                      weight(layers[0]).shape[1], 1, name == "gate_up",
                                                      name in ("qkv", "gate_up"))
@@ -78,14 +72,14 @@ def main():
                         best.setdefault(name, []).append((us, list(shown)))
                 except Exception as exc:  # a tile that does not compile (registers, shared memory)
                     print(f"PDL={pdl} {name} {c}: FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-        us = graph_us(chain({}))
+        us = bench.graph_us(chain({}))
         print(f"PDL={pdl} chain of 4 projections x 22 layers (defaults, no attention): {us:.1f} us "
               f"= {100 * total / us / 1e3 / peak:.1f} % copy", flush=True)
         if pdl == "1":
             for v in best.values():
                 v.sort()
             pick = {name: tuple(v[0][1]) for name, v in best.items()}
-            us = graph_us(chain(pick))
+            us = bench.graph_us(chain(pick))
             print(f"PDL=1 chain, best config per projection {pick}: {us:.1f} us "
                   f"= {100 * total / us / 1e3 / peak:.1f} % copy", flush=True)
             if out_path:

@@ -52,19 +52,11 @@ def log(*a):
 
 
 @torch.inference_mode()
-def graph_us(fn):
-    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50."""
-    from module0_profiling.timing import time_graph
-
-    return min(time_graph(fn).samples) * 1e6
-
-
-@torch.inference_mode()
 def replay_us(engine):
     """µs per replay of the engine's decode-step graph at position ``CTX`` (phase 0's ``decode_replay``), best of 3."""
     from phase0_prototype.bench import decode_replay
 
-    return min(decode_replay(engine, CTX).samples) * 1e6
+    return decode_replay(engine, CTX).best * 1e6
 
 
 def set_env(env: dict) -> None:
@@ -209,21 +201,21 @@ def main() -> None:
         launch.ROW_PREFETCH = which == "row"
         for name, (call, lin) in ops.items():
             nbytes = sum(lin(lw).nbytes() for lw in layers) / len(layers)
-            us = graph_us(lambda call=call: [call(lw) for lw in layers]) / len(layers)
+            us = bench.graph_us(lambda call=call: [call(lw) for lw in layers]) / len(layers)
             total[which] = total.get(which, 0.0) + us
             log(f"{which:16s} {name:26s}: {us:6.2f} us per layer  {nbytes / us / 1e3:6.0f} GB/s = "
                 f"{100 * nbytes / us / 1e3 / peak:5.1f} % copy")
-        chain = graph_us(lambda: [(ops['qkv (RMSNorm)'][0](lw), ops['o (+residual)'][0](lw),
+        chain = bench.graph_us(lambda: [(ops['qkv (RMSNorm)'][0](lw), ops['o (+residual)'][0](lw),
                                    ops['gate_up (RMSNorm, SwiGLU)'][0](lw), ops['down (+residual)'][0](lw))
                                   for lw in layers]) / len(layers)
         log(f"{which:16s} the four in step order (no attention): {chain:6.2f} us per layer (sum of parts "
             f"{total[which]:6.2f}); x22 = {22 * chain:6.1f} us")
     launch.ROW_PREFETCH = True
     set_env({})
-    att = graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin, positions,
+    att = bench.graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin, positions,
                                            cfg.num_attention_heads, rope=e.fused_rope) for i in range(len(layers))])
     log(f"attention (RoPE + cache write + attend), 22 layers: {att:6.1f} us")
-    lm = graph_us(lambda: e.weights.lm_head(x, norm_weight=e.weights.norm, eps=eps))
+    lm = bench.graph_us(lambda: e.weights.lm_head(x, norm_weight=e.weights.norm, eps=eps))
     log(f"lm_head (bf16, RMSNorm fused): {lm:6.1f} us")
     log("done")
 
