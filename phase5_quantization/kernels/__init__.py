@@ -1,6 +1,8 @@
 """Phase 5's Triton W4A16 kernels (``w4a16``: the tensor-core GEMM and the original ``[K/8, N]`` GEMV;
 ``w4a16_rows``: the row-layout decode GEMV, phase 0's bandwidth-bound design over INT4; ``w4a16_rows_mma``: the
-same streaming with the multiply on the tensor cores, for 2–64 rows), their launcher
+same streaming with the multiply on the tensor cores, for 2–64 rows; ``w4a16_wgmma``: its Hopper form in Gluon,
+codes dequantized straight into ``wgmma``'s register operand — the default there for plain and residual products),
+their launcher
 (``launch.w4a16_linear``, fixed row-GEMV configurations from ``launch.row_gemv_config``) and the kernel
 layouts (``layout.KernelWeight``, repacked from storage by ``layout.to_kernel_layout``; rows by default,
 ``TITANINFER_W4A16_LAYOUT=col`` for the original one).

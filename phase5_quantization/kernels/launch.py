@@ -4,9 +4,11 @@ Which kernel: the weight's layout decides (``layout.KernelWeight.row_major``; ``
 picks the layout ``QuantLinear`` builds). Row layout (default): one row runs the row GEMV (``w4a16_rows``) with a
 **fixed** configuration from ``row_gemv_config`` (the GPU sweep's table for this device in ``kernels/tuned/``,
 ``ROW_GEMV_TABLE`` pins, or a rule; no tuning inside the engine); 2–64 rows (``MMA_MIN_ROWS`` ..
-``MMA_MAX_ROWS``) the small-batch tensor-core kernel (``w4a16_rows_mma``: the row GEMV's streaming with the
-multiply on the tensor cores), also with a fixed configuration (``mma_config``: the sweep's ``mma_table``, or a
-rule); more rows the tensor-core GEMM reading the same layout (prefill). A ``config`` with ``BLOCK_KW`` still
+``MMA_MAX_ROWS``) the small-batch tensor-core kernel — on Hopper with bf16/fp16 activations and no RMSNorm or SwiGLU
+fused, the Gluon one (``w4a16_wgmma``, ``wgmma_config``; ``wgmma_reason`` says when it cannot run), else the Triton
+one (``w4a16_rows_mma``: the row GEMV's streaming with the multiply on the tensor cores; ``mma_config``: the sweep's
+``mma_table``, or a rule); the products in ``WGMMA_ONE_ROW`` run the Gluon kernel at one row too; more rows the
+tensor-core GEMM reading the same layout (prefill). A ``config`` with ``BLOCK_KW`` still
 sends 2–8 rows to the row GEMV (its batched form, kept for A/B and the tests). ``col`` layout: one row runs the
 original ``[K/8, N]`` GEMV, more rows the GEMM, both autotuned.
 
@@ -37,6 +39,7 @@ import triton
 from phase0_prototype.errors import ModelError
 from phase0_prototype.kernels import gemv as phase0_gemv
 from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
+from phase5_quantization.kernels import w4a16_wgmma
 from phase5_quantization.kernels.layout import KernelWeight
 from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU, _gemm_kernel, _gemv_kernel
 from phase5_quantization.kernels.w4a16_rows import _row_gemv_kernel
@@ -257,6 +260,66 @@ def mma_config(n: int, k: int, m: int, swiglu: bool, norm: bool = False, device=
     return dict(BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, DEPTH=1, ONE_DOT=1)
 
 
+# (n, k, epilogue) products that run the Gluon kernel at one row instead of the row GEMV. Plain, the down projection
+# (K = 5632, N = 2048: P5.2's shape) took 4.96 µs against the row GEMV's 5.08 on an H100 (CUDA graph, 2026-11-23);
+# with the residual fused, as the decode step calls it, the row GEMV stays: the INT4 step replayed 0.610 ms/token with
+# the Gluon kernel there against 0.582 with the row GEMV (make check-phase5, two runs). 2048 → 5632 stays on the row
+# GEMV plain too (4.76 vs 4.05 µs): its 5632 rows give the row GEMV enough programs without splitting K.
+WGMMA_ONE_ROW = {(2048, 5632, NONE)}
+
+
+def wgmma_reason(x2: torch.Tensor, w: KernelWeight, norm: bool, swiglu: bool) -> str | None:
+    """Why the Gluon kernel (``w4a16_wgmma``) cannot run this product, or ``None`` when it can: a Hopper GPU
+    (``wgmma``), a compiled run, bf16/fp16 activations, group size 128, the row layout, no fused RMSNorm or SwiGLU,
+    and a Triton with Gluon's Hopper API; ``TITANINFER_W4A16_GLUON=0`` switches it off (A/B)."""
+    if os.environ.get("TITANINFER_W4A16_GLUON", "1") == "0":
+        return "switched off (TITANINFER_W4A16_GLUON=0)"
+    if w4a16_wgmma.GLUON_ERROR:
+        return f"this Triton has no Gluon Hopper API ({w4a16_wgmma.GLUON_ERROR})"
+    if interpreting() or not x2.is_cuda:
+        return "Gluon kernels run compiled on a GPU only (no CPU interpreter)"
+    if torch.cuda.get_device_capability(x2.device)[0] != 9:
+        return "wgmma needs a Hopper GPU (sm_90)"
+    if x2.dtype not in (torch.bfloat16, torch.float16):
+        return f"{x2.dtype} activations (bf16/fp16 only)"
+    if w.group_size != w4a16_wgmma.GROUP or not w.row_major:
+        return f"group size {w.group_size}, {'row' if w.row_major else 'col'} layout (128 and row only)"
+    if norm or swiglu:
+        return "the RMSNorm prologue and SwiGLU are fused in the Triton kernel only"
+    return None
+
+
+def wgmma_config(n: int, k: int, m: int) -> dict:
+    """``BLOCK_M`` / ``BLOCK_N`` / ``GPP`` / ``SPLIT_K`` / ``num_warps`` of the Gluon kernel for an ``[n, k]`` product of
+    ``m`` rows: 8/16/32/64 activation rows (the MMA's N side), 128 weight rows per program up to 16 activation rows
+    (one warpgroup, two ``m64`` tiles; 167 registers → 3 programs per SM), 64 above (the accumulators grow), and 2
+    groups per program, K split over ``cdiv(K/128, 2)`` programs. On an H100 (2026-11-23, plain, 16 rows) 2 groups
+    beat 1, 3 and 4 on both MLP shapes (2048 → 5632: 6.0 µs against 8.3 / 7.9 / 9.4; 5632 → 2048: 6.3 against
+    8.7 / 7.9 / 9.5), and 128 rows beat 64 (7.3 and 7.4 µs)."""
+    block_m = 8 if m <= 8 else mma_block_m(m)
+    gpp = 2
+    return dict(BLOCK_M=block_m, BLOCK_N=128 if block_m <= 16 else 64, GPP=gpp,
+                SPLIT_K=triton.cdiv(max(1, k // w4a16_wgmma.GROUP), gpp), num_warps=4)
+
+
+def _row_wgmma(x2, w: KernelWeight, out2, res2, epilogue: int, config: dict | None) -> None:
+    M, K = x2.shape
+    N = out2.shape[1]
+    c = wgmma_config(N, K, M)
+    c.update({key: v for key, v in (config or {}).items() if key in c})
+    groups = K // w4a16_wgmma.GROUP
+    if config and "GPP" in config and "SPLIT_K" not in config:
+        c["SPLIT_K"] = triton.cdiv(groups, c["GPP"])
+    if c["BLOCK_M"] < M or c["SPLIT_K"] * c["GPP"] < groups:
+        raise ModelError(f"W4A16 Gluon kernel: BLOCK_M={c['BLOCK_M']} for {M} rows, SPLIT_K·GPP="
+                         f"{c['SPLIT_K'] * c['GPP']} for {groups} groups: both must cover the product")
+    split, ws, locks, pdl, _ = _launch_state(c, M, N, x2.device)
+    w4a16_wgmma._wgmma_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
+        x2, w.qweight, w.scales, w.zeros, out2, res2, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
+        res2.stride(0), EPILOGUE=epilogue, USE_PDL=pdl, EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_M=c["BLOCK_M"],
+        BLOCK_N=c["BLOCK_N"], SPLIT_K=split, GPP=c["GPP"], num_warps=c["num_warps"], **launch_options(pdl))
+
+
 def _launch_state(c: dict, M: int, N: int, device: torch.device) -> tuple:
     """What the row-layout kernels' launches share: ``(split, workspace, locks, pdl, extra launch options)``;
     split-K needs ``2·M·N`` workspace floats."""
@@ -305,7 +368,7 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
         **launch_options(pdl))
 
 
-KERNELS = ("row", "mma", "gemv", "gemm")
+KERNELS = ("row", "mma", "wgmma", "gemv", "gemm")
 
 
 def kernel_for(m: int, row_major: bool, config: dict | None = None) -> str:
@@ -334,7 +397,9 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
     ones: ``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for a GEMV (1–8 rows with the row layout, one with ``col``);
     ``BLOCK_N``/``SPLIT_K``/``DEPTH``/``ONE_DOT`` (optional ``BLOCK_M``) for the small-batch kernel (2–64 rows, row
     layout); ``BLOCK_M``/``BLOCK_N``/``SPLIT_K`` for the GEMM; optional ``num_warps`` and ``maxnreg`` (a register
-    cap, compiled kernels only). ``KERNEL`` (``row``, ``mma``, ``gemv``, ``gemm``) overrides ``kernel_for``'s choice.
+    cap, compiled kernels only); ``BLOCK_M``/``BLOCK_N``/``GPP``/``SPLIT_K`` for the Gluon kernel. ``KERNEL`` (``row``,
+    ``mma``, ``wgmma``, ``gemv``, ``gemm``) overrides the choice; a ``config`` without it keeps ``kernel_for``'s (the
+    Gluon kernel is taken by default only).
     """
     K = w.k
     if x.shape[-1] != K:
@@ -364,16 +429,25 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
     m_key = M if M <= 64 else triton.next_power_of_2(M)
     config = dict(config) if config else None
     which = config.pop("KERNEL", None) if config else None
+    which_given = which is not None
     which = which or kernel_for(M, w.row_major, config)
     if which not in KERNELS:
         raise ModelError(f"W4A16 linear: unknown KERNEL {which!r}: choose among {', '.join(KERNELS)}")
-    if which != "gemm" and (which in ("row", "mma")) != w.row_major:
+    if not which_given and not config and w.row_major:  # the Gluon kernel where it runs (wgmma_reason)
+        if (which == "mma" or (which == "row" and M == 1 and (N, K, epilogue) in WGMMA_ONE_ROW)) and \
+                wgmma_reason(x2, w, norm_weight is not None, swiglu) is None:
+            which = "wgmma"
+    if which == "wgmma" and (why := wgmma_reason(x2, w, norm_weight is not None, swiglu)):
+        raise ModelError(f"W4A16 linear: KERNEL='wgmma' cannot run here: {why}")
+    if which != "gemm" and (which in ("row", "mma", "wgmma")) != w.row_major:
         raise ModelError(f"W4A16 linear: KERNEL={which!r} does not read this weight's "
                          f"{'row' if w.row_major else 'col'} layout")
     if which == "row":
         _row_gemv(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)
     elif which == "mma":
         _row_mma(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)
+    elif which == "wgmma":
+        _row_wgmma(x2, w, out2, res2, epilogue, config)
     elif which == "gemv":
         pdl = pdl_enabled(x.device)
         common.update(USE_PDL=pdl)

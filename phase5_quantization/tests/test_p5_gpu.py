@@ -164,3 +164,59 @@ def test_small_batch_mma_configs_and_fusions(config, m):
     """The small-batch tensor-core kernel under the sweep's configurations, fused as the batched decode step
     calls it (qkv: norm; gate_up: norm + SwiGLU; down: residual in place, K = 5632) and plain."""
     _check_fusions(m, dict(config, KERNEL="mma"), plain=True, calls=2)
+
+
+@pytest.mark.parametrize("k,n", [(2048, 5632), (5632, 2048), (384, 320)])
+@pytest.mark.parametrize("m", [1, 5, 16, 33, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gluon_wgmma_kernel_matches_dequantized_matmul(k, n, m, dtype):
+    """The Hopper Gluon kernel (``w4a16_wgmma``), plain and with the residual added in place, twice (split-K must
+    leave its workspace clean); 384 → 320: 3 groups over programs of 2 (one half empty), rows past N masked."""
+    from phase5_quantization.kernels import w4a16_linear
+    from phase5_quantization.kernels.launch import wgmma_reason
+
+    qw, kw, deq = _weight(n, k, 3 * k + n + m)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    if (why := wgmma_reason(x, kw, False, False)) is not None:
+        pytest.skip(why)
+    ref = x.float() @ deq.t()
+    res = torch.randn(m, n, device="cuda", dtype=dtype)
+    for _ in range(2):
+        _close(w4a16_linear(x, kw, config=dict(KERNEL="wgmma")), ref, 2 ** -7)
+        out = res.clone()
+        w4a16_linear(x, kw, residual=out, out=out, config=dict(KERNEL="wgmma"))
+        _close(out, ref.to(dtype).float() + res.float(), 2 ** -7)
+
+
+@pytest.mark.parametrize("k,n,config", [(5632, 2048, dict(BLOCK_N=64, GPP=1)), (5632, 2048, dict(BLOCK_N=64, GPP=3)),
+                                        (5632, 2048, dict(BLOCK_N=128, GPP=4)),
+                                        (5632, 2048, dict(BLOCK_N=128, GPP=11, SPLIT_K=4)),
+                                        (384, 320, dict(BLOCK_N=64, GPP=3, SPLIT_K=1))])
+def test_gluon_wgmma_configs(k, n, config):
+    """Other tiles and splits of the Gluon kernel (the sweep's space) at 16 rows; SPLIT_K=1: no reduction."""
+    from phase5_quantization.kernels import w4a16_linear
+    from phase5_quantization.kernels.launch import wgmma_reason
+
+    qw, kw, deq = _weight(n, k, 11)
+    x = torch.randn(16, k, device="cuda", dtype=torch.bfloat16)
+    if (why := wgmma_reason(x, kw, False, False)) is not None:
+        pytest.skip(why)
+    for _ in range(2):
+        _close(w4a16_linear(x, kw, config=dict(config, KERNEL="wgmma")), x.float() @ deq.t(), 2 ** -7)
+
+
+def test_default_route_uses_gluon_kernel_on_hopper(monkeypatch):
+    """16 plain rows go to the Gluon kernel on an H100/H200, fused RMSNorm to the Triton one."""
+    from phase5_quantization.kernels import launch
+
+    qw, kw, deq = _weight(2048, 2048, 5)
+    x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
+    if (why := launch.wgmma_reason(x, kw, False, False)) is not None:
+        pytest.skip(why)
+    seen = []
+    for name in ("_row_wgmma", "_row_mma"):
+        real = getattr(launch, name)
+        monkeypatch.setattr(launch, name, lambda *a, _r=real, _n=name, **kw_: (seen.append(_n), _r(*a, **kw_)))
+    launch.w4a16_linear(x, kw)
+    launch.w4a16_linear(x, kw, norm_weight=torch.ones(2048, device="cuda", dtype=torch.bfloat16), eps=1e-5)
+    assert seen == ["_row_wgmma", "_row_mma"]
