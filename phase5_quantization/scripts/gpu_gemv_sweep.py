@@ -1,6 +1,7 @@
 """GPU: the row-layout W4A16 GEMV's configurations (M = 1) on TinyLlama's projections, fused as the decode step
 calls them (and plain, as P5.2 measures them), beside bf16 ``F.linear``, tinygemm and the original ``[K/8, N]``
-GEMV; then M = 16: the small-batch tensor-core kernel (``w4a16_rows_mma``) over its configurations beside
+GEMV; then M = 16: the small-batch tensor-core kernels (``w4a16_rows_mma``, and on Hopper the Gluon ``w4a16_wgmma`` at
+1–4 groups per program) over their configurations beside
 ``F.linear`` and tinygemm; at the end the best configuration per shape as a ready-to-paste ``launch.ROW_GEMV_TABLE``
 and, with ``--write-table``, both winners' tables in ``kernels/tuned/<this GPU>.json`` (merged into what is there;
 a copy beside ``--out`` so that it comes back from a remote run).
@@ -139,7 +140,7 @@ def main() -> None:
     F = torch.nn.functional
     from phase5_quantization.bench_speed import _copies, _random_int4, graphed_seconds
     from phase5_quantization.kernels import row_gemv_config, to_kernel_layout, w4a16_linear
-    from phase5_quantization.kernels.launch import MMA_KEYS
+    from phase5_quantization.kernels.launch import MMA_KEYS, wgmma_reason
     from phase5_quantization.peers import int4pack_linear, int4pack_reason
 
     copy_gbps = None
@@ -267,6 +268,21 @@ def main() -> None:
             if "tinygemm_us" in line:
                 line["mma_vs_tinygemm"] = round(line["tinygemm_us"] / (t * 1e6), 2)
             mma_table[(n, k, False, 16)] = tuple(c.get(key, 0) for key in MMA_KEYS)
+        why = wgmma_reason(x, ws[0], False, False)
+        for c in ([] if why else [dict(BLOCK_N=bn, GPP=g) for bn, g in ((128, 1), (128, 2), (128, 3), (128, 4), (64, 2))]):
+            cfg = dict(c, KERNEL="wgmma")  # the Gluon kernel (default on Hopper): launch.wgmma_config's space
+            err = float((w4a16_linear(x, ws[0], config=cfg).float() - ref).abs().max() / ref.abs().max())
+            t = graphed_seconds([lambda w=w, x=x, cfg=cfg: w4a16_linear(x, w, config=cfg) for w in ws])
+            r = dict(shape=name, K=k, N=n, M=16, version="Gluon wgmma", config=c, us=round(t * 1e6, 2),
+                     vs_linear=round(t_lin / t, 2), rel_err=float(f"{err:.1e}"))
+            rows.append(r)
+            emit(**r)
+            if err > 2e-2:
+                emit(shape=name, M=16, version="Gluon wgmma", config=c, error=f"wrong result: rel. err {err:.1e}")
+            elif "wgmma_us" not in line or t * 1e6 < line["wgmma_us"]:
+                line.update(wgmma_us=round(t * 1e6, 2), wgmma_vs_linear=round(t_lin / t, 2), wgmma_config=c)
+        if why:
+            emit(shape=name, M=16, version="Gluon wgmma", skipped=why)
         if not args.no_col:
             wc = [to_kernel_layout(q, layout="col") for q in qws]
             t = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in wc])  # the autotuned GEMM

@@ -86,20 +86,19 @@ def ncu_main() -> None:
 
 
 def ncu_m16_main() -> None:
-    """``--ncu-m16``: P5.2's plain M = 16 products (2048 → 5632 and 5632 → 2048) under the launcher's
-    small-batch configuration, for Nsight Compute."""
+    """``--ncu-m16``: P5.2's plain M = 16 products (2048 → 5632 and 5632 → 2048) with the launcher's default kernel
+    (the Gluon one on Hopper) and the Triton small-batch kernel, for Nsight Compute."""
     from phase5_quantization.bench_speed import _random_int4
     from phase5_quantization.kernels import to_kernel_layout, w4a16_linear
 
-    configs = [None]
     for n, k in ((5632, 2048), (2048, 5632)):
         w = to_kernel_layout(_random_int4(n, k, 0))
         x = torch.randn(16, k, device="cuda", dtype=torch.bfloat16)
-        for c in configs:
+        for c in (None, {"KERNEL": "mma"}):
             for _ in range(2):
                 w4a16_linear(x, w, config=c)
             torch.cuda.synchronize()
-            log(f"ncu: {n}x{k} M=16 {c}")
+            log(f"ncu: {n}x{k} M=16 {c or 'default'}")
 
 
 @torch.inference_mode()
