@@ -8,6 +8,7 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.stamp-setup
 RUST    := phase1_rust_memory/rust
 RUST_STAMP := $(VENV)/.stamp-rust
+CONSTRAINTS := constraints.txt
 IMPL    ?= solution
 SIZE    ?=
 CHECK    = $(PYTHON) -m module0_profiling.check --impl $(IMPL) $(if $(SIZE),--size $(SIZE),)
@@ -21,7 +22,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
         check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
-        notebooks lab serve clean chat bench report
+        notebooks lab serve clean chat bench report lock
 
 help: ## list the targets
 	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
@@ -29,18 +30,33 @@ help: ## list the targets
 
 setup: $(STAMP) $(if $(wildcard $(RUST)/Cargo.toml),$(RUST_STAMP),) ## create .venv, install the project (+dev) and build the Rust extension
 
-$(STAMP): pyproject.toml
+# Versions come from constraints.txt (what `make test` last passed with), so a clean clone installs the same
+# set next month; `make lock` re-resolves it.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) pip
+	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
 
+# Without cargo, phase 1's Python reference block manager stands in for the Rust one (same interface).
 $(RUST_STAMP): $(STAMP) $(RUST_SRC)
-	@command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (https://rustup.rs) to build phase 1's extension" >&2; exit 2; }
-	rm -rf $(RUST)/dist
-	$(BIN)/maturin build --release --quiet -m $(RUST)/Cargo.toml -o $(RUST)/dist
-	$(PYTHON) -m pip install -q --force-reinstall --no-deps $(RUST)/dist/*.whl
-	@touch $@
+	@if ! command -v cargo >/dev/null; then \
+	  echo "note: cargo not found: phase 1 uses the Python reference block manager (install Rust from https://rustup.rs and rerun make setup for the native one)" >&2; \
+	else \
+	  rm -rf $(RUST)/dist && \
+	  $(BIN)/maturin build --release --quiet -m $(RUST)/Cargo.toml -o $(RUST)/dist && \
+	  $(PYTHON) -m pip install -q --force-reinstall --no-deps $(RUST)/dist/*.whl && \
+	  touch $@; \
+	fi
+
+lock: ## re-resolve every dependency to its newest version into constraints.txt (run make test before committing it)
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ echo "# Resolved by 'make lock' on $$(date -u +%Y-%m-%d) with Python $$(.lock-venv/bin/python -V | cut -d' ' -f2); 'make setup' installs these."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^titaninfer'; } > $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 run: setup ## generate text offline with the bundled model (CPU is fine)
 	$(BIN)/titaninfer generate --temperature 0.8 --top-p 0.95 --seed 0 --max-new-tokens 96
@@ -63,7 +79,8 @@ test-python: setup
 	$(INTERPRET) $(PYTHON) -m pytest -q $(wildcard $(addsuffix /tests,$(PHASE_DIRS)))
 
 test-rust:
-	@if [ -f $(RUST)/Cargo.toml ]; then cargo test -q --manifest-path $(RUST)/Cargo.toml; else echo "no Rust crate yet"; fi
+	@if command -v cargo >/dev/null; then cargo test -q --manifest-path $(RUST)/Cargo.toml; \
+	else echo "note: cargo not found: the Rust tests are not run (install Rust from https://rustup.rs)"; fi
 
 test-notebooks: setup
 	@if [ -n "$(NOTEBOOKS)" ]; then $(INTERPRET) $(PYTHON) -m pytest -q -p no:randomly --nbval-lax $(NOTEBOOKS); else echo "no notebooks yet"; fi
@@ -98,5 +115,5 @@ lab: setup ## open JupyterLab
 	$(BIN)/jupyter lab
 
 clean: ## remove the virtualenv, build outputs and caches (reports stay)
-	rm -rf $(VENV) $(RUST)/target $(RUST)/dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv $(RUST)/target $(RUST)/dist .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -15,6 +15,8 @@ import torch
 
 from phase0_prototype.errors import ModelError
 
+SEED_RANGE = (-2**63, 2**63 - 1)  # int64, as vLLM (torch's manual_seed overflows past 2**64)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -30,6 +32,10 @@ class SamplingParams:
             raise ModelError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ModelError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise ModelError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (int64), "
+                             f"got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from phase0_prototype.errors import ModelError
+from phase0_prototype.errors import ModelError, first_line, read_json, read_text, require
 
 # TinyLlama-1.1B-Chat-v1.0's template (Zephyr style), used when a model ships none.
 DEFAULT_CHAT_TEMPLATE = (
@@ -86,26 +86,40 @@ class HFTokenizer(Tokenizer):
         from tokenizers import Tokenizer as RustTokenizer
 
         path = Path(path)
-        self._tok = RustTokenizer.from_file(str(path / "tokenizer.json"))
+        file = path / "tokenizer.json"
+        try:
+            self._tok = RustTokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception for any malformed file
+            raise ModelError(f"{file} cannot be loaded by tokenizers ({first_line(e)}): it is corrupt or "
+                             "from a newer tokenizers; re-download it") from None
         cfg_file = path / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        cfg = read_json(cfg_file) if cfg_file.is_file() else {}
         self.special_tokens = {}
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             value = cfg.get(key)
             if isinstance(value, dict):
                 value = value.get("content")
+            require(value is None or isinstance(value, str), cfg_file,
+                    f"{key} is {value!r}, not a token string: fix the file or re-download it")
             if value is not None:
                 self.special_tokens[key] = value
         jinja_file = path / "chat_template.jinja"
         template = cfg.get("chat_template")
         if isinstance(template, list):  # named templates: take the default one
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        require(template is None or isinstance(template, str), cfg_file,
+                "chat_template is not a string: fix the file or re-download it")
         if jinja_file.is_file():
-            template = jinja_file.read_text()
+            template = read_text(jinja_file)
         self.chat_template = template or DEFAULT_CHAT_TEMPLATE
         self.bos_id = self._token_id("bos_token", bos_id)
         eos = self._token_id("eos_token", None)
         self.eos_ids = tuple(eos_ids) or ((eos,) if eos is not None else ())
+
+    def max_id(self) -> int:
+        """The largest token id the vocabulary (added tokens included) can produce."""
+        return max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
 
     def _token_id(self, key: str, fallback: int | None) -> int | None:
         token = self.special_tokens.get(key)
@@ -113,7 +127,9 @@ class HFTokenizer(Tokenizer):
         return found if found is not None else fallback
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works (encode holds it): a server tokenizing a long prompt
+        # on a worker thread keeps answering other requests.
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
@@ -183,7 +199,12 @@ class StreamDecoder:
 
 def load_tokenizer(path: str | Path | None, *, vocab_size: int, bos_id: int | None = None,
                    eos_ids: Sequence[int] = ()) -> Tokenizer:
-    """The directory's ``tokenizer.json`` when present, else the byte tokenizer."""
-    if path is not None and (Path(path) / "tokenizer.json").is_file():
-        return HFTokenizer(path, bos_id=bos_id, eos_ids=eos_ids)
-    return ByteTokenizer(vocab_size)
+    """The directory's ``tokenizer.json`` when present, else the byte tokenizer; a vocabulary with ids the
+    model's embedding (``vocab_size`` rows) has no row for is refused."""
+    if path is None or not (Path(path) / "tokenizer.json").is_file():
+        return ByteTokenizer(vocab_size)
+    tokenizer = HFTokenizer(path, bos_id=bos_id, eos_ids=eos_ids)
+    top = tokenizer.max_id()
+    require(top < vocab_size, Path(path) / "tokenizer.json", f"token ids reach {top} but config.json's "
+            f"vocab_size is {vocab_size}: the tokenizer belongs to another model; use the checkpoint's own")
+    return tokenizer

@@ -25,13 +25,14 @@ Two forms of the same numbers:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from phase0_prototype.config import LlamaConfig
-from phase0_prototype.errors import ModelError
+from phase0_prototype.errors import ModelError, first_line, read_json, require
 
 PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -81,35 +82,59 @@ def hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_safetensors_dir(path: str | Path, config: LlamaConfig, dtype: torch.dtype, device: str | torch.device) -> dict:
-    """Read ``model.safetensors`` or the shards listed in ``model.safetensors.index.json``."""
-    from safetensors import safe_open
+def read_tensors(file: Path, device: str | torch.device = "cpu", names: set[str] | None = None) -> dict:
+    """The tensors of one safetensors ``file`` (those in ``names`` when given); a truncated or garbage file
+    is one ``ModelError``."""
+    from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            return {name: f.get_tensor(name) for name in f.keys() if names is None or name in names}
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{file} is not a readable safetensors file ({first_line(e)}): it is truncated or "
+                         "corrupt; re-download or re-convert the checkpoint") from None
+
+
+def shard_files(path: Path) -> list[Path]:
+    """``model.safetensors``, or the shards ``model.safetensors.index.json`` lists (kept inside ``path``)."""
     index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise ModelError(f"{path} has no model.safetensors or model.safetensors.index.json: "
-                         "convert the checkpoint to safetensors or pass random:tinyllama")
-    wanted = set(hf_names(config))
+    if not index.is_file():
+        require((path / "model.safetensors").is_file(), path, "no model.safetensors or model.safetensors"
+                ".index.json: convert the checkpoint to safetensors or pass random:tinyllama")
+        return [path / "model.safetensors"]
+    weight_map = read_json(index).get("weight_map")
+    require(isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values()), index,
+            "has no weight_map of tensor name -> shard file: re-download the checkpoint")
+    root = Path(os.path.abspath(path))
+    files = []
+    for name in sorted(set(weight_map.values())):
+        # Normalised, not resolved: a hub snapshot's shards are symlinks into its blob store (legitimate).
+        file = Path(os.path.normpath(root / name))
+        require(file.is_relative_to(root) and file != root, index,
+                f"shard {name!r} lies outside the model directory: refusing to read it; fix the weight_map")
+        require(file.is_file(), index, f"shard {name} is missing from {path}: re-download the checkpoint")
+        files.append(file)
+    return files
+
+
+def load_safetensors_dir(path: str | Path, config: LlamaConfig, dtype: torch.dtype,
+                         device: str | torch.device) -> dict:
+    """Read ``model.safetensors`` or the shards listed in ``model.safetensors.index.json``; each tensor's
+    name, shape and (floating-point) dtype is checked against ``config``."""
+    path = Path(path)
+    shapes = hf_shapes(config)
     state: dict[str, torch.Tensor] = {}
-    for file in files:
-        if not (path / file).is_file():
-            raise ModelError(f"shard {file} listed in the index is missing from {path}")
-        with safe_open(str(path / file), framework="pt", device=str(device)) as f:
-            for name in f.keys():
-                if name in wanted:
-                    state[name] = f.get_tensor(name).to(dtype)
-    missing = sorted(wanted - state.keys())
-    if missing:
-        raise ModelError(f"{path}: {len(missing)} tensors missing (first: {missing[0]}); is this a Llama checkpoint?")
-    for name, shape in hf_shapes(config).items():
-        if tuple(state[name].shape) != shape:
-            raise ModelError(f"{name} has shape {tuple(state[name].shape)} but config.json implies {shape}")
+    for file in shard_files(path):
+        for name, tensor in read_tensors(file, device, set(shapes)).items():
+            require(tensor.is_floating_point(), file, f"tensor {name} is {tensor.dtype}, not floating point: "
+                    "quantized checkpoints need their own loader (AutoAWQ: phase5 load_awq_gemm)")
+            require(tuple(tensor.shape) == shapes[name], file, f"tensor {name} has shape "
+                    f"{tuple(tensor.shape)} but config.json implies {shapes[name]}: the weights belong to "
+                    "another config; re-download the checkpoint")
+            state[name] = tensor.to(dtype)
+    missing = sorted(shapes.keys() - state.keys())
+    require(not missing, path, f"{len(missing)} tensors missing (first: {missing[0] if missing else ''}): "
+            "is this a complete Llama checkpoint? re-download it")
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     return state

@@ -5,7 +5,7 @@ The contract (what phase 4's scheduler and model runner use). Every implementati
 
 ``BlockManager(num_gpu_blocks, block_size=16, *, num_cpu_blocks=0, watermark=0.01, policy="refuse",
 allocator="buddy")``
-    Sequence id (int >= 0) -> block table over a pool of ``num_gpu_blocks`` KV blocks of
+    Sequence id (0 <= id < 2**64) -> block table over a pool of ``num_gpu_blocks`` KV blocks of
     ``block_size`` token slots (and ``num_cpu_blocks`` CPU blocks for swapping). Slot ``s`` of the KV
     cache is block ``s // block_size``, offset ``s % block_size``.
 
@@ -35,10 +35,14 @@ allocator="buddy")``
     sequences until the step fits and reports them in ``StepResult.preempted`` (the caller
     re-queues them for recompute, or swaps instead by calling ``swap_out`` itself).
     Errors: unknown sequence id -> ``KeyError`` naming it; a bad argument or a call in the wrong state
-    -> ``ValueError``; every failed call leaves the manager unchanged. A Rust panic arrives as
+    -> ``ValueError``; every failed call leaves the manager unchanged. Sizes are bounded before anything
+    is allocated (``limits``: 1 <= num_gpu_blocks <= 2**31 - 1, 1 <= block_size <= 2**16,
+    0 <= num_cpu_blocks <= 2**31 - 1), and any integer argument outside its range (ids, token counts
+    and run lengths: u64; block ids: u32) is a ``ValueError`` naming it; a pool whose bookkeeping the
+    host cannot hold is a ``MemoryError``. A Rust panic arrives as
     ``RuntimeError`` (never a crash) and the object refuses further calls.
 
-``BuddyAllocator(num_blocks)`` / ``LifoBlockAllocator(num_blocks)``
+``BuddyAllocator(num_blocks)`` / ``LifoBlockAllocator(num_blocks)`` (0 <= num_blocks <= 2**31 - 1)
     ``allocate(n=1) -> int | None`` (first block of a contiguous run of ``n``; LIFO supports only
     ``n == 1``), ``free(start, n=1)``, ``num_blocks``, ``num_free_blocks``, ``is_allocated(block)``,
     ``free_blocks_per_order()``, ``largest_free_run()``, ``external_fragmentation()``

@@ -3,25 +3,21 @@
 
 It is the oracle the Rust crate is tested against (``tests/test_p1_differential.py``) and the
 baseline the benchmark compares with: readable, correct, and slow because each call runs a few
-dozen bytecodes with dict and list operations on boxed integers.
+dozen bytecodes with dict and list operations on boxed integers. Integer arguments are checked
+against ``limits`` as the Rust binding checks them, so both reject the same values the same way.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-MAX_BLOCKS = 1 << 31
-
-
-def check_num_blocks(num_blocks: int) -> None:
-    if not 0 <= num_blocks <= MAX_BLOCKS:
-        raise ValueError(f"num_blocks must be at most {MAX_BLOCKS}, got {num_blocks}")
+from .limits import BLOCK, NUM_BLOCKS, RUN_LENGTH, START
 
 
 def check_range(start: int, n: int, total: int) -> None:
     if n < 1:
         raise ValueError("a run needs n >= 1 blocks")
-    if start < 0 or start + n > total:
+    if start + n > total:
         raise ValueError(f"blocks {start}..{start + n} are out of range: the allocator has {total} blocks")
 
 
@@ -40,7 +36,7 @@ class LifoBlockAllocator:
     raises NotImplementedError)."""
 
     def __init__(self, num_blocks: int):
-        check_num_blocks(num_blocks)
+        num_blocks = NUM_BLOCKS.check(num_blocks)
         self._free_blocks = list(range(num_blocks - 1, -1, -1))  # block 0 on top
         self._is_free = bytearray(b"\x01") * num_blocks
 
@@ -53,6 +49,7 @@ class LifoBlockAllocator:
         return len(self._free_blocks)
 
     def allocate(self, n: int = 1) -> int | None:
+        n = RUN_LENGTH.check(n)
         if n != 1:
             if n < 1:
                 raise ValueError("allocate(n) needs n >= 1")
@@ -67,6 +64,7 @@ class LifoBlockAllocator:
         return block
 
     def free(self, start: int, n: int = 1) -> None:
+        start, n = START.check(start), RUN_LENGTH.check(n)
         check_range(start, n, self.num_blocks)
         for b in range(start, start + n):
             if self._is_free[b]:
@@ -76,6 +74,7 @@ class LifoBlockAllocator:
             self._free_blocks.append(b)
 
     def is_allocated(self, block: int) -> bool:
+        block = BLOCK.check(block)
         check_range(block, 1, self.num_blocks)
         return not self._is_free[block]
 
@@ -104,7 +103,7 @@ class BuddyAllocator:
     with the buddy ``start ^ 2**order`` on free."""
 
     def __init__(self, num_blocks: int):
-        check_num_blocks(num_blocks)
+        num_blocks = NUM_BLOCKS.check(num_blocks)
         self._max_order = num_blocks.bit_length() - 1 if num_blocks else 0
         self._free: list[dict[int, None]] = [{} for _ in range(self._max_order + 1)]
         self._order_of: dict[int, int] = {}  # start of each free run -> its order
@@ -132,6 +131,7 @@ class BuddyAllocator:
         self._num_free -= 1 << order
 
     def allocate(self, n: int = 1) -> int | None:
+        n = RUN_LENGTH.check(n)
         if n < 1:
             raise ValueError("allocate(n) needs n >= 1")
         order = (n - 1).bit_length()
@@ -153,6 +153,7 @@ class BuddyAllocator:
         return start
 
     def free(self, start: int, n: int = 1) -> None:
+        start, n = START.check(start), RUN_LENGTH.check(n)
         check_range(start, n, self.num_blocks)
         for b in range(start, start + n):
             if not self._allocated[b]:
@@ -173,6 +174,7 @@ class BuddyAllocator:
         self._push(start, order)
 
     def is_allocated(self, block: int) -> bool:
+        block = BLOCK.check(block)
         check_range(block, 1, self.num_blocks)
         return bool(self._allocated[block])
 

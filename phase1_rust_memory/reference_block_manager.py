@@ -3,7 +3,8 @@
 Same answers as the Rust ``BlockManager`` (block ids, slots, copy pairs, victims, statistics, error
 types and messages), which the differential test checks on random operation sequences. It is the
 baseline of P1.1: per generated token it runs a dict lookup, a few attribute reads, an allocator
-call and a list append, all on boxed Python integers, about a microsecond per token.
+call and a list append, all on boxed Python integers, about a microsecond per token. Integer
+arguments are checked against ``limits`` first, in order, as the Rust binding extracts them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 
+from . import limits as lim
 from .errors import out_of_blocks
 from .reference_allocators import BuddyAllocator, LifoBlockAllocator, check_range
 
@@ -49,12 +51,13 @@ class BlockManager:
         policy: str = "refuse",
         allocator: str = "buddy",
     ):
+        num_gpu_blocks = lim.NUM_GPU_BLOCKS.check(num_gpu_blocks)
+        block_size = lim.BLOCK_SIZE.check(block_size)
+        num_cpu_blocks = lim.NUM_CPU_BLOCKS.check(num_cpu_blocks)
         if policy not in POLICIES:
             raise ValueError(f"policy must be 'refuse' or 'preempt', got '{policy}'")
         if allocator not in ALLOCATORS:
             raise ValueError(f"allocator must be 'buddy' or 'lifo', got '{allocator}'")
-        if block_size < 1:
-            raise ValueError("block_size must be >= 1")
         if not 0.0 <= watermark < 1.0:
             raise ValueError(f"watermark must be a fraction in [0, 1), got {watermark}")
         self.block_size = block_size
@@ -107,7 +110,9 @@ class BlockManager:
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id} already exists: free it before reusing its id")
 
-    def _check_group(self, seq_ids: list[int], swapped: bool) -> None:
+    def _check_group(self, seq_ids, swapped: bool) -> list[int]:
+        """The ids as a checked list: known, on the GPU (or on the CPU when ``swapped``), each once."""
+        seq_ids = lim.check_ids(seq_ids)
         seen = set()
         for sid in seq_ids:
             seq = self._seq(sid)
@@ -118,6 +123,7 @@ class BlockManager:
             if sid in seen:
                 raise ValueError(f"sequence {sid} appears twice in one call")
             seen.add(sid)
+        return seq_ids
 
     def _admit(self, seq_id: int) -> int:
         n = self._next_admission
@@ -126,9 +132,11 @@ class BlockManager:
         return n
 
     def can_allocate(self, num_tokens: int) -> bool:
+        num_tokens = lim.NUM_TOKENS.check(num_tokens)
         return self._gpu.num_free_blocks - self._blocks_for(num_tokens) >= self.watermark_blocks
 
     def allocate(self, seq_id: int, num_tokens: int) -> list[int]:
+        seq_id, num_tokens = lim.SEQ_ID.check(seq_id), lim.NUM_TOKENS.check(num_tokens)
         self._check_new_id(seq_id)
         needed = self._blocks_for(num_tokens)
         free = self._gpu.num_free_blocks
@@ -184,6 +192,7 @@ class BlockManager:
         return seq.table[-1] * bs + t % bs, new_block, copy
 
     def append_slot(self, seq_id: int) -> tuple[int, tuple[int, int] | None]:
+        seq_id = lim.SEQ_ID.check(seq_id)
         self._gpu_seq(seq_id)
         needed = self._blocks_needed([seq_id])
         free = self._gpu.num_free_blocks
@@ -193,13 +202,11 @@ class BlockManager:
         return slot, copy
 
     def can_append(self, seq_ids: list[int]) -> bool:
-        self._check_group(seq_ids, swapped=False)
-        return self._blocks_needed(seq_ids) <= self._gpu.num_free_blocks
+        return self._blocks_needed(self._check_group(seq_ids, swapped=False)) <= self._gpu.num_free_blocks
 
     def step(self, seq_ids: list[int]) -> StepResult:
-        self._check_group(seq_ids, swapped=False)
+        live = self._check_group(seq_ids, swapped=False)
         out = StepResult()
-        live = list(seq_ids)
         while True:
             needed = self._blocks_needed(live)
             free = self._gpu.num_free_blocks
@@ -222,6 +229,7 @@ class BlockManager:
         return out
 
     def fork(self, parent_id: int, child_id: int) -> None:
+        parent_id, child_id = lim.PARENT_ID.check(parent_id), lim.CHILD_ID.check(child_id)
         table = list(self._gpu_seq(parent_id).table)
         self._check_new_id(child_id)
         for b in table:
@@ -230,6 +238,7 @@ class BlockManager:
         self._seqs[child_id] = _Sequence(table, num_tokens, self._admit(child_id))
 
     def free(self, seq_id: int) -> None:
+        seq_id = lim.SEQ_ID.check(seq_id)
         self._seq(seq_id)
         self._free_seq(seq_id)
 
@@ -246,20 +255,17 @@ class BlockManager:
                 pool.free(b, 1)
 
     def swap_out(self, seq_ids: list[int]) -> list[tuple[int, int]]:
-        self._check_group(seq_ids, swapped=False)
-        moved = self._move_group(seq_ids, to_cpu=True)
+        moved = self._move_group(self._check_group(seq_ids, swapped=False), to_cpu=True)
         self._swapped_out += len(moved)
         return moved
 
     def swap_in(self, seq_ids: list[int]) -> list[tuple[int, int]]:
-        self._check_group(seq_ids, swapped=True)
-        moved = self._move_group(seq_ids, to_cpu=False)
+        moved = self._move_group(self._check_group(seq_ids, swapped=True), to_cpu=False)
         self._swapped_in += len(moved)
         return moved
 
     def can_swap_in(self, seq_ids: list[int]) -> bool:
-        self._check_group(seq_ids, swapped=True)
-        return self._distinct_blocks(seq_ids) <= self._gpu.num_free_blocks
+        return self._distinct_blocks(self._check_group(seq_ids, swapped=True)) <= self._gpu.num_free_blocks
 
     def _distinct_blocks(self, seq_ids: list[int]) -> int:
         return len({b for sid in seq_ids for b in self._seqs[sid].table})
@@ -297,16 +303,16 @@ class BlockManager:
         return copies
 
     def block_table(self, seq_id: int) -> list[int]:
-        return list(self._seq(seq_id).table)
+        return list(self._seq(lim.SEQ_ID.check(seq_id)).table)
 
     def num_tokens(self, seq_id: int) -> int:
-        return self._seq(seq_id).num_tokens
+        return self._seq(lim.SEQ_ID.check(seq_id)).num_tokens
 
     def __contains__(self, seq_id: int) -> bool:
-        return seq_id in self._seqs
+        return lim.SEQ_ID.check(seq_id) in self._seqs
 
     def is_swapped(self, seq_id: int) -> bool:
-        return not self._seq(seq_id).on_gpu
+        return not self._seq(lim.SEQ_ID.check(seq_id)).on_gpu
 
     def seq_ids(self) -> list[int]:
         return sorted(self._seqs)
@@ -315,6 +321,7 @@ class BlockManager:
         return list(self._running.values())
 
     def ref_count(self, block: int) -> int:
+        block = lim.BLOCK.check(block)
         check_range(block, 1, len(self._gpu_refs))
         return self._gpu_refs[block]
 

@@ -8,11 +8,9 @@ import sys
 from phase0_prototype.errors import ModelError
 
 
-def _serve(args) -> None:
-    import uvicorn
-
+def _serve(args) -> int:
     from phase4_scheduler.plan import SchedulerConfig
-    from phase4_scheduler.serve import build_app
+    from phase4_scheduler.serve import build_app, run_foreground
 
     sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                             policy=args.policy, max_wait_steps=args.max_wait_steps or None,
@@ -20,8 +18,9 @@ def _serve(args) -> None:
     app, _ = build_app(args.model, device=args.device, dtype=args.dtype, scheduler=sched, num_blocks=args.num_blocks,
                        block_size=args.block_size, max_queue=args.max_queue, swap_space=args.swap_space,
                        num_cpu_blocks=args.num_cpu_blocks)
-    print(f"serving {args.model} on http://{args.host}:{args.port}/v1 (Ctrl-C drains and stops)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    return run_foreground(app, host=args.host, port=args.port,
+                          announce=lambda url: print(f"serving {args.model} on {url}/v1 (Ctrl-C drains and stops)",
+                                                     file=sys.stderr))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 args.device = "cuda" if torch.cuda.is_available() else "cpu"
             args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-            _serve(args)
+            return _serve(args)
         else:
             from phase4_scheduler.loadgen import main as loadgen_main
 

@@ -1,6 +1,51 @@
-"""Phase 1's block manager for the scheduler: the Rust one when built, the Python reference otherwise."""
+"""Phase 1's block manager for the scheduler: the Rust one when built, the Python reference otherwise.
+
+Pool sizes are user input (``--num-blocks``, ``--block-size``, ``--num-cpu-blocks``): they are checked
+here against phase 1's limits and any refusal is a one-line ``ModelError`` naming the flag, so the CLI
+prints ``error: …`` instead of a traceback. A pool whose bookkeeping would take more than half the host's
+memory is refused before it is built: an OS that overcommits would otherwise grant the reservation and
+kill the process when the pages are touched (a refused reservation is a MemoryError, also a ModelError).
+"""
 
 from __future__ import annotations
+
+import os
+from numbers import Integral
+
+from phase0_prototype.errors import ModelError
+
+# Rust buddy pools: two u32 free-list links, an order tag, an allocated flag and a u32 ref count.
+BOOKKEEPING_BYTES_PER_BLOCK = 14
+
+
+def host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_size(spec, name: str, value) -> None:
+    """``value`` within phase 1's ``spec`` (``limits.IntSpec``), or a ``ModelError`` naming the CLI flag."""
+    if not (isinstance(value, Integral) and spec.lo <= value <= spec.hi):
+        flag = "--" + name.replace("_", "-")
+        raise ModelError(f"{name} ({flag}) must be an integer in [{spec.lo}, {spec.hi}], got {value}: {spec.hint}")
+
+
+def check_kv_memory(num_bytes: int, device, what: str) -> None:
+    """Refuse (one-line ``ModelError``) a KV pool of ``num_bytes`` that the device cannot hold: free GPU memory
+    on CUDA, half the host's memory otherwise — before ``torch.empty`` fails with a traceback, or an
+    overcommitting OS kills the process when the pages are first touched."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, where = torch.cuda.mem_get_info(device)[0], "free GPU memory"
+    else:
+        free, where = host_memory_bytes() // 2, "half of host memory"
+    if free and num_bytes > free:
+        raise ModelError(f"{what} needs {num_bytes / 2**30:.1f} GiB, over the {free / 2**30:.1f} GiB of {where}: "
+                         "lower --num-blocks, --num-cpu-blocks or --max-num-seqs")
 
 
 def make_block_manager(num_blocks: int, block_size: int = 16, *, watermark: float = 0.01,
@@ -9,9 +54,23 @@ def make_block_manager(num_blocks: int, block_size: int = 16, *, watermark: floa
     (priority-aware), so the manager must only say no. ``impl``: "solution", "reference" or None (best).
     ``num_cpu_blocks``: the CPU pool that preemption by swap moves victims' blocks to."""
     import phase1_rust_memory as p1
+    from phase1_rust_memory import limits
 
+    check_size(limits.NUM_GPU_BLOCKS, "num_blocks", num_blocks)
+    check_size(limits.BLOCK_SIZE, "block_size", block_size)
+    check_size(limits.NUM_CPU_BLOCKS, "num_cpu_blocks", num_cpu_blocks)
+    pool = f"the KV block manager for {num_blocks} GPU + {num_cpu_blocks} CPU blocks"
+    need, ram = (num_blocks + num_cpu_blocks) * BOOKKEEPING_BYTES_PER_BLOCK, host_memory_bytes()
+    if ram and need > ram // 2:
+        raise ModelError(f"{pool} needs at least {need / 2**30:.1f} GiB of host memory, over half of this "
+                         f"host's {ram / 2**30:.1f} GiB: lower --num-blocks / --num-cpu-blocks")
     if impl is None:
         impl = "solution" if p1.native_available() else "reference"
     module = p1.load_impl(impl)
-    return module.BlockManager(num_blocks, block_size, num_cpu_blocks=num_cpu_blocks, watermark=watermark,
-                               policy="refuse")
+    try:
+        return module.BlockManager(num_blocks, block_size, num_cpu_blocks=num_cpu_blocks, watermark=watermark,
+                                   policy="refuse")
+    except MemoryError as e:
+        why = str(e) or "MemoryError"
+        raise ModelError(f"{pool} does not fit in host memory ({why}): lower --num-blocks / --num-cpu-blocks"
+                         ) from None

@@ -21,11 +21,15 @@ Step N is planned before N-1's tokens are on the host: each request's last token
 of lag: ``step`` returns the events of the previous step, a request that ends with EOS or a stop
 string in step N-1 has already been given a row in step N (that row's token is dropped), and a seat
 freed by a finished request is refilled one step later. Greedy tokens are identical either way.
+
+**Faults stay with their request.** A failure while adding one request (its text stream, its sampler),
+sampling its row or checking its stop strings ends that request alone (``fail``: finish reason
+``"error: <one line>"``, KV blocks freed, a finished event); the batch goes on. A failure of the step
+itself (the batched forward pass) is not one request's: it propagates to the caller.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,16 +37,17 @@ from operator import attrgetter
 
 import torch
 
+from phase0_prototype.errors import ModelError
 from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel
 from phase4_scheduler import load_impl
-from phase4_scheduler.blocks import make_block_manager
+from phase4_scheduler.blocks import check_size, host_memory_bytes, make_block_manager
 from phase4_scheduler.kv_swap import KVSwapSpace
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
 from phase4_scheduler.request import Request, Status
 from phase4_scheduler.runner import PagedModelRunner, PendingStep, graph_sizes_for
 from phase4_scheduler.sampler import Sampler
-from phase4_scheduler.text_stream import TextStream
+from phase4_scheduler.text_stream import TextStream, check_stop
 
 _output_ids = attrgetter("output_ids")
 
@@ -69,6 +74,11 @@ class EngineConfig:
     num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
 
     def __post_init__(self) -> None:
+        from phase1_rust_memory import limits
+
+        check_size(limits.BLOCK_SIZE, "block_size", self.block_size)
+        if self.num_blocks is not None:
+            check_size(limits.NUM_GPU_BLOCKS, "num_blocks", self.num_blocks)
         if not self.swap_space >= 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if self.num_cpu_blocks is not None and self.num_cpu_blocks < 0:
@@ -87,27 +97,20 @@ class EngineConfig:
         else:
             n = int(self.swap_space * 2**30 // block_bytes)
             if n < 1:
-                raise ValueError(f"swap_space of {self.swap_space} GiB holds no KV block ({block_bytes} bytes each): "
+                raise ModelError(f"swap_space of {self.swap_space} GiB holds no KV block ({block_bytes} bytes each): "
                                  "raise it or set num_cpu_blocks")
-        ram = _host_memory_bytes()
+        ram = host_memory_bytes()
         if ram and n * block_bytes > 0.7 * ram:
-            raise ValueError(f"the swap pool ({n * block_bytes / 2**30:.1f} GiB) exceeds 70% of host memory "
+            raise ModelError(f"the swap pool ({n * block_bytes / 2**30:.1f} GiB) exceeds 70% of host memory "
                              f"({ram / 2**30:.1f} GiB): lower swap_space / num_cpu_blocks")
         return n
-
-
-def _host_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 class Event:
     """What one step did for one request: new text (may be empty) and whether it finished.
 
     For a request without stop strings the text is decoded when ``text`` is first read (events of one
-    request are read in order, as the server and ``generate`` do), so nobody pays for text nobody reads.
+    request are read in order, as the engine loop and ``generate`` do), so nobody pays for text nobody reads.
     """
 
     __slots__ = ("request", "finished", "_text", "_stream", "_upto")
@@ -184,7 +187,7 @@ class LLMEngine:
         self.model, self.config = model, config
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        num_blocks = config.num_blocks or config.scheduler.max_num_seqs * -(-self.max_model_len // config.block_size)
+        num_blocks = config.num_blocks if config.num_blocks is not None else config.scheduler.max_num_seqs * -(-self.max_model_len // config.block_size)
         num_cpu_blocks = config.cpu_blocks(KVSwapSpace.bytes_per_block(
             cfg.num_hidden_layers, config.block_size, cfg.num_key_value_heads, cfg.head_dim, model.dtype))
         self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark,
@@ -209,21 +212,40 @@ class LLMEngine:
 
     def make_request(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams = GREEDY, *,
                      stop: tuple[str, ...] = (), priority: int = 0, ignore_eos: bool = False) -> Request:
-        """A checked request (ValueError naming the limit when it cannot fit)."""
+        """A checked request (ValueError naming the limit when it cannot fit or its stop strings are
+        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``)."""
+        stop = check_stop(stop)
+        vocab = self.model.config.vocab_size
+        if not all(0 <= t < vocab for t in prompt_ids):
+            raise ModelError(f"prompt token ids must be in [0, {vocab}) for this model's vocabulary")
         limit = self.context_limit()
         if len(prompt_ids) + max_tokens > limit:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
                              f"limit of {limit} tokens: shorten the prompt or lower max_tokens")
         eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
-        return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=tuple(stop))
+        return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=stop)
 
     def add(self, request: Request) -> Request:
+        """Queue ``request``; if any part of that fails, it is not left half-added (then re-raised)."""
         self.scheduler.add(request)
-        stream = TextStream(self.tokenizer, request.stop, request.eos_ids)
-        request.text_stream = self.streams[request.request_id] = stream
-        if stream.stop:
-            self._with_stop.add(request.request_id)
-        self.sampler.track(request)
+        try:
+            stream = TextStream(self.tokenizer, request.stop, request.eos_ids)
+            request.text_stream = self.streams[request.request_id] = stream
+            if stream.stop:
+                self._with_stop.add(request.request_id)
+            self.sampler.track(request)
+        except BaseException:
+            self.abort(request.request_id)
+            raise
+        return request
+
+    def fail(self, request: Request, error: BaseException) -> Request:
+        """End ``request`` alone because of ``error``: its KV blocks are freed, its finish reason is
+        ``"error: <one line>"``; the other requests go on. Safe on a finished or never-added request."""
+        self.abort(request.request_id)
+        request.status, request.num_in_flight = Status.FINISHED, 0
+        request.finish_reason = error_reason(error)
+        request.finish_time = time.perf_counter()
         return request
 
     def abort(self, request_id: int) -> Request | None:
@@ -246,21 +268,23 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         launched = self.runner.launch(plan, self.sampler)
         self.scheduler.advance(plan)
+        failed = [self.fail(r, e) for r, e in self.sampler.take_failures()]  # their tokens will be dropped
         if self.config.overlap:
             done, self._in_flight = self._in_flight, (launched if not plan.empty else None)
         else:
             done = launched
-        events = self._apply(done) if done is not None else StepEvents.EMPTY
+        events = self._apply(done, failed) if done is not None or failed else StepEvents.EMPTY
         self.last_step = StepStats(plan, time.perf_counter() - t0, len(events))
         return events
 
-    def _apply(self, step: PendingStep) -> "StepEvents":
-        """Read ``step``'s tokens back, append them (EOS, length), then text and stop strings."""
-        requests = step.sampled
-        if not requests:
+    def _apply(self, step: PendingStep | None, failed: list[Request]) -> "StepEvents":
+        """Read ``step``'s tokens back, append them (EOS, length), then text and stop strings; the
+        ``failed`` requests (and any whose stop check fails) get a finished event without text."""
+        requests = step.sampled if step is not None else []
+        if not requests and not failed:
             return StepEvents.EMPTY
         # A request finished (EOS, stop string, abort) while its token was in flight drops the token.
-        live, finished = self.scheduler.apply_rows(requests, step.tokens())
+        live, finished = self.scheduler.apply_rows(requests, step.tokens()) if requests else ([], [])
         texts = None
         if self._with_stop:  # stop strings need the text now, to end the request
             texts = {}
@@ -268,16 +292,27 @@ class LLMEngine:
                 stream = self.streams.get(r.request_id)
                 if stream is None or not stream.stop:
                     continue
-                text, stopped = stream.push(r.output_ids[-1], final=r.status is Status.FINISHED)
+                try:
+                    text, stopped = stream.push(r.output_ids[-1], final=r.status is Status.FINISHED)
+                except Exception as e:  # this request's text alone is broken
+                    failed.append(self.fail(r, e))
+                    continue
                 if stopped and r.status is not Status.FINISHED:
                     self.scheduler.finish(r, "stop")
                     finished.append(r)
                 texts[r.request_id] = text
+        if failed:
+            gone = {r.request_id for r in failed}
+            live = [r for r in live if r.request_id not in gone] + failed
+            finished = [r for r in finished if r.request_id not in gone]
+            texts = texts if texts is not None else {}
+            texts.update(dict.fromkeys(gone, ""))
         if finished:
             now = time.perf_counter()
             for r in finished:
                 r.finish_time = now
-        events = StepEvents(live, list(map(len, map(_output_ids, live))), {r.request_id for r in finished}, texts)
+        done = {r.request_id for r in finished}.union(r.request_id for r in failed)
+        events = StepEvents(live, list(map(len, map(_output_ids, live))), done, texts)
         for r in finished:
             self._forget(r.request_id)
         return events
@@ -295,6 +330,20 @@ class LLMEngine:
     def output_text(self, request: Request) -> str:
         ids = [t for t in request.output_ids if t not in request.eos_ids]
         return self.tokenizer.decode(ids)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: a user error's (ValueError's) message alone, anything else with its type."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if isinstance(error, ValueError) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def error_reason(error: BaseException) -> str:
+    """The finish reason of a request that ``error`` ended: ``"error: <one line>"``."""
+    return f"error: {describe_error(error)}"
 
 
 def sync(device: torch.device) -> None:

@@ -1,26 +1,91 @@
-"""OpenAI request bodies (pydantic) and the error JSON: what the server accepts and how it refuses."""
+"""OpenAI request bodies (pydantic), the answers' shapes and the error JSON: what the server accepts and
+how it refuses.
+
+Every field is range-checked here, so nothing out of range reaches the tokenizer or the engine thread:
+the seed fits int64 (torch's generator), counts and priorities fit their integer types, stop strings are
+within ``text_stream``'s limits, and every string is encodable as UTF-8 (JSON lets a client send a lone
+surrogate such as ``"\\ud800"``, which Python decodes but cannot encode: the tokenizer and the JSON reply
+would fail on it). A refusal is a 400 whose ``param`` names the field (``messages.0.content``,
+``stop.1``). A field that takes several JSON types (``prompt``, ``stop``) is checked as the type it was
+sent as, so the message speaks of that type. The token ids of a prompt are checked against the model's
+vocabulary by the server (the vocabulary is the model's, not the protocol's).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException
+
+from phase0_prototype.sampling import SEED_RANGE
+from phase4_scheduler.text_stream import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+
+# Integer bounds are written as exclusive powers of two (lt=2**63, not le=2**63 - 1): FastAPI's OpenAPI
+# schema holds bounds as floats, and only those survive the conversion exactly.
+INT64 = (-2**63, 2**63)  # [min, max)
+INT32_MAX = 2**31 - 1  # max_tokens, top_k: far above any context; the engine's context check is the precise one
+MAX_PROMPT_TOKEN_IDS = 1 << 20  # a token-id prompt; the server's context check is the precise one
+MAX_MODEL_NAME = 256
+
+
+def _utf8(text):
+    """Refuses a string with a lone surrogate (before pydantic's own string check, whose message is vaguer)."""
+    try:
+        if isinstance(text, str):
+            text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PydanticCustomError("invalid_unicode", "lone surrogate at character {at} is not valid Unicode: "
+                                  "send UTF-8 text", {"at": e.start}) from None
+    return text
+
+
+Text = Annotated[str, BeforeValidator(_utf8)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH), BeforeValidator(_utf8)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+def _prompt_kind(value) -> str | None:
+    """Which branch of ``prompt`` the value was sent as (None: none, refused)."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "texts" if value and isinstance(value[0], str) else "ids"
+    return None
+
+
+def _stop_kind(value) -> str | None:
+    return "text" if isinstance(value, str) else "texts" if isinstance(value, list) else None
+
+
+Prompt = Annotated[
+    Union[Annotated[Text, Tag("text")],
+          Annotated[list[TokenId], Tag("ids"), Field(min_length=1, max_length=MAX_PROMPT_TOKEN_IDS)],
+          Annotated[list[Text], Tag("texts"), Field(min_length=1, max_length=1)]],  # one prompt per request
+    Discriminator(_prompt_kind, custom_error_type="prompt_type",
+                  custom_error_message="give a string, a list of one string or a list of token ids")]
+Stop = Annotated[
+    Union[Annotated[StopString, Tag("text")],
+          Annotated[list[StopString], Tag("texts"), Field(max_length=MAX_STOP_STRINGS)]],
+    Discriminator(_stop_kind, custom_error_type="stop_type",
+                  custom_error_message="give a string or a list of strings")]
 
 
 class SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    model: Annotated[str, Field(max_length=MAX_MODEL_NAME), BeforeValidator(_utf8)]
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)  # an extension (vLLM's): 0 = off
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    top_k: int = Field(default=0, ge=0, le=INT32_MAX)  # an extension (vLLM's): 0 = off
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], lt=SEED_RANGE[1] + 1)
+    stop: Stop | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
-    priority: int = 0  # an extension: lower is served first
+    priority: int = Field(default=0, ge=INT64[0], lt=INT64[1])  # an extension: lower is served first
     ignore_eos: bool = False  # an extension for benchmarks: run to max_tokens
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -30,29 +95,108 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str]
+    prompt: Prompt
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-def error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-          code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+_FIELDS = {name for m in (CompletionRequest, ChatRequest, ChatMessage) for name in m.model_fields}
+
+
+# ---------------------------------------------------------------------- answers (documentation only)
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# ---------------------------------------------------------------------- refusing
+class ApiError(HTTPException):
+    """A refusal in OpenAI's error JSON (``body``), raised anywhere while handling a request (an
+    ``HTTPException``, so FastAPI passes it on even from inside its body reading). ``type_`` defaults
+    to ``server_error`` for 5xx, ``invalid_request_error`` otherwise."""
+
+    def __init__(self, status: int, message: str, *, type_: str | None = None, param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(status, message, headers)
+        type_ = type_ or ("server_error" if status >= 500 else "invalid_request_error")
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # it may quote a lone surrogate
+        self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body, status_code=self.status_code, headers=self.headers)
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """The first pydantic error as one line: ('max_tokens: Input should be ...', 'max_tokens')."""
+    """The first pydantic error as (one line, param): ('max_tokens: Input should be ...', 'max_tokens').
+
+    ``param`` keeps the field names and list indices of the error's location (not the union branch tags
+    or FastAPI's ``body``); a body that is not JSON names no param."""
     if not errors:
-        return "invalid request body", None
+        return "invalid request body: send a JSON object", None
     e = errors[0]
-    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    if e.get("type") == "json_invalid":  # its loc holds the character offset, which is no param
+        at = e["loc"][-1] if e.get("loc") else "?"
+        return (f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')} at character {at}): "
+                "send a JSON object"), None
+    loc = [str(x) for x in e.get("loc", ()) if isinstance(x, int) or x in _FIELDS]
     param = ".".join(loc) or None
-    return (f"{param}: {e.get('msg', 'invalid')}" if param else e.get("msg", "invalid request body")), param
+    msg = e.get("msg", "invalid value")
+    if param is None and e.get("type") in ("model_attributes_type", "dict_type"):
+        msg = "the body must be a JSON object"
+    return (f"{param}: {msg}" if param else msg), param

@@ -43,7 +43,7 @@ class Request:
     num_computed: int = 0
     num_in_flight: int = 0  # sampled on the device, not yet in output_ids (overlapped steps)
     status: Status = Status.WAITING
-    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "abort"
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "abort", "error: <why>"
     arrival_step: int = -1  # scheduler step at which it was added (aging counts steps)
     first_scheduled_step: int = -1
     num_preemptions: int = 0

@@ -36,6 +36,7 @@ from phase0_prototype.model import apply_rope, rms_norm, rope_cache, swiglu
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LlamaWeights, fuse
 from phase3_paged_attention import allocate_kv_cache, default_impl
+from phase4_scheduler.blocks import check_kv_memory
 from phase4_scheduler.plan import StepPlan
 from phase4_scheduler.request import Request
 from phase4_scheduler.step_inputs import WIDTH_ALIGN, DeviceStep, HostStep, upload
@@ -145,6 +146,8 @@ class PagedModelRunner:
         self.attention = attention or default_impl(self.device)
         # Triton's fused norm / RoPE+cache / SwiGLU kernels on a GPU (``kernels.fused``); PyTorch on CPU.
         self.fused = self.device.type == "cuda" if fused is None else fused
+        per_layer = 2 * num_blocks * block_size * cfg.num_key_value_heads * cfg.head_dim * self.dtype.itemsize
+        check_kv_memory(per_layer * cfg.num_hidden_layers, self.device, f"a KV cache of {num_blocks} blocks")
         self.kv = [allocate_kv_cache(num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, self.dtype,
                                      self.device) for _ in range(cfg.num_hidden_layers)]
         for k, v in self.kv:  # never read unwritten memory as NaN in a masked-out lane

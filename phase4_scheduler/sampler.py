@@ -1,7 +1,8 @@
 """Per-request sampling over one step's logits, on the device: greedy rows are one ``argmax`` (taken
 by the runner, inside the decode graph when there is one), the others one by one with phase 0's sampler
 (temperature, top-k, top-p; no host sync) and the request's own seeded generator, so a request's
-tokens do not depend on which other requests share its batch."""
+tokens do not depend on which other requests share its batch. A row whose sampling fails keeps its
+argmax and is reported by ``take_failures`` (the engine ends that request alone)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class Sampler:
         self.device = device
         self._generators: dict[int, torch.Generator | None] = {}
         self._tracking, self._random = False, set()  # ``track``: ids of the tracked non-greedy requests
+        self._failures: list[tuple[Request, Exception]] = []
 
     def forget(self, request_id: int) -> None:
         self._generators.pop(request_id, None)
@@ -39,7 +41,15 @@ class Sampler:
             return
         for row, r in enumerate(requests):
             if r.sampling.temperature:  # (not greedy)
-                tokens[row:row + 1] = sample(logits[row:row + 1], r.sampling, self._generator(r))
+                try:
+                    tokens[row:row + 1] = sample(logits[row:row + 1], r.sampling, self._generator(r))
+                except Exception as e:  # this request's parameters or generator: not the batch's fault
+                    self._failures.append((r, e))
+
+    def take_failures(self) -> list[tuple[Request, Exception]]:
+        """The (request, error) of the rows whose sampling failed since the last call."""
+        failures, self._failures = self._failures, []
+        return failures
 
     def __call__(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
         """Synchronous form: the next token of each request (one host sync)."""

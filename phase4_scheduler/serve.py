@@ -1,18 +1,34 @@
 """Starting the server: build the engine for a ``--model``, run uvicorn (in the foreground for the CLI,
-in a thread for tests, benchmarks and the notebook), stop it draining."""
+in a thread for tests, benchmarks and the notebook), stop it draining.
+
+``DrainingServer`` is uvicorn that drains: at SIGTERM / SIGINT (or ``drain()``) the engine loop stops
+admitting at once (new requests get 503) while the accepted ones finish; those still unfinished after
+``drain_timeout`` seconds end with an error answer, and uvicorn's own graceful timeout (a little
+longer) only cancels what is left after that. A drained server exits normally (uvicorn's own re-raises
+the signal after its shutdown, which kills the process). If the engine thread dies, the server stops
+and ``death`` holds why: ``run_foreground`` returns 1 so that a supervisor restarts the process.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
+import sys
 import threading
 import time
+from typing import Callable
 
 import uvicorn
 
+from phase0_prototype.errors import ModelError
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import EngineConfig, LLMEngine, describe_error
 from phase4_scheduler.engine_loop import EngineLoop
 from phase4_scheduler.plan import SchedulerConfig
 from phase4_scheduler.server import create_app
+
+ANSWER_GRACE_S = 2.0  # after the drain timeout: time to write the error answers before uvicorn cancels
 
 
 def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str = "fp32",
@@ -32,12 +48,76 @@ def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str =
     return create_app(loop, model), loop
 
 
+class DrainingServer(uvicorn.Server):
+    def __init__(self, app, loop: EngineLoop, *, host: str = "127.0.0.1", port: int = 0,
+                 drain_timeout: float = 30.0):
+        super().__init__(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                        timeout_graceful_shutdown=drain_timeout + ANSWER_GRACE_S))
+        self.loop, self.drain_timeout = loop, drain_timeout
+        self.death: BaseException | None = None
+        loop.on_death = self._on_death  # (the server's: it replaces any hook given to the loop)
+
+    def _on_death(self, error: BaseException) -> None:  # the engine thread
+        self.death, self.should_exit = error, True
+
+    def drain(self) -> None:
+        """Stop admitting now, let the accepted requests finish (within the drain timeout), then exit."""
+        self.loop.stop_accepting(self.drain_timeout)
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.loop.stop_accepting(self.drain_timeout)
+        super().handle_exit(sig, frame)  # a second Ctrl-C forces the exit
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """uvicorn's, without raising the signal again after the shutdown (a drained server exits 0)."""
+        if threading.current_thread() is not threading.main_thread():  # signals go to the main thread
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def bind(self) -> socket.socket:
+        """The listening socket for ``run(sockets=[...])`` (port 0: a free one; read it back from it)."""
+        host, port = self.config.host, self.config.port
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except (OSError, OverflowError) as e:  # (OverflowError: a port past 65535)
+            sock.close()
+            raise ModelError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): "
+                             "pick another --port or --host") from None
+        return sock
+
+
+def run_foreground(app, *, host: str, port: int, drain_timeout: float = 30.0,
+                   announce: Callable[[str], None] | None = None) -> int:
+    """Serve ``app`` (over ``app.state.loop``) on this thread until SIGTERM / Ctrl-C — drained, 0 — or
+    the engine's death — 1, with one line on stderr naming the cause. ``announce(url)`` once the port
+    is bound (with port 0, the free port taken)."""
+    server = DrainingServer(app, app.state.loop, host=host, port=port, drain_timeout=drain_timeout)
+    sock = server.bind()
+    if announce is not None:
+        announce(f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}")
+    server.run(sockets=[sock])
+    if server.death is not None:
+        print(f"error: the engine stopped ({describe_error(server.death)}): the server exits for a restart",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 class ServerThread:
     """uvicorn in a background thread on ``host``:``port`` (0 = a free port, read back after start)."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    timeout_graceful_shutdown=30))
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, drain_timeout: float = 30.0):
+        self.server = DrainingServer(app, app.state.loop, host=host, port=port, drain_timeout=drain_timeout)
         self.host, self.port = host, port
         self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
@@ -62,5 +142,6 @@ class ServerThread:
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
-        self.server.should_exit = True
+        """Drain (accepted requests finish) and stop."""
+        self.server.drain()
         self._thread.join(timeout)

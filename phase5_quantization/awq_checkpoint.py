@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from phase0_prototype.config import LlamaConfig
-from phase0_prototype.errors import ModelError
+from phase0_prototype.errors import ModelError, read_json, require
+from phase0_prototype.weights import hf_shapes, read_tensors
 from phase5_quantization.linear import DenseLinear, QuantLinear
 from phase5_quantization.model import LinearLlama
-from phase5_quantization.packing import QuantizedWeight, from_awq_gemm, to_awq_gemm
+from phase5_quantization.packing import PACK, QuantizedWeight, from_awq_gemm, to_awq_gemm
 
 FUSED = {"qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o_proj": ("self_attn", ("o_proj",)),
          "gate_up_proj": ("mlp", ("gate_proj", "up_proj")), "down_proj": ("mlp", ("down_proj",))}
@@ -46,22 +47,34 @@ def _part_sizes(config: LlamaConfig, fused: str) -> list[int]:
 
 def check_quantization_config(path: Path, qc: dict | None) -> int:
     """The group size of an AutoAWQ ``quantization_config``; one clear error for anything else."""
-    if not qc:
-        raise ModelError(f"{path}/config.json has no quantization_config: not an AutoAWQ checkpoint")
+    file = path / "config.json"
+    require(qc, file, "has no quantization_config: not an AutoAWQ checkpoint")
+    require(isinstance(qc, dict), file, "quantization_config is not an object {...}: fix it or re-download")
     method, bits = qc.get("quant_method"), qc.get("bits", qc.get("w_bit"))
-    version = str(qc.get("version", "gemm")).lower()
-    if method != "awq" or bits != 4 or version != "gemm" or not qc.get("zero_point", True):
-        raise ModelError(f"{path}: quant_method {method!r}, {bits} bits, version {version!r}, zero_point "
-                         f"{qc.get('zero_point', True)}; expected AutoAWQ 'awq', 4 bits, 'gemm', zero_point true")
-    return int(qc.get("group_size", qc.get("q_group_size", 128)))
+    version, zero_point = str(qc.get("version", "gemm")).lower(), qc.get("zero_point", True)
+    require(method == "awq" and bits == 4 and version == "gemm" and zero_point, file,
+            f"quant_method {method!r}, {bits} bits, version {version!r}, zero_point {zero_point}; "
+            "expected AutoAWQ 'awq', 4 bits, 'gemm', zero_point true")
+    group = qc.get("group_size", qc.get("q_group_size", 128))
+    require(isinstance(group, int) and not isinstance(group, bool) and group > 0 and group % PACK == 0, file,
+            f"quantization_config group_size={group!r} must be a positive multiple of {PACK}: fix it or "
+            "re-download the checkpoint")
+    return group
 
 
 def from_awq_tensors(tensors: dict[str, torch.Tensor], config: LlamaConfig, group_size: int = 128) -> LinearLlama:
     """HF-named AutoAWQ tensors -> ``LinearLlama`` (phase 0's fused layout, INT4 projections)."""
+    float_shapes = hf_shapes(config)  # embeddings, norms, lm_head (the projections are INT4 here)
+
     def get(name: str) -> torch.Tensor:
         if name not in tensors:
-            raise ModelError(f"tensor {name} is missing from the AutoAWQ checkpoint")
-        return tensors[name]
+            raise ModelError(f"tensor {name} is missing from the AutoAWQ checkpoint: re-download or "
+                             "re-save it")
+        t = tensors[name]
+        if name in float_shapes and (not t.is_floating_point() or tuple(t.shape) != float_shapes[name]):
+            raise ModelError(f"tensor {name} is {t.dtype} {tuple(t.shape)}: expected floating point "
+                             f"{float_shapes[name]} from config.json; re-download or re-save the checkpoint")
+        return t
 
     norms, linears = [], []
     for i in range(config.num_hidden_layers):
@@ -74,25 +87,31 @@ def from_awq_tensors(tensors: dict[str, torch.Tensor], config: LlamaConfig, grou
             layer[fused] = QuantLinear(stack_rows(qws))
         linears.append(layer)
     embed = get("model.embed_tokens.weight")
-    head = DenseLinear(tensors.get("lm_head.weight", embed) if not config.tie_word_embeddings else embed)
+    untied = not config.tie_word_embeddings and "lm_head.weight" in tensors
+    head = DenseLinear(get("lm_head.weight") if untied else embed)
     return LinearLlama(config, embed, norms, linears, get("model.norm.weight"), head, "autoawq")
 
 
 def load_awq_gemm(path: str | Path) -> LinearLlama:
-    """An AutoAWQ GEMM checkpoint directory -> ``LinearLlama``."""
-    from safetensors.torch import load_file
-
+    """An AutoAWQ GEMM checkpoint directory -> ``LinearLlama``; a corrupt one is one ``ModelError``."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path} has no config.json: pass an AutoAWQ checkpoint directory")
-    hf = json.loads((path / "config.json").read_text())
+    file = path / "config.json"
+    require(file.is_file(), path, "has no config.json: pass an AutoAWQ checkpoint directory")
+    hf = read_json(file)
     group = check_quantization_config(path, hf.get("quantization_config"))
+    config = LlamaConfig.from_hf_dict(hf, source=file)
+    in_features = sorted({config.hidden_size, config.q_size, config.intermediate_size})
+    require(all(n % group == 0 for n in in_features), file, f"quantization_config group_size={group} "
+            f"does not divide the projections' in_features {in_features}: fix it or re-quantize")
+    files = sorted(path.glob("*.safetensors"))
+    require(files, path, "holds no .safetensors files: re-download the checkpoint")
     tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(path.glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    if not tensors:
-        raise ModelError(f"{path} holds no .safetensors files")
-    return from_awq_tensors(tensors, LlamaConfig.from_hf_dict(hf), group)
+    for f in files:
+        tensors.update(read_tensors(f))
+    try:
+        return from_awq_tensors(tensors, config, group)
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
 
 
 def save_awq_gemm(model: LinearLlama, path: str | Path) -> Path:

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from phase0_prototype.config import LlamaConfig
-from phase0_prototype.errors import ModelError
+from phase0_prototype.errors import ModelError, read_json, require
 from phase0_prototype.model import apply_rope, repeat_kv, rms_norm, rope_cache, swiglu
 from phase0_prototype.sources import LoadedModel
-from phase0_prototype.weights import fuse
+from phase0_prototype.weights import fuse, read_tensors
 from phase5_quantization.linear import DenseLinear, QuantLinear
 from phase5_quantization.packing import QuantizedWeight
 
@@ -149,8 +149,6 @@ class LinearLlama:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "LinearLlama":
         """A model saved by ``save``; one clear error for another format, bit width, or a wrong tensor."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         cfg_file = path / "quant_config.json"
         if not cfg_file.is_file():
@@ -158,12 +156,14 @@ class LinearLlama:
                     if (path / "config.json").is_file() and "quantization_config" in (path / "config.json").read_text()
                     else "")
             raise ModelError(f"{path} has no quant_config.json: save a quantized model with LinearLlama.save first{hint}")
-        meta = json.loads(cfg_file.read_text())
+        meta = read_json(cfg_file)
         if meta.get("format") != FORMAT or meta.get("bits") != 4:
             raise ModelError(f"{cfg_file}: format {meta.get('format')!r} with {meta.get('bits')} bits; expected "
                              f"{FORMAT!r} with 4 bits (AutoAWQ checkpoints: use awq_checkpoint.load_awq_gemm)")
-        t = load_file(str(path / "model.safetensors"), device=str(device))
-        config = LlamaConfig.from_hf_dict(meta["config"])
+        require(all(k in meta for k in ("config", "method", "tied_lm_head")), cfg_file,
+                "lacks config, method or tied_lm_head: re-save the model with LinearLlama.save")
+        t = read_tensors(path / "model.safetensors", device)
+        config = LlamaConfig.from_hf_dict(meta["config"], source=cfg_file)
         group = meta.get("group_size")
         shapes = linear_shapes(config)
 
@@ -204,7 +204,7 @@ def check_quantized(key: str, qweight: torch.Tensor, scales: torch.Tensor, zeros
                     shape: tuple[int, int], group: int | None) -> None:
     """One clear error when an INT4 triple does not match ``shape [out, in]`` at 4 bits and ``group``."""
     out, inp = shape
-    if not group or inp % group:
+    if not isinstance(group, int) or isinstance(group, bool) or group <= 0 or inp % group:
         raise ModelError(f"{key}: group size {group} does not divide in_features {inp}")
     if qweight.dtype != torch.int32:
         raise ModelError(f"{key}.qweight is {qweight.dtype}: expected int32 words of 8 four-bit codes")
@@ -217,6 +217,8 @@ def check_quantized(key: str, qweight: torch.Tensor, scales: torch.Tensor, zeros
                          f"(one scale per {group} inputs)")
     if tuple(zeros.shape) != (out, inp // group) or zeros.dtype != torch.uint8:
         raise ModelError(f"{key}.zeros is {zeros.dtype} {tuple(zeros.shape)}: expected uint8 {(out, inp // group)}")
+    if not torch.isfinite(scales).all():
+        raise ModelError(f"{key}.scales holds NaN or Inf: the checkpoint is corrupt; re-quantize the model")
 
 
 def calibration_windows(ids, n_tokens: int, seq_len: int, bos_id: int | None = None) -> torch.Tensor:

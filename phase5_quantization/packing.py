@@ -73,7 +73,7 @@ def check_divisible(name: str, shape: tuple[int, ...], group_size: int) -> None:
     if len(shape) != 2:
         raise ModelError(f"{name}: INT4 quantization expects a 2-D weight [out, in], got shape {tuple(shape)}")
     out, inp = shape
-    if group_size % PACK or inp % group_size:
+    if group_size <= 0 or group_size % PACK or inp % group_size:
         raise ModelError(f"{name}: in_features {inp} is not a multiple of the group size {group_size} "
                          f"(and the group size must be a multiple of {PACK}): choose a group size that divides it "
                          "or leave this layer unquantized")
@@ -182,11 +182,14 @@ def from_awq_gemm(name: str, tensors: dict[str, torch.Tensor], group_size: int =
     if qweight.dim() != 2 or scales.dim() != 2:
         raise ModelError(f"{name}: expected 2-D qweight and scales, got {tuple(qweight.shape)} and {tuple(scales.shape)}")
     inp, out = qweight.shape[0], scales.shape[1]
+    if not torch.isfinite(scales).all():
+        raise ModelError(f"{name}.scales holds NaN or Inf: the checkpoint is corrupt; re-quantize or "
+                         "re-download it")
     if qweight.shape[1] * PACK != out:
         bits = 32 * qweight.shape[1] // out if out else "?"
         raise ModelError(f"{name}.qweight has shape {tuple(qweight.shape)} but scales imply {out} output features: "
                          f"expected [{inp}, {out // PACK}] (4 bits per weight; this looks like {bits}-bit or another format)")
-    if inp % group_size or scales.shape[0] != inp // group_size:
+    if group_size <= 0 or inp % group_size or scales.shape[0] != inp // group_size:
         raise ModelError(f"{name}.scales has {scales.shape[0]} groups for {inp} input features: expected "
                          f"{inp}/{group_size} (q_group_size {group_size}); pass the checkpoint's group size")
     if tuple(qzeros.shape) != (inp // group_size, out // PACK):

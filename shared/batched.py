@@ -38,6 +38,15 @@ def kv_utilisation(engine) -> float | None:
     return sum(r.num_computed for r in engine.scheduler.running) / reserved
 
 
+def _finish_reason(request) -> str:
+    """OpenAI's "stop" or "length"; a request the engine failed alone (``"error: …"``) raises its one line."""
+    if (request.finish_reason or "").startswith("error"):
+        from phase0_prototype.errors import ModelError
+
+        raise ModelError(f"request {request.request_id} failed: {request.finish_reason[len('error: '):]}")
+    return "stop" if request.finish_reason == "stop" else "length"
+
+
 def run_batched(engine, prompts: list[list[int]], max_tokens: list[int], sampling, stop, ignore_eos: bool):
     """Every prompt through continuous batching; ``(outputs, mean KV utilisation)``."""
     from shared.engine import RequestOutput
@@ -55,7 +64,7 @@ def run_batched(engine, prompts: list[list[int]], max_tokens: list[int], samplin
             samples.append(u)
     outputs = []
     for r in requests:
-        reason = "stop" if r.finish_reason == "stop" else "length"
+        reason = _finish_reason(r)
         ttft = r.first_token_time - r.arrival_time if r.first_token_time is not None else None
         outputs.append(RequestOutput(list(r.prompt_ids), list(r.output_ids), "".join(texts[r.request_id]), reason, ttft))
     return outputs, (sum(samples) / len(samples) if samples else None)
@@ -71,7 +80,7 @@ def stream_batched(engine, ids: list[int], max_tokens: int, sampling, stop, igno
         while not request.finished:
             for event in engine.step():
                 if event.request is request:
-                    reason = ("stop" if request.finish_reason == "stop" else "length") if event.finished else None
+                    reason = _finish_reason(request) if event.finished else None
                     yield Delta(event.text, [request.output_ids[-1]], reason)
     finally:
         if not request.finished:

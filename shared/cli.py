@@ -56,7 +56,7 @@ def add_sampling_arguments(ap: argparse.ArgumentParser, max_new_tokens: int) -> 
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=None, help="sampling seed")
+    ap.add_argument("--seed", type=int, default=None, help="sampling seed (a 64-bit signed integer)")
 
 
 def engine_config(args: argparse.Namespace, extra_impl: list[str] = ()):
@@ -123,13 +123,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from shared.engine import LLMEngine
 
     extra = {"cuda": ["phase2=solution"], "torch": ["phase2=off"]}.get(args.rope, [])
+    sampling = sampling_params(args)  # a bad --seed / --temperature is refused before the model loads
     engine = LLMEngine(engine_config(args, extra))
     device = engine.device.type
     shown = {k: v for k, v in engine.impls.items() if k != "phase6" or engine.config.tp > 1}
     print(f"[{args.model} · {device} {str(engine.model.dtype).replace('torch.', '')} · "
           f"{' '.join(f'{k}={v}' for k, v in shown.items())}{f' tp={engine.config.tp}' if engine.config.tp > 1 else ''}]",
           file=sys.stderr)
-    sampling = sampling_params(args)
     ids = engine.encode(args.prompt, chat=args.chat)
     engine.check_request(ids, args.max_new_tokens)
     engine.warmup()
@@ -165,8 +165,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from shared.chat import run_chat
     from shared.engine import LLMEngine
 
-    engine = LLMEngine(engine_config(args))
     sampling = sampling_params(args)
+    engine = LLMEngine(engine_config(args))
     engine.warmup()
     return run_chat(engine, sampling, max_tokens=args.max_new_tokens, system=args.system)
 

@@ -4,21 +4,31 @@ The server is phase 4's (``server.create_app`` over an ``EngineLoop``); what thi
 drives — phase 4's scheduler over the block manager and attention chosen with ``--impl`` — and the same
 flags and errors as the rest of the CLI. Every request goes through continuous batching (a server never
 knows that a request will stay alone), with the decode graphs captured before the port opens.
+
+The process: SIGTERM / Ctrl-C drains (no new requests, the accepted ones finish within
+``--drain-timeout`` seconds) and exits 0; if the engine thread dies, the server stops and the process
+exits 1 with one line naming the cause, for a supervisor to restart it. ``--port 0`` takes a free port
+(the banner names it). Without ``--api-key`` anyone who reaches the port may use it: binding a
+non-loopback ``--host`` without one prints a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="0: a free port (printed at start)")
     ap.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429")
+    ap.add_argument("--drain-timeout", type=float, default=30.0,
+                    help="seconds the accepted requests get to finish after SIGTERM / Ctrl-C")
+    ap.add_argument("--api-key", default=None, help="clients must send 'Authorization: Bearer KEY'")
 
 
-def build_app(config, *, max_queue: int = 256, engine=None):
+def build_app(config, *, max_queue: int = 256, engine=None, api_key: str | None = None):
     """``(app, engine)``: phase 4's app over the engine's batched path; its loop thread is started."""
     from phase0_prototype.errors import ModelError
     from phase4_scheduler.engine_loop import EngineLoop
@@ -31,14 +41,32 @@ def build_app(config, *, max_queue: int = 256, engine=None):
     batched = engine.batched
     if batched.runner.graphs is not None:
         batched.runner.graphs.warmup()
-    return create_app(EngineLoop(batched, max_queue=max_queue).start(), engine.config.model), engine
+    extra = {"api_key": api_key} if api_key is not None else {}
+    return create_app(EngineLoop(batched, max_queue=max_queue).start(), engine.config.model, **extra), engine
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def run(args: argparse.Namespace, config) -> int:
-    import uvicorn
+    from phase0_prototype.errors import ModelError
+    from phase4_scheduler.serve import run_foreground
 
-    app, engine = build_app(config, max_queue=args.max_queue)
-    print(f"serving {config.model} on http://{args.host}:{args.port}/v1 ({engine.path_name('batched')}; "
-          "Ctrl-C drains and stops)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
-    return 0
+    if not args.drain_timeout >= 0:
+        raise ModelError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
+    app, engine = build_app(config, max_queue=args.max_queue, api_key=args.api_key)
+    if args.api_key is None and not is_loopback(args.host):
+        print(f"warning: serving on {args.host} without --api-key: anyone who reaches the port can use it",
+              file=sys.stderr)
+
+    def announce(url: str) -> None:
+        print(f"serving {config.model} on {url}/v1 ({engine.path_name('batched')}; SIGTERM or Ctrl-C drains "
+              "and stops)", file=sys.stderr, flush=True)
+
+    return run_foreground(app, host=args.host, port=args.port, drain_timeout=args.drain_timeout, announce=announce)

@@ -19,6 +19,8 @@ Seed §0.2–0.4: roofline, Nsight Systems, Nsight Compute. The timeline here co
 `torch.profiler` (the same CUPTI data Nsight Systems shows) via `module0_profiling.trace`.
 """)
 code(r"""
+from module0_profiling.notebook_env import import_phases_as_packages
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import torch
 from module0_profiling.hardware import detect_device, measured_peaks
 device = detect_device()

@@ -26,6 +26,8 @@ uses `random:tinyllama` in bf16. Cells whose numbers change run to run are marke
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
+from module0_profiling.notebook_env import import_phases_as_packages
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import time
 import torch
 from module0_profiling.hardware import detect_device, measured_peaks

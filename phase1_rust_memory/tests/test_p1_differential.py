@@ -7,9 +7,9 @@ after every call must be equal.
 """
 
 import pytest
-from p1_helpers import needs_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from p1_helpers import needs_native, outcome
 
 from phase1_rust_memory import reference
 
@@ -34,20 +34,9 @@ OPS = st.one_of(
 )
 
 
-def outcome(fn, *args):
-    try:
-        out = fn(*args)
-    except Exception as e:  # noqa: BLE001 — the exception itself is the answer being compared
-        extra = (e.needed, e.free, e.device) if hasattr(e, "needed") else ()
-        return ("raised", type(e).__name__, str(e), extra)
-    if hasattr(out, "slots"):
-        return (out.slots, out.new_blocks, out.copies, out.preempted)
-    return out
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    num_gpu=st.integers(0, 40), block_size=st.integers(1, 5), num_cpu=st.integers(0, 24),
+    num_gpu=st.integers(1, 40), block_size=st.integers(1, 5), num_cpu=st.integers(0, 24),
     watermark=st.sampled_from([0.0, 0.05, 0.3]), policy=st.sampled_from(["refuse", "preempt"]),
     allocator=st.sampled_from(["buddy", "lifo"]), ops=st.lists(OPS, min_size=10, max_size=60),
 )

@@ -32,7 +32,7 @@ def test_errors_map_to_python_exceptions():
         solution.BlockManager(4, 0)
     with pytest.raises(NotImplementedError, match="contiguous runs"):
         solution.LifoBlockAllocator(4).allocate(3)
-    with pytest.raises(OverflowError):
+    with pytest.raises(ValueError, match=r"seq_id must be an integer in \[0, 18446744073709551615\], got -1"):
         m.allocate(-1, 3)
 
 

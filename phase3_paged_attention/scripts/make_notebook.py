@@ -16,6 +16,8 @@ without reserving memory. This notebook runs on a CPU (Triton's interpreter, tin
 guarded cells time the real kernels at TinyLlama's shapes (32 q / 4 kv heads, head_dim 64, bf16).
 """)
 code(r"""
+from module0_profiling.notebook_env import import_phases_as_packages
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import torch  # importing the phase's kernels turns on TRITON_INTERPRET=1 when there is no GPU
 from phase3_paged_attention import load_impl, allocate_kv_cache, slot_mapping_for
 from phase3_paged_attention.workloads import decode_inputs

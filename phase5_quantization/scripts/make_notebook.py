@@ -17,6 +17,8 @@ least. This notebook runs on a CPU: the bundled kjv-llama-18m for accuracy, Trit
 kernel at tiny shapes. GPU figures (kernel and decode speed) come from the committed report.
 """)
 code(r"""
+from module0_profiling.notebook_env import import_phases_as_packages
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import os, torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels on the CPU, before triton is imported

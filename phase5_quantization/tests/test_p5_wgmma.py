@@ -3,6 +3,11 @@ against the packing's own definition (NumPy), its sm_90 compilation (Gluon check
 already sit in ``wgmma``'s register layout: ``assert_trivial``), and the launcher's routing and errors. Its results
 are the GPU tests' (``test_p5_gpu.py``)."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -30,13 +35,23 @@ def test_operand_columns_hold_the_documented_features(seed):
     np.testing.assert_array_equal(model, expect)
 
 
-def _compile(**consts):
-    if w4a16_wgmma.GLUON_ERROR:
-        pytest.skip(f"this Triton has no Gluon: {w4a16_wgmma.GLUON_ERROR}")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
+CONFIGS = {"m16-split": dict(dtype="bf16", BLOCK_M=16, BLOCK_N=128, SPLIT_K=8, GPP=2, EPILOGUE=0),
+           "m8-residual": dict(dtype="bf16", BLOCK_M=8, BLOCK_N=128, SPLIT_K=22, GPP=2, EPILOGUE=1),
+           "m64-fp16-nosplit": dict(dtype="fp16", BLOCK_M=64, BLOCK_N=64, SPLIT_K=1, GPP=3, EPILOGUE=1)}
 
+# Runs in a fresh interpreter: Triton's CPU interpreter patches ``triton.language`` process-wide while a kernel
+# runs, and a device-function call (``tl.sum``, ``tl.max``) patches ``triton.language.core`` without restoring
+# it, so after the other tests' interpreted kernels a compile in this process would build with the
+# interpreter's semantics ("'value' object has no attribute 'dtype'").
+COMPILE_PTX = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from phase5_quantization.kernels import w4a16_wgmma
+
+ptx = {}
+for name, consts in json.loads(sys.argv[1]).items():
     dt = consts.pop("dtype")
     sig = dict(x_ptr=f"*{dt}", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", out_ptr=f"*{dt}", res_ptr=f"*{dt}",
                ws_ptr="*fp32", lock_ptr="*i32", M="i32", N="i32", KW="i32", stride_xm="i32", stride_om="i32",
@@ -44,21 +59,33 @@ def _compile(**consts):
     consts = dict(USE_PDL=True, EARLY=True, num_warps=4, **consts)
     sig.update({k: "constexpr" for k in consts})
     fn = w4a16_wgmma._wgmma_kernel
-    # as a launch specializes them: pointers 16-byte aligned, N, K/8 and the strides multiples of 16 (TinyLlama's)
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t != "constexpr" and a != "M"}
+    # as a launch specializes them: pointers 16-byte aligned, N, K/8 and the strides multiples of 16
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+             for a, t in sig.items() if t != "constexpr" and a != "M"}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=consts["num_warps"]))
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=consts["num_warps"]))
+    ptx[name] = kernel.asm["ptx"]
+print(json.dumps(ptx))
+"""
 
 
-@pytest.mark.parametrize("consts", [dict(dtype="bf16", BLOCK_M=16, BLOCK_N=128, SPLIT_K=8, GPP=2, EPILOGUE=0),
-                                    dict(dtype="bf16", BLOCK_M=8, BLOCK_N=128, SPLIT_K=22, GPP=2, EPILOGUE=1),
-                                    dict(dtype="fp16", BLOCK_M=64, BLOCK_N=64, SPLIT_K=1, GPP=3, EPILOGUE=1)],
-                         ids=["m16-split", "m8-residual", "m64-fp16-nosplit"])
-def test_compiles_for_sm90_with_codes_in_the_mma_operand(consts):
+@pytest.fixture(scope="module")
+def sm90_ptx() -> dict[str, str]:
+    """The PTX of each configuration in ``CONFIGS``, compiled for sm_90 in a child process."""
+    if w4a16_wgmma.GLUON_ERROR:
+        pytest.skip(f"this Triton has no Gluon: {w4a16_wgmma.GLUON_ERROR}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_PTX, json.dumps(CONFIGS)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_compiles_for_sm90_with_codes_in_the_mma_operand(sm90_ptx, name):
     """Compiles (the operand conversion is checked trivial at compile time), the multiply is one k = 128 ``wgmma``
     per group (8 k16 instructions), and split-K reductions are 16-byte vectors."""
-    k = _compile(**dict(consts))
-    ptx = k.asm["ptx"]
+    consts, ptx = CONFIGS[name], sm90_ptx[name]
     assert ptx.count("wgmma.mma_async") == 8 * (consts["BLOCK_N"] // 64)
     assert "sub.rn.bf16x2" in ptx or "sub.rn.f16x2" in ptx
     if consts["SPLIT_K"] > 1:

@@ -29,6 +29,8 @@ slice of `y`. **Row-parallel**: rank r keeps a block of input columns, reads its
 both ways.
 """)
 code(r"""
+from module0_profiling.notebook_env import import_phases_as_packages
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import torch, torch.nn.functional as F
 from phase6_tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPGroup
 

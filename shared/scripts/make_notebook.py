@@ -33,6 +33,8 @@ model and `random:tiny`; cells whose numbers change run to run are marked `# NBV
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
+from module0_profiling.notebook_env import import_phases_as_packages
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import torch
 from phase0_prototype import SamplingParams
 from shared.engine import EngineConfig, LLMEngine

@@ -12,29 +12,20 @@
 //! the Python reference mirrors with insertion-ordered dicts so both pick the same blocks.
 
 use crate::errors::{invalid, KvResult};
+use crate::limits::{filled, NUM_BLOCKS};
 
 const NIL: u32 = u32::MAX;
 const NOT_FREE: i8 = -1;
-/// Block ids are u32 with u32::MAX as the list terminator; 2^31 blocks is far beyond any GPU.
-pub const MAX_BLOCKS: usize = 1 << 31;
 
-pub fn check_num_blocks(num_blocks: usize) -> KvResult<()> {
-    if num_blocks > MAX_BLOCKS {
-        return invalid(format!(
-            "num_blocks must be at most {MAX_BLOCKS}, got {num_blocks}"
-        ));
-    }
-    Ok(())
-}
-
+/// `start .. start + n` lies inside a pool of `total` blocks (no overflow for any `n`).
 pub fn check_range(start: u32, n: usize, total: usize) -> KvResult<()> {
     if n == 0 {
         return invalid("a run needs n >= 1 blocks".to_string());
     }
-    if start as usize + n > total {
+    if n > total || start as usize > total - n {
         return invalid(format!(
             "blocks {start}..{} are out of range: the allocator has {total} blocks",
-            start as usize + n
+            start as u128 + n as u128
         ));
     }
     Ok(())
@@ -88,7 +79,7 @@ pub struct BuddyAllocator {
 
 impl BuddyAllocator {
     pub fn new(num_blocks: usize) -> KvResult<Self> {
-        check_num_blocks(num_blocks)?;
+        NUM_BLOCKS.check(num_blocks as u64)?;
         let max_order = if num_blocks == 0 {
             0
         } else {
@@ -98,10 +89,10 @@ impl BuddyAllocator {
         let mut a = Self {
             max_order,
             heads: vec![NIL; levels],
-            next: vec![NIL; num_blocks],
-            prev: vec![NIL; num_blocks],
-            free_order: vec![NOT_FREE; num_blocks],
-            allocated: vec![false; num_blocks],
+            next: filled(num_blocks, NIL)?,
+            prev: filled(num_blocks, NIL)?,
+            free_order: filled(num_blocks, NOT_FREE)?,
+            allocated: filled(num_blocks, false)?,
             free_runs_per_order: vec![0; levels],
             num_free: 0,
         };

@@ -33,6 +33,8 @@ pub enum KvError {
     InvalidArgument(String),
     /// An operation this allocator cannot do by design (Python: NotImplementedError).
     Unsupported(String),
+    /// The machine refused the memory a pool's bookkeeping needs (Python: MemoryError).
+    OutOfMemory(String),
 }
 
 impl fmt::Display for KvError {
@@ -52,7 +54,9 @@ impl fmt::Display for KvError {
                 )
             }
             KvError::UnknownSequence(id) => write!(f, "unknown sequence id {id}"),
-            KvError::InvalidArgument(msg) | KvError::Unsupported(msg) => f.write_str(msg),
+            KvError::InvalidArgument(msg)
+            | KvError::Unsupported(msg)
+            | KvError::OutOfMemory(msg) => f.write_str(msg),
         }
     }
 }

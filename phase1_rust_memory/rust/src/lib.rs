@@ -9,6 +9,7 @@ pub mod buddy;
 pub mod errors;
 pub mod fxhash;
 pub mod lifo;
+pub mod limits;
 pub mod pool;
 
 #[cfg(feature = "python")]

@@ -5,6 +5,7 @@
 //! `allocate(n > 1)` and its "largest free run" is one block however much is free.
 
 use crate::errors::{invalid, KvError, KvResult};
+use crate::limits::{filled, with_capacity, NUM_BLOCKS};
 
 pub struct LifoBlockAllocator {
     free_blocks: Vec<u32>,
@@ -13,12 +14,13 @@ pub struct LifoBlockAllocator {
 
 impl LifoBlockAllocator {
     pub fn new(num_blocks: usize) -> KvResult<Self> {
-        crate::buddy::check_num_blocks(num_blocks)?;
+        NUM_BLOCKS.check(num_blocks as u64)?;
         // Reversed so that block 0 is on top: a fresh allocator hands out 0, 1, 2, ...
-        let free_blocks = (0..num_blocks as u32).rev().collect();
+        let mut free_blocks = with_capacity(num_blocks)?;
+        free_blocks.extend((0..num_blocks as u32).rev());
         Ok(Self {
             free_blocks,
-            is_free: vec![true; num_blocks],
+            is_free: filled(num_blocks, true)?,
         })
     }
 

@@ -1,21 +1,28 @@
 //! pyo3 bindings: thin wrappers that convert arguments, map `KvError` to Python exceptions and turn
 //! any Rust panic into a `RuntimeError` (never a crash, never pyo3's BaseException-derived
 //! `PanicException`). A panic poisons the object: its state may be half-updated, so later calls refuse.
+//! Integer arguments are range-checked as they are extracted (`args`), as in the reference.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyException, PyKeyError, PyNotImplementedError, PyRuntimeError, PyValueError,
+    PyException, PyKeyError, PyMemoryError, PyNotImplementedError, PyRuntimeError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 
 use crate::block_manager::{BlockManager as CoreManager, Policy, StepOutcome};
 use crate::buddy::BuddyAllocator as CoreBuddy;
 use crate::errors::{KvError, KvResult};
 use crate::lifo::LifoBlockAllocator as CoreLifo;
 use crate::pool::AllocatorKind;
+
+mod args;
+use args::{
+    extract_ids, Block, BlockSize, ChildId, Int, NumBlocks, NumCpuBlocks, NumGpuBlocks, NumTokens,
+    ParentId, RunLength, SeqId, Start,
+};
 
 create_exception!(
     titaninfer_kvcache,
@@ -42,6 +49,7 @@ fn to_py_err(py: Python<'_>, e: KvError) -> PyErr {
         KvError::UnknownSequence(_) => PyKeyError::new_err(msg),
         KvError::InvalidArgument(_) => PyValueError::new_err(msg),
         KvError::Unsupported(_) => PyNotImplementedError::new_err(msg),
+        KvError::OutOfMemory(_) => PyMemoryError::new_err(msg),
     }
 }
 
@@ -53,19 +61,6 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "unknown panic".to_string()
     }
-}
-
-/// Sequence ids from a Python list (the scheduler's batch) without pyo3's generic sequence protocol.
-fn extract_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-    #[allow(deprecated)]
-    if let Ok(list) = obj.downcast::<PyList>() {
-        let mut ids = Vec::with_capacity(list.len());
-        for item in list.iter() {
-            ids.push(item.extract::<u64>()?);
-        }
-        return Ok(ids);
-    }
-    obj.extract::<Vec<u64>>()
 }
 
 const POISONED: &str =
@@ -106,8 +101,8 @@ macro_rules! allocator_class {
         #[pymethods]
         impl $name {
             #[new]
-            fn new(py: Python<'_>, num_blocks: usize) -> PyResult<Self> {
-                <$core>::new(num_blocks)
+            fn new(py: Python<'_>, num_blocks: Int<NumBlocks>) -> PyResult<Self> {
+                <$core>::new(num_blocks.usize())
                     .map(|core| Self {
                         core,
                         poisoned: false,
@@ -115,14 +110,23 @@ macro_rules! allocator_class {
                     .map_err(|e| to_py_err(py, e))
             }
             /// First block of a contiguous run of `n` free blocks, or None when no such run is free.
-            #[pyo3(signature = (n=1))]
-            fn allocate(&mut self, py: Python<'_>, n: usize) -> PyResult<Option<u32>> {
-                guarded(py, &mut self.poisoned, &mut self.core, |c| c.allocate(n))
+            #[pyo3(signature = (n=Int::of(1)))]
+            fn allocate(&mut self, py: Python<'_>, n: Int<RunLength>) -> PyResult<Option<u32>> {
+                guarded(py, &mut self.poisoned, &mut self.core, |c| {
+                    c.allocate(n.usize())
+                })
             }
             /// Free blocks `start .. start + n` (each must be allocated).
-            #[pyo3(signature = (start, n=1))]
-            fn free(&mut self, py: Python<'_>, start: u32, n: usize) -> PyResult<()> {
-                guarded(py, &mut self.poisoned, &mut self.core, |c| c.free(start, n))
+            #[pyo3(signature = (start, n=Int::of(1)))]
+            fn free(
+                &mut self,
+                py: Python<'_>,
+                start: Int<Start>,
+                n: Int<RunLength>,
+            ) -> PyResult<()> {
+                guarded(py, &mut self.poisoned, &mut self.core, |c| {
+                    c.free(start.u32(), n.usize())
+                })
             }
             #[getter]
             fn num_blocks(&self) -> usize {
@@ -132,9 +136,9 @@ macro_rules! allocator_class {
             fn num_free_blocks(&self) -> usize {
                 self.core.num_free_blocks()
             }
-            fn is_allocated(&mut self, py: Python<'_>, block: u32) -> PyResult<bool> {
+            fn is_allocated(&mut self, py: Python<'_>, block: Int<Block>) -> PyResult<bool> {
                 guarded(py, &mut self.poisoned, &mut self.core, |c| {
-                    c.is_allocated(block)
+                    c.is_allocated(block.u32())
                 })
             }
             /// Free runs on each order's list: index k counts runs of 2**k blocks.
@@ -224,12 +228,12 @@ pub struct BlockManager {
 #[pymethods]
 impl BlockManager {
     #[new]
-    #[pyo3(signature = (num_gpu_blocks, block_size=16, *, num_cpu_blocks=0, watermark=0.01, policy="refuse", allocator="buddy"))]
+    #[pyo3(signature = (num_gpu_blocks, block_size=Int::of(16), *, num_cpu_blocks=Int::of(0), watermark=0.01, policy="refuse", allocator="buddy"))]
     fn new(
         py: Python<'_>,
-        num_gpu_blocks: usize,
-        block_size: usize,
-        num_cpu_blocks: usize,
+        num_gpu_blocks: Int<NumGpuBlocks>,
+        block_size: Int<BlockSize>,
+        num_cpu_blocks: Int<NumCpuBlocks>,
         watermark: f64,
         policy: &str,
         allocator: &str,
@@ -238,9 +242,9 @@ impl BlockManager {
             let policy = Policy::parse(policy)?;
             let kind = AllocatorKind::parse(allocator)?;
             CoreManager::new(
-                num_gpu_blocks,
-                block_size,
-                num_cpu_blocks,
+                num_gpu_blocks.usize(),
+                block_size.usize(),
+                num_cpu_blocks.usize(),
                 watermark,
                 policy,
                 kind,
@@ -279,17 +283,26 @@ impl BlockManager {
         self.core.watermark_blocks()
     }
 
-    fn can_allocate(&self, num_tokens: usize) -> bool {
-        self.core.can_allocate(num_tokens)
+    fn can_allocate(&self, num_tokens: Int<NumTokens>) -> bool {
+        self.core.can_allocate(num_tokens.usize())
     }
-    fn allocate(&mut self, py: Python<'_>, seq_id: u64, num_tokens: usize) -> PyResult<Vec<u32>> {
+    fn allocate(
+        &mut self,
+        py: Python<'_>,
+        seq_id: Int<SeqId>,
+        num_tokens: Int<NumTokens>,
+    ) -> PyResult<Vec<u32>> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.allocate(seq_id, num_tokens)
+            c.allocate(seq_id.0, num_tokens.usize())
         })
     }
-    fn append_slot(&mut self, py: Python<'_>, seq_id: u64) -> PyResult<(u64, Option<(u32, u32)>)> {
+    fn append_slot(
+        &mut self,
+        py: Python<'_>,
+        seq_id: Int<SeqId>,
+    ) -> PyResult<(u64, Option<(u32, u32)>)> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.append_slot(seq_id)
+            c.append_slot(seq_id.0)
         })
     }
     fn can_append(&mut self, py: Python<'_>, seq_ids: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -302,13 +315,18 @@ impl BlockManager {
         let ids = extract_ids(seq_ids)?;
         guarded(py, &mut self.poisoned, &mut self.core, |c| c.step(&ids)).map(StepResult::from)
     }
-    fn fork(&mut self, py: Python<'_>, parent_id: u64, child_id: u64) -> PyResult<()> {
+    fn fork(
+        &mut self,
+        py: Python<'_>,
+        parent_id: Int<ParentId>,
+        child_id: Int<ChildId>,
+    ) -> PyResult<()> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.fork(parent_id, child_id)
+            c.fork(parent_id.0, child_id.0)
         })
     }
-    fn free(&mut self, py: Python<'_>, seq_id: u64) -> PyResult<()> {
-        guarded(py, &mut self.poisoned, &mut self.core, |c| c.free(seq_id))
+    fn free(&mut self, py: Python<'_>, seq_id: Int<SeqId>) -> PyResult<()> {
+        guarded(py, &mut self.poisoned, &mut self.core, |c| c.free(seq_id.0))
     }
     fn swap_out(
         &mut self,
@@ -328,28 +346,28 @@ impl BlockManager {
             c.can_swap_in(&ids)
         })
     }
-    fn block_table(&mut self, py: Python<'_>, seq_id: u64) -> PyResult<Vec<u32>> {
+    fn block_table(&mut self, py: Python<'_>, seq_id: Int<SeqId>) -> PyResult<Vec<u32>> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.block_table(seq_id).map(<[u32]>::to_vec)
+            c.block_table(seq_id.0).map(<[u32]>::to_vec)
         })
     }
-    fn num_tokens(&mut self, py: Python<'_>, seq_id: u64) -> PyResult<usize> {
+    fn num_tokens(&mut self, py: Python<'_>, seq_id: Int<SeqId>) -> PyResult<usize> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.num_tokens(seq_id)
+            c.num_tokens(seq_id.0)
         })
     }
-    fn is_swapped(&mut self, py: Python<'_>, seq_id: u64) -> PyResult<bool> {
+    fn is_swapped(&mut self, py: Python<'_>, seq_id: Int<SeqId>) -> PyResult<bool> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.is_swapped(seq_id)
+            c.is_swapped(seq_id.0)
         })
     }
-    fn ref_count(&mut self, py: Python<'_>, block: u32) -> PyResult<u32> {
+    fn ref_count(&mut self, py: Python<'_>, block: Int<Block>) -> PyResult<u32> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
-            c.ref_count(block)
+            c.ref_count(block.u32())
         })
     }
-    fn __contains__(&self, seq_id: u64) -> bool {
-        self.core.contains(seq_id)
+    fn __contains__(&self, seq_id: Int<SeqId>) -> bool {
+        self.core.contains(seq_id.0)
     }
     fn seq_ids(&self) -> Vec<u64> {
         self.core.seq_ids()

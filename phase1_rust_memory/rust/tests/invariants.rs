@@ -130,7 +130,7 @@ proptest! {
 
     #[test]
     fn block_manager_keeps_its_books(
-        num_gpu in 0usize..48, block_size in 1usize..5, num_cpu in 0usize..24,
+        num_gpu in 1usize..48, block_size in 1usize..5, num_cpu in 0usize..24,
         preempt in any::<bool>(), buddy in any::<bool>(), ops in mgr_ops(),
     ) {
         let policy = if preempt { Policy::Preempt } else { Policy::Refuse };

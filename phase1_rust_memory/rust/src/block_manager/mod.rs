@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::errors::{invalid, Device, KvError, KvResult};
 use crate::fxhash::FxHashMap;
+use crate::limits::{filled, BLOCK_SIZE, NUM_CPU_BLOCKS, NUM_GPU_BLOCKS};
 use crate::pool::{AllocatorKind, Pool};
 
 mod inspect;
@@ -122,9 +123,10 @@ impl BlockManager {
         policy: Policy,
         allocator: AllocatorKind,
     ) -> KvResult<Self> {
-        if block_size == 0 {
-            return invalid("block_size must be >= 1".to_string());
-        }
+        // Sizes first, before anything is allocated (the order Python passes the arguments in).
+        NUM_GPU_BLOCKS.check(num_gpu_blocks as u64)?;
+        BLOCK_SIZE.check(block_size as u64)?;
+        NUM_CPU_BLOCKS.check(num_cpu_blocks as u64)?;
         if !(0.0..1.0).contains(&watermark) {
             return invalid(format!(
                 "watermark must be a fraction in [0, 1), got {watermark}"
@@ -136,8 +138,8 @@ impl BlockManager {
             policy,
             gpu: Pool::new(allocator, num_gpu_blocks)?,
             cpu: Pool::new(allocator, num_cpu_blocks)?,
-            gpu_refs: vec![0; num_gpu_blocks],
-            cpu_refs: vec![0; num_cpu_blocks],
+            gpu_refs: filled(num_gpu_blocks, 0)?,
+            cpu_refs: filled(num_cpu_blocks, 0)?,
             seqs: FxHashMap::default(),
             running: BTreeMap::new(),
             next_admission: 0,
@@ -228,8 +230,8 @@ impl BlockManager {
 
     /// Whether a prompt of `num_tokens` fits while keeping `watermark` of the pool free for growth.
     pub fn can_allocate(&self, num_tokens: usize) -> bool {
-        self.gpu.num_free_blocks() as i64 - self.blocks_for(num_tokens) as i64
-            >= self.watermark_blocks as i64
+        let (free, needed) = (self.gpu.num_free_blocks(), self.blocks_for(num_tokens));
+        free >= needed && free - needed >= self.watermark_blocks
     }
 
     /// Blocks for a new sequence's prompt, taken as the longest contiguous runs the pool has.
