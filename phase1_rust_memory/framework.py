@@ -5,8 +5,8 @@
 - ``BlockManager`` is the Python reference manager (``reference_block_manager.py``) running over that
   Rust free list. It is correct; it is slow because every generated token of every sequence runs a
   few dozen Python bytecodes (dict lookup, attribute reads, list append, a call across into Rust for
-  the block) — about a microsecond per token, so a 256-sequence decode step costs a few hundred
-  microseconds of scheduler time before the GPU sees any work.
+  the block) for every token, so a decode step of hundreds of sequences costs scheduler time
+  before the GPU sees any work (``NOTES.md``).
 - What it cannot do: the free list keeps no adjacency, so ``allocate(n > 1)`` has no contiguous run
   to give (prompts get scattered blocks); and with no reference counts, ``fork`` (parallel sampling,
   shared prefixes, copy-on-write) is missing. ``BuddyAllocator`` is this phase's task.

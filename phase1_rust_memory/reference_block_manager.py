@@ -3,8 +3,8 @@
 Same answers as the Rust ``BlockManager`` (block ids, slots, copy pairs, victims, statistics, error
 types and messages), which the differential test checks on random operation sequences. It is the
 baseline of P1.1: per generated token it runs a dict lookup, a few attribute reads, an allocator
-call and a list append, all on boxed Python integers, about a microsecond per token. Integer
-arguments are checked against ``limits`` first, in order, as the Rust binding extracts them.
+call and a list append, all on boxed Python integers. Integer arguments are checked against
+``limits`` first, in order, as the Rust binding extracts them.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@
   slot per token, fork with reference counts and copy-on-write, refuse/preempt on exhaustion,
   swap-out/in bookkeeping, and ``step`` — one call per decode step for the whole batch.
 
-What limit it approaches: the cost of crossing from Python into native code. On the 2-core CI
-machine a per-token ``append_slot`` costs ~0.1 µs, nearly all of it the call itself (argument
-parsing, the borrow flag, a tuple back); the batched ``step`` pays the crossing once per decode step
-and then ~40–50 ns per sequence, mostly converting the id list in and the slot list out — the work
-itself (a hash probe and a pop from a free list) is a few nanoseconds. Further gains would come from
-not crossing per step at all (the scheduler itself in Rust) or from passing ids as a buffer.
+What limit it approaches: the cost of crossing from Python into native code. A per-token
+``append_slot`` is nearly all call overhead (argument parsing, the borrow flag, a tuple back); the
+batched ``step`` pays the crossing once per decode step and then mostly converts the id list in and
+the slot list out — the work itself (a hash probe and a pop from a free list) is a few instructions.
+Further gains would come from not crossing per step at all (the scheduler itself in Rust) or from
+passing ids as a buffer. Figures: ``reports/phase1_rust_memory/`` and ``NOTES.md``.
 """
 
 from __future__ import annotations

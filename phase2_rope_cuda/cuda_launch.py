@@ -86,8 +86,8 @@ def launch_on(device: torch.device, kernel, grid: tuple, block: tuple, args: tup
 
 
 # ----------------------------------------------------------------------------- the fast launch path
-# A RoPE over 16384 tokens runs ~60 µs on an H100; a Python launch path that costs as much makes the
-# kernel wait on the CPU. The solution therefore launches the way torch's own generated code does:
+# A RoPE of a full prefill is tens of microseconds of GPU work (NOTES.md); a Python launch path that
+# costs as much makes the kernel wait on the CPU. The solution therefore launches the way torch's own generated code does:
 # the raw current-stream handle (no Stream object), a CuPy stream wrapper built once per handle, and
 # the driver-level ``Function`` called with that stream (no context managers per call).
 

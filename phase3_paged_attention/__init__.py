@@ -33,6 +33,10 @@ An implementation (a module) provides three functions::
         Each sequence attends to itself only (causal: token j sees tokens ≤ j). When k_cache,
         v_cache and slot_mapping are given, k and v are also written into the paged cache.
 
+An implementation may also provide ``decode_launch(num_seqs, num_kv_heads, max_context, device) -> dict``:
+keyword arguments for ``paged_decode_attention`` that an engine passes on every step instead of letting the
+implementation tune on the first call of each shape (a serving engine must never stall mid-step).
+
 Implementations: ``reference`` (PyTorch: gather the pages, then ``scaled_dot_product_attention``;
 runs on CPU and is the correctness oracle and the "PyTorch paged baseline"), ``framework`` (naive
 Triton decode), ``solution`` (FlashAttention-2-style Triton decode and prefill). Pick one with

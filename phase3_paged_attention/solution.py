@@ -43,6 +43,17 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                               max_context_len, out, num_splits=num_splits, block_n=block_n)
 
 
+def decode_launch(num_seqs: int, num_kv_heads: int, max_context: int, device: torch.device) -> dict:
+    """The heuristic split count and the default tile, so that ``paged_decode_attention`` never autotunes: the
+    tuner times candidates with ``triton.testing.do_bench`` (flushing L2 by zeroing 256 MB before every run),
+    seconds of stall in the middle of serving."""
+    from phase3_paged_attention.kernels.decode_flash import choose_num_splits
+    from phase3_paged_attention.kernels.launch import sm_count
+
+    return dict(num_splits=choose_num_splits(num_seqs, num_kv_heads, max(1, max_context), sm_count(device)),
+                block_n=128)
+
+
 def varlen_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                              max_seqlen: int, scale: float | None = None, *, causal: bool = True,
                              k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None,

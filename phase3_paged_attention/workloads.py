@@ -25,12 +25,6 @@ class DecodeInputs:
     def args(self) -> tuple:
         return self.q, self.k_cache, self.v_cache, self.block_tables, self.context_lens
 
-    @property
-    def kv_bytes(self) -> int:
-        """Bytes of K and V that must be read: each sequence's own tokens, once."""
-        _, _, heads, dim = self.k_cache.shape
-        return 2 * int(self.context_lens.sum()) * heads * dim * self.k_cache.element_size()
-
     def contiguous_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V as dense [batch, kv_heads, max_context_len, head_dim] (for the dense peer)."""
         from phase3_paged_attention.reference import gather_kv

@@ -1,22 +1,17 @@
 """CUDA graphs of the decode-only step, one per batch-size bucket (GPU only).
 
-A decode step of a small model is a few hundred short kernels; launching them from Python costs more
-than running them (on an H100, TinyLlama's 22 layers × ~40 PyTorch ops ≈ 900 launches ≈ 5 ms of host
-time for ~1 ms of GPU work at batch 256). A graph replays the whole step with one launch. Graphs need
-static shapes, so a batch of ``n`` decodes runs in the smallest bucket ``B >= n`` (``runner.
-graph_sizes_for``: up to the engine's ``max_num_seqs``, so a full batch never falls back to eager): rows
-past ``n`` are padding with slot -1 (the cache write skips them) and context length 0 (the decode
-kernel returns zeros for them), and the block-table width is fixed at the model's maximum context,
-passed as a host constant (``max_context_len``) so the kernel never reads a length back to the host.
+A decode step of a small model is a few hundred short kernels (TinyLlama: 22 layers × ~40 PyTorch ops);
+launching them from Python costs more host time than the GPU spends running them (``NOTES.md``). A graph
+replays the whole step with one launch. Graphs need static shapes, so a batch of ``n`` decodes runs in
+the smallest bucket ``B >= n`` (``runner.graph_sizes_for``: up to ``max_num_seqs``, so a full batch never
+falls back to eager): rows past ``n`` are padding (slot -1: no cache write; context length 0: zeros out),
+and the block-table width is the model's maximum context, a host constant (``max_context_len``).
 
-Each bucket owns one static int32 buffer laid out like ``step_inputs.HostStep`` (tokens, src,
-positions, slots, context lengths, block tables): a replay is one host->device copy into it, the
-replay, nothing else. The graph also takes the greedy token of every row (``argmax`` into the
-runner's ``last_tokens``), and reads tokens the host has not seen yet from there (``src``), so
-consecutive decode steps chain on the device.
-
-Phase 3's Triton kernels compile on their first call: each bucket first runs eagerly on the same
-static buffers, then is captured.
+Each bucket owns one static int32 buffer laid out like ``step_inputs.HostStep``: a replay is one
+host->device copy into it and the replay. The graph also writes every row's greedy token into the
+runner's ``last_tokens`` and reads tokens the host has not seen yet from there (``src``), so consecutive
+decode steps chain on the device. Each bucket first runs eagerly (Phase 3's Triton kernels compile on
+their first call), then is captured.
 """
 
 from __future__ import annotations

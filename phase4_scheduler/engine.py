@@ -36,16 +36,19 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 import torch
+import torch.nn.functional as F
 
 from phase0_prototype.errors import ModelError
 from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel
+from phase0_prototype.weights import LlamaWeights
+from phase3_paged_attention import load_impl as load_attention
 from phase4_scheduler import load_impl
 from phase4_scheduler.blocks import check_size, host_memory_bytes, make_block_manager
 from phase4_scheduler.kv_swap import KVSwapSpace
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
 from phase4_scheduler.request import Request, Status
-from phase4_scheduler.runner import PagedModelRunner, PendingStep, graph_sizes_for
+from phase4_scheduler.runner import Linear, PagedModelRunner, PendingStep, graph_sizes_for
 from phase4_scheduler.sampler import Sampler
 from phase4_scheduler.text_stream import TextStream, check_stop
 
@@ -72,6 +75,8 @@ class EngineConfig:
     overlap: bool = True  # launch step N before reading back step N-1 (events lag one step)
     swap_space: float = 4.0  # GiB of host KV blocks for preemption by swap
     num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
+    block_manager_impl: str | None = None  # phase 1's: "solution" (Rust), "reference", a module path; None: best
+    attention_impl: str | None = None  # phase 3's: "solution" (Triton), "reference", ...; None: per device
 
     def __post_init__(self) -> None:
         from phase1_rust_memory import limits
@@ -183,7 +188,10 @@ class StepStats:
 
 
 class LLMEngine:
-    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()):
+    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig(), *,
+                 weights: LlamaWeights | None = None, linear: Linear = F.linear):
+        """``weights`` / ``linear``: another implementation of the projections (``runner.PagedModelRunner``);
+        by default the model's float weights, fused."""
         self.model, self.config = model, config
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -191,12 +199,14 @@ class LLMEngine:
         num_cpu_blocks = config.cpu_blocks(KVSwapSpace.bytes_per_block(
             cfg.num_hidden_layers, config.block_size, cfg.num_key_value_heads, cfg.head_dim, model.dtype))
         self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark,
-                                         num_cpu_blocks=num_cpu_blocks)
+                                         impl=config.block_manager_impl, num_cpu_blocks=num_cpu_blocks)
         self.scheduler = load_impl(config.scheduler_impl).build(config.scheduler, self.blocks)
         seqs = config.scheduler.max_num_seqs
-        self.runner = PagedModelRunner(model, num_blocks, config.block_size, cuda_graphs=config.cuda_graphs,
-                                       graph_batch_sizes=graph_sizes_for(seqs), max_num_seqs=seqs,
-                                       num_cpu_blocks=num_cpu_blocks)
+        attention = load_attention(config.attention_impl) if config.attention_impl is not None else None
+        self.runner = PagedModelRunner(model, num_blocks, config.block_size, attention=attention,
+                                       cuda_graphs=config.cuda_graphs, graph_batch_sizes=graph_sizes_for(seqs),
+                                       max_num_seqs=seqs, num_cpu_blocks=num_cpu_blocks, weights=weights,
+                                       linear=linear)
         self.sampler = Sampler(model.device)
         self.streams: dict[int, TextStream] = {}
         self._with_stop: set[int] = set()  # ids of unfinished requests with stop strings

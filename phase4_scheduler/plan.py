@@ -234,7 +234,8 @@ class SchedulerBase:
         """``apply`` for the engine: ``tokens[i]`` is ``requests[i]``'s (one step's sampling rows, in row
         order; each request at most once). Returns (the requests that took their token, the finished).
 
-        One pass, ``Request.append_token`` inlined: it runs for every running request, every step."""
+        One pass that appends each token and finishes on EOS or length: it runs for every running request,
+        every step."""
         dropped, finished, done = [], [], Status.FINISHED
         now = None
         for r, token in zip(requests, tokens, strict=True):

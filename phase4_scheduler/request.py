@@ -84,14 +84,6 @@ class Request:
     def is_decoding(self) -> bool:
         return self.num_pending == 1 and bool(self.output_ids or self.num_in_flight)
 
-    def token_at(self, position: int) -> int:
-        """Token id at ``position`` of prompt + output (``PENDING`` for one still in flight)."""
-        n = len(self.prompt_ids)
-        if position < n:
-            return self.prompt_ids[position]
-        position -= n
-        return self.output_ids[position] if position < len(self.output_ids) else PENDING
-
     @property
     def max_total_tokens(self) -> int:
         return len(self.prompt_ids) + self.max_tokens
@@ -99,14 +91,3 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
-
-    def append_token(self, token: int) -> str | None:
-        """Record a sampled token; returns the finish reason when it ends the request (EOS or length)."""
-        self.output_ids.append(token)
-        if self.first_token_time is None:
-            self.first_token_time = time.perf_counter()
-        if token in self.eos_ids:
-            return "stop"
-        if len(self.output_ids) >= self.max_tokens:
-            return "length"
-        return None

@@ -25,7 +25,7 @@ input: the forward pass takes it from ``last_tokens`` (``src`` rows), so steps c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from operator import attrgetter
 
 import numpy as np
@@ -42,6 +42,7 @@ from phase4_scheduler.request import Request
 from phase4_scheduler.step_inputs import WIDTH_ALIGN, DeviceStep, HostStep, upload
 
 _request_id = attrgetter("request_id")
+Linear = Callable[[torch.Tensor, object], torch.Tensor]  # (x [rows, in], a projection's weight) -> [rows, out]
 
 DEFAULT_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
@@ -52,31 +53,10 @@ def graph_sizes_for(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted(set(sizes + [max_batch])))
 
 
-def prefix_chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table,
-                           start: int) -> torch.Tensor:
-    """Queries of positions ``[start, start + n)`` over cached positions ``[0, start + n)``, causal.
-    ``block_table``: the request's pages (a list, or a device tensor of at least the pages needed)."""
-    n, hq, d = q.shape
-    bs, hkv = k_cache.shape[1], k_cache.shape[2]
-    end = start + n
-    n_pages = -(-end // bs)
-    if isinstance(block_table, torch.Tensor):
-        pages = block_table[:n_pages].long()
-    else:
-        pages = torch.tensor(block_table[:n_pages], device=q.device, dtype=torch.long)
-    k = k_cache[pages].reshape(-1, hkv, d)[:end].transpose(0, 1)  # [Hkv, end, D]
-    v = v_cache[pages].reshape(-1, hkv, d)[:end].transpose(0, 1)
-    groups = hq // hkv
-    k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
-    mask = torch.arange(end, device=q.device)[None, :] <= torch.arange(start, end, device=q.device)[:, None]
-    o = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask)  # [Hq, n, D]
-    return o.transpose(0, 1)
-
-
 def later_chunk_attention(impl, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pages: torch.Tensor,
                           cu_seqlens: torch.Tensor, start: int) -> torch.Tensor:
-    """``prefix_chunk_attention`` through the contract's varlen prefill kernel (a handful of launches):
-    the request's K/V of positions ``[0, end)`` gathered from its pages (this chunk's rows are already
+    """Queries of positions ``[start, start + n)`` over cached positions ``[0, start + n)``, causal, through
+    the contract's varlen prefill kernel (a handful of launches): the request's K/V of positions ``[0, end)`` gathered from its pages (this chunk's rows are already
     written) as one causal sequence, queries for positions ``[0, start)`` zero and their rows dropped.
     ``cu_seqlens``: the device int32 ``[0, end]``. Computes ``end²`` scores for ``n · end`` useful ones:
     nothing beside the step at TinyLlama's context."""
@@ -120,10 +100,6 @@ class PendingStep:
         self.plan, self.sampled, self._host, self._event = plan, sampled, host_tokens, event
 
 
-    @property
-    def request_ids(self) -> list[int]:
-        return list(map(_request_id, self.sampled))
-
     def tokens(self) -> list[int]:
         if self._host is None:
             return []
@@ -133,15 +109,25 @@ class PendingStep:
 
 
 class PagedModelRunner:
-    """Weights (phase 0's fused layout), a paged KV cache per layer, and the batched forward pass."""
+    """Weights (phase 0's fused layout), a paged KV cache per layer, and the batched forward pass.
+
+    Every projection is ``linear(x, weight)``: ``F.linear`` over the float matrices by default. Another
+    implementation of the model's linear layers (phase 5's INT4 ``QuantLinear``) comes in as ``weights``
+    whose projection fields hold its objects and ``linear=lambda x, w: w(x)`` — a transform of the one
+    model, as gpt-fast's ``quantize``: the scheduler, KV cache and attention do not change."""
 
     def __init__(self, model: LoadedModel, num_blocks: int, block_size: int = 16, *, attention=None,
                  cuda_graphs: bool = True, graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES,
-                 max_num_seqs: int = 0, fused: bool | None = None, num_cpu_blocks: int = 0):
+                 max_num_seqs: int = 0, fused: bool | None = None, num_cpu_blocks: int = 0,
+                 weights: LlamaWeights | None = None, linear: Linear = F.linear):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.block_size, self.num_blocks = block_size, num_blocks
-        self.weights: LlamaWeights = fuse(model.state, cfg)
+        self.weights: LlamaWeights = weights if weights is not None else fuse(model.state, cfg)
+        self.linear = linear
+        # Called with the step's inputs before every forward pass; tensor parallelism's rank 0 sends them
+        # to the other ranks' runners there (``shared.tp_workers``).
+        self.on_forward: Callable[[DeviceStep], None] | None = None
         self.cos, self.sin = rope_cache(cfg, cfg.max_position_embeddings, self.device)
         self.attention = attention or default_impl(self.device)
         # Triton's fused norm / RoPE+cache / SwiGLU kernels on a GPU (``kernels.fused``); PyTorch on CPU.
@@ -251,19 +237,6 @@ class PagedModelRunner:
         event.record()
         return out, event
 
-    @torch.inference_mode()
-    def execute(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
-        """Run ``plan`` synchronously: the requests that sample, in order, and their logits ``[n, vocab]``
-        (fp32). Tokens of ``plan`` must all be known on the host (no overlapped step before it)."""
-        if plan.swap_out or plan.swap_in:
-            self.swap(plan)
-        if plan.empty:
-            return [], torch.empty(0, self.config.vocab_size, device=self.device)
-        host, bucket = self._host_step(plan)
-        if bucket is not None:
-            return host.sampled, self.graphs.replay(host, bucket).clone()
-        return host.sampled, self.forward(upload(host, self.device, block_size=self.block_size))
-
     # ------------------------------------------------------------------ the forward pass
     def input_tokens(self, inputs: DeviceStep) -> torch.Tensor:
         """Token ids of the rows; those still on the device come from the previous step's samples."""
@@ -274,6 +247,8 @@ class PagedModelRunner:
 
     def forward(self, inputs: DeviceStep) -> torch.Tensor:
         """Logits (fp32) of the sampling rows (all rows when ``inputs.sample_rows`` is None)."""
+        if self.on_forward is not None:
+            self.on_forward(inputs)
         x = self.weights.embed_tokens[self.input_tokens(inputs)]
         decode_kwargs = self._decode_kwargs(inputs)
         if self.fused:
@@ -283,7 +258,7 @@ class PagedModelRunner:
         if inputs.sample_rows is not None:
             x = x[inputs.sample_rows]
         h = rms_norm(x, self.weights.norm, self.config.rms_norm_eps)
-        return F.linear(h, self.weights.lm_head).float()
+        return self.linear(h, self.weights.lm_head).float()
 
     def _forward_fused(self, x: torch.Tensor, inputs: DeviceStep, decode_kwargs: dict) -> torch.Tensor:
         """The same layers with ``kernels.fused``: ten kernels a layer instead of ~44 (see there)."""
@@ -295,45 +270,37 @@ class PagedModelRunner:
         for i, w in enumerate(self.weights.layers):
             h = add_rms_norm(x, delta, w.input_norm, eps)
             k_cache, v_cache = self.kv[i]
-            q, k, v = rope_qkv_cache(F.linear(h, w.qkv_proj), inputs.positions, self.cos, self.sin, hq, hkv, d,
+            q, k, v = rope_qkv_cache(self.linear(h, w.qkv_proj), inputs.positions, self.cos, self.sin, hq, hkv, d,
                                      inputs.slots, k_cache, v_cache)
             attn = self.attend(i, q, k, v, inputs, decode_kwargs, write_cache=False)
-            h = add_rms_norm(x, F.linear(attn.view(n, hq * d), w.o_proj), w.post_norm, eps)
-            delta = F.linear(silu_mul(F.linear(h, w.gate_up_proj)), w.down_proj)
+            h = add_rms_norm(x, self.linear(attn.view(n, hq * d), w.o_proj), w.post_norm, eps)
+            delta = self.linear(silu_mul(self.linear(h, w.gate_up_proj)), w.down_proj)
         if inputs.sample_rows is None:
             h = add_rms_norm(x, delta, self.weights.norm, eps)
         else:
             h = add_rms_norm((x + delta)[inputs.sample_rows], None, self.weights.norm, eps)
-        return F.linear(h, self.weights.lm_head).float()
+        return self.linear(h, self.weights.lm_head).float()
 
     def _decode_kwargs(self, inputs: DeviceStep) -> dict:
-        """Phase 3's solution tunes its decode launch on the first call of each new shape class, timing
-        candidates with ``triton.testing.do_bench`` (which flushes L2 by zeroing 256 MB before every
-        run): seconds of stall in the middle of serving, and the Fill kernels of the trace. The engine
-        passes its heuristic split count and default tile instead, so a step never tunes."""
-        if not inputs.num_decode_tokens or self.device.type != "cuda":
+        """The attention implementation's fixed decode launch for this step (``decode_launch`` of phase 3's
+        contract, when it has one): a step never tunes."""
+        launch = getattr(self.attention, "decode_launch", None)
+        if not inputs.num_decode_tokens or self.device.type != "cuda" or launch is None:
             return {}
-        if getattr(self.attention, "__name__", "") != "phase3_paged_attention.solution":
-            return {}
-        from phase3_paged_attention.kernels.decode_flash import choose_num_splits
-        from phase3_paged_attention.kernels.launch import sm_count
-
-        splits = choose_num_splits(inputs.block_tables.shape[0], self.config.num_key_value_heads,
-                                   max(1, inputs.max_context), sm_count(self.device))
-        return dict(num_splits=splits, block_n=128)
+        return launch(inputs.block_tables.shape[0], self.config.num_key_value_heads, inputs.max_context, self.device)
 
     def layer(self, i: int, x: torch.Tensor, inputs: DeviceStep, decode_kwargs: dict | None = None) -> torch.Tensor:
         cfg, w = self.config, self.weights.layers[i]
         n, hq, hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
-        q, k, v = F.linear(h, w.qkv_proj).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q, k, v = self.linear(h, w.qkv_proj).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
         q, k = apply_rope(q.view(1, n, hq, d), k.view(1, n, hkv, d), self.cos, self.sin, inputs.positions[None])
         q, k, v = q[0].contiguous(), k[0].contiguous(), v.reshape(n, hkv, d).contiguous()
         attn = self.attend(i, q, k, v, inputs, decode_kwargs or {})
-        x = x + F.linear(attn.view(n, hq * d), w.o_proj)
+        x = x + self.linear(attn.view(n, hq * d), w.o_proj)
         h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
-        gate, up = F.linear(h, w.gate_up_proj).chunk(2, dim=-1)
-        return x + F.linear(swiglu(gate, up), w.down_proj)
+        gate, up = self.linear(h, w.gate_up_proj).chunk(2, dim=-1)
+        return x + self.linear(swiglu(gate, up), w.down_proj)
 
     def attend(self, i: int, q, k, v, inputs: DeviceStep, decode_kwargs: dict, write_cache: bool = True) -> torch.Tensor:
         k_cache, v_cache = self.kv[i]

@@ -2,34 +2,20 @@
 
 Every step is planned afresh within a token budget (``max_num_batched_tokens``):
 
-1. **Decodes first** — each running request that has its whole context cached gets one token. Their
-   new slots come from ONE batched ``BlockManager.step`` call; when the pool cannot give them, the
-   scheduler preempts a victim (lowest priority class, then most recently admitted). By *recompute*
-   (the default) it loses its blocks and goes back to the waiting queue with ``num_computed = 0``;
-   by *swap* (``SchedulerConfig.preemption = "swap"``) its blocks move to the manager's CPU pool
-   (``swap_out``; the runner copies them) and it keeps its tokens and progress — recompute again when
-   the CPU pool is full. Swap trades FLOPs for PCIe: a victim of ``n`` cached tokens costs 2 × its KV
-   bytes over the bus (out and back, ~25 GB/s) instead of an ``n``-token prefill; it pays when ``n`` is
-   long or the GPU is busy, and costs pinned host memory.
-2. **Prefill chunks** of running requests whose prompt is not yet fully cached, in admission order,
-   each cut to the budget left (chunked prefill: a 2000-token prompt never stalls the decodes).
-3. **Swap-in** of swapped requests (priority class, then arrival) while the GPU pool keeps its
-   watermark, ahead of any admission: no new request is admitted while one is still swapped out.
-4. **Admission** from the waiting queue in policy order — priority class, then shortest requested
-   ``max_tokens`` (SJF), with *aging*: a request that has waited ``max_wait_steps`` steps (or was
-   preempted) goes ahead of every younger one, ordered by arrival. Admission stops at the first
-   request that does not fit (``can_allocate`` keeps the watermark free for decodes), so nobody jumps
-   an aged request: its wait is bounded.
+1. **Decodes first**: one token for each running request whose context is cached, their slots from ONE
+   batched ``BlockManager.step``; when the pool is short, a victim (lowest class, then latest admitted)
+   is preempted by recompute or by swap (``_preempt``).
+2. **Prefill chunks** of running requests, in admission order, each cut to the budget left (chunked
+   prefill: a long prompt never stalls the decodes).
+3. **Swap-in** of swapped requests (class, then arrival) while the pool keeps its watermark: nobody new
+   is admitted while one is still swapped out.
+4. **Admission** in policy order (class, then SJF on ``max_tokens``), with *aging*: a request waiting
+   ``max_wait_steps`` (or preempted) goes ahead of every younger one. Admission stops at the first
+   request that does not fit, so nobody jumps an aged request: its wait is bounded.
 
-What limit it approaches: the model runner's step, not the scheduler. Rows finished requests leave
-are refilled the next step, so the batch stays full (the GPU busy fraction of P4.2), and decode
-steps stay short because prefill arrives in budget-sized chunks (inter-token latency of P4.3).
-The Python cost per step is O(running + waiting · log waiting) — well under a microsecond per running
-request, against a ~1.6 ms decode step at 256 requests on an H100 (the engine overlaps it with the GPU).
-The hot loop is written for it: one pass over the running requests; decodes go into the plan as
-columns (no object per request per step: ``StepPlan``); who needs a new KV slot is known from
-``Request.kv_slots`` without a call into the manager per request; block tables are kept from what the
-manager returns, as lists and as rows of one matrix (``table_rows``) the runner gathers in one index.
+Limit: the model runner's step, not the scheduler. Freed rows are refilled the next step (GPU busy,
+P4.2) and prefill arrives in budget-sized chunks (inter-token latency, P4.3). The host cost per step,
+O(running + waiting · log waiting), must stay below the GPU step it overlaps (``NOTES.md``).
 """
 
 from __future__ import annotations
@@ -97,12 +83,8 @@ class Scheduler(SchedulerBase):
         length = r.max_tokens if policy == "sjf" else 0
         return (1, r.priority, length, r.arrival_step, r.request_id)
 
-    def victim_key(self, r: Request) -> tuple:
-        """The largest key is preempted first: lowest class, then the latest admitted."""
-        return (r.priority, self.running.index(r))
-
     def _victim(self) -> Request:
-        """``max(running, key=victim_key)`` in one pass (``victim_key`` looks each index up: O(n²))."""
+        """The request preempted first: the lowest class (largest ``priority``), then the latest admitted."""
         top = max(r.priority for r in self.running)
         return next(r for r in reversed(self.running) if r.priority == top)
 
@@ -114,7 +96,10 @@ class Scheduler(SchedulerBase):
 
         # One pass over the running requests (``Request.num_pending`` inlined): this loop runs for every
         # running request, every step. A decode (its whole context cached but the last token) goes into
-        # the plan's columns; a request with more to compute gets a prefill chunk after them.
+        # the plan's columns (no object per request: ``StepPlan``); a request with more to compute gets a
+        # prefill chunk after them. Who needs a new KV slot is known from ``Request.kv_slots``, without a
+        # call into the manager per request; block tables are kept from what the manager returns, as
+        # lists and as rows of one matrix (``table_rows``) the runner gathers in one index.
         decodes, reserved, landed, prefills = [], [], [], []
         for r in self.running:
             flying = r.num_in_flight
@@ -215,6 +200,11 @@ class Scheduler(SchedulerBase):
         return decodes
 
     def _preempt(self, r: Request, plan: StepPlan) -> None:
+        """Recompute (default): ``r`` loses its blocks and waits again with ``num_computed = 0``. Swap
+        (``SchedulerConfig.preemption = "swap"``): its blocks move to the manager's CPU pool (the runner
+        copies them) and it keeps its progress; recompute when that pool is full. Swap trades FLOPs for
+        PCIe: 2 × the victim's KV bytes over the bus instead of re-prefilling its ``n`` cached tokens; it
+        pays when ``n`` is long or the GPU is busy, and costs pinned host memory."""
         self.running.remove(r)
         r.num_preemptions += 1
         if self.config.preemption == "swap" and len(r.kv_table) <= self.blocks.num_free_cpu_blocks:

@@ -1,15 +1,11 @@
 """One step's integer inputs, packed on the host into ONE buffer and sent with ONE copy.
 
-A step of 256 decodes needs, per row, its token, position, cache slot, context length and block-table
-row. Built as separate tensors that is a dozen host->device copies, each a CUDA API call and (from
-pageable memory) a possible host stall; built in Python row by row it is milliseconds. Here every
-field is a section of one int32 array filled with list and numpy operations, staged in pinned memory
-and copied asynchronously (the copy never waits for the GPU to drain), and the device tensors are
-views of the copy.
-
-The plan's columnar decodes (``StepPlan.decode_*``) are packed with array operations, not row by
-row: their block tables are one gather from the scheduler's ``BlockTableRows``, their slots are computed
-from those rows, their ``src`` rows one gather by seat (``prev_seat_rows``).
+A step of hundreds of decodes needs, per row, its token, position, cache slot, context length and
+block-table row. As separate tensors that is a dozen host->device copies, each a CUDA API call and a
+possible host stall; row by row in Python it is slow host work. Here every field is a section of one
+int32 array filled with list and numpy operations (the plan's columnar decodes by gathers from the
+scheduler's ``BlockTableRows`` and by seat), staged in pinned memory and copied asynchronously; the
+device tensors are views of the copy.
 
 Rows are ordered decodes (one token after a cached context), then fresh prompt chunks (starting at
 position 0), then later chunks of a chunked prefill. ``src[i] >= 0`` says that row i's token is still

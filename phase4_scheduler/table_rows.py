@@ -1,7 +1,7 @@
 """The block tables of the running requests as rows of one int32 matrix, kept up to date in place.
 
-Every decode row of a step needs its request's block table. Gathering 256 Python lists into an array
-every step is tens of microseconds of per-element work; but a table only changes when a request is
+Every decode row of a step needs its request's block table. Gathering hundreds of Python lists into an
+array every step is per-element work on the host; but a table only changes when a request is
 admitted (its prompt's blocks), gets a new block (one entry appended), or leaves (finished or
 preempted). So each running request holds a *seat*, a row of ``table``, written on those events
 only, and a step's block-table section is one fancy index ``table[seats]`` (the row order of the step).
@@ -32,15 +32,9 @@ class BlockTableRows:
         self.lens[seat] = n
         return seat
 
-    def append(self, seat: int, block: int) -> None:
-        n = int(self.lens[seat])
-        if n == self.table.shape[1]:
-            self._grow_width(n + 1)
-        self.table[seat, n] = block
-        self.lens[seat] = n + 1
-
     def append_many(self, seats: list[int], blocks: list[int]) -> None:
-        """``append`` for several seats at once (each seat at most once: one block per request per step)."""
+        """Append ``blocks[i]`` to the table in ``seats[i]`` (each seat at most once: one block per request
+        per step)."""
         seats = np.asarray(seats, dtype=np.int64)
         cols = self.lens[seats]
         if cols.max() >= self.table.shape[1]:

@@ -1,4 +1,4 @@
-"""Phase 5 — INT4 weight-only quantization (issue 9): RTN, AWQ, GPTQ, a Triton W4A16 kernel, AutoAWQ checkpoints.
+"""Phase 5: INT4 weight-only quantization (issue 9): RTN, AWQ, GPTQ, W4A16 kernels, AutoAWQ checkpoints.
 
 Public contract (``framework``, ``solution`` and ``gptq`` share it)::
 
@@ -10,14 +10,14 @@ Public contract (``framework``, ``solution`` and ``gptq`` share it)::
 - ``packing``: group-wise asymmetric INT4 codes, the storage layout (``QuantizedWeight``: qweight [out, in/8]
   int32, fp16 scales and uint8 zero-points per (row, group of 128)), AutoAWQ's GEMM tensors
   (``to_awq_gemm`` / ``from_awq_gemm``); ``awq_checkpoint``: whole AutoAWQ checkpoint directories.
-- ``kernels``: the Triton W4A16 row GEMV (M = 1–8, phase 0's bandwidth-bound design over INT4 rows; optional
-  split-K) and GEMM (tensor cores), ``w4a16_linear`` (fused RMSNorm / residual / SwiGLU), the kernel layout
-  (``kernels.layout``: repacked at load time; the original ``[K/8, N]`` one with ``TITANINFER_W4A16_LAYOUT=col``).
+- ``kernels``: the W4A16 kernels (row GEMV for decode, tensor-core kernels for 2–64 rows and prefill) behind
+  ``w4a16_linear`` (fused RMSNorm / residual / SwiGLU), over a kernel layout repacked at load time.
 - ``linear``: ``QuantLinear`` (kernel on CUDA, dequantize + ``F.linear`` elsewhere) and ``DenseLinear``;
   ``model``: ``LinearLlama`` (phase 0's fused layout over those; save/load of quantized safetensors).
 - ``integration``: ``quantize_for_generate`` and ``build_engine`` (``--quant rtn|awq|gptq|DIR``): phase 0's
   solution engine with W4A16 projections (``Int4Engine``).
-- ``bench``/``checks``: P5.1 (accuracy: CPU or GPU), P5.2/P5.3 (``bench_speed``: GPU); ``peers``: tinygemm, AutoAWQ.
+- ``bench``/``checks``: P5.1 (accuracy: CPU or GPU), P5.2/P5.3 (``bench_speed``: GPU); ``peers``: tinygemm,
+  AutoAWQ. Measurements and design history: ``NOTES.md``; the H100 report: ``reports/phase5_quantization/``.
 """
 
 from __future__ import annotations

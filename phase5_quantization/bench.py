@@ -1,12 +1,13 @@
-"""Phase 5 measurements: accuracy of fp32 / RTN / AWQ / GPTQ (P5.1), the W4A16 kernel (P5.2) and INT4 decode (P5.3).
+"""Phase 5 measurements: accuracy of fp32 / RTN / AWQ / GPTQ (P5.1), the W4A16 kernel (P5.2) and INT4 decode
+(P5.3).
 
-Accuracy (CPU or GPU): perplexity and top-1 next-token accuracy of the bundled kjv-llama-18m (fp32 activations)
-over the first ``eval_tokens`` tokens of ``models/kjv-llama-18m/heldout.txt`` (Colossians – Revelation, never
-trained on), windows of 256 with ``<s>``, through ``phase0_prototype.evaluate``. Calibration for AWQ and GPTQ:
-``calibration_kjv.txt`` — every 40th chapter of the model's *training* text (``scripts/make_calibration.py``),
-28 chapters, ~22 k tokens; no held-out token is seen while quantizing. ``impl`` picks the quantizer under test
-(``solution`` = AWQ, ``framework`` = RTN, ``phase5_quantization.gptq``, or a module path); P5.1 compares it
-with RTN and fp32.
+Accuracy (CPU or GPU): perplexity and top-1 next-token accuracy of the bundled kjv-llama-18m (fp32
+activations) over the first ``eval_tokens`` tokens of ``models/kjv-llama-18m/heldout.txt`` (Colossians –
+Revelation, never trained on), windows of 256 with ``<s>``, through ``phase0_prototype.evaluate``. Calibration
+for AWQ and GPTQ: ``calibration_kjv.txt`` — every 40th chapter of the model's *training* text
+(``scripts/make_calibration.py``), 28 chapters, ~22 k tokens; no held-out token is seen while quantizing.
+``impl`` picks the quantizer under test (``solution`` = AWQ, ``framework`` = RTN,
+``phase5_quantization.gptq``, or a module path); P5.1 compares it with RTN and fp32.
 The AutoAWQ peer (P5.1b) runs when ``autoawq`` imports (GPU): its checkpoint is read back through our AutoAWQ
 importer and scored by the same evaluation.
 
@@ -37,8 +38,10 @@ SPEED_METRICS = ("p5_2_kernel_vs_linear_m1", "p5_2_kernel_vs_linear_m16", "p5_2_
                  "p5_3_decode_speedup", "p5_3_weight_memory_ratio")
 
 
-def accuracy_table(impl: str = "solution", eval_tokens: int = 4096, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """``{name: {"ppl", "acc", "quant_s", "linear_bytes", "tokens"}}`` for fp32, rtn, awq, gptq (and ``impl``)."""
+def accuracy_table(impl: str = "solution", eval_tokens: int = 4096,
+                   device: str = "cpu") -> dict[str, dict[str, float]]:
+    """``{name: {"ppl", "acc", "quant_s", "linear_bytes", "tokens"}}`` for fp32, rtn, awq, gptq (and
+    ``impl``)."""
     from phase5_quantization import load_impl
     from phase5_quantization.model import LinearLlama
 
@@ -93,7 +96,8 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
 
     reason = autoawq_reason(size)
     if reason is None:
-        held = load_model(MODEL).tokenizer.encode(HELDOUT.read_text(), add_special_tokens=False)[:SIZES[size]["eval_tokens"]]
+        held = load_model(MODEL).tokenizer.encode(HELDOUT.read_text(),
+                                                  add_special_tokens=False)[:SIZES[size]["eval_tokens"]]
         try:  # a third-party package on whatever torch/transformers is installed: its failure is a SKIP, not a crash
             peer = autoawq_ppl(held, device)
         except Exception as e:  # noqa: BLE001

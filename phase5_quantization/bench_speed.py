@@ -1,5 +1,5 @@
-"""P5.2 (the W4A16 kernel vs bf16 ``F.linear`` and torch's ``_weight_int4pack_mm``) and P5.3 (INT4 decode vs phase
-0's solution), GPU only.
+"""P5.2 (the W4A16 kernel vs bf16 ``F.linear`` and torch's ``_weight_int4pack_mm``) and P5.3 (INT4 decode vs
+phase 0's solution), GPU only.
 
 Kernel timing: each version runs ``CALLS`` times inside one CUDA graph (device time, no launch cost — the
 decode step replays its kernels the same way), rotating among enough weight copies that every call reads
@@ -7,6 +7,7 @@ its matrix from HBM, not from the 50 MB L2; per-call time = replay time / ``CALL
 ``module0_profiling.timing``). The INT4 copies are random codes/scales of the right shapes (speed does not
 depend on the values); correctness at these shapes is the GPU tests' job, plus one check here per shape
 against the dequantized matrix (ours and tinygemm's, so the peer is known to be set up right).
+Results: ``reports/phase5_quantization/h100-80gb-hbm3.md``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _random_int4(n: int, k: int, seed: int):
     from phase5_quantization.packing import QuantizedWeight
 
     g = torch.Generator(device="cuda").manual_seed(seed)
-    qweight = torch.randint(-2 ** 31, 2 ** 31 - 1, (n, k // 8), generator=g, device="cuda", dtype=torch.int64).to(torch.int32)
+    qweight = torch.randint(-2 ** 31, 2 ** 31 - 1, (n, k // 8), generator=g, device="cuda",
+                            dtype=torch.int64).to(torch.int32)
     scales = (torch.rand(n, k // 128, generator=g, device="cuda") * 0.01 + 0.001).to(torch.float16)
     zeros = torch.randint(0, 16, (n, k // 128), generator=g, device="cuda", dtype=torch.int64).to(torch.uint8)
     return QuantizedWeight(qweight, scales, zeros, 128)
@@ -57,7 +59,8 @@ def kernel_speed(res: BenchResult) -> None:
         int4_bytes = n * k / 2 + 3 * n * k / 128
         qws = [_random_int4(n, k, seed) for seed in range(_copies(int4_bytes))]
         kws = [to_kernel_layout(q) for q in qws]
-        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(_copies(2 * n * k))]
+        dense = [torch.randn(n, k, device="cuda",
+                             dtype=torch.bfloat16) * 0.02 for _ in range(_copies(2 * n * k))]
         peers = []
         if peer_reason is None:
             try:
@@ -123,7 +126,8 @@ def decode_speed(res: BenchResult, prompt_len: int = 512, new_tokens: int = 128,
     bytes_int4 = bytes_base - dense_bytes + engine.weight_bytes()
     res.metrics["p5_3_decode_speedup"] = f_int4["decode_tok_s"] / f_base["decode_tok_s"]
     res.metrics["p5_3_weight_memory_ratio"] = dense_bytes / engine.weight_bytes()
-    for name, f, b in (("phase 0 solution (bf16)", f_base, bytes_base), ("INT4 engine (RTN, W4A16)", f_int4, bytes_int4)):
+    for name, f, b in (("phase 0 solution (bf16)", f_base, bytes_base),
+                       ("INT4 engine (RTN, W4A16)", f_int4, bytes_int4)):
         res.comparisons.append(Comparison(f"decode bs=1: {name}", f["decode_s_per_token"], b, None,
                                           f"{f['decode_tok_s']:.0f} tok/s"))
     total_bf16 = 2 * cfg.num_parameters()

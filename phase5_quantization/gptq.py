@@ -1,10 +1,10 @@
 """GPTQ: round one column at a time and push its rounding error onto the columns not yet rounded.
 
 For a linear with calibration inputs X, the output error of a weight change is ``δW · H · δWᵀ`` with
-``H = XᵀX / n``. GPTQ rounds column j, then updates the remaining columns by ``−err_j · H⁻¹[j, j:] / H⁻¹[j, j]``
-(the optimal compensation, Optimal Brain Surgeon), using the upper Cholesky factor of H⁻¹ so the whole
-pass is one factorisation plus blocked rank-``block`` updates (columns in blocks of 128; the error of a
-block is pushed onto later columns with one matmul).
+``H = XᵀX / n``. GPTQ rounds column j, then updates the remaining columns by
+``−err_j · H⁻¹[j, j:] / H⁻¹[j, j]`` (the optimal compensation, Optimal Brain Surgeon), using the upper
+Cholesky factor of H⁻¹ so the whole pass is one factorisation plus blocked rank-``block`` updates (columns in
+blocks of 128; the error of a block is pushed onto later columns with one matmul).
 
 Group parameters: without act-order, each group's scale/zero-point is computed when the pass reaches the
 group's first column, from the already-updated weights (the usual GPTQ). With ``act_order`` (columns in
@@ -65,7 +65,8 @@ def gptq_weight(w: torch.Tensor, h: torch.Tensor, group_size: int = GROUP_SIZE, 
     perm_list = perm.tolist()  # column order on the host: one device read, not one per column
     for b0 in range(0, inp, block):
         b1 = min(b0 + block, inp)
-        W1, E1, Hb = W[:, b0:b1].clone(), torch.zeros(out, b1 - b0, dtype=W.dtype, device=dev), hinv[b0:b1, b0:b1]
+        W1, E1, Hb = W[:, b0:b1].clone(), torch.zeros(out, b1 - b0, dtype=W.dtype,
+                                                      device=dev), hinv[b0:b1, b0:b1]
         for j in range(b1 - b0):
             col = perm_list[b0 + j]
             grp = col // group_size
@@ -98,6 +99,6 @@ def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZ
     out = quantize_linears(
         model, lambda i, name, w: gptq_weight(w, hessian(acts[(i, name)]), group_size, damp=damp,
                                               act_order=act_order, name=f"layers.{i}.{name}"),
-        method="gptq" + ("-act-order" if act_order else ""), group_size=group_size, quantize_lm_head=quantize_lm_head,
-        progress="GPTQ")
+        method="gptq" + ("-act-order" if act_order else ""), group_size=group_size,
+        quantize_lm_head=quantize_lm_head, progress="GPTQ")
     return out

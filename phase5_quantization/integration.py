@@ -26,6 +26,7 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.solution import SolutionEngine
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LayerWeights, LlamaWeights
+from phase5_quantization.linear import QuantLinear
 from phase5_quantization.model import LinearLlama
 
 METHODS = {"rtn": "framework", "awq": "solution", "gptq": "phase5_quantization.gptq"}
@@ -55,8 +56,15 @@ def quantize_for_generate(model: LoadedModel, method: str, *, calibration_ids: l
 
 
 def load_checkpoint(path: str | Path, model: LoadedModel | None = None) -> LinearLlama:
-    """A ``LinearLlama.save`` directory, checked against ``model``'s config when given."""
-    q = LinearLlama.load(path, device=model.device if model is not None else "cpu")
+    """A ``LinearLlama.save`` directory or an AutoAWQ GEMM checkpoint (``config.json`` with a
+    ``quantization_config``: what ``titaninfer quantize`` writes), checked against ``model``'s config when given."""
+    from phase5_quantization.awq_checkpoint import load_awq_gemm
+
+    path = Path(path)
+    if (path / "quant_config.json").is_file() or not (path / "config.json").is_file():
+        q = LinearLlama.load(path, device=model.device if model is not None else "cpu")
+    else:
+        q = load_awq_gemm(path)
     if model is not None:
         ours, theirs = model.config.to_hf_dict(), q.config.to_hf_dict()
         diff = sorted(k for k in ours if k in theirs and ours[k] != theirs[k] and "token_id" not in k)
@@ -75,8 +83,24 @@ def int4_weights(q: LinearLlama) -> LlamaWeights:
     return LlamaWeights(q.config, q.embed_tokens, layers, q.norm, q.lm_head)
 
 
-def _apply(x: torch.Tensor, linear) -> torch.Tensor:
+def call_linear(x: torch.Tensor, linear) -> torch.Tensor:
+    """``linear(x, w)`` for weights whose projections are ``QuantLinear``/``DenseLinear`` objects: what phase
+    0's engine and phase 4's paged runner call instead of ``F.linear``."""
     return linear(x)
+
+
+def prepare(quantized: LinearLlama, device: torch.device, dtype: torch.dtype) -> LinearLlama:
+    """``quantized`` on ``device`` in ``dtype``; on CUDA each INT4 projection is repacked into the kernel
+    layout now (never inside a graph capture) and its storage copy dropped: the codes exist once."""
+    quantized = quantized.to(device, dtype)
+    if device.type == "cuda":
+        for layer in quantized.linears:
+            for lin in layer.values():
+                if isinstance(lin, QuantLinear):
+                    lin.kernel_weight(device)
+                    lin.release_storage()
+        torch.cuda.empty_cache()
+    return quantized
 
 
 class Int4Engine(SolutionEngine):
@@ -86,15 +110,8 @@ class Int4Engine(SolutionEngine):
 
     def __init__(self, model: LoadedModel, quantized: LinearLlama, **options):
         super().__init__(model, **options)  # KV cache, rotary tables, graph bookkeeping (and fused float weights)
-        self.quantized = quantized.to(self.device, self.dtype)
+        self.quantized = prepare(quantized, self.device, self.dtype)
         self.weights = int4_weights(self.quantized)  # the float copy goes: only INT4 projections remain
-        if self.device.type == "cuda":
-            for layer in self.quantized.linears:  # repack into the kernel layout now, not inside a capture
-                for lin in layer.values():
-                    if hasattr(lin, "kernel_weight"):
-                        lin.kernel_weight(self.device)
-                        lin.release_storage()  # the engine keeps only what its kernels read
-            torch.cuda.empty_cache()
         kernel = self.device.type == "cuda"
         self.mode = ("W4A16 Triton kernels" + (" + CUDA graph" if self.use_graphs else ", eager") if kernel
                      else "INT4 weights dequantized per call (CPU fallback), eager")
@@ -105,10 +122,10 @@ class Int4Engine(SolutionEngine):
 
     # prefill and the eager decode step: phase 0's code with ``linear(h, w) = w(h)``
     def _layer(self, i, x, positions, attend, linear=None):
-        return super()._layer(i, x, positions, attend, linear=_apply)
+        return super()._layer(i, x, positions, attend, linear=call_linear)
 
     def _logits(self, x, linear=None):
-        return super()._logits(x, linear=_apply)
+        return super()._logits(x, linear=call_linear)
 
     def _triton_for(self, batch: int) -> bool:
         return self.device.type == "cuda"

@@ -93,7 +93,7 @@ class QuantLinear:
 
         device = torch.device(device)
         if device not in self._kernel:
-            self._kernel[device] = to_kernel_layout(self.qw, device)  # (layout: TITANINFER_W4A16_LAYOUT)
+            self._kernel[device] = to_kernel_layout(self.qw, device)  # the kernels' row layout (kernels.layout)
         return self._kernel[device]
 
     def runs_kernel(self, x: torch.Tensor) -> bool:

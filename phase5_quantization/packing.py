@@ -22,8 +22,9 @@ Memory: 0.5 byte per weight + 3 bytes per 128 weights (≈ 0.52 B/weight, 3.8× 
 AutoAWQ's GEMM format (``WQLinear_GEMM``), transposed and interleaved:
 
 - ``qweight [in, out / 8] int32``: word ``c`` of input row ``i`` holds output columns ``8c .. 8c+7``;
-  nibble ``j`` (bits ``4j..4j+3``) holds column ``8c + AWQ_ORDER[j]`` with ``AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``
-  (the order its CUDA kernel's dequantisation produces pairs of fp16 in);
+  nibble ``j`` (bits ``4j..4j+3``) holds column ``8c + AWQ_ORDER[j]`` with
+  ``AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]`` (the order its CUDA kernel's dequantisation produces pairs of fp16
+  in);
 - ``qzeros [in / group, out / 8] int32``: the zero-points packed the same way;
 - ``scales [in / group, out] fp16``.
 """
@@ -116,8 +117,8 @@ def group_params(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = N
     """Scale (fp16) and zero-point (uint8) per (row, group) of ``w [out, in]`` from its min and max.
 
     ``clip [out, in / group]`` (≤ 1, AWQ's clipping search) clamps each group to ``±clip · max|w|`` first, as
-    AutoAWQ does: only the side(s) reaching beyond that bound shrink. The scale is rounded *up* to fp16, so the
-    range still fits in 16 codes after the rounding.
+    AutoAWQ does: only the side(s) reaching beyond that bound shrink. The scale is rounded *up* to fp16, so
+    the range still fits in 16 codes after the rounding.
     """
     out, inp = w.shape
     g = w.float().view(out, inp // group_size, group_size)
@@ -131,7 +132,8 @@ def group_params(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = N
     return scale, zero
 
 
-def quantize_codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+def quantize_codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                   group_size: int) -> torch.Tensor:
     """Codes ``[out, in]`` uint8 of ``w`` under given group scales/zero-points (round to nearest, clamp)."""
     out, inp = w.shape
     g = w.float().view(out, inp // group_size, group_size)
@@ -149,7 +151,8 @@ def from_codes(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
 def _pack_awq(codes_t: torch.Tensor) -> torch.Tensor:
     """``[rows, n]`` codes (rows = input features or groups) -> ``[rows, n / 8]`` int32 in AWQ's order."""
     rows, n = codes_t.shape
-    c = codes_t.to(torch.int64).view(rows, n // PACK, PACK)[..., list(AWQ_ORDER)]  # nibble j <- column ORDER[j]
+    # nibble j <- column ORDER[j]
+    c = codes_t.to(torch.int64).view(rows, n // PACK, PACK)[..., list(AWQ_ORDER)]
     return _to_int32((c << SHIFTS.to(c.device)).sum(-1))
 
 
@@ -161,7 +164,8 @@ def _unpack_awq(words: torch.Tensor) -> torch.Tensor:
 
 
 def to_awq_gemm(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
-    """Our layout -> AutoAWQ ``{"qweight", "qzeros", "scales"}`` (same numbers, transposed and interleaved)."""
+    """Our layout -> AutoAWQ ``{"qweight", "qzeros", "scales"}`` (same numbers, transposed and
+    interleaved)."""
     out, inp = qw.shape
     if out % PACK:
         raise ModelError(f"AutoAWQ's GEMM format packs output features 8 per int32: out_features {out} is not a multiple of 8")
@@ -170,8 +174,10 @@ def to_awq_gemm(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
             "scales": qw.scales.t().contiguous().to(torch.float16)}
 
 
-def from_awq_gemm(name: str, tensors: dict[str, torch.Tensor], group_size: int = GROUP_SIZE) -> QuantizedWeight:
-    """AutoAWQ ``qweight/qzeros/scales`` of the linear ``name`` -> our layout; one clear error per mismatch."""
+def from_awq_gemm(name: str, tensors: dict[str, torch.Tensor],
+                  group_size: int = GROUP_SIZE) -> QuantizedWeight:
+    """AutoAWQ ``qweight/qzeros/scales`` of the linear ``name`` -> our layout; one clear error per
+    mismatch."""
     for key in ("qweight", "qzeros", "scales"):
         if key not in tensors:
             raise ModelError(f"{name}.{key} is missing: an AutoAWQ GEMM checkpoint stores qweight, qzeros and scales")

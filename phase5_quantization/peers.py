@@ -19,7 +19,8 @@ from phase5_quantization.packing import QuantizedWeight
 
 
 def int4pack_linear(qw: QuantizedWeight, device: torch.device | str = "cuda"):
-    """``x -> x · dequant(W)ᵀ`` through ``_weight_int4pack_mm`` (bf16 activations); raises when the op is absent."""
+    """``x -> x · dequant(W)ᵀ`` through ``_weight_int4pack_mm`` (bf16 activations); raises when the op is
+    absent."""
     codes = qw.codes().to(device)
     n, k = codes.shape
     w_uint8 = ((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8)  # [N, K/2]
@@ -45,8 +46,8 @@ def int4pack_reason() -> str | None:
 
 
 def autoawq_reason(size: str = "full") -> str | None:
-    """Why the AutoAWQ peer is not run (None when it is): it needs ``autoawq`` (the ``awq`` extra), and on a CPU
-    its calibration forward passes take minutes, so only ``size="full"`` runs it."""
+    """Why the AutoAWQ peer is not run (None when it is): it needs ``autoawq`` (the ``awq`` extra), and on a
+    CPU its calibration forward passes take minutes, so only ``size="full"`` runs it."""
     try:
         import awq  # noqa: F401
         from awq import AutoAWQForCausalLM  # noqa: F401 - pulls in its own needs (datasets, accelerate)
@@ -83,4 +84,4 @@ def autoawq_state(model_dir: str | Path, calibration_text: str, *, group_size: i
         tensors: dict[str, torch.Tensor] = {}
         for f in sorted(Path(out).glob("*.safetensors")):
             tensors.update(load_file(str(f)))
-    return tensors  # HF names: INT4 triples of every projection, and the float tensors (norms carry AWQ's scales)
+    return tensors  # HF names: INT4 triples of each projection, and the float tensors (norms carry AWQ's scales)

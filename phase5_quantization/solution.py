@@ -1,47 +1,28 @@
 """AWQ (activation-aware weight quantization): protect the weights that large activations multiply.
 
-Why it beats RTN: a linear's output error from rounding is ``Σ_c x_c · δw_c``. Input channels ``c`` with
-large activations make their weights' rounding errors count more, so multiplying column ``c`` of W by
-``s_c > 1`` (and dividing the activation by ``s_c``, which is free: folded into the previous RMSNorm weight or
-the previous linear's rows) leaves the float function unchanged but shrinks that column's *relative* rounding
-error, at the expense of the other columns of its group (the group's range grows). AWQ picks
-``s = mean|x|^α`` (here in AutoAWQ's "duo" form, below) per input channel, ``α`` from a grid, and then a
-per-group clipping of the weight range; both searches minimise an *output* error on calibration activations.
-The result is plain INT4 in the same layout as RTN: the speed is the kernel's, and AWQ costs nothing at
-inference.
+A linear's rounding error is ``Σ_c x_c · δw_c``: channels with large activations make their weights' errors
+count more. Scaling column ``c`` of W by ``s_c > 1`` and the activation by ``1/s_c`` (folded into the previous
+RMSNorm weight or linear's rows: free) leaves the float function unchanged but shrinks that column's relative
+rounding error. Scales are AutoAWQ's "duo" form ``s = mean|x|^α / mean|ŵ|^(1−α)`` with ``α`` from a grid, then
+a per (row, group) clip of the range to ``±r·max|w|``, ``r ∈ [0.5, 1]``; both searches minimise an *output*
+error on calibration activations, one decoder layer at a time (AutoAWQ's choices):
 
-What is searched against what (AutoAWQ's choices, one decoder layer at a time, float activations):
+===================  ======================  ==========================  ====================================
+scales for           folded into             error minimised over α      inputs
+===================  ======================  ==========================  ====================================
+``qkv_proj`` inputs  ``input_norm``          attention block output      RMSNorm(x) → q, k, v → RoPE → SDPA
+                                                                         → o_proj
+``gate_up`` inputs   ``post_norm``           MLP block output            RMSNorm(x) → gate, up → SwiGLU
+                                                                         → down_proj
+``down_proj`` inputs up rows of ``gate_up``  down_proj output            silu(gate) · up
+``o_proj`` inputs    v rows of ``qkv_proj``  o_proj output               only with ``scale_o``
+===================  ======================  ==========================  ====================================
 
-==================  ======================  =============================  =========================================
-scales for          folded into             error minimised over α          inputs
-==================  ======================  =============================  =========================================
-``qkv_proj`` inputs ``input_norm``          attention block output          RMSNorm(x) → q, k, v → RoPE → SDPA → o_proj
-``gate_up`` inputs  ``post_norm``           MLP block output                RMSNorm(x) → gate, up → SwiGLU → down_proj
-``down_proj`` in.   up rows of ``gate_up``  down_proj output                silu(gate) · up
-``o_proj`` inputs   v rows of ``qkv_proj``  o_proj output                   only with ``scale_o`` (see below)
-==================  ======================  =============================  =========================================
-
-Clipping (a per (row, group) shrink of the range to ``±r·max|w|``, each group's own output error, AutoAWQ's
-``r ∈ [0.5, 1]``) is searched for gate_up, down and the v rows of qkv — not for the q and k rows (their errors
-are amplified by the softmax; AutoAWQ skips them too).
-
-``o_proj`` stays as RTN: with grouped-query attention one v head feeds ``Hq/Hkv`` query heads, so its scales would
-have to be tied across those heads; AutoAWQ skips the pair under GQA, and on the bundled model both the tied
-scales and a clipped range lower o_proj's output MSE on calibration text yet *raise* the loss on other training
-chapters (o_proj alone quantized: +0.0021–0.0025 nats with AWQ's choices vs +0.0008 with RTN's), so both are
-off by default (``scale_o=True`` / ``no_clip=()`` turn them on).
-
-Scales are AutoAWQ's "duo" form, ``s = mean|x|^α / mean|ŵ|^(1−α)``: channels whose weights are large
-relative to their group are scaled down as α falls, not only channels with large activations raised. Chosen
-without looking at the held-out text: quantizing with the calibration text and scoring 18 k tokens of *other*
-training chapters (every 40th from the 28th; ``scripts/make_calibration.py`` takes every 40th from the 8th),
-perplexity fp32 10.973, RTN 11.084, AWQ with ``mean|x|^α`` 11.081, duo 11.064, clipping alone 11.081.
-
-Calibration: ``search_tokens`` tokens in windows of ``seq_len`` spread evenly over the calibration text (text
-the model was trained on, never the held-out text), each window starting with ``<s>`` like training and
-evaluation windows — the ``<s>`` position carries the model's largest activations (layer 0's down_proj input
-reaches ~185 there): calibrating without it misses exactly the channels AWQ is meant to protect. The searches
-cost a few forward passes of one layer per grid point: ~20 s for the bundled model on two CPU cores.
+Clipping skips the q and k rows (the softmax amplifies their errors). ``o_proj`` stays RTN by default: under
+grouped-query attention its scales would be tied across query heads, and on the bundled model that raised the
+loss on held-out chapters (``scale_o=True`` / ``no_clip=()`` turn it on; NOTES.md). Calibration windows start
+with ``<s>`` like training: that position carries the largest activations, exactly the channels AWQ protects.
+The result is plain INT4 in RTN's layout: AWQ costs nothing at inference.
 """
 
 from __future__ import annotations
@@ -74,7 +55,8 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def search_scale(w: torch.Tensor, x: torch.Tensor, group_size: int = GROUP_SIZE, grid: int = 20,
-                 tie: tuple[int, int, int] | None = None, loss=None, duo: bool = False) -> tuple[torch.Tensor, float]:
+                 tie: tuple[int, int, int] | None = None, loss=None,
+                 duo: bool = False) -> tuple[torch.Tensor, float]:
     """Per-input-channel scales ``s [in]`` and the best α: ``s = mean|x|^α`` minimising ``loss(Q(w·s)/s)``.
 
     ``loss(w_hat) -> float`` defaults to the linear's own output error ``‖x·w_hatᵀ − x·wᵀ‖²``; the block
@@ -133,7 +115,8 @@ def _attention(cfg, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     S, T, _ = qkv.shape
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], -1)
-    q, k = apply_rope(q.view(S, T, Hq, D), k.view(S, T, Hkv, D), cos, sin, torch.arange(T, device=qkv.device).expand(S, T))
+    q, k = apply_rope(q.view(S, T, Hq, D), k.view(S, T, Hkv, D), cos, sin,
+                      torch.arange(T, device=qkv.device).expand(S, T))
     g = Hq // Hkv
     o = F.scaled_dot_product_attention(q.transpose(1, 2), repeat_kv(k.transpose(1, 2), g),
                                        repeat_kv(v.view(S, T, Hkv, D).transpose(1, 2), g), is_causal=True)
@@ -149,7 +132,8 @@ def _sample(x: torch.Tensor, n: int) -> torch.Tensor:
 def _block_losses(cfg, w: dict, x: dict, ref: dict, cos, sin) -> dict:
     """Output error of each linear's block with that linear replaced: ``name -> loss(w_hat)``.
 
-    ``w``: the (scaled) float weights, ``x``: their (scaled) inputs ``[S, T, F]``, ``ref``: the float block outputs.
+    ``w``: the (scaled) float weights, ``x``: their (scaled) inputs ``[S, T, F]``, ``ref``: the float block
+    outputs.
     """
     h, a_in, h2, act = (x[n] for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))
     a_out, m_out = ref["attn"], ref["mlp"]
@@ -179,8 +163,8 @@ def _search_layer(cfg, w: dict, n1, n2, x: torch.Tensor, cos, sin, group_size: i
 
     def scale_for(name, **kw):
         loss = _block_losses(cfg, w, inputs, ref, cos, sin)[name]
-        s, alphas[name] = search_scale(w[name], inputs[name], group_size, 0 if name in no_scale else grid, loss=loss,
-                                       duo=duo, **kw)
+        s, alphas[name] = search_scale(w[name], inputs[name], group_size, 0 if name in no_scale else grid,
+                                       loss=loss, duo=duo, **kw)
         inputs[name] = inputs[name] / s
         return s
 
@@ -209,15 +193,16 @@ def _search_layer(cfg, w: dict, n1, n2, x: torch.Tensor, cos, sin, group_size: i
 
 
 @torch.inference_mode()
-def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZE, grid: int = 20, clip: bool = True,
-             search_tokens: int = 4096, clip_tokens: int = 512, seq_len: int = 256, scale_o: bool = False,
-             no_clip: tuple = ("o_proj",), no_scale: tuple = (), duo: bool = True, quantize_lm_head: bool = False,
-             keep_scaled: bool = False) -> LinearLlama:
+def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZE, grid: int = 20,
+             clip: bool = True, search_tokens: int = 4096, clip_tokens: int = 512, seq_len: int = 256,
+             scale_o: bool = False, no_clip: tuple = ("o_proj",), no_scale: tuple = (), duo: bool = True,
+             quantize_lm_head: bool = False, keep_scaled: bool = False) -> LinearLlama:
     """AWQ every projection of ``model`` (float ``LinearLlama``) with activations over ``calibration_ids``.
 
-    ``scale_o``: also scale o_proj's inputs under GQA (scales tied per v head); ``no_clip``: linears whose range
-    is not clipped; ``duo``: AutoAWQ's default "duo" scales ``mean|x|^α / mean|ŵ|^(1−α)`` (``ŵ``: weights over
-    their group's max) instead of ``mean|x|^α`` alone. ``keep_scaled``: keep the scaled float weights in ``meta["scaled"]`` (diagnostics).
+    ``scale_o``: also scale o_proj's inputs under GQA (scales tied per v head); ``no_clip``: linears whose
+    range is not clipped; ``duo``: AutoAWQ's default "duo" scales ``mean|x|^α / mean|ŵ|^(1−α)`` (``ŵ``:
+    weights over their group's max) instead of ``mean|x|^α`` alone. ``keep_scaled``: keep the scaled float
+    weights in ``meta["scaled"]`` (diagnostics).
     """
     cfg = model.config
     if calibration_ids is None:
@@ -236,14 +221,15 @@ def quantize(model: LinearLlama, calibration_ids, *, group_size: int = GROUP_SIZ
     for i, layer in enumerate(tqdm(model.linears, desc="AWQ search", unit="layer", disable=None)):
         w = {name: lin.dense().float().clone() for name, lin in layer.items()}
         n1, n2 = (n.float().clone() for n in model.norms[i])
-        layer_alphas, layer_clips, x = _search_layer(cfg, w, n1, n2, x, cos, sin, group_size, grid, clip, clip_tokens,
-                                                     scale_o, no_clip, no_scale, duo)
+        layer_alphas, layer_clips, x = _search_layer(cfg, w, n1, n2, x, cos, sin, group_size, grid, clip,
+                                                     clip_tokens, scale_o, no_clip, no_scale, duo)
         alphas.update({(i, n): a for n, a in layer_alphas.items()})
         clips.update({(i, n): c for n, c in layer_clips.items()})
         norms.append((n1.to(model.dtype), n2.to(model.dtype)))
         dense.append({name: DenseLinear(t) for name, t in w.items()})
     scaled = LinearLlama(cfg, model.embed_tokens, norms, dense, model.norm, model.lm_head, "awq-scaled")
-    out = quantize_linears(scaled, lambda i, name, w: quantize_weight(w, group_size, name=f"layers.{i}.{name}",
+    out = quantize_linears(scaled, lambda i, name,
+                           w: quantize_weight(w, group_size, name=f"layers.{i}.{name}",
                                                                       clip=clips.get((i, name))),
                            method="awq", group_size=group_size, quantize_lm_head=quantize_lm_head)
     out.meta = {"awq_alpha": {f"layers.{i}.{n}": a for (i, n), a in alphas.items()},

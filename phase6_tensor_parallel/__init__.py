@@ -3,7 +3,7 @@
 Public contract (``framework``, ``solution`` and a learner's module provide)::
 
     def build(model: LoadedModel, *, group: TPGroup | None = None, max_seq_len: int | None = None,
-              overlap: bool = ...) -> TPEngine
+              overlap: bool = ..., kernels: bool | None = None) -> TPEngine
         # this rank's engine, built from its shard of the full checkpoint (group = rank + world size)
 
     class TPEngine:
@@ -21,7 +21,7 @@ Public contract (``framework``, ``solution`` and a learner's module provide)::
 - ``static_decode``: the decode step with static shapes (device-side position, full-length masked cache),
   captured in one CUDA graph with its NCCL collectives; ``generate`` uses it on a GPU (``graph=False``: eager).
 - ``ops`` / ``kernels``: a fused Triton RMSNorm and phase 0's RoPE + cache-write + attention kernels for that
-  step on a GPU (PyTorch on a CPU).
+  step on a GPU (PyTorch on a CPU; ``build(kernels=...)`` chooses otherwise).
 - ``dist_env``: ``TPGroup``, ``init_distributed`` (NCCL on GPU, gloo on CPU, short timeouts), ``spawn``.
 - ``allreduce_study``: all-reduce timings 1 KB–256 MB (k calls per CUDA-graph replay), minimax and least-squares
   α-β fits, Ring/Tree models, bus bandwidth.

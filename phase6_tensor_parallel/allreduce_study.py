@@ -3,44 +3,17 @@
 The α-β (Hockney) model prices a message of n bytes at ``α + n·β``: α the per-hop latency (launch, sync,
 PCIe/NVLink round trip), β the inverse link bandwidth. An all-reduce is a schedule of such hops:
 
-- **Ring** (reduce-scatter then all-gather around a ring): 2(N−1) steps, each moving n/N bytes::
+- **Ring** (reduce-scatter then all-gather): ``t_ring(n) = 2(N−1)·α + 2(N−1)/N · n·β``
+- **Tree** (NCCL's double binary tree, pipelined): ``t_tree(n) = 2⌈log2 N⌉·α + 2 · n·β``
 
-      t_ring(n) = 2(N−1)·α + 2(N−1)/N · n·β
-
-- **Tree** (NCCL's double binary tree: reduce up, broadcast down, pipelined in chunks so the depth costs
-  latency, not bandwidth)::
-
-      t_tree(n) = 2⌈log2 N⌉·α + 2 · n·β
-
-  At N = 2 both have the same latency term; Tree's bandwidth term is 2× Ring's, which is why NCCL picks
-  Ring for large messages and Tree (lower latency at large N) for small ones.
-
-Fits are on RELATIVE error (timings span five decades; an absolute fit would ignore every small message):
-``fit`` is least squares, Σ (model/t − 1)²; ``fit_minimax`` minimises the WORST relative error
-max |model − t| / t (α, β ≥ 0), the question P6.4 asks — is the model within 25 % at every size?
-
-**One line per protocol (NCCL's own model).** NCCL moves data with one of three protocols: LL (8-byte
-stores with an inline flag: lowest latency, about half the bandwidth), LL128 (128-byte lines, most of the
-bandwidth) and Simple (bulk copies and a fence per chunk: full bandwidth, most latency). Its tuner prices
-every (algorithm, protocol) pair as latency + size / bandwidth and runs the cheapest, so with the algorithm
-fixed the measured curve is the LOWER ENVELOPE of three α-β lines and one line can only approximate it (the
-worst error sits where the protocols hand over: Tree at 64→256 KB on two H200s, 28.7 % for one line).
-``run_study`` therefore sweeps each algorithm four times: once as NCCL chooses (the "measured" curve of
-P6.4) and once per protocol with ``NCCL_PROTO`` forced. ``analyse`` fits each protocol's own line
-(``fit_minimax`` on that protocol's forced run, two parameters per protocol, never on the default run),
-predicts the default run as the minimum over those lines (``envelope``: what NCCL's tuner does) and reports
-its worst error (``envelope_error``, the P6.4 metric) beside the single line's (``model_error``: the lesson
-is the gap between them). A protocol NCCL refuses, or whose run fails, is recorded as skipped with the
-reason and left out of the envelope.
-
-**Bus bandwidth** is nccl-tests' definition (PERFORMANCE.md): algbw = n / t, busbw = algbw · 2(N−1)/N for
-all-reduce — the per-link rate, comparable with the link's datasheet whatever N is.
-
-Measuring: NCCL reads ``NCCL_ALGO`` and ``NCCL_PROTO`` when the communicator is created, so each
-(algorithm, protocol) is a separate run (``python -m phase6_tensor_parallel.allreduce_study --algo Ring
-[--proto LL]`` under torchrun, or ``run_study`` which launches one torchrun per algorithm and one per forced
-protocol). Over gloo (CPU) ``--algo`` is ignored and no protocol is forced: that path is a smoke run of the
-code only. The table and the plot are in ``allreduce_report``.
+At N = 2 both have the same latency term; Tree's bandwidth term is 2× Ring's, which is why NCCL picks Ring
+for large messages and Tree (lower latency at large N) for small ones. NCCL also picks one of three
+protocols (LL, LL128, Simple) per message, each its own α-β line, so the measured curve is the LOWER
+ENVELOPE of three lines and one line can only approximate it: ``analyse`` fits each protocol's line on
+a forced-protocol sweep and predicts with their minimum (``envelope``, P6.4's metric) beside the single
+line (the lesson is the gap). Fits minimise relative error (timings span five decades). Each (algorithm,
+protocol) is a separate torchrun (``run_study``): NCCL reads ``NCCL_ALGO``/``NCCL_PROTO`` at communicator
+creation. Over gloo (CPU) it is a smoke run of the code only. Tables and plot: ``allreduce_report``.
 """
 
 from __future__ import annotations
@@ -155,7 +128,8 @@ def model_error(model: AlphaBeta, sizes: list[int], seconds: list[float]) -> flo
 
 
 def bus_bandwidth_gbps(n_bytes: float, seconds: float, world: int) -> float:
-    """nccl-tests' busbw for all-reduce: (n / t) · 2(N−1)/N, in GB/s."""
+    """nccl-tests' busbw for all-reduce (PERFORMANCE.md): (n / t) · 2(N−1)/N, in GB/s — the per-link rate,
+    comparable with the link's datasheet whatever N is."""
     return n_bytes / seconds * 2.0 * (world - 1) / world / 1e9
 
 
@@ -239,6 +213,13 @@ def predictor(run: dict) -> Callable[[float], float]:
 def analyse(run: dict) -> dict:
     """Fits, worst errors and bus bandwidth for one algorithm's runs (``study_rank``'s result, plus
     ``protocols``: name -> that protocol's forced run or ``{"skipped": reason}``).
+
+    NCCL's tuner prices every (algorithm, protocol) pair as latency + size / bandwidth and runs the
+    cheapest: LL (8-byte stores with an inline flag: lowest latency, about half the bandwidth), LL128
+    (128-byte lines, most of the bandwidth), Simple (bulk copies and a fence per chunk: full bandwidth,
+    most latency). So each protocol's line is fitted (minimax) on its own forced run, never on the default
+    run, and the default run is predicted as the minimum over those lines. A protocol that NCCL refused or
+    whose run failed is left out of the envelope.
 
     Single line on the default run: ``fit``/``model_error`` (minimax), ``fit_lsq``/``model_error_lsq``.
     Per protocol: its own minimax ``fit``, ``model_error`` and ``link_gbps`` on its own run. Envelope (when

@@ -6,8 +6,9 @@ Every rank runs this same program on its shard; the vocab-parallel embedding and
 the activations entering and the logits leaving the stack identical on every rank.
 
 A layer object provides ``n_q_local``/``n_kv_local`` (the heads this rank attends with, for its KV cache) and
-``forward(x, ctx)``; an overlappable layer also provides ``attn_partial(x, ctx)`` and ``mlp_partial(x)``:
-the row-parallel partial sums whose all-reduce the engine starts asynchronously.
+``forward(x, ctx)``; an overlappable layer also provides ``attn_partial(x, ctx)`` and ``mlp_partial(x, ctx)``:
+the row-parallel partial sums whose all-reduce the engine starts asynchronously. ``ctx.kernels`` says
+whether the norms and the one-token attention run as Triton kernels (``ops``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import fuse
 from phase6_tensor_parallel.dist_env import TPGroup
 from phase6_tensor_parallel.layers import ParallelLMHead, VocabParallelEmbedding
-from phase6_tensor_parallel.ops import rms_norm, use_kernels
+from phase6_tensor_parallel.ops import choose_kernels, rms_norm
 
 
 @dataclass
@@ -38,7 +39,7 @@ class AttnContext:
     layer: int = 0
     pos: torch.Tensor | None = None  # static mode (CUDA graphs): the first position as a device scalar
     positions: torch.Tensor | None = None  # static one-token step: ``pos`` per batch row (kernels want [B])
-
+    kernels: bool = False  # the norms and the one-token static attention as Triton kernels (``ops``)
 
     def at(self, layer: int, rows: slice | None = None) -> "AttnContext":
         return replace(self, layer=layer, rows=self.rows if rows is None else rows)
@@ -100,7 +101,7 @@ def qkv_attention(qkv: torch.Tensor, n_q: int, n_kv: int, ctx: AttnContext) -> t
     """
     b, t, width = qkv.shape
     d = width // (n_q + 2 * n_kv)
-    if ctx.pos is not None and t == 1 and use_kernels(qkv):
+    if ctx.pos is not None and t == 1 and ctx.kernels:
         from phase0_prototype.kernels.decode_attention import rope_cache_attention
 
         if ctx.positions is None:
@@ -114,10 +115,13 @@ def qkv_attention(qkv: torch.Tensor, n_q: int, n_kv: int, ctx: AttnContext) -> t
 
 
 class TPEngine:
-    """One rank's share of a Llama model. ``layer_cls(weights, config, group)`` builds each decoder layer."""
+    """One rank's share of a Llama model. ``layer_cls(weights, config, group)`` builds each decoder layer.
+
+    ``kernels``: run the decode step's norms and attention as Triton kernels (default: on CUDA; True on a
+    CPU needs ``TRITON_INTERPRET=1``, False on a GPU runs the PyTorch versions)."""
 
     def __init__(self, model: LoadedModel, group: TPGroup, layer_cls, *, name: str, mode: str,
-                 overlap: bool = False, max_seq_len: int | None = None):
+                 overlap: bool = False, max_seq_len: int | None = None, kernels: bool | None = None):
         config = model.config
         # Overlap needs a collective to hide: at world 1 the half batches would only re-read the weights.
         self.name, self.mode, self.config, self.group = name, mode, config, group
@@ -129,6 +133,7 @@ class TPEngine:
         self.lm_head = ParallelLMHead(weights.lm_head, group)
         self.max_seq_len = max_seq_len or config.max_position_embeddings
         self.device, self.dtype = model.device, model.dtype
+        self.kernels = choose_kernels(self.device, kernels)
         self.cos, self.sin = rope_cache(config, self.max_seq_len, self.device)
 
     def new_context(self, batch: int, length: int) -> AttnContext:
@@ -138,20 +143,20 @@ class TPEngine:
         d = self.config.head_dim
         shape = lambda layer: (batch, layer.n_kv_local, length, d)  # noqa: E731
         make = lambda: [torch.zeros(shape(layer), dtype=self.dtype, device=self.device) for layer in self.layers]  # noqa: E731
-        return AttnContext(make(), make(), 0, self.cos, self.sin)
+        return AttnContext(make(), make(), 0, self.cos, self.sin, kernels=self.kernels)
 
     # --- forward ------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """Logits (fp32, ``[B, T, vocab]``, identical on every rank) of ``tokens`` at positions ctx.start..."""
         x = self.embed(tokens)
         if ctx.pos is not None:  # one copy of the position per row for this step's attention kernels
-            ctx.positions = ctx.pos.expand(tokens.shape[0]).contiguous() if use_kernels(tokens) else None
+            ctx.positions = ctx.pos.expand(tokens.shape[0]).contiguous() if ctx.kernels else None
         if self.overlap and tokens.shape[0] >= 2:
             x = self._layers_overlapped(x, ctx)
         else:
             for i, layer in enumerate(self.layers):
                 x = layer.forward(x, ctx.at(i))
-        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+        x = rms_norm(x, self.norm, self.config.rms_norm_eps, ctx.kernels)
         if ctx.pos is None:
             ctx.start += tokens.shape[1]
         else:
@@ -175,7 +180,7 @@ class TPEngine:
                     if pending[h] is not None:
                         xs[h] = self._land(xs[h], *pending[h])
                     part = (layer.attn_partial(xs[h], ctx.at(i, rows[h])) if segment == "attn"
-                            else layer.mlp_partial(xs[h]))
+                            else layer.mlp_partial(xs[h], ctx))
                     pending[h] = (self.group.all_reduce_async(part), part)
         xs = [self._land(xs[h], *pending[h]) for h in (0, 1)]
         return torch.cat(xs, dim=0)

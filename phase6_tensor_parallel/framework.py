@@ -37,15 +37,16 @@ class GatheringLayer:
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         c = self.config
-        qkv = self.qkv(rms_norm(x, self.input_norm, c.rms_norm_eps))
+        qkv = self.qkv(rms_norm(x, self.input_norm, c.rms_norm_eps, ctx.kernels))
         x = x + self.o_proj(qkv_attention(qkv, self.n_q_local, self.n_kv_local, ctx))
-        gate, up = self.gate_up(rms_norm(x, self.post_norm, c.rms_norm_eps)).chunk(2, dim=-1)
+        gate, up = self.gate_up(rms_norm(x, self.post_norm, c.rms_norm_eps, ctx.kernels)).chunk(2, dim=-1)
         return x + self.down(swiglu(gate, up))
 
 
 def build(model: LoadedModel, *, group: TPGroup | None = None, max_seq_len: int | None = None,
-          overlap: bool = False, **_ignored) -> TPEngine:
-    """This rank's engine (``overlap`` is ignored: every gather is on the critical path by design)."""
+          overlap: bool = False, kernels: bool | None = None, **_ignored) -> TPEngine:
+    """This rank's engine (``overlap`` is ignored: every gather is on the critical path by design);
+    ``kernels`` as in ``solution.build``."""
     return TPEngine(model, group or TPGroup(), GatheringLayer, name="framework",
                     mode="column-parallel everywhere, 4 all-gathers per layer, replicated attention",
-                    max_seq_len=max_seq_len)
+                    max_seq_len=max_seq_len, kernels=kernels)

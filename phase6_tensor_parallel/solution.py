@@ -11,9 +11,9 @@
   so one half's all-reduce (``dist.all_reduce(async_op=True)``) runs while the other half computes.
 
 Limit approached: per decode step each rank reads 1/N of the weights and of the cache (HBM bandwidth / N)
-plus 2·layers all-reduces of ``batch × hidden`` elements, each costing at least NCCL's latency — on two
-NVLink H200s ~15 µs however small (``allreduce_study``), so 44 of them are ~0.7 ms, more than TP=1's whole
-weight read of TinyLlama (2.2 GB at ~4.2 TB/s ≈ 0.5 ms). On a GPU the step is one CUDA graph with the NCCL
+plus 2·layers all-reduces of ``batch × hidden`` elements, each costing at least NCCL's latency however
+small (α of ``allreduce_study``). For a model as small as TinyLlama those 44 latencies add up to more than
+TP=1's whole weight read (the arithmetic: ``NOTES.md``). On a GPU the step is one CUDA graph with the NCCL
 collectives inside (``static_decode``), with the norm and the attention as fused kernels (``ops``).
 """
 
@@ -61,25 +61,26 @@ class MegatronLayer:
 
     def attn_partial(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """This rank's partial o_proj output: all-reduce it and add to the residual."""
-        qkv = self.qkv(rms_norm(x, self.input_norm, self.config.rms_norm_eps))
+        qkv = self.qkv(rms_norm(x, self.input_norm, self.config.rms_norm_eps, ctx.kernels))
         return self.o_proj(qkv_attention(qkv, self.n_q_local, self.n_kv_local, ctx))
 
-    def mlp_partial(self, x: torch.Tensor) -> torch.Tensor:
+    def mlp_partial(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """This rank's partial down_proj output."""
-        gate, up = self.gate_up(rms_norm(x, self.post_norm, self.config.rms_norm_eps)).chunk(2, dim=-1)
+        gate, up = self.gate_up(rms_norm(x, self.post_norm, self.config.rms_norm_eps, ctx.kernels)).chunk(2, dim=-1)
         return self.down(swiglu(gate, up))
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         x = x + self.group.all_reduce(self.attn_partial(x, ctx))
-        return x + self.group.all_reduce(self.mlp_partial(x))
+        return x + self.group.all_reduce(self.mlp_partial(x, ctx))
 
 
 def build(model: LoadedModel, *, group: TPGroup | None = None, max_seq_len: int | None = None,
-          overlap: bool = True, **_ignored) -> TPEngine:
-    """This rank's engine; ``overlap`` alternates two half batches between compute and async all-reduce."""
+          overlap: bool = True, kernels: bool | None = None, **_ignored) -> TPEngine:
+    """This rank's engine; ``overlap`` alternates two half batches between compute and async all-reduce;
+    ``kernels``: Triton norms and attention in the decode step (default: on CUDA)."""
     group = group or TPGroup()
     check_tp_size(model.config, group.world)
     mode = "Megatron column/row pairing, 2 all-reduces per layer" + (", half-batch overlap" if overlap else "")
     return TPEngine(model, group, MegatronLayer, name="solution", mode=mode, overlap=overlap,
-                    max_seq_len=max_seq_len)
+                    max_seq_len=max_seq_len, kernels=kernels)
 

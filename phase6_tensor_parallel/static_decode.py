@@ -1,12 +1,11 @@
 """The greedy decode step with static shapes, captured once in a CUDA graph with its NCCL collectives inside.
 
 An eager decode step of TinyLlama is hundreds of kernel launches plus 44–88 collectives, each a Python call:
-the host, not the GPU, sets the pace — and every collective waits for the slower rank's host (on the
-two-H200 machine an eager step took tens of milliseconds). ``StaticDecoder`` fixes every shape (batch, cache length) and
-keeps every changing value on the device: the token buffer, the position (``AttnContext.pos``, advanced by
-the step itself) and the KV cache. One step is then one ``cudaGraphLaunch`` per rank; NCCL supports
-capture, so the all-reduces (and the solution's half-batch overlap, two streams joined by events) are nodes
-of the same graph.
+the host, not the GPU, sets the pace — and every collective waits for the slower rank's host (``NOTES.md``).
+``StaticDecoder`` fixes every shape (batch, cache length) and keeps every changing value on the device: the
+token buffer, the position (``AttnContext.pos``, advanced by the step itself) and the KV cache. One step is
+then one ``cudaGraphLaunch`` per rank; NCCL supports capture, so the all-reduces (and the solution's
+half-batch overlap, two streams joined by events) are nodes of the same graph.
 
 On a CPU (gloo) the same step runs eagerly: the tests check its arithmetic against the dynamic path.
 """

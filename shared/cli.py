@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 
-COMMANDS = ("generate", "chat", "serve", "bench", "report", "check", "hardware")
+COMMANDS = ("generate", "chat", "serve", "quantize", "bench", "report", "check", "hardware")
 
 
 def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False) -> None:
@@ -33,7 +33,7 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
     ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--quant", default=None, help="INT4 weights (phase 5): rtn, awq, gptq")
     ap.add_argument("--quant-group-size", type=int, default=128, help="input columns per INT4 scale")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (phase 6; greedy)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (phase 6: persistent workers under phase 4's batching)")
     ap.add_argument("--max-seq-len", type=int, default=None, help="context per request (default: the model's)")
     ap.add_argument("--no-compile", action="store_true", help="no CUDA graphs / compilation (eager)")
     ap.add_argument("--bs1-decode", default="phase0", choices=["phase0", "phase4"],
@@ -81,6 +81,7 @@ def sampling_params(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from shared import serve
+    from shared.engine import DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="the OpenAI-compatible server (phase 4) over the engine")
     add_engine_arguments(srv, batching=True)
     serve.add_arguments(srv)
+    quant = sub.add_parser("quantize", help="write INT4 weights once (AutoAWQ format) for --quant DIR")
+    quant.add_argument("--model", default=DEFAULT_MODEL, help="the float model to quantize")
+    quant.add_argument("--method", default="awq", choices=["rtn", "awq", "gptq"])
+    quant.add_argument("--quant-group-size", type=int, default=128, help="input columns per INT4 scale")
+    quant.add_argument("--out", required=True, help="a new folder for the checkpoint")
+    quant.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda when available")
     bench = sub.add_parser("bench", help="offline throughput and bs=1 latency of the engine")
     add_engine_arguments(bench, batching=True)
     bench.add_argument("--num-requests", type=int, default=64)
@@ -150,10 +157,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     first = first or t_end
     stats = GenerateStats(len(ids), count, first - t0, t_end - first,
                           decode_bytes_per_token(engine.model.config, engine.model.dtype, len(ids) + count // 2))
-    if route == "tp":  # one chunk at the end: no first-token time to tell apart
-        line = (f"prompt {len(ids)} tokens, generated {count} in {t_end - t0:.2f} s "
-                "(spawning the ranks and loading the shards included)")
-    elif engine.quant:
+    if engine.quant:
         line = f"prompt {len(ids)} tokens, generated {count}; decode {stats.decode_tok_s:.1f} tokens/s (INT4 weights)"
     else:
         line = describe(stats, device)
@@ -171,6 +175,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(engine, sampling, max_tokens=args.max_new_tokens, system=args.system)
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from phase0_prototype.sources import load_model
+    from shared.quant import save_quantized
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, dtype="bf16" if device == "cuda" else "fp32", device=device)
+    out = save_quantized(model, args.method, args.out, group_size=args.quant_group_size)
+    print(f"wrote {out} ({args.method}, group size {args.quant_group_size}): serve it with "
+          f"--model {args.model} --quant {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from shared.bench_rows import cli_bench
 
@@ -186,6 +204,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from shared import serve
 
         return serve.run(args, engine_config(args))
+    if args.command == "quantize":
+        return cmd_quantize(args)
     if args.command == "bench":
         return cmd_bench(args)
     from pathlib import Path

@@ -9,7 +9,8 @@ What runs where (``impls``: see ``shared.impls``; ``EngineConfig.impl`` is the `
 - **several requests**: phase 4's continuous batching (scheduler ``phase4``) over phase 1's block manager
   (``phase1``) and phase 3's paged attention (``phase3``), sampling per request. ``phase4=off`` serves
   them one at a time through the single-request engine (the seed's prototype).
-- **tp > 1**: phase 6's tensor-parallel ranks (``phase6`` layers), greedy.
+- **tp > 1**: every request through phase 4's engine on rank 0, each step's forward pass run by all ranks
+  on their shards (``shared.tp_workers``: workers started once, ended by ``close``), sampling per request.
 
 Why phase 0's engine for bs=1 (``bs1_decode="phase0"``, the default): a lone decode step is a GEMV per
 projection, memory-bound; phase 0 runs it as Triton GEMVs with RMSNorm/residual/SwiGLU fused and RoPE +
@@ -118,13 +119,18 @@ class LLMEngine:
         limit = self.model.config.max_position_embeddings
         self.max_model_len = min(config.max_model_len or limit, limit)
         if config.tp > 1:
-            from shared import tp
+            from shared import tp_workers
 
             if self.quant:
                 raise ModelError("INT4 (--quant) with tensor parallelism is not built: drop --quant or use --tp 1")
-            tp.check(self.model.config, config.tp, self.device.type, self.impls["phase6"])
+            if self.impls["phase4"] == "off":
+                raise ModelError("tensor parallelism runs under phase 4's continuous batching: "
+                                 "drop phase4=off or use --tp 1")
+            tp_workers.check(self.model.config, config.tp, self.device.type, self.impls["phase6"])
+        self.tp_workers = None  # shared.tp_workers.WorkerPool: ranks 1..tp-1, started with the batched path
         self._single = None
         self._batched = None
+        self._quantized = None
         self.last_run: RunStats | None = None
 
     # ------------------------------------------------------------------ the components
@@ -139,8 +145,8 @@ class LLMEngine:
             if self.quant:
                 from shared.quant import build_engine
 
-                self._single = build_engine(self.model, self.quant, max_seq_len=self.max_model_len,
-                                            compile=self.config.compile, group_size=self.config.quant_group_size)
+                self._single = build_engine(self.model, self.quantized, max_seq_len=self.max_model_len,
+                                            compile=self.config.compile)
             else:
                 from phase0_prototype import load_impl
 
@@ -161,14 +167,21 @@ class LLMEngine:
         return self._single
 
     @property
+    def quantized(self):
+        """Phase 5's INT4 model (``--quant``), quantized or loaded once for both paths."""
+        if self._quantized is None:
+            from shared.quant import quantize
+
+            self._quantized = quantize(self.model, self.quant, group_size=self.config.quant_group_size)
+        return self._quantized
+
+    @property
     def batched(self):
-        """Phase 4's engine over phase 1's block manager and phase 3's attention, built on first use."""
+        """Phase 4's engine over phase 1's block manager and phase 3's attention (and phase 5's INT4
+        projections with ``--quant``), built on first use."""
         if self._batched is None:
             if self.impls["phase4"] == "off":
                 raise ModelError("phase4=off: this engine has no batched path (requests run one at a time)")
-            from phase3_paged_attention import load_impl as attention_impl
-            from phase4_scheduler import load_impl as scheduler_impl
-            from phase4_scheduler.blocks import make_block_manager
             from phase4_scheduler.engine import EngineConfig as BatchedConfig
             from phase4_scheduler.engine import LLMEngine as BatchedEngine
             from phase4_scheduler.plan import SchedulerConfig
@@ -179,27 +192,28 @@ class LLMEngine:
                                         preemption=c.preemption)
                 batched = BatchedConfig(sched, self.impls["phase4"], c.num_blocks, c.block_size, cuda_graphs=c.compile,
                                         max_model_len=self.max_model_len, swap_space=c.swap_space,
-                                        num_cpu_blocks=c.num_cpu_blocks)
+                                        num_cpu_blocks=c.num_cpu_blocks, block_manager_impl=self.impls["phase1"],
+                                        attention_impl=self.impls["phase3"])
             except ValueError as e:
                 raise ModelError(str(e)) from None
-            engine = BatchedEngine(self.model, batched)
-            # Phase 4 builds its own block manager and attention backend; the engine's choices replace
-            # them before the first step (and before any decode graph is captured).
-            engine.blocks = make_block_manager(engine.runner.num_blocks, c.block_size,
-                                               watermark=engine.config.watermark, impl=self.impls["phase1"],
-                                               num_cpu_blocks=engine.blocks.num_cpu_blocks)
-            engine.scheduler = scheduler_impl(self.impls["phase4"]).build(sched, engine.blocks)
-            engine.runner.attention = attention_impl(self.impls["phase3"])
-            if self._single is not None and not self.quant:
-                _share(self._single, engine.runner)
-            self._batched = engine
+            if c.tp > 1:
+                from shared.tp_workers import start_engine
+
+                self._batched, self.tp_workers = start_engine(self.model, batched, tp=c.tp, seed=c.seed,
+                                                              layout=self.impls["phase6"])
+            elif self.quant:
+                from shared.quant import paged_weights
+
+                weights, linear = paged_weights(self.quantized)
+                self._batched = BatchedEngine(self.model, batched, weights=weights, linear=linear)
+            else:  # one copy of the fused float weights when phase 0's engine exists already
+                weights = getattr(self._single, "weights", None) if self._single is not None else None
+                self._batched = BatchedEngine(self.model, batched, weights=weights)
         return self._batched
 
     def warmup(self, *, batched: bool = False) -> None:
         """Build what a lone request (and with ``batched``, many requests) will use and capture its CUDA
         graphs now, not during the first request."""
-        if self.config.tp > 1:
-            return
         if self.route(1) == "single":
             _ = self.single  # built (and its graph captured) on first access
         if (batched or self.route(1) == "batched") and self.route(2) == "batched":
@@ -240,10 +254,10 @@ class LLMEngine:
                              "--max-new-tokens")
 
     def route(self, num_requests: int) -> str:
-        """Which path a call with ``num_requests`` prompts takes: "single", "batched" or "tp"."""
+        """Which path a call with ``num_requests`` prompts takes: "single" or "batched"."""
         if self.config.tp > 1:
-            return "tp"
-        if self.quant or self.impls["phase4"] == "off":
+            return "batched"  # rank 0's phase 4 engine drives the tensor-parallel workers
+        if self.impls["phase4"] == "off":
             return "single"
         return "single" if num_requests == 1 and self.config.bs1_decode == "phase0" else "batched"
 
@@ -266,8 +280,6 @@ class LLMEngine:
             from shared.batched import run_batched
 
             outputs, kv = run_batched(self.batched, ids, limits, sampling, tuple(stop), ignore_eos)
-        elif route == "tp":
-            outputs, kv = self._run_tp(ids, limits, sampling, tuple(stop), ignore_eos), None
         else:
             outputs = [self._single_output(p, n, sampling, tuple(stop), ignore_eos)
                        for p, n in zip(ids, limits, strict=True)]
@@ -287,17 +299,16 @@ class LLMEngine:
             from shared.batched import stream_batched
 
             yield from stream_batched(self.batched, ids, max_tokens, sampling, tuple(stop), ignore_eos)
-        elif route == "tp":
-            out = self._run_tp([ids], [max_tokens], sampling, tuple(stop), ignore_eos)[0]
-            yield Delta(out.text, out.token_ids, out.finish_reason)
         else:
             yield from self._single_deltas(ids, max_tokens, sampling, tuple(stop), ignore_eos)
 
     def path_name(self, route: str) -> str:
         if route == "batched":
-            return f"phase 4 continuous batching ({self.impls['phase4']}; phase1={self.impls['phase1']}, phase3={self.impls['phase3']})"
-        if route == "tp":
-            return f"phase 6 tensor parallel, tp={self.config.tp} ({self.impls['phase6']})"
+            int4 = f", phase 5 INT4 ({self.quant})" if self.quant else ""
+            tp = (f", phase 6 tensor parallel tp={self.config.tp} ({self.impls['phase6']})"
+                  if self.config.tp > 1 else "")
+            return (f"phase 4 continuous batching ({self.impls['phase4']}; phase1={self.impls['phase1']}, "
+                    f"phase3={self.impls['phase3']}{int4}{tp})")
         engine = self._single
         mode = f": {engine.mode}" if engine is not None else ""
         if self.quant:
@@ -385,30 +396,12 @@ class LLMEngine:
         return live / (steps * reserved) if steps else None
 
     # ------------------------------------------------------------------ tensor parallel
-    def _run_tp(self, ids, limits, sampling, stop, ignore_eos) -> list[RequestOutput]:
-        from phase4_scheduler.text_stream import TextStream
-        from shared import tp
-
-        if not sampling.greedy:
-            raise ModelError("tensor-parallel generation (phase 6) is greedy only: use --temperature 0 or --tp 1")
-        name = self.model.name
-        dtype = str(self.model.dtype).replace("torch.", "")  # "bfloat16", "float32": phase 0's names
-        new_ids, mode = tp.generate(name, dtype=dtype, device=self.device.type, seed=self.config.seed,
-                                    impl=self.impls["phase6"], tp=self.config.tp, prompts=ids, max_tokens=limits)
-        eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
-        outputs = []
-        for p, tokens in zip(ids, new_ids, strict=True):
-            text, kept, reason = TextStream(self.tokenizer, stop, eos), [], "length"
-            pieces = []
-            for i, t in enumerate(tokens):
-                kept.append(t)
-                piece, stopped = text.push(t, final=i == len(tokens) - 1 or t in eos)
-                pieces.append(piece)
-                if stopped or t in eos:
-                    reason = "stop"
-                    break
-            outputs.append(RequestOutput(list(p), kept, "".join(pieces), reason))
-        return outputs
+    def close(self) -> None:
+        """End the tensor-parallel worker processes, if started (they also end at interpreter exit); the
+        next batched call starts new ones."""
+        if self.tp_workers is not None:
+            self.tp_workers.close()
+            self.tp_workers, self._batched = None, None
 
 
 class _Finished(Exception):

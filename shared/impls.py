@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from phase0_prototype.errors import ModelError
@@ -64,8 +65,8 @@ def phase_key(name: str) -> str:
 
 def check_name(phase: str, name: str) -> str:
     comp = COMPONENTS[phase]
-    if name in comp.names or ("." in name and all(part.isidentifier() for part in name.split("."))):
-        return name
+    if name in comp.names or _is_module_path(name) or (phase == "phase5" and Path(name).is_dir()):
+        return name  # (phase 5: a directory of INT4 weights written by `titaninfer quantize`)
     raise ImplSpecError(f"unknown implementation {name!r} for {phase} ({comp.role}): choose "
                         f"{', '.join(comp.names)} or a module path such as {comp.package}.mine")
 
@@ -123,8 +124,12 @@ def resolve(impls: Mapping[str, str], device_type: str, *, native_block_manager:
 def import_module_paths(impls: Mapping[str, str]) -> None:
     """Import every learner module path now (ImplError naming the choices), not at the first request."""
     for key, name in impls.items():
-        if "." in name:
+        if _is_module_path(name):
             importlib.import_module(COMPONENTS[key].package).load_impl(name)
+
+
+def _is_module_path(name: str) -> bool:
+    return "." in name and all(part.isidentifier() for part in name.split("."))
 
 
 def quant_method(impls: Mapping[str, str]) -> str | None:

@@ -1,7 +1,8 @@
 """``titaninfer serve``: phase 4's OpenAI-compatible server in front of the assembled engine's batched path.
 
 The server is phase 4's (``server.create_app`` over an ``EngineLoop``); what this adds is the engine it
-drives — phase 4's scheduler over the block manager and attention chosen with ``--impl`` — and the same
+drives — phase 4's scheduler over the block manager and attention chosen with ``--impl``, with phase 5's
+INT4 projections under ``--quant``, phase 6's ranks under ``--tp N`` (``shared.tp_workers``) — and the same
 flags and errors as the rest of the CLI. Every request goes through continuous batching (a server never
 knows that a request will stay alone), with the decode graphs captured before the port opens.
 
@@ -36,8 +37,8 @@ def build_app(config, *, max_queue: int = 256, engine=None, api_key: str | None 
     from shared.engine import LLMEngine
 
     engine = engine or LLMEngine(config)
-    if engine.impls["phase4"] == "off" or engine.quant or engine.config.tp > 1:
-        raise ModelError("serve runs phase 4's continuous batching: drop phase4=off, --quant and --tp")
+    if engine.impls["phase4"] == "off":
+        raise ModelError("serve runs phase 4's continuous batching: drop phase4=off")
     batched = engine.batched
     if batched.runner.graphs is not None:
         batched.runner.graphs.warmup()

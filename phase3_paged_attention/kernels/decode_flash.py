@@ -4,22 +4,16 @@ Decode attention moves every K and V byte of every sequence once per step and do
 so it is bound by HBM bandwidth; the kernel's job is to read each cached byte exactly once, with
 enough bytes in flight to keep HBM busy:
 
-- **Online softmax** (FlashAttention-2, Algorithm 1): a running max ``m``, a running sum ``l`` and an
-  un-normalised accumulator ``acc``, rescaled by ``exp(m_old − m_new)`` when the max grows, so the
-  score row never leaves registers (the framework writes it to HBM and reads it twice).
-- **One program per (sequence, kv head)** serving every q head of its group: the group's q rows form
-  the M dimension of ``tl.dot`` (padded to 16, tensor cores' minimum), so each K/V tile is loaded
-  once for the whole group — 8× fewer bytes than one program per q head for 32 q / 4 kv heads.
-- **Tiles of BLOCK_N tokens across pages**: each token's page comes from the block table, so a tile
-  may span several pages; tiles are large (64–128 tokens × head_dim) and pipelined (num_stages).
-- **Split-KV (flash-decoding)**: at small batch there are too few (sequence, kv head) pairs to fill
-  the SMs, so the context is cut into num_splits ranges, each a program writing a partial output and
-  its log-sum-exp; ``_combine_splits_kernel`` merges them (weights ``2^(lse_s − max lse)``).
+- **Online softmax** (FlashAttention-2, Algorithm 1): running max, running sum and un-normalised
+  accumulator, rescaled when the max grows, so the score row never leaves registers.
+- **One program per (sequence, kv head)** serving every q head of its group as the M dimension of
+  ``tl.dot`` (padded to 16): each K/V tile is loaded once for the group (8× fewer bytes at 32 q / 4 kv).
+- **Tiles of BLOCK_N tokens across pages** (pages from the block table), large and pipelined.
+- **Split-KV (flash-decoding)**: at small batch the context is cut into ranges, each a program writing a
+  partial output and its log-sum-exp; ``_combine_splits_kernel`` merges them (weights ``2^(lse_s − max)``).
 
-Traffic per step: K and V once (2 · context · kv_heads · head_dim · bytes), q and out once, plus
-(when split) 4 · splits · q_heads · (head_dim + 1) bytes of partials — negligible.
-
-The autotuner picks BLOCK_N / warps / stages per (group, head_dim, page size, split or not, split length).
+Traffic per step: K and V once, q and out once, plus negligible split partials. The autotuner picks
+BLOCK_N / warps / stages per (group, head_dim, page size, split or not, split length).
 """
 
 from __future__ import annotations
@@ -51,7 +45,7 @@ def _flash_decode_kernel(
     BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST_DOT: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):
-    # Few runtime arguments on purpose: a decode step is ~100 µs of GPU time, and every argument costs
+    # Few runtime arguments on purpose: a decode step is short GPU work, and every argument costs
     # host time at launch. The cache is contiguous, so its strides follow from the constexpr shape.
     stride_cs = NUM_KV_HEADS * HEAD_DIM
     stride_cb = PAGE_SIZE * NUM_KV_HEADS * HEAD_DIM

@@ -2,9 +2,9 @@
 
 Between its four matmuls, a Llama layer written in PyTorch is ~40 small kernels (RMSNorm alone is
 eight: cast, square, mean, add, rsqrt, multiply, cast, scale; RoPE fourteen). At a decode step of 256
-rows each moves a few hundred kilobytes and costs its launch floor (~3 µs on an H100), so the step
-is bound by kernel count, not by the 2.2 GB of weights it must read: 22 layers × 44 kernels ≈ 3.5 ms
-where the weights need 0.75 ms. Fused, a layer is ten kernels:
+rows each moves a few hundred kilobytes and costs its launch floor, so the step is bound by kernel
+count, not by the weights it must read (the arithmetic for TinyLlama: ``NOTES.md``). Fused, a layer is
+ten kernels:
 
 - ``add_rms_norm``: the residual add and the next RMSNorm in one pass over the row (read x and the
   branch's output once, write the new x and the normalised row);

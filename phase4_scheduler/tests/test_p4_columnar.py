@@ -177,7 +177,7 @@ def test_block_table_rows_follow_a_dict_of_lists():
         elif op < 0.7:
             key = rng.choice(list(seats))
             b = rng.randrange(1000)
-            rows.append(seats[key], b)
+            rows.append_many([seats[key]], [b])
             model_tables[key].append(b)
         else:
             keys = rng.sample(list(seats), rng.randrange(1, len(seats) + 1))

@@ -15,7 +15,6 @@ from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason
 from phase0_prototype.sampling import SamplingParams
 from phase4_scheduler import SchedulerConfig
 from phase4_scheduler.engine import EngineConfig, LLMEngine
-from phase4_scheduler.runner import prefix_chunk_attention
 
 
 @pytest.fixture(scope="module", params=["random:tiny", "kjv-llama-18m"])
@@ -62,22 +61,18 @@ def test_concurrent_greedy_equals_hf(model):
         assert r.output_ids == hf_generate(hf, torch.tensor([r.prompt_ids]), 10)[0].tolist()
 
 
-def test_prefix_chunk_attention_matches_full_causal_attention():
-    torch.manual_seed(0)
-    bs, hq, hkv, d, total, start = 4, 4, 2, 8, 19, 11
-    k_cache, v_cache = torch.randn(8, bs, hkv, d), torch.randn(8, bs, hkv, d)
-    table = [5, 2, 7, 0, 3]
-    q = torch.randn(total, hq, d)
-    k = torch.stack([k_cache[table[p // bs], p % bs] for p in range(total)]).double()
-    v = torch.stack([v_cache[table[p // bs], p % bs] for p in range(total)]).double()
-    scores = torch.einsum("qhd,khd->hqk", q.double(), k.repeat_interleave(2, 1)) * d ** -0.5
-    scores = scores.masked_fill(torch.ones(total, total).triu(1).bool(), float("-inf"))
-    expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v.repeat_interleave(2, 1))[start:]
-    got = prefix_chunk_attention(q[start:], k_cache, v_cache, table, start)
-    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+def causal_prefix_attention(q, k_cache, v_cache, table, start):
+    """float64 reference: queries of positions [start, start + n) over cached positions [0, start + n)."""
+    n, hq, d = q.shape
+    bs, hkv, end = k_cache.shape[1], k_cache.shape[2], start + q.shape[0]
+    k = torch.stack([k_cache[table[p // bs], p % bs] for p in range(end)]).double().repeat_interleave(hq // hkv, 1)
+    v = torch.stack([v_cache[table[p // bs], p % bs] for p in range(end)]).double().repeat_interleave(hq // hkv, 1)
+    scores = torch.einsum("qhd,khd->hqk", q.double(), k) * d ** -0.5
+    future = torch.arange(end)[None, :] > torch.arange(start, end)[:, None]
+    return torch.einsum("hqk,khd->qhd", scores.masked_fill(future, float("-inf")).softmax(-1), v)
 
 
-def test_later_chunk_attention_through_varlen_prefill_matches_the_prefix_gather():
+def test_later_chunk_attention_through_varlen_prefill_matches_causal_attention():
     from phase3_paged_attention import load_impl as attention_impl
     from phase4_scheduler.runner import later_chunk_attention
 
@@ -86,11 +81,11 @@ def test_later_chunk_attention_through_varlen_prefill_matches_the_prefix_gather(
     k_cache, v_cache = torch.randn(8, bs, hkv, d), torch.randn(8, bs, hkv, d)
     table = [5, 2, 7, 0, 3]
     q = torch.randn(n, hq, d)
-    want = prefix_chunk_attention(q, k_cache, v_cache, table, start)
+    want = causal_prefix_attention(q, k_cache, v_cache, table, start)
     got = later_chunk_attention(attention_impl("reference"), q, k_cache, v_cache,
                                 torch.tensor(table, dtype=torch.int32), torch.tensor([0, start + n], dtype=torch.int32),
                                 start)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():

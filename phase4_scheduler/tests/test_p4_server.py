@@ -98,16 +98,25 @@ def test_sse_wire_format_ends_with_done(server):
     assert payloads[-1]["choices"][0]["finish_reason"] in ("length", "stop")
 
 
-def test_models_health_and_metrics(server, client):
-    assert [m.id for m in client.models.list().data] == [MODEL]
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+def _ttft_count(server) -> float:
     text = httpx.get(server.url + "/metrics").text
     for name in ("titaninfer_queue_length", "titaninfer_running_requests", "titaninfer_kv_cache_usage_ratio",
                  "titaninfer_time_to_first_token_seconds_count", "titaninfer_time_per_output_token_seconds_count",
                  "titaninfer_generation_tokens_per_second"):
         assert name in text
-    ttft_count = [line for line in text.splitlines() if line.startswith("titaninfer_time_to_first_token_seconds_count")]
-    assert float(ttft_count[0].split()[1]) >= 1  # the earlier tests' requests were measured
+    line = next(x for x in text.splitlines() if x.startswith("titaninfer_time_to_first_token_seconds_count"))
+    return float(line.split()[1])
+
+
+def test_models_health_and_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    before = _ttft_count(server)
+    client.completions.create(model=MODEL, prompt="Jesus wept", max_tokens=3, temperature=0)
+    deadline = time.monotonic() + 5
+    while _ttft_count(server) < before + 1:  # this request's first token is measured when it finishes
+        assert time.monotonic() < deadline, "the request's time to first token was not recorded"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("body, status, fragment", [

@@ -1,37 +1,21 @@
-"""``w4a16_linear``: choose the kernel and its configuration, own the split-K workspace, check the inputs.
+"""``w4a16_linear``: pick the W4A16 kernel for a product, launch it with its configuration (``configs``),
+own the split-K workspace and check the inputs.
 
-Which kernel: the weight's layout decides (``layout.KernelWeight.row_major``; ``TITANINFER_W4A16_LAYOUT``
-picks the layout ``QuantLinear`` builds). Row layout (default): one row runs the row GEMV (``w4a16_rows``) with a
-**fixed** configuration from ``row_gemv_config`` (the GPU sweep's table for this device in ``kernels/tuned/``,
-``ROW_GEMV_TABLE`` pins, or a rule; no tuning inside the engine); 2–64 rows (``MMA_MIN_ROWS`` ..
-``MMA_MAX_ROWS``) the small-batch tensor-core kernel — on Hopper with bf16/fp16 activations and no RMSNorm or SwiGLU
-fused, the Gluon one (``w4a16_wgmma``, ``wgmma_config``; ``wgmma_reason`` says when it cannot run), else the Triton
-one (``w4a16_rows_mma``: the row GEMV's streaming with the multiply on the tensor cores; ``mma_config``: the sweep's
-``mma_table``, or a rule); the products in ``WGMMA_ONE_ROW`` run the Gluon kernel at one row too; more rows the
-tensor-core GEMM reading the same layout (prefill). A ``config`` with ``BLOCK_KW`` still
-sends 2–8 rows to the row GEMV (its batched form, kept for A/B and the tests). ``col`` layout: one row runs the
-original ``[K/8, N]`` GEMV, more rows the GEMM, both autotuned.
+Routing (``kernel_for``; ``config["KERNEL"]`` forces a kernel), for the row layout (``layout``, the default)::
 
-Configurations of the autotuned kernels: on a GPU, ``triton.autotune`` picks among a few per (N, K, M bucket,
-fusion, layout) the first time a shape is seen (tens of milliseconds per configuration; warm up before capturing a CUDA graph). The space
-is small on purpose and was chosen for TinyLlama's projections on an H100:
+    rows   kernel                                            configuration
+    1      row GEMV (``w4a16_rows``)                          configs.row_gemv_config (fixed)
+    2-64   Gluon wgmma kernel (``w4a16_wgmma``) on Hopper     configs.wgmma_config (fixed)
+           else the Triton small-batch kernel (``w4a16_rows_mma``)  configs.mma_config (fixed)
+    > 64   tensor-core GEMM (``w4a16._gemm_kernel``)          autotuned; PREFILL_CONFIG when compiled
 
-- one row (``_gemv_kernel``): 16 output features per program, ``BLOCK_KW`` 128–512 packed words (1024–4096
-  input features) per step, 4 or 8 warps, split-K 1–4. Each step's loads are all a program has in flight
-  (the loop is not software-pipelined), so the tiles are large: 8–32 KB of codes; configurations holding
-  more than 32 words per thread (16 with SwiGLU's two tiles) are dropped (spills);
-- ``M ≥ 2`` (``_gemm_kernel``): ``BLOCK_M`` from M (16, 32 or 64), ``BLOCK_N`` 32–128, split-K 1–8 for
-  ``M ≤ 64`` (a prefill's many row tiles fill the GPU without it).
-
-Under ``TRITON_INTERPRET=1`` (CPU tests) there is no tuning: one small fixed configuration, overridable
-with ``config=`` so the tests reach every path (split-K included).
+``wgmma_reason`` says when the Gluon kernel cannot run (then the Triton one does); the products in
+``WGMMA_ONE_ROW`` take it at one row too. A ``config`` with ``BLOCK_KW`` sends 2–8 rows to the row GEMV (its
+batched form). The ``col`` layout (``to_kernel_layout(..., layout="col")``) runs the ``[K/8, N]`` GEMV at one
+row and the GEMM above, both autotuned. Why each choice won: ``phase5_quantization/NOTES.md``.
 """
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 import torch
 import triton
@@ -40,18 +24,23 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.kernels import gemv as phase0_gemv
 from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
 from phase5_quantization.kernels import w4a16_wgmma
+from phase5_quantization.kernels.configs import (
+    INTERPRETER_GEMM,
+    INTERPRETER_GEMV,
+    LOCKS,
+    PREFILL_CONFIG,
+    WS_FLOATS,
+    autotuned,
+    interpreting,
+    mma_block_m,
+    mma_config,
+    row_gemv_config,
+    wgmma_config,
+)
 from phase5_quantization.kernels.layout import KernelWeight
-from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU, _gemm_kernel, _gemv_kernel
+from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU
 from phase5_quantization.kernels.w4a16_rows import _row_gemv_kernel
 from phase5_quantization.kernels.w4a16_rows_mma import _row_mma_kernel
-
-WS_FLOATS = 1 << 21  # split-K workspace (fp32, 8 MB per device): rows × 2N must fit
-LOCKS = 1 << 16
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
 
 _workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -64,216 +53,19 @@ def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return _workspaces[device]
 
 
-def _fits_split(split: int, m: int, n: int, k: int, group: int, tiles: int) -> bool:
-    return split == 1 or (m * 2 * n <= WS_FLOATS and tiles <= LOCKS and k // group >= split)
-
-
-def _prune_gemv(configs, named_args, **kwargs):
-    n, k, group = named_args["N"], named_args["K"], kwargs.get("GROUP", 128)
-    words_cap = 16 if kwargs.get("EPILOGUE", NONE) == SWIGLU else 32  # two tiles live with SwiGLU
-    kept = []
-    for c in configs:
-        bn, bkw, split = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"]
-        words_per_thread = bn * bkw // (32 * c.num_warps)
-        if (words_per_thread <= words_cap and bkw * 8 * split <= k
-                and _fits_split(split, 1, n, k, group, triton.cdiv(n, bn))):
-            kept.append(c)
-    return kept or configs[:1]
-
-
-def _prune_gemm(configs, named_args, **kwargs):
-    m, n, k, group = named_args["M"], named_args["N"], named_args["K"], kwargs.get("GROUP", 128)
-    kept = []
-    for c in configs:
-        bm, bn, split = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["SPLIT_K"]
-        if bm != _block_m(m) or (split > 1 and m > 64):
-            continue
-        if _fits_split(split, m, n, k, group, triton.cdiv(n, bn) * triton.cdiv(m, bm)):
-            kept.append(c)
-    return kept or [c for c in configs if c.kwargs["BLOCK_M"] == _block_m(m)][:1]
-
-
-def _block_m(m: int) -> int:
-    return 16 if m <= 16 else 32 if m <= 32 else 64
-
-
-def _c(num_warps=4, num_stages=3, **kw) -> triton.Config:
-    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
-
-
-# (BLOCK_N, BLOCK_KW, SPLIT_K, warps). BLOCK_N = 16: a thread then owns whole 64-byte word-rows, so the tile's
-# row layout is the plain 1-D layout of the activation loads (wider rows make Triton reshuffle every
-# activation through shared memory); 1–2 rows per thread, 8–32 KB of codes per step.
-GEMV_CONFIGS = [_c(BLOCK_N=16, BLOCK_KW=bkw, SPLIT_K=sk, num_warps=w)
-                for bkw, sk, w in [(128, 1, 4), (256, 1, 4), (256, 1, 8), (512, 1, 8), (128, 2, 4), (256, 2, 8),
-                                   (128, 4, 4)]]
-# (BLOCK_N, SPLIT_K, warps, stages) for each BLOCK_M (taken from M, not tuned); M > 64 (prefill) is not tuned:
-# PREFILL_CONFIG (prefill speed is not a target here, and every tuned shape costs compilations)
-GEMM_CONFIGS = [_c(BLOCK_M=bm, BLOCK_N=bn, SPLIT_K=sk, num_warps=w, num_stages=st)
-                for bm in (16, 32, 64)
-                for bn, sk, w, st in [(64, 1, 4, 3), (128, 1, 4, 3), (64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 8, 3),
-                                      (32, 4, 4, 3)]]
-PREFILL_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, SPLIT_K=1, num_warps=4, num_stages=3)
-KEY = ["N", "K", "M_KEY", "NORM", "EPILOGUE"]  # (USE_PDL is fixed per device)
-_tuned: dict[str, object] = {}
-
-
-def _kernel(which: str):
-    """The autotuned kernel on a GPU (built once), the bare one under the interpreter."""
-    if interpreting():
-        return _gemv_kernel if which == "gemv" else _gemm_kernel
-    if which not in _tuned:
-        configs, prune, fn = ((GEMV_CONFIGS, _prune_gemv, _gemv_kernel) if which == "gemv"
-                              else (GEMM_CONFIGS, _prune_gemm, _gemm_kernel))
-        key = KEY if which == "gemv" else KEY + ["stride_wk"]  # the GEMM reads either layout: tune each apart
-        _tuned[which] = triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune},
-                                        restore_value=["out_ptr"], warmup=5, rep=25)(fn)
-    return _tuned[which]
-
-
-ROW_GEMV_MAX_ROWS = 8
-# Whether the row GEMV lets the next kernel launch before waiting on its own inputs (phase 0's GEMV does:
-# ``gemv.EARLY_LAUNCH``). Not here: on an H100 the INT4 decode step replayed in 699 µs with the row GEMVs waiting
-# first against 734–746 µs letting the next kernel launch at once (scripts/gpu_int4_step.py, 2026-11-23). The INT4
-# kernels are short and hold many registers (168 per thread for gate_up): a dependent that launches that early sits on
-# the SMs, spinning in its own wait, while the kernel it waits for still needs them. After the wait the next kernel
-# still launches at once, so its codes are still requested while this one computes.
-ROW_EARLY_LAUNCH = False
-# Whether the row GEMV requests each slab's scales and zero-points with its codes (the first slab's before the PDL
-# wait, the next one's a slab ahead) and the residual right after the wait (``PREFETCH``), or where it uses them.
-ROW_PREFETCH = True
-# Whether a row whose words do not fill whole slabs ends in one smaller power-of-two slab (``TAIL_KW``) instead of a
-# mostly masked full one.
-ROW_TAIL = True
-# (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps) at batch 1, pasted from scripts/gpu_gemv_sweep.py
-# (the H100 sweep's best per TinyLlama shape); shapes not listed take row_gemv_config's rule.
-ROW_GEMV_TABLE: dict[tuple[int, int, bool], tuple[int, ...]] = {
-    # down (K = 5632) in the decode step: 8 rows × 512 words over 4 warps. Alone the sweep prefers 4 × 256 × 2 warps
-    # (5.59 vs 5.75 µs on an H100), but the whole INT4 step replayed 6–21 µs faster with this one in three runs
-    # (scripts/gpu_int4_step.py, 2026-11-23: 629 vs 638 µs; 652 vs 658 µs; 645 vs 666 µs).
-    (2048, 5632, False): (8, 512, 1, 4, 0),
-}
-TUNED_DIR = Path(__file__).with_name("tuned")  # <device slug>.json: the sweep's table for that GPU (--write-table)
-_tuned_tables: dict[str, dict] = {}
-
-
-def _device_slug() -> str:
-    from module0_profiling.hardware import detect_device
-
-    return detect_device().slug
-
-
-def tuned_table(slug: str | None = None) -> dict[tuple[int, int, bool], tuple[int, ...]]:
-    """The measured table for this GPU (``TUNED_DIR/<slug>.json``, written by ``gpu_gemv_sweep --write-table``),
-    with ``ROW_GEMV_TABLE``'s entries on top; empty for a GPU nobody has swept. Values ``(BLOCK_N, BLOCK_KW,
-    SPLIT_K, num_warps[, maxnreg])``: newer tables add the register cap (0 = none), older ones still read."""
-    slug = slug or _device_slug()
-    if slug not in _tuned_tables:
-        path = TUNED_DIR / f"{slug}.json"
-        rows = json.loads(path.read_text())["table"] if path.is_file() else []
-        _tuned_tables[slug] = {(int(n), int(k), bool(sw)): tuple(int(v) for v in cfg) for n, k, sw, *cfg in rows}
-    return {**_tuned_tables[slug], **ROW_GEMV_TABLE}
-
-
-def row_gemv_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> dict:
-    """``BLOCK_N`` / ``BLOCK_KW`` / ``SPLIT_K`` / ``num_warps`` of the row GEMV for an ``[n, k]`` product of ``batch``
-    rows (``n``: output features, the gate half with ``swiglu``). Fixed, not autotuned: tuning inside the
-    engine is slow and noisy; ``scripts/gpu_gemv_sweep.py`` measures the space and writes the winners for the GPU
-    it ran on (``tuned_table``: ``kernels/tuned/<device>.json``, committed with the report of that run).
-
-    The rule for shapes not in the table, in the spirit of phase 0's ``default_config``: many programs (hundreds
-    to thousands) of a few rows each, whole 2048-feature slabs (256 words = 1 KB per row) over 2 warps, so a
-    thread loads 16 bytes per row and ``BLOCK_KW = 4 · 32 · num_warps`` (the activation slab then shares the
-    word tile's layout, see ``w4a16_rows``). Four rows per program (two gate + two up rows with SwiGLU)
-    amortise the activation work — loads, RMSNorm's multiply, ``Σ x`` per group — which INT4 weights, at a
-    quarter of bf16's bytes, cannot hide behind bandwidth as phase 0's 1–2 rows do.
-    """
-    table = tuned_table() if batch == 1 and not interpreting() else {}
-    if (n, k, swiglu) in table:
-        block_n, block_kw, split, warps, *maxnreg = table[(n, k, swiglu)]  # (maxnreg: newer tables; 0 = none)
-        c = dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=split, num_warps=warps)
-        if maxnreg and maxnreg[0]:
-            c["maxnreg"] = maxnreg[0]
-        return c
-    if batch == 1:
-        block_n, block_kw, warps = (2, 256, 2) if swiglu else (4, 256, 2)
-    else:  # the [B, BLOCK_N, BLOCK_KW] partials live in registers: smaller slabs
-        block_n, block_kw, warps = (2, 128, 4) if swiglu else (4, 128, 4)
-    block_kw = max(16, min(block_kw, triton.next_power_of_2(k // 8)))
-    if interpreting():  # Triton's CPU interpreter pays per program and per step: few, big ones (tests)
-        block_n, block_kw = max(block_n, 8) * 4, max(block_kw, 64)
-    return dict(BLOCK_N=block_n, BLOCK_KW=block_kw, SPLIT_K=1, num_warps=warps)
-
-
+ROW_GEMV_MAX_ROWS = 8  # the row GEMV's batched form (with a BLOCK_KW config) takes up to this many rows
 MMA_MIN_ROWS = 2  # the small-batch tensor-core kernel from this many rows (the row GEMV below) ...
 MMA_MAX_ROWS = 64  # ... up to this many (the GEMM above: prefill)
-MMA_KEYS = ("BLOCK_N", "SPLIT_K", "num_warps", "DEPTH", "ONE_DOT", "maxnreg")
-
-
-def _sm_count(device) -> int:
-    if interpreting() or not torch.cuda.is_available():
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def mma_block_m(m: int) -> int:
-    """Activation rows per program of the small-batch kernel (the MMA's N side): 16, 32 or 64."""
-    return 16 if m <= 16 else 32 if m <= 32 else 64
-
-
-def mma_table(slug: str | None = None) -> dict[tuple[int, int, bool, int], dict]:
-    """The sweep's measured small-batch configurations for this GPU (``mma_table`` of ``TUNED_DIR/<slug>.json``):
-    ``(n, k, swiglu, BLOCK_M) -> config``; empty for a GPU nobody has swept, or a table from before this kernel."""
-    slug = slug or _device_slug()
-    key = "mma:" + slug
-    if key not in _tuned_tables:
-        path = TUNED_DIR / f"{slug}.json"
-        rows = json.loads(path.read_text()).get("mma_table", []) if path.is_file() else []
-        _tuned_tables[key] = {(int(n), int(k), bool(sw), int(bm)): dict(zip(MMA_KEYS, (int(v) for v in cfg), strict=False))
-                              for n, k, sw, bm, *cfg in rows}
-    return _tuned_tables[key]
-
-
-def mma_config(n: int, k: int, m: int, swiglu: bool, norm: bool = False, device=None) -> dict:
-    """``BLOCK_N`` / ``SPLIT_K`` / ``num_warps`` / ``DEPTH`` / ``ONE_DOT`` (/ ``maxnreg``) of the small-batch kernel for an
-    ``[n, k]`` product of ``m`` rows (``n``: the gate half with ``swiglu``). Fixed, like ``row_gemv_config``:
-    the sweep's table for this GPU, else a rule.
-
-    The rule: 64 weight rows per program on one warpgroup (Hopper's ``wgmma`` takes 64 rows; sm_90 builds, Triton
-    3.9: 146 registers at 16 activation rows → 3 programs of 4 warps per SM; 173 at 32 rows → 2), 8 warps with
-    RMSNorm + SwiGLU (two tiles and two accumulators: 174 registers without spills, 4 warps spill), the joined
-    k = 128 MMA per group, and split-K so that the grid is about the resident programs of one wave with at
-    least 2 groups per program: every program starts at once, none waits for a second wave.
-    """
-    block_m = mma_block_m(m)
-    table = mma_table() if not interpreting() else {}
-    if (n, k, swiglu, block_m) in table:
-        return dict(table[(n, k, swiglu, block_m)])
-    if interpreting():  # Triton's CPU interpreter pays per program and per step: few, big ones (tests)
-        return dict(BLOCK_N=16, SPLIT_K=1, num_warps=4, DEPTH=1, ONE_DOT=1)
-    block_n, warps = 64, 8 if swiglu else 4
-    per_sm = 1 if swiglu else 3 if block_m == 16 else 2  # resident programs per SM (sm_90 register counts)
-    groups = max(1, k // 128)
-    tiles = triton.cdiv(n, block_n)
-    split = max(1, min(groups // 2, round(per_sm * _sm_count(device) / tiles)))
-    split = triton.cdiv(groups, triton.cdiv(groups, split))  # no empty splits
-    return dict(BLOCK_N=block_n, SPLIT_K=split, num_warps=warps, DEPTH=1, ONE_DOT=1)
-
-
-# (n, k, epilogue) products that run the Gluon kernel at one row instead of the row GEMV. Plain, the down projection
-# (K = 5632, N = 2048: P5.2's shape) took 4.96 µs against the row GEMV's 5.08 on an H100 (CUDA graph, 2026-11-23);
-# with the residual fused, as the decode step calls it, the row GEMV stays: the INT4 step replayed 0.610 ms/token with
-# the Gluon kernel there against 0.582 with the row GEMV (make check-phase5, two runs). 2048 → 5632 stays on the row
-# GEMV plain too (4.76 vs 4.05 µs): its 5632 rows give the row GEMV enough programs without splitting K.
+# (n, k, epilogue) products that take the Gluon kernel at one row instead of the row GEMV: the plain down
+# projection (K = 5632 over few rows: the row GEMV has few programs unless it splits K). With the residual
+# fused, as the decode step calls it, the row GEMV stays: the whole step is faster with it (NOTES.md).
 WGMMA_ONE_ROW = {(2048, 5632, NONE)}
 
 
 def wgmma_reason(x2: torch.Tensor, w: KernelWeight, norm: bool, swiglu: bool) -> str | None:
     """Why the Gluon kernel (``w4a16_wgmma``) cannot run this product, or ``None`` when it can: a Hopper GPU
-    (``wgmma``), a compiled run, bf16/fp16 activations, group size 128, the row layout, no fused RMSNorm or SwiGLU,
-    and a Triton with Gluon's Hopper API; ``TITANINFER_W4A16_GLUON=0`` switches it off (A/B)."""
-    if os.environ.get("TITANINFER_W4A16_GLUON", "1") == "0":
-        return "switched off (TITANINFER_W4A16_GLUON=0)"
+    (``wgmma``), a compiled run, bf16/fp16 activations, group size 128, the row layout, no fused RMSNorm or
+    SwiGLU, and a Triton with Gluon's Hopper API."""
     if w4a16_wgmma.GLUON_ERROR:
         return f"this Triton has no Gluon Hopper API ({w4a16_wgmma.GLUON_ERROR})"
     if interpreting() or not x2.is_cuda:
@@ -289,19 +81,6 @@ def wgmma_reason(x2: torch.Tensor, w: KernelWeight, norm: bool, swiglu: bool) ->
     return None
 
 
-def wgmma_config(n: int, k: int, m: int) -> dict:
-    """``BLOCK_M`` / ``BLOCK_N`` / ``GPP`` / ``SPLIT_K`` / ``num_warps`` of the Gluon kernel for an ``[n, k]`` product of
-    ``m`` rows: 8/16/32/64 activation rows (the MMA's N side), 128 weight rows per program up to 16 activation rows
-    (one warpgroup, two ``m64`` tiles; 167 registers → 3 programs per SM), 64 above (the accumulators grow), and 2
-    groups per program, K split over ``cdiv(K/128, 2)`` programs. On an H100 (2026-11-23, plain, 16 rows) 2 groups
-    beat 1, 3 and 4 on both MLP shapes (2048 → 5632: 6.0 µs against 8.3 / 7.9 / 9.4; 5632 → 2048: 6.3 against
-    8.7 / 7.9 / 9.5), and 128 rows beat 64 (7.3 and 7.4 µs)."""
-    block_m = 8 if m <= 8 else mma_block_m(m)
-    gpp = 2
-    return dict(BLOCK_M=block_m, BLOCK_N=128 if block_m <= 16 else 64, GPP=gpp,
-                SPLIT_K=triton.cdiv(max(1, k // w4a16_wgmma.GROUP), gpp), num_warps=4)
-
-
 def _row_wgmma(x2, w: KernelWeight, out2, res2, epilogue: int, config: dict | None) -> None:
     M, K = x2.shape
     N = out2.shape[1]
@@ -313,14 +92,14 @@ def _row_wgmma(x2, w: KernelWeight, out2, res2, epilogue: int, config: dict | No
     if c["BLOCK_M"] < M or c["SPLIT_K"] * c["GPP"] < groups:
         raise ModelError(f"W4A16 Gluon kernel: BLOCK_M={c['BLOCK_M']} for {M} rows, SPLIT_K·GPP="
                          f"{c['SPLIT_K'] * c['GPP']} for {groups} groups: both must cover the product")
-    split, ws, locks, pdl, _ = _launch_state(c, M, N, x2.device)
+    split, ws, locks, pdl, _ = launch_state(c, M, N, x2.device)
     w4a16_wgmma._wgmma_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
         x2, w.qweight, w.scales, w.zeros, out2, res2, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
         res2.stride(0), EPILOGUE=epilogue, USE_PDL=pdl, EARLY=phase0_gemv.EARLY_LAUNCH, BLOCK_M=c["BLOCK_M"],
         BLOCK_N=c["BLOCK_N"], SPLIT_K=split, GPP=c["GPP"], num_warps=c["num_warps"], **launch_options(pdl))
 
 
-def _launch_state(c: dict, M: int, N: int, device: torch.device) -> tuple:
+def launch_state(c: dict, M: int, N: int, device: torch.device) -> tuple:
     """What the row-layout kernels' launches share: ``(split, workspace, locks, pdl, extra launch options)``;
     split-K needs ``2·M·N`` workspace floats."""
     split = c.get("SPLIT_K", 1)
@@ -332,7 +111,8 @@ def _launch_state(c: dict, M: int, N: int, device: torch.device) -> tuple:
     return split, ws, locks, pdl_enabled(device), extra
 
 
-def _row_mma(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool, config: dict | None) -> None:
+def _row_mma(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool,
+             config: dict | None) -> None:
     M, K = x2.shape
     N = out2.shape[1]
     c = mma_config(N, K, M, epilogue == SWIGLU, norm, x2.device)
@@ -340,16 +120,17 @@ def _row_mma(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool
     block_m = c.get("BLOCK_M", mma_block_m(M))
     if block_m < M:
         raise ModelError(f"W4A16 small-batch kernel: BLOCK_M={block_m} < {M} rows")
-    split, ws, locks, pdl, extra = _launch_state(c, M, N, x2.device)
+    split, ws, locks, pdl, extra = launch_state(c, M, N, x2.device)
     _row_mma_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
-        x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
-        res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
-        EARLY=phase0_gemv.EARLY_LAUNCH, DOT_F32=x2.dtype == torch.float32 or interpreting(), BLOCK_M=block_m,
-        BLOCK_N=c["BLOCK_N"], SPLIT_K=split, DEPTH=c.get("DEPTH", 1), ONE_DOT=bool(c.get("ONE_DOT", 1)), **extra,
-        **launch_options(pdl))
+        x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0),
+        out2.stride(0), res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue,
+        USE_PDL=pdl, EARLY=phase0_gemv.EARLY_LAUNCH, DOT_F32=x2.dtype == torch.float32 or interpreting(),
+        BLOCK_M=block_m, BLOCK_N=c["BLOCK_N"], SPLIT_K=split, DEPTH=c.get("DEPTH", 1),
+        ONE_DOT=bool(c.get("ONE_DOT", 1)), **extra, **launch_options(pdl))
 
 
-def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool, config: dict | None) -> None:
+def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: bool,
+              config: dict | None) -> None:
     M, K = x2.shape
     N = out2.shape[1]
     c = row_gemv_config(N, K, M, epilogue == SWIGLU, norm)
@@ -357,15 +138,17 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
     bkw = c["BLOCK_KW"]
     if bkw < 16 or bkw & (bkw - 1):
         raise ModelError(f"W4A16 row GEMV: BLOCK_KW must be a power of two ≥ 16 (whole groups), got {bkw}")
-    split, ws, locks, pdl, extra = _launch_state(c, M, N, x2.device)
-    rem = (K // 8) % bkw
-    tail = triton.next_power_of_2(rem) if rem and split == 1 and ROW_TAIL else 0
+    split, ws, locks, pdl, extra = launch_state(c, M, N, x2.device)
+    rem = (K // 8) % bkw  # a row's words past the last whole slab: one smaller slab, not a masked full one
+    tail = triton.next_power_of_2(rem) if rem and split == 1 else 0
+    # EARLY=False: the next kernel launches only after this one's PDL wait. These short kernels hold many
+    # registers; a dependent launched before the wait would sit on the SMs, spinning in its own wait, while
+    # this one still needs them. PREFETCH: a slab's scales and zero-points travel with its codes (w4a16_rows).
     _row_gemv_kernel[(triton.cdiv(N, c["BLOCK_N"]), split)](
-        x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0), out2.stride(0),
-        res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue, USE_PDL=pdl,
-        EARLY=ROW_EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw, SPLIT_K=split,
-        PREFETCH=ROW_PREFETCH, TAIL_KW=tail if tail < bkw else 0, **extra,
-        **launch_options(pdl))
+        x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K // 8, x2.stride(0),
+        out2.stride(0), res2.stride(0), eps, *NIBBLE_MASKS, GROUP=w.group_size, NORM=norm, EPILOGUE=epilogue,
+        USE_PDL=pdl, EARLY=False, BLOCK_B=triton.next_power_of_2(M), BLOCK_N=c["BLOCK_N"], BLOCK_KW=bkw,
+        SPLIT_K=split, PREFETCH=True, TAIL_KW=tail if tail < bkw else 0, **extra, **launch_options(pdl))
 
 
 KERNELS = ("row", "mma", "wgmma", "gemv", "gemm")
@@ -382,24 +165,22 @@ def kernel_for(m: int, row_major: bool, config: dict | None = None) -> str:
     return "mma" if m <= MMA_MAX_ROWS else "gemm"
 
 
-INTERPRETER_GEMV = dict(BLOCK_N=16, BLOCK_KW=32, SPLIT_K=1)
-INTERPRETER_GEMM = dict(BLOCK_M=16, BLOCK_N=16, SPLIT_K=1)
+def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor | None = None,
+                 eps: float = 0.0, residual: torch.Tensor | None = None, swiglu: bool = False,
+                 out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """``epilogue(prologue(x) · Wᵀ)``: ``x [..., K]`` (fp16/bf16/fp32) -> ``[..., N]`` (``[..., N/2]`` with
+    ``swiglu``).
 
-
-def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-                 residual: torch.Tensor | None = None, swiglu: bool = False, out: torch.Tensor | None = None,
-                 config: dict | None = None) -> torch.Tensor:
-    """``epilogue(prologue(x) · Wᵀ)``: ``x [..., K]`` (fp16/bf16/fp32) -> ``[..., N]`` (``[..., N/2]`` with ``swiglu``).
-
-    ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual`` (shape of the output): add it (``out=residual``
-    for in place). ``swiglu``: the weight is ``[gate; up]`` and the result ``silu(x·gateᵀ) · (x·upᵀ)``.
-    ``config``: fixed kernel parameters instead of the default (row GEMV, small-batch kernel) or tuned (others)
-    ones: ``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for a GEMV (1–8 rows with the row layout, one with ``col``);
-    ``BLOCK_N``/``SPLIT_K``/``DEPTH``/``ONE_DOT`` (optional ``BLOCK_M``) for the small-batch kernel (2–64 rows, row
-    layout); ``BLOCK_M``/``BLOCK_N``/``SPLIT_K`` for the GEMM; optional ``num_warps`` and ``maxnreg`` (a register
-    cap, compiled kernels only); ``BLOCK_M``/``BLOCK_N``/``GPP``/``SPLIT_K`` for the Gluon kernel. ``KERNEL`` (``row``,
-    ``mma``, ``wgmma``, ``gemv``, ``gemm``) overrides the choice; a ``config`` without it keeps ``kernel_for``'s (the
-    Gluon kernel is taken by default only).
+    ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual`` (shape of the output): add it
+    (``out=residual`` for in place). ``swiglu``: the weight is ``[gate; up]`` and the result
+    ``silu(x·gateᵀ) · (x·upᵀ)``.
+    ``config``: fixed kernel parameters instead of the default (row GEMV, small-batch kernels) or tuned
+    (others) ones: ``BLOCK_N``/``BLOCK_KW``/``SPLIT_K`` for a GEMV (1–8 rows with the row layout, one with
+    ``col``); ``BLOCK_N``/``SPLIT_K``/``DEPTH``/``ONE_DOT`` (optional ``BLOCK_M``) for the small-batch kernel
+    (2–64 rows, row layout); ``BLOCK_M``/``BLOCK_N``/``GPP``/``SPLIT_K`` for the Gluon kernel;
+    ``BLOCK_M``/``BLOCK_N``/``SPLIT_K`` for the GEMM; optional ``num_warps`` and ``maxnreg`` (a register cap,
+    compiled kernels only). ``KERNEL`` (``row``, ``mma``, ``wgmma``, ``gemv``, ``gemm``) forces the kernel; a
+    ``config`` without it keeps ``kernel_for``'s (the Gluon kernel is taken by default only).
     """
     K = w.k
     if x.shape[-1] != K:
@@ -451,22 +232,22 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
     elif which == "gemv":
         pdl = pdl_enabled(x.device)
         common.update(USE_PDL=pdl)
-        fn = _kernel("gemv")
+        fn = autotuned("gemv")
         meta = dict(INTERPRETER_GEMV, **(config or {})) if interpreting() or config else {}
         fn_run = fn.fn if (config and not interpreting() and hasattr(fn, "fn")) else fn
         grid = lambda c: (triton.cdiv(N, c["BLOCK_N"]), c["SPLIT_K"])  # noqa: E731
-        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, N, K, w.n, eps, m_key, *NIBBLE_MASKS, 1,
-                     **common, **meta, **launch_options(pdl))
+        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, N, K, w.n, eps, m_key,
+                     *NIBBLE_MASKS, 1, **common, **meta, **launch_options(pdl))
     else:
-        fn = _kernel("gemm")
+        fn = autotuned("gemm")
         if M > 64 and not config and not interpreting():
             config = PREFILL_CONFIG
         meta = dict(INTERPRETER_GEMM, **(config or {})) if interpreting() or config else {}
         if config and "BLOCK_M" not in config:
-            meta["BLOCK_M"] = _block_m(M)
+            meta["BLOCK_M"] = mma_block_m(M)
         fn_run = fn.fn if (config and not interpreting() and hasattr(fn, "fn")) else fn
-        grid = lambda c: (triton.cdiv(N, c["BLOCK_N"]), triton.cdiv(M, c["BLOCK_M"]), c["SPLIT_K"])  # noqa: E731
-        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K, *w.strides(), x2.stride(0),
-                     out2.stride(0), res2.stride(0), eps, m_key, *NIBBLE_MASKS, **common,
+        grid = lambda c: (triton.cdiv(N, c["BLOCK_N"]), triton.cdiv(M, c["BLOCK_M"]), c["SPLIT_K"])
+        fn_run[grid](x2, w.qweight, w.scales, w.zeros, out2, res2, nw, ws, locks, M, N, K, *w.strides(),
+                     x2.stride(0), out2.stride(0), res2.stride(0), eps, m_key, *NIBBLE_MASKS, **common,
                      DOT_F32=x.dtype == torch.float32 or interpreting(), **meta)
     return out

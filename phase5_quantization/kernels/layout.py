@@ -1,61 +1,26 @@
-"""The kernels' INT4 layouts: the codes of a word 16 input features apart, rows (``row_major``, the default)
-or output features (``col``) contiguous.
+"""The kernels' INT4 layout (``KernelWeight``): the codes of a word 16 input features apart, each output row's
+words contiguous along K; repacked once from storage (``packing.QuantizedWeight``) when a ``QuantLinear``
+first meets a CUDA device or the Triton interpreter.
 
-Storage (``packing.QuantizedWeight``, what checkpoints hold) keeps a row of ``W [N, K]`` together:
-``qweight [N, K/8]``, word ``(n, w)`` = codes of ``(n, 8w .. 8w+7)``. The kernels read ``KernelWeight`` instead
-(repacked once, when a ``QuantLinear`` first meets a CUDA device or the Triton interpreter), in one of two
-orientations. First the original one, ``col`` (the GPTQ-style ``[K/8, N]``; the row layout below is the
-default):
+==============  ====================  ===========================================================
+field           shape, dtype          meaning
+==============  ====================  ===========================================================
+``qweight``     [N, K / 8] int32      word ``(n, 16g + w)``, bits ``4j..4j+3``: code of feature
+                                      ``k = 128g + 16j + w`` of output ``n`` (group g, w < 16, j < 8)
+``scales``      [N, K / 128] fp16     scale of (n, group); storage's own tensor when on the device
+``zeros``       [N, K / 128] uint8    zero-point of (n, group); likewise
+==============  ====================  ===========================================================
 
-==============  ==========================  =================================================================
-field           shape, dtype                meaning
-==============  ==========================  =================================================================
-``qweight``     [K / 8, N] int32            word ``(16g + w, n)``, bits ``4j..4j+3``: code of input feature
-                                            ``k = 128g + 16j + w`` of output ``n`` (g: group, w = 0..15, j = 0..7)
-``scales``      [K / 128, N] fp16           scale of (group, n)
-``zeros``       [K / 128, N] uint8          zero-point of (group, n)
-==============  ==========================  =================================================================
-
-Why this arrangement:
-
-- **Coalesced, wide loads**: consecutive ``n`` are consecutive words, so a warp's load of a word-row is
-  contiguous (16-byte vectors per thread) and the activation a word multiplies is the same for the whole
-  warp (a broadcast). It is GPTQ's ``[K/8, N]`` orientation.
-- **Nibble j of the 16 words of a group = 16 consecutive input features** ``128g + 16j .. 128g + 16j + 15``:
-  the tensor-core kernel turns nibble ``j`` of a ``[16, BLOCK_N]`` word tile into the ``[16, BLOCK_N]``
-  operand of one ``k = 16`` MMA step against 16 *contiguous* activation columns — no shuffle of codes or
-  activations, no reshape in registers.
-- **Codes extracted in place**: nibble ``j`` is masked where it lies and OR-ed into a float's exponent
-  (``w4a16._code``): one logical op + one subtract per weight, no int→float conversion.
-
-**The row layout** (``row_major=True``, what ``to_kernel_layout`` builds unless ``layout="col"`` or
-``TITANINFER_W4A16_LAYOUT=col``): the same words transposed, so each output row's codes are contiguous along K,
-and scales/zero-points in storage's ``[N, K/128]`` orientation (the storage tensors themselves when they are
-already on the device: only ``qweight`` is rewritten):
-
-==============  ==========================  =================================================================
-field           shape, dtype                meaning
-==============  ==========================  =================================================================
-``qweight``     [N, K / 8] int32            word ``(n, 16g + w)``, bits ``4j..4j+3``: code of feature
-                                            ``k = 128g + 16j + w`` of output ``n``
-``scales``      [N, K / 128] fp16           scale of (n, group)
-``zeros``       [N, K / 128] uint8          zero-point of (n, group)
-==============  ==========================  =================================================================
-
-The decode GEMV (``w4a16_rows``) wants it: a program streams whole rows in wide loads (phase 0's bf16 GEMV
-design), and nibble ``j`` of 4 consecutive words still multiplies 4 consecutive activations (one vector
-load). The tensor-core kernel reads it too (``[16 words, BLOCK_N]`` tiles, 64 contiguous bytes per row), so
-one layout serves every ``M`` and the weight exists once in memory. ``col`` keeps the original
-``[K/8, N]`` orientation and its GEMV, for A/B comparisons.
-
-Bytes: 0.5 per weight + 3 per 128 weights (the same as storage). AutoAWQ's GEMM layout (``[K, N/8]``, packed
-along N, interleaved) suits CUDA kernels that dequantize straight into MMA fragments with PTX tricks
-Triton does not expose; ``packing.from_awq_gemm`` imports it into storage and this repack takes it from there.
+Why: the decode GEMV (``w4a16_rows``) streams whole rows in wide loads (phase 0's bf16 GEMV design), and
+nibble ``j`` of 4 consecutive words multiplies 4 consecutive activations (one vector load); the tensor-core
+kernels take nibble ``j`` of a group's 16 words as the operand of one k = 16 MMA step against 16 *contiguous*
+activations (no shuffle). One layout serves every ``M``, so the weight exists once in memory; 0.5 byte per
+weight + 3 bytes per 128, as storage. ``layout="col"`` builds the transposed ``[K/8, N]`` orientation (GPTQ's,
+with ``[K/128, N]`` scales and zero-points): the ``[K/8, N]`` GEMV's, compared against by the GPU sweep.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -66,14 +31,6 @@ from phase5_quantization.packing import PACK, QuantizedWeight, pack_int4, unpack
 KERNEL_GROUP = 128  # the layout's nibble stride assumes groups of 128 input features
 WORDS_PER_GROUP = KERNEL_GROUP // PACK
 LAYOUTS = ("row", "col")
-
-
-def default_layout() -> str:
-    """``TITANINFER_W4A16_LAYOUT`` (``row``, the default, or ``col``: the original ``[K/8, N]`` layout and GEMV)."""
-    layout = os.environ.get("TITANINFER_W4A16_LAYOUT", "row").strip().lower() or "row"
-    if layout not in LAYOUTS:
-        raise ModelError(f"TITANINFER_W4A16_LAYOUT={layout!r}: choose row (the row GEMV) or col (the [K/8, N] one)")
-    return layout
 
 
 @dataclass
@@ -95,8 +52,8 @@ class KernelWeight:
         return self.qweight.shape[1 if self.row_major else 0] * PACK
 
     def strides(self) -> tuple[int, int, int, int]:
-        """Element strides of ``qweight`` along (word-rows, features), then of ``scales``/``zeros`` (the GEMM reads
-        either layout through them)."""
+        """Element strides of ``qweight`` along (word-rows, features), then of ``scales``/``zeros`` (the GEMM
+        reads either layout through them)."""
         (wk, wn), (sk, sn) = self.qweight.stride(), self.scales.stride()
         return (wn, wk, sn, sk) if self.row_major else (wk, wn, sk, sn)
 
@@ -111,22 +68,21 @@ class KernelWeight:
 def _strided_order(k: int) -> torch.Tensor:
     """Column order that puts code ``j`` of word ``w`` of group ``g`` at position ``8(16g + w) + j``: feature
     ``128g + 16j + w``."""
-    g, w, j = torch.meshgrid(torch.arange(k // KERNEL_GROUP), torch.arange(WORDS_PER_GROUP), torch.arange(PACK),
-                             indexing="ij")
+    g, w, j = torch.meshgrid(torch.arange(k // KERNEL_GROUP), torch.arange(WORDS_PER_GROUP),
+                             torch.arange(PACK), indexing="ij")
     return (g * KERNEL_GROUP + j * WORDS_PER_GROUP + w).reshape(-1)
 
 
 def to_kernel_layout(qw: QuantizedWeight, device: torch.device | str | None = None, name: str = "weight",
-                     layout: str | None = None) -> KernelWeight:
-    """Storage layout -> kernel layout (on ``device``, default the weight's own); ``layout`` ``row`` or ``col``
-    (default ``default_layout()``)."""
-    layout = layout or default_layout()
+                     layout: str = "row") -> KernelWeight:
+    """Storage layout -> kernel layout (on ``device``, default the weight's own): ``row`` (the kernels'
+    layout, module docstring) or ``col`` (the ``[K/8, N]`` one)."""
     if layout not in LAYOUTS:
         raise ModelError(f"{name}: unknown W4A16 layout {layout!r}: choose row or col")
     if qw.group_size != KERNEL_GROUP:
-        raise ModelError(f"{name}: the W4A16 kernel takes groups of {KERNEL_GROUP} input features, this weight has "
-                         f"groups of {qw.group_size}; requantize with group_size={KERNEL_GROUP} (QuantLinear falls back "
-                         "to dequantize + F.linear for other group sizes)")
+        raise ModelError(f"{name}: the W4A16 kernel takes groups of {KERNEL_GROUP} input features, this weight "
+                         f"has groups of {qw.group_size}; requantize with group_size={KERNEL_GROUP} (QuantLinear "
+                         "falls back to dequantize + F.linear for other group sizes)")
     dev = torch.device(device) if device is not None else qw.qweight.device
     codes = unpack_int4(qw.qweight.to(dev))  # [N, K]
     order = _strided_order(codes.shape[1]).to(dev)
@@ -145,4 +101,5 @@ def from_kernel_layout(kw: KernelWeight) -> QuantizedWeight:
     order = _strided_order(codes_perm.shape[1]).to(codes_perm.device)
     codes = torch.empty_like(codes_perm)
     codes[:, order] = codes_perm
-    return QuantizedWeight(pack_int4(codes), t(kw.scales).contiguous(), t(kw.zeros).contiguous(), kw.group_size)
+    return QuantizedWeight(pack_int4(codes), t(kw.scales).contiguous(), t(kw.zeros).contiguous(),
+                           kw.group_size)

@@ -1,40 +1,19 @@
-"""W4A16 in Triton: ``y = x · Wᵀ`` with ``W`` as INT4 codes (``layout.KernelWeight``), dequantized in registers.
+"""W4A16 in Triton: ``y = x · Wᵀ`` with ``W`` as INT4 codes (``layout.KernelWeight``) dequantized in
+registers, and what every W4A16 kernel shares. Only the codes (and one fp16 scale + one uint8 zero-point per
+128 weights) cross memory; the float weight never exists.
 
-Only the 4-bit codes (and one fp16 scale + one uint8 zero-point per 128 weights) cross memory; the float weight
-never exists. Three kernels share the arithmetic and the epilogues:
-
-- ``w4a16_rows._row_gemv_kernel`` (1–8 activation rows, decode, the default *row* layout): phase 0's
-  bandwidth-bound GEMV design carried over to INT4 (its module docstring says why);
-- ``_gemv_kernel`` (one row, the original ``[K/8, N]`` layout, kept for A/B with
-  ``TITANINFER_W4A16_LAYOUT=col``): no tensor cores — a program owns ``BLOCK_N`` output features and walks
-  ``K`` in slabs of ``BLOCK_KW`` packed words spread over its warps (the warps split K: a split-K inside the
-  program, reduced once through shared memory at the end). Every weight costs a shift, a logical op, a
-  subtract and an FMA on the CUDA cores; ``SPLIT_K > 1`` also splits K across programs.
-- ``_gemm_kernel`` (more rows; either layout, through strides): per group of 128, the codes become
-  ``q − z`` (small integers, exact in bf16/fp16), one ``tl.dot`` with the activation tile accumulates in
-  fp32 on the tensor cores, and the group's scale multiplies that partial: ``y = Σ_g s_g · (x_g · (q_g − z_g))``.
-  No rounding of dequantized weights: the only roundings are the activation dtype's and fp32 accumulation.
-
-**Dequantisation without int→float conversions.** ``cvt.f32.s32`` runs at a quarter of the FMA rate; at
-bandwidth-bound speed it would be the bottleneck. OR-ing a 4-bit code ``q`` into the mantissa of 2²³
-(bits ``0x4B000000``) gives the float ``2²³ + q`` exactly, and the zero-point the same way, so
-``(2²³ + q) − (2²³ + z) = q − z`` is one exact float subtract.
-
-**Split-K across programs** (``SPLIT_K > 1``): each program adds its fp32 partial into a workspace with
-relaxed atomics (fire-and-forget reductions at L2), then takes a ticket from a per-tile counter (the one
-ordered atomic); the program that draws the last ticket reads the sums back (an atomic add of 0, so the read is
-served where the partials were added), zeroes them for the next call, resets the counter and runs the epilogue.
-With every atomic ``acq_rel`` (Triton's default) each partial add was fenced GPU-wide and waited for, a chain of
-L2 round trips at the end of every program: the small-batch kernel took 11.5 instead of 8.1 µs at 16 rows (H100).
-One kernel, no memset, so it captures in a CUDA graph. The workspace is shared by every call on the device:
-kernels must not run concurrently on two streams.
-
-**Fusions** (what the decode step around a projection needs, so no extra kernel or pass over memory):
-an RMSNorm prologue (``norm_weight``: every program reads the whole activation row for ``Σ x²``, from L2),
-a residual-add epilogue (``residual``; in place when ``out is residual``) and SwiGLU (``swiglu``: the matrix
-is ``[gate; up]``, each program computes both halves of its features and writes ``silu(gate) · up``).
-Roundings follow phase 0's unfused code: the projection is rounded to the activation dtype before the
-residual add or the SiLU.
+- ``_gemm_kernel`` (prefill; either layout, through strides): per group, ``q − z`` (small integers, exact in
+  bf16/fp16) enters one ``tl.dot`` per 16 features accumulating in fp32, and the group's scale multiplies that
+  partial: ``y = Σ_g s_g · (x_g · (q_g − z_g))``: no rounding of dequantized weights.
+- ``_gemv_kernel`` (one row, the ``col`` layout): a program owns ``BLOCK_N`` outputs and walks K in slabs of
+  ``BLOCK_KW`` words spread over its warps, reduced once at the end; ``SPLIT_K`` splits K across programs.
+- **No int→float conversion** (``cvt`` runs at a quarter of the FMA rate): a code OR-ed into the mantissa of
+  2²³ is the float ``2²³ + q``, so ``q − z`` is one exact subtract (``_code_plus_magic``).
+- **Split-K** (``_finish``): relaxed atomic adds of fp32 partials into a workspace at L2, one ``acq_rel``
+  ticket per tile; the last program reads back, re-zeroes and runs the epilogue. One kernel, no memset (graph
+  capturable); the workspace is per device, so kernels must not run on two streams at once.
+- **Fusions**: RMSNorm prologue, residual add (in place when ``out is residual``), SwiGLU over ``[gate; up]``;
+  the projection is rounded to the activation dtype before the residual or SiLU, as phase 0's unfused code.
 """
 
 from __future__ import annotations
@@ -103,11 +82,13 @@ def _row_rsqrt(x_ptr, stride_xm, offs_m, mask_m, K, eps, BLOCK_M: tl.constexpr, 
 
 
 @triton.jit
-def _epilogue(acc, acc_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, stride_rm, EPILOGUE: tl.constexpr):
+def _epilogue(acc, acc_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, stride_rm,
+              EPILOGUE: tl.constexpr):
     dtype = out_ptr.dtype.element_ty
     y = acc.to(dtype).to(tl.float32)
     if EPILOGUE == 1:
-        y = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32) + y
+        y = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask,
+                    other=0.0).to(tl.float32) + y
     if EPILOGUE == 2:
         silu = (y / (1.0 + tl.exp(-y))).to(dtype).to(tl.float32)
         y = silu * acc_up.to(dtype).to(tl.float32)
@@ -115,14 +96,16 @@ def _epilogue(acc, acc_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, st
 
 
 @triton.jit
-def _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, tile, offs_m, offs_n, mask, N, stride_om, stride_rm,
-            EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Epilogue directly, or (``SPLIT_K > 1``) through the workspace by the program that finishes the tile last.
+def _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, tile, offs_m, offs_n, mask, N, stride_om,
+            stride_rm, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Epilogue directly, or (``SPLIT_K > 1``) through the workspace by the program that finishes the tile
+    last.
 
-    Only the ticket orders memory (``acq_rel``: its release covers the partials every thread of the program added
-    before the barrier, its acquire the partials of the programs before); the partial adds, the read-back and the
-    lock's reset are relaxed. Each relaxed add is a fire-and-forget reduction at L2, where ``acq_rel`` on every add
-    wrapped each in a GPU-wide fence and waited for it: a chain of L2 round trips at the end of every program."""
+    Only the ticket orders memory (``acq_rel``: its release covers the partials every thread of the program
+    added before the barrier, its acquire the partials of the programs before); the partial adds, the
+    read-back and the lock's reset are relaxed. Each relaxed add is a fire-and-forget reduction at L2;
+    ``acq_rel`` on every add would wrap each in a GPU-wide fence and wait for it: a chain of L2 round trips
+    per program."""
     if SPLIT_K == 1:
         _epilogue(acc, acc_up, out_ptr, res_ptr, offs_m, offs_n, mask, stride_om, stride_rm, EPILOGUE)
     else:
@@ -134,7 +117,8 @@ def _finish(acc, acc_up, out_ptr, res_ptr, ws_ptr, lock_ptr, tile, offs_m, offs_
         ticket = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
             zero = tl.zeros_like(acc)
-            total = tl.atomic_add(ws, zero, mask=mask, sem="relaxed")  # read at L2, where every partial was added
+            # read at L2, where every partial was added
+            total = tl.atomic_add(ws, zero, mask=mask, sem="relaxed")
             total_up = total
             if EPILOGUE == 2:
                 total_up = tl.atomic_add(ws + N, zero, mask=mask, sem="relaxed")
@@ -190,7 +174,8 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, 
     offs_w = tl.arange(0, BLOCK_KW)
     rows = kw_begin + offs_w
     mask = (rows < kw_end)[:, None] & mask_n[None, :]
-    words = tl.load(qw_ptr + rows[:, None] * ldw + offs_n[None, :], mask=mask, other=0, eviction_policy="evict_first")
+    words = tl.load(qw_ptr + rows[:, None] * ldw + offs_n[None, :], mask=mask, other=0,
+                    eviction_policy="evict_first")
     words_up = words
     if EPILOGUE == 2:
         words_up = tl.load(qw_ptr + rows[:, None] * ldw + offs_n[None, :] + N, mask=mask, other=0,
@@ -217,15 +202,16 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, 
         gp = (rows // GW)[:, None] * ldw + offs_n[None, :]
         part, xs = _gemv_group_part(cur, x_ptr, nw_ptr, xbase, mask_r, m0, m1, m2, m3, m4, NORM)
         # Σ_j x_j (q_j − z) = Σ_j x_j q_j − z · Σ_j x_j, times the group's scale
-        acc += (part - _zero(z_ptr + gp, mask) * xs[:, None]) * tl.load(s_ptr + gp, mask=mask, other=0.0).to(tl.float32)
+        acc += (part - _zero(z_ptr + gp,
+                             mask) * xs[:, None]) * tl.load(s_ptr + gp, mask=mask, other=0.0).to(tl.float32)
         if EPILOGUE == 2:
             part, xs = _gemv_group_part(cur_up, x_ptr, nw_ptr, xbase, mask_r, m0, m1, m2, m3, m4, NORM)
             acc_up += ((part - _zero(z_ptr + gp + N, mask) * xs[:, None])
                        * tl.load(s_ptr + gp + N, mask=mask, other=0.0).to(tl.float32))
     y = (tl.sum(acc, axis=0) * r)[None, :]
     y_up = (tl.sum(acc_up, axis=0) * r)[None, :]
-    _finish(y, y_up, out_ptr, res_ptr, ws_ptr, lock_ptr, pid_n, tl.arange(0, 1), offs_n, mask_n[None, :], N, 0, 0,
-            EPILOGUE, SPLIT_K)
+    _finish(y, y_up, out_ptr, res_ptr, ws_ptr, lock_ptr, pid_n, tl.arange(0, 1), offs_n, mask_n[None, :], N,
+            0, 0, EPILOGUE, SPLIT_K)
 
 
 @triton.jit
@@ -236,9 +222,9 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, stride_wk, stride_wn,
-                stride_sk, stride_sn, m0, m1, m2, m3, m4, NORM: tl.constexpr, DOT_F32: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, stride_wk,
+                stride_wn, stride_sk, stride_sn, m0, m1, m2, m3, m4, NORM: tl.constexpr,
+                DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``x_g · (q_g − z_g)`` for group ``g``: 8 MMA steps of k = 16, nibble ``j`` of the 16 words against the
     16 contiguous input features ``128g + 16j ..``; exact small integers in the MMA's operand dtype.
     The strides say which layout (``layout.KernelWeight.strides``): ``[K/8, N]`` or rows ``[N, K/8]``."""
@@ -261,8 +247,8 @@ def _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n,
 
 @triton.jit
 def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, lock_ptr,
-                 M, N, K, stride_wk, stride_wn, stride_sk, stride_sn, stride_xm, stride_om, stride_rm, eps, M_KEY,
-                 m0, m1, m2, m3, m4,
+                 M, N, K, stride_wk, stride_wn, stride_sk, stride_sn, stride_xm, stride_om, stride_rm, eps,
+                 M_KEY, m0, m1, m2, m3, m4,
                  GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, DOT_F32: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):
     """``out = epilogue(x · Wᵀ)`` for ``x [M, K]``; grid ``(cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), SPLIT_K)``."""
@@ -283,15 +269,17 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for g in range(g_begin, g_end):
-        part = _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm, stride_wk,
-                           stride_wn, stride_sk, stride_sn, m0, m1, m2, m3, m4, NORM, DOT_F32, BLOCK_M, BLOCK_N)
+        part = _gemm_group(x_ptr, nw_ptr, qw_ptr, z_ptr, g, offs_m, mask_m, offs_n, mask_n, stride_xm,
+                           stride_wk, stride_wn, stride_sk, stride_sn, m0, m1, m2, m3, m4, NORM, DOT_F32,
+                           BLOCK_M, BLOCK_N)
         s_off = g * stride_sk + offs_n * stride_sn
         acc += part * tl.load(s_ptr + s_off, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if EPILOGUE == 2:  # the up rows: N features further
-            part = _gemm_group(x_ptr, nw_ptr, qw_ptr + N * stride_wn, z_ptr + N * stride_sn, g, offs_m, mask_m,
-                               offs_n, mask_n, stride_xm, stride_wk, stride_wn, stride_sk, stride_sn,
+            part = _gemm_group(x_ptr, nw_ptr, qw_ptr + N * stride_wn, z_ptr + N * stride_sn, g, offs_m,
+                               mask_m, offs_n, mask_n, stride_xm, stride_wk, stride_wn, stride_sk, stride_sn,
                                m0, m1, m2, m3, m4, NORM, DOT_F32, BLOCK_M, BLOCK_N)
-            acc_up += part * tl.load(s_ptr + N * stride_sn + s_off, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            acc_up += part * tl.load(s_ptr + N * stride_sn + s_off, mask=mask_n,
+                                     other=0.0).to(tl.float32)[None, :]
     acc = acc * r[:, None]
     acc_up = acc_up * r[:, None]
     tile = pid_m * tl.num_programs(0) + pid_n

@@ -1,62 +1,21 @@
-"""The small-batch W4A16 kernel over the row layout (``layout.KernelWeight`` with ``row_major``): ``out[m] =
-epilogue(W · x[m])`` for 2–64 activation rows on the tensor cores, codes streamed as the decode GEMV streams them.
+"""The small-batch W4A16 kernel over the row layout: ``out[m] = epilogue(W · x[m])`` for 2–64 activation rows
+on the tensor cores, codes streamed as the decode GEMV streams them.
 
-At M = 16 a projection is still **memory-bound**: TinyLlama's 2048 → 5632 moves 5.8 MB of codes + scales
-(~2 µs at 3 TB/s) for 0.37 GFLOP (< 1 µs of tensor-core time even at a tenth of peak). The GEMM of ``w4a16``
-(``_gemm_kernel``) loses to bf16 ``F.linear`` there (12.6 vs 10.9 µs on an H100): its ``[16 words, BLOCK_N]``
-tiles are 64-byte pieces of ``BLOCK_N`` different rows, one group per step with nothing requested ahead, and its
-grid is small. This kernel is the row GEMV (``w4a16_rows``) with the multiply moved to the tensor cores:
+At 16 rows a projection is still memory-bound, and the prefill GEMM (``w4a16._gemm_kernel``: 64-byte pieces of
+many rows, nothing requested ahead, a small grid) loses to bf16 ``F.linear`` there. This kernel is the row
+GEMV (``w4a16_rows``) with the multiply moved to the tensor cores:
 
-- **swapped operands**: ``out[m, n]ᵀ = W[n, :] · x[m, :]ᵀ``, so the *weights* are the MMA's ``A`` operand
-  (``BLOCK_N`` = 16–128 rows, the M side of the instruction, where Hopper's ``wgmma`` wants 64) and the few
-  activation rows its ``B`` operand (``BLOCK_M`` = 16/32/64 columns, the N side, which may be as small as 8).
-  Nothing is padded to 64 activation rows;
-- **a group per step, one step ahead**: a program owns ``BLOCK_N`` rows and walks its share of K one group of
-  128 features (16 words = 64 contiguous bytes per row) at a time; the next group's codes, scales and
-  zero-points are requested before the current group is used (``DEPTH=2``: two groups ahead), and under
-  programmatic dependent launch the first ones before ``gdc_wait`` (they do not depend on the previous
-  kernel), as the row GEMV does;
-- **exact dequantisation, scale after the MMA**: nibble ``j`` of the group's 16 words is ``q − z`` by the
-  mantissa trick (``w4a16._code_plus_magic``: one LOP3 + one FADD per weight, the zero-point folded into the
-  subtracted constant), an integer in −15..15 — exact in bf16/fp16 — so ``Σ_k x_k (q_k − z)`` accumulates in
-  fp32 on the tensor cores with no weight rounding, and the group's scale multiplies that ``[BLOCK_N,
-  BLOCK_M]`` partial once per group (``Σ_g s_g · x_g · (q_g − z_g)``, as ``_gemm_kernel``). The only roundings
-  are the activation dtype's and the fp32 accumulation: the output is within its own rounding of the float64
-  product with the dequantized matrix. ``ONE_DOT=False``: 8 MMAs of k = 16 per group (nibble ``j`` against the
-  16 contiguous features ``128g + 16j ..``); ``ONE_DOT=True``: the 8 nibble tiles joined into one
-  ``[BLOCK_N, 128]`` operand (``tl.join``, in registers) and one k = 128 MMA against the activations gathered in
-  the same order — fewer, larger MMAs and one staging of the activations per group instead of eight;
-- **split-K** across programs (``SPLIT_K``) through ``w4a16._finish``'s workspace, so a short N (2048 rows) still
-  gives hundreds of programs: the configurations are fixed per shape (``launch.mma_config``; the GPU sweep writes
-  the measured winners), chosen so the whole grid is resident at once (one wave) where registers allow.
+- **swapped operands**: ``outᵀ = W · xᵀ``, so the weights are the MMA's ``A`` (``BLOCK_N`` rows: its M side,
+  where ``wgmma`` wants 64) and the few activation rows its ``B`` (``BLOCK_M`` = 16/32/64): nothing padded;
+- **a group per step, requested ahead**: codes, scales and zero-points of the next group (``DEPTH=2``: two)
+  before the current one is used, the first before the PDL wait;
+- **exact dequantisation, scale after the MMA**: ``q − z`` by the mantissa trick is exact in bf16/fp16, so
+  ``Σ x (q − z)`` accumulates in fp32 with no weight rounding; the group scale multiplies the partial.
+  ``ONE_DOT``: the 8 nibble tiles joined (``tl.join``) into one k = 128 MMA instead of 8 of k = 16;
+- **split-K** (``SPLIT_K``, ``w4a16._finish``) so that a short N still fills the GPU in one resident wave.
 
-Fusions as the other kernels (``w4a16._epilogue``'s roundings): RMSNorm prologue (``x · g`` rounded to the
-activation dtype enters the MMA, ``rsqrt(mean x²)`` multiplies the fp32 result; ``Σ x²`` accumulated from the
-same activation tiles when ``SPLIT_K == 1``, a separate pass over the rows otherwise), residual epilogue (in
-place when ``out is residual``) and SwiGLU (``[gate; up]`` rows: each program reads gate rows ``n`` and up rows
-``N + n`` and shares the activation tiles between them).
-
-Where it is slow: one MMA operand per group goes through shared memory (the activation tile, which Triton stages
-for the MMA), and the per-group scale multiply is a ``[BLOCK_N, BLOCK_M]`` FMA per 128 features — small next to
-the ~2.5 instructions per weight of the dequantisation, but it grows with ``BLOCK_M``: at 64 rows a prefill-style
-GEMM (``_gemm_kernel``) may win, which is why ``launch`` keeps that one above 64 rows.
-
-Tried and dropped (H100, 2026-11-23): the other orientation — activations as ``A``, codes dequantized straight into
-``mma.sync``'s ``B`` fragments (a ``[16 words, BLOCK_N]`` tile with 4 words per thread *is* the ``kWidth = 4``
-fragment, so no shared-memory round trip for the weights). It measured 12.0 vs 11.4 µs at 16 rows on 5632→2048 and
-8.9–24 µs against the row GEMV's 3.8–7.3 µs at one row: each ``k = 16`` step staged its ``[16, 16]`` activation tile
-through shared memory behind two barriers (``scripts/gpu_int4_step.py``'s docstring has the run).
-
-Also tried and dropped (H100, 2026-11-23, ``scripts/gpu_gemv_sweep.py --quick --shapes=``, after ``w4a16._finish``
-stopped fencing every partial add; this kernel then took 8.1 µs on 2048 → 5632 and 8.2 µs on 5632 → 2048 at 16
-rows, from 11.5 µs on both): a loop-free variant whose programs own 1, 2 or 4 groups and request all their codes,
-scales and zero-points at once before the PDL wait, then all their activations (9.0–9.5 and 9.1–9.7 µs; 12.5 µs
-before the fence change), and Triton's own software pipeline (``tl.range(..., num_stages=2–3)``, codes and
-activation tiles copied asynchronously into shared memory) — with the nibble masks as immediates Triton converts
-the codes from the pipeline's buffer straight into the MMA's register-operand layout, so no nibble tile is staged
-through shared memory, yet it measured 9.5–11.6 µs; with the scale folded into bf16 weights (one loop-carried
-k = 128 MMA per group, tinygemm's rounding) 9.9–12 µs. 1–2 warps per program (``mma.sync`` instead of
-``wgmma``): 12.5–33 µs.
+Fusions and roundings as ``w4a16``. Its cost: the activation tile staged through shared memory per group (the
+Gluon kernel, ``w4a16_wgmma``, avoids that on Hopper). Variants measured and dropped: ``NOTES.md``.
 """
 
 from __future__ import annotations
@@ -70,8 +29,8 @@ from phase5_quantization.kernels.w4a16 import _code_plus_magic, _dot, _finish, _
 
 @triton.jit
 def _group_codes(rows, s_row, z_row, g, g_end, mask_n, GW: tl.constexpr):
-    """Group ``g``'s words ``[BLOCK_N, GW]`` of the rows at ``rows`` (and their scales / zero-points), masked off
-    when ``g`` is past the program's last group (a prefetch past the end)."""
+    """Group ``g``'s words ``[BLOCK_N, GW]`` of the rows at ``rows`` (and their scales / zero-points), masked
+    off when ``g`` is past the program's last group (a prefetch past the end)."""
     offs = g * GW + tl.arange(0, GW)
     ok = mask_n & (tl.full(mask_n.shape, g, tl.int32) < g_end)
     words = tl.load(rows + offs[None, :], mask=ok[:, None], other=0, eviction_policy="evict_first")
@@ -91,9 +50,9 @@ def _nibble(words, words_hi, zmagic_base, j: tl.constexpr, m0, m1, m2, m3, m4, d
 @triton.jit
 def _joined(words, words_hi, zm, m0, m1, m2, m3, m4, dtype: tl.constexpr, BLOCK_N: tl.constexpr,
             GW: tl.constexpr):
-    """The group's 8 nibble tiles as one ``[BLOCK_N, 8·GW]`` operand, column ``8w + j`` = nibble ``j`` of word ``w``
-    (feature ``128g + 16j + w``): ``tl.join`` stacks on a new last axis, in registers, so nibbles are joined
-    4 apart, then 2, then 1."""
+    """The group's 8 nibble tiles as one ``[BLOCK_N, 8·GW]`` operand, column ``8w + j`` = nibble ``j`` of word
+    ``w`` (feature ``128g + 16j + w``): ``tl.join`` stacks on a new last axis, in registers, so nibbles are
+    joined 4 apart, then 2, then 1."""
     n0 = _nibble(words, words_hi, zm, 0, m0, m1, m2, m3, m4, dtype)
     n1 = _nibble(words, words_hi, zm, 1, m0, m1, m2, m3, m4, dtype)
     n2 = _nibble(words, words_hi, zm, 2, m0, m1, m2, m3, m4, dtype)
@@ -113,7 +72,8 @@ def _row_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_pt
                     GROUP: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, USE_PDL: tl.constexpr,
                     EARLY: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     SPLIT_K: tl.constexpr, DEPTH: tl.constexpr, ONE_DOT: tl.constexpr):
-    """``out[m, n] = epilogue(Σ_k x[m, k] · W[n, k])`` for ``m < M ≤ BLOCK_M``; grid ``(cdiv(N, BLOCK_N), SPLIT_K)``.
+    """``out[m, n] = epilogue(Σ_k x[m, k] · W[n, k])`` for ``m < M ≤ BLOCK_M``; grid
+    ``(cdiv(N, BLOCK_N), SPLIT_K)``.
 
     ``qw [rows, K/8]`` int32, ``s [rows, K/GROUP]`` fp16, ``z [rows, K/GROUP]`` uint8 (rows = N, or 2N with
     SwiGLU); ``m0..m4`` must be ``w4a16.NIBBLE_MASKS``. ``DEPTH`` (1 or 2): groups requested ahead.
@@ -168,7 +128,8 @@ def _row_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_pt
         else:
             words, s, z = _group_codes(rows, s_row, z_row, g + 1, g_end, mask_n, GW)
             if EPILOGUE == 2:
-                words_up, s_up, z_up = _group_codes(rows_up, s_row + N * G, z_row + N * G, g + 1, g_end, mask_n, GW)
+                words_up, s_up, z_up = _group_codes(rows_up, s_row + N * G, z_row + N * G, g + 1, g_end,
+                                                    mask_n, GW)
         hi = cur >> 12
         zm = (cur_z.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)  # 2**23 + z
         hi_up = cur_up >> 12
@@ -185,12 +146,13 @@ def _row_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_pt
             xt = xt.to(dtype)
             part = _dot(_joined(cur, hi, zm, m0, m1, m2, m3, m4, dtype, BLOCK_N, GW), xt, part, DOT_F32)
             if EPILOGUE == 2:
-                part_up = _dot(_joined(cur_up, hi_up, zm_up, m0, m1, m2, m3, m4, dtype, BLOCK_N, GW), xt, part_up,
-                               DOT_F32)
+                part_up = _dot(_joined(cur_up, hi_up, zm_up, m0, m1, m2, m3, m4, dtype, BLOCK_N, GW), xt,
+                               part_up, DOT_F32)
         else:
             for j in tl.static_range(8):
                 feat = g * GROUP + GW * j + tl.arange(0, GW)
-                xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + feat[:, None], mask=mask_m[None, :], other=0.0)
+                xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + feat[:, None], mask=mask_m[None, :],
+                             other=0.0)
                 if SUMSQ:
                     sq += xt.to(tl.float32) * xt.to(tl.float32)
                 if NORM:
@@ -199,7 +161,8 @@ def _row_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, nw_ptr, ws_pt
                 xt = xt.to(dtype)
                 part = _dot(_nibble(cur, hi, zm, j, m0, m1, m2, m3, m4, dtype), xt, part, DOT_F32)
                 if EPILOGUE == 2:
-                    part_up = _dot(_nibble(cur_up, hi_up, zm_up, j, m0, m1, m2, m3, m4, dtype), xt, part_up, DOT_F32)
+                    part_up = _dot(_nibble(cur_up, hi_up, zm_up, j, m0, m1, m2, m3, m4, dtype), xt, part_up,
+                                   DOT_F32)
         acc += part * cur_s.to(tl.float32)[:, None]
         if EPILOGUE == 2:
             acc_up += part_up * cur_s_up.to(tl.float32)[:, None]

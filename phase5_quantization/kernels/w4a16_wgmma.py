@@ -1,48 +1,27 @@
-"""The Hopper W4A16 kernel for 1–64 activation rows, in Gluon (Triton's explicit-layout dialect): the codes are
-dequantized straight into ``wgmma``'s register operand, two weights per instruction pair, and split-K partials
-meet in 16-byte reductions at L2.
+"""The Hopper W4A16 kernel for 1–64 activation rows, in Gluon (Triton's explicit-layout dialect): the codes
+are dequantized straight into ``wgmma``'s register operand and split-K partials meet in 16-byte reductions at
+L2.
 
-**Why a second small-batch kernel.** ``w4a16_rows_mma`` (plain Triton) computes the same product, and its loop
-body was ~410 SASS instructions per group of 128 features per warp at 16 rows, only ~170 of them dequantisation:
-Triton dequantized each nibble tile in its load layout, then staged it through shared memory into the MMA's
-register layout (``STS`` + ``LDSM`` + two barriers + a wait on the previous ``wgmma``, eight times per group).
-Here the layouts are written down, so nothing moves:
+Why a second small-batch kernel: Triton (``w4a16_rows_mma``) dequantizes each nibble tile in its load layout,
+then stages it through shared memory into the MMA's register layout, eight times per group. Here the layouts
+are written down, so nothing moves:
 
-- **the word tile is loaded in the operand's layout.** For ``wgmma``'s register ``A`` operand (bf16/fp16,
-  ``m64 k16``), lane ``t`` of warp ``w`` holds rows ``16w + t/4`` and ``+8``, columns ``2(t%4) + {0, 1}`` and
-  ``+8`` of every k16 chunk. The K order inside a group is ours to choose (the activations are gathered in the
-  same order), so each thread loads the 4 consecutive words ``4(t%4) .. +3`` of its two rows (one 16-byte load per
-  row: ``words_layout``), and the group's 8 words give its 64 operand values;
-- **two weights per two instructions**: one ``LOP3`` puts nibbles ``p`` and ``p + 4`` of a word (bits ``4p`` and
-  ``16 + 4p``, after a shift) into the mantissas of two bf16 ``128.0`` (``0x4300``: the mantissa unit at 128 is 1),
-  one ``HSUB2`` subtracts ``128 + z`` from both: the packed pair ``q − z`` is exactly a register of the operand
-  (``_pair``, inline PTX). ~1.4 instructions per weight, against ~2.5 for the float32 mantissa trick plus the
-  conversion (``w4a16._code_plus_magic``);
-- **the register order is a relabelling**: ``_operand`` joins the four pairs and permutes the axes (free in
-  registers); Gluon checks that the result *is* the operand layout (``assert_trivial``): a compile error
-  otherwise, never a silent shuffle. Column ``c`` of a group holds feature ``_feature(c)``;
-- **every activation tile up front**: after the PDL wait each program gathers its groups' ``[BLOCK_M, 128]``
-  activation tiles (in that column order) into shared memory at once, one barrier, then the loop is a load of
-  the next group's codes, the dequantisation, one ``k = 128`` ``wgmma`` (8 instructions, one wait) and the
-  group-scale FMA: ~170 instructions per group per warp at 16 rows.
+- **the word tile is loaded in the operand's layout** (``words_layout``): lane ``t`` of warp ``w`` holds rows
+  ``16w + t/4`` and ``+8``; the K order inside a group is ours to choose (the activations are gathered in the
+  same order), so each thread loads its two rows' words ``4(t%4) .. +3`` in one 16-byte load per row;
+- **two weights per two instructions** (``_pair``, inline PTX): one ``LOP3`` puts nibbles ``p`` and ``p + 4``
+  into the mantissas of two bf16 ``128.0``, one ``HSUB2`` subtracts ``128 + z``: exactly one operand register;
+- **the register order is a relabelling** (``_operand``): Gluon's ``assert_trivial`` makes any shuffle a
+  compile error; column ``c`` of a group holds feature ``feature_of_column(c)``;
+- **activations up front**: after the PDL wait a program gathers all its groups' activation tiles into shared
+  memory behind one barrier; the loop is then codes, dequantisation, one k = 128 ``wgmma``, the scale FMA;
+- **vector split-K**: the accumulator moves to a layout where a thread owns 4 consecutive outputs, so each
+  reduction, read-back and store is 16 bytes (the reduction was the kernel's largest cost; runs:
+  ``NOTES.md``).
 
-**Split-K.** A program owns ``BLOCK_N`` rows and ``GPP`` groups (2 for TinyLlama's shapes: a grid of 352–704
-programs, all resident). Partials meet as in ``w4a16._finish`` (relaxed reductions, one ``acq_rel`` ticket, the
-last program reads back, zeroes and runs the epilogue), but first the accumulator moves to a layout where a thread
-owns 4 consecutive outputs, so each reduction, read-back and store is one 16-byte ``RED``/``ATOM``/``STG`` instead
-of four scalar ones. That reduction was the kernel's largest cost: on an H100 at 16 rows, 2048 → 5632 with
-``BLOCK_N=128, GPP=2``: 7.9 µs with scalar atomics, 6.0 µs vectorised, 4.9 µs with no reduction at all (a wrong
-result, to bound it); 5632 → 2048: 7.8 / 6.3 / 5.2 µs. Plain stores of each split's partial summed by the last
-program were slower (11 µs). ``w4a16_rows_mma``: 8.1 µs on both (``scripts/gpu_gemv_sweep.py``, 2026-11-23).
-
-**The limit it approaches** is the *latency* of a dependent chain, not bandwidth: 5.8 MB of codes take ~2 µs at
-3 TB/s; the rest is the previous kernel's completion, one L2 round trip for the activations after the wait, and
-two for the split-K reduction (the reductions' release, the ticket, the read-back).
-
-Scope: bf16 or fp16 activations, group size 128, no epilogue or a residual add (``EPILOGUE`` 0/1); the RMSNorm
-prologue and SwiGLU stay with ``w4a16_rows_mma`` (``launch.wgmma_reason`` routes). sm_90 only (``wgmma``), and
-compiled only — Gluon has no CPU interpreter: the CPU tests compile it for sm_90 (which checks the layouts) and
-check the column order in NumPy; the GPU tests check its results.
+Scope (``launch.wgmma_reason`` routes): bf16/fp16 activations, group size 128, plain or residual epilogue;
+sm_90, compiled only (no CPU interpreter: the CPU tests compile it for sm_90 and model the column order in
+NumPy).
 """
 
 from __future__ import annotations
@@ -63,15 +42,17 @@ GROUP = 128  # features per group (the layout below assumes 16 words)
 
 
 def feature_of_column(c: int) -> int:
-    """Feature (within a group of 128) that operand column ``c`` holds: ``c`` = ``a·32 + p0·16 + p1·8 + q·2 + e``
-    (word ``w = 4q + a``, nibble ``j = 2·p1 + p0 + 4e``, and nibble ``j`` of word ``w`` is feature ``16j + w``)."""
+    """Feature (within a group of 128) that operand column ``c`` holds: ``c`` =
+    ``a·32 + p0·16 + p1·8 + q·2 + e`` (word ``w = 4q + a``, nibble ``j = 2·p1 + p0 + 4e``, and nibble ``j`` of
+    word ``w`` is feature ``16j + w``)."""
     e, q, p1, p0, a = c & 1, (c >> 1) & 3, (c >> 3) & 1, (c >> 4) & 1, (c >> 5) & 3
     return 16 * (2 * p1 + p0 + 4 * e) + 4 * q + a
 
 
 def column_order_model(words):
-    """NumPy model of ``_operand``: ``[rows, 16]`` uint32 words -> ``[rows, 128]`` codes in operand-column order,
-    built with the kernel's own steps (pairs of nibbles ``p``/``p + 4``, the joins, reshape and permutation)."""
+    """NumPy model of ``_operand``: ``[rows, 16]`` uint32 words -> ``[rows, 128]`` codes in operand-column
+    order, built with the kernel's own steps (pairs of nibbles ``p``/``p + 4``, the joins, reshape and
+    permutation)."""
     import numpy as np
 
     def pair(p):
@@ -91,8 +72,8 @@ if gluon is not None:
 
     @triton.constexpr_function
     def words_layout(BLOCK_N, num_warps):
-        """``[BLOCK_N, 16]`` int32 words: lane ``t`` of warp ``w`` holds words ``4(t%4)..+3`` of rows ``16w + t/4``
-        and ``+8`` (and the same ``16·num_warps`` rows further down per repetition)."""
+        """``[BLOCK_N, 16]`` int32 words: lane ``t`` of warp ``w`` holds words ``4(t%4)..+3`` of rows
+        ``16w + t/4`` and ``+8`` (and the same ``16·num_warps`` rows further down per repetition)."""
         reg = [[0, 1], [0, 2], [8, 0]]
         r = 16 * num_warps
         while r < BLOCK_N:
@@ -107,8 +88,8 @@ if gluon is not None:
 
     @triton.constexpr_function
     def pair_asm(P, F16):
-        """PTX: nibbles ``P`` and ``P + 4`` of ``$2`` into two halves of 128 + q (bf16) or 1024 + q (fp16), minus
-        ``$3`` (both halves ``128 + z`` / ``1024 + z``), split into the two 16-bit results."""
+        """PTX: nibbles ``P`` and ``P + 4`` of ``$2`` into two halves of 128 + q (bf16) or 1024 + q (fp16),
+        minus ``$3`` (both halves ``128 + z`` / ``1024 + z``), split into the two 16-bit results."""
         magic, sub = ("0x64006400", "sub.rn.f16x2") if F16 else ("0x43004300", "sub.rn.bf16x2")
         shift = f"shr.u32 t, $2, {4 * P}; " if P else "mov.b32 t, $2; "
         return ("{ .reg .b32 t, d; " + shift + f"lop3.b32 t, t, 0x000F000F, {magic}, 0xEA; "
@@ -125,7 +106,8 @@ if gluon is not None:
 
     @gluon.jit
     def _operand(words, zz, F16: gl.constexpr, BLOCK_N: gl.constexpr, a_layout: gl.constexpr):
-        """The group's ``[BLOCK_N, 128]`` ``q − z`` in the MMA's register-operand layout (``column_order_model``)."""
+        """The group's ``[BLOCK_N, 128]`` ``q − z`` in the MMA's register-operand layout
+        (``column_order_model``)."""
         l0, h0 = _pair(words, zz, 0, F16)
         l1, h1 = _pair(words, zz, 1, F16)
         l2, h2 = _pair(words, zz, 2, F16)
@@ -136,30 +118,32 @@ if gluon is not None:
 
     @gluon.jit
     def _pdl_wait(EARLY: gl.constexpr):
-        """``w4a16``'s ``pdl_wait`` in Gluon: wait for the previous kernel, let the next one launch (before the wait
-        with ``EARLY``)."""
+        """``w4a16``'s ``pdl_wait`` in Gluon: wait for the previous kernel, let the next one launch (before
+        the wait with ``EARLY``)."""
         if EARLY:
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; griddepcontrol.wait; // $0", "=r", [],
-                                      dtype=gl.int32, is_pure=False, pack=1)
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; griddepcontrol.wait; // $0", "=r",
+                                      [], dtype=gl.int32, is_pure=False, pack=1)
         else:
-            gl.inline_asm_elementwise("griddepcontrol.wait; griddepcontrol.launch_dependents; // $0", "=r", [],
-                                      dtype=gl.int32, is_pure=False, pack=1)
+            gl.inline_asm_elementwise("griddepcontrol.wait; griddepcontrol.launch_dependents; // $0", "=r",
+                                      [], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _wgmma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, res_ptr, ws_ptr, lock_ptr, M, N, KW, stride_xm,
-                      stride_om, stride_rm, EPILOGUE: gl.constexpr, USE_PDL: gl.constexpr, EARLY: gl.constexpr,
-                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, GPP: gl.constexpr,
-                      num_warps: gl.constexpr):
-        """``out[m, n] = epilogue(Σ_k x[m, k] · W[n, k])`` for ``m < M ≤ BLOCK_M``; grid ``(cdiv(N, BLOCK_N),
-        SPLIT_K)``, program ``(i, j)`` owns rows ``i·BLOCK_N ..`` and groups ``j·GPP ..`` (``SPLIT_K·GPP ≥ K/128``).
-        ``qw [N, K/8]`` int32 (row layout), ``s [N, K/128]`` fp16, ``z [N, K/128]`` uint8; ``EPILOGUE`` 1: add
-        ``res``. ``ws``/``lock``: ``launch.workspace`` (zeroed; left zeroed)."""
+                      stride_om, stride_rm, EPILOGUE: gl.constexpr, USE_PDL: gl.constexpr,
+                      EARLY: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      SPLIT_K: gl.constexpr, GPP: gl.constexpr, num_warps: gl.constexpr):
+        """``out[m, n] = epilogue(Σ_k x[m, k] · W[n, k])`` for ``m < M ≤ BLOCK_M``; grid
+        ``(cdiv(N, BLOCK_N), SPLIT_K)``, program ``(i, j)`` owns rows ``i·BLOCK_N ..`` and groups ``j·GPP ..``
+        (``SPLIT_K·GPP ≥ K/128``). ``qw [N, K/8]`` int32 (row layout), ``s [N, K/128]`` fp16,
+        ``z [N, K/128]`` uint8; ``EPILOGUE`` 1: add ``res``. ``ws``/``lock``: ``launch.workspace`` (zeroed;
+        left zeroed)."""
         dtype: gl.constexpr = x_ptr.dtype.element_ty
         W_L: gl.constexpr = words_layout(BLOCK_N, num_warps)
         MMA_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                         instr_shape=[16, BLOCK_M, 16])
         A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA_L, k_width=2)
-        X_L: gl.constexpr = gl.BlockedLayout([1, 2], [4, 8], [num_warps, 1], [1, 0])  # the gathered activations
+        # the gathered activations
+        X_L: gl.constexpr = gl.BlockedLayout([1, 2], [4, 8], [num_warps, 1], [1, 0])
         V_L: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # 4 consecutive outputs
         X_S: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, 128], dtype)
         G = KW // 16
@@ -233,5 +217,6 @@ if gluon is not None:
         dtype: gl.constexpr = out_ptr.dtype.element_ty
         y = acc.to(dtype).to(gl.float32)
         if EPILOGUE == 1:
-            y = gl.load(res_ptr + vm[None, :] * stride_rm + vn[:, None], mask=mask, other=0.0).to(gl.float32) + y
+            y = gl.load(res_ptr + vm[None, :] * stride_rm + vn[:, None], mask=mask,
+                        other=0.0).to(gl.float32) + y
         gl.store(out_ptr + vm[None, :] * stride_om + vn[:, None], y.to(dtype), mask=mask)

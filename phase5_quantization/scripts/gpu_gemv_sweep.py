@@ -1,26 +1,22 @@
-"""GPU: the row-layout W4A16 GEMV's configurations (M = 1) on TinyLlama's projections, fused as the decode step
-calls them (and plain, as P5.2 measures them), beside bf16 ``F.linear``, tinygemm and the original ``[K/8, N]``
-GEMV; then M = 16: the small-batch tensor-core kernels (``w4a16_rows_mma``, and on Hopper the Gluon ``w4a16_wgmma`` at
-1–4 groups per program) over their configurations beside
-``F.linear`` and tinygemm; at the end the best configuration per shape as a ready-to-paste ``launch.ROW_GEMV_TABLE``
-and, with ``--write-table``, both winners' tables in ``kernels/tuned/<this GPU>.json`` (merged into what is there;
-a copy beside ``--out`` so that it comes back from a remote run).
+"""GPU: the W4A16 kernels' configurations on TinyLlama's projections, to pick the fixed ones the launcher
+uses.
 
-    PYTHONPATH=$PWD python -m phase5_quantization.scripts.gpu_gemv_sweep [--quick] [--shapes qkv,down] [--no-m16]
-                                                                         [--no-col] [--out sweep.json]
+At M = 1 the row GEMV's configurations, fused as the decode step calls them (and plain, as P5.2 measures
+them), beside bf16 ``F.linear``, tinygemm and the ``[K/8, N]`` GEMV of the ``col`` layout; at M = 16 the
+small-batch kernels (``w4a16_rows_mma``, and on Hopper the Gluon ``w4a16_wgmma`` at 1–4 groups per program).
+At the end the best configuration per shape, ready to paste into ``configs.ROW_GEMV_TABLE``, and with
+``--write-table`` both tables in ``kernels/tuned/<this GPU>.json`` (merged; a copy beside ``--out``).
 
-``--quick`` (≤ ~2.5 minutes on an H100): at M = 1 the earlier winners (BLOCK_N 2/4, three (BLOCK_KW, warps) pairs)
-and the candidates whose whole grid is resident in one wave (sm_90 register counts, Triton 3.9: BLOCK_N 4 ×
-BLOCK_KW 128 × 1 warp = 123 registers → 16 programs/SM, 2112 resident for 1408 programs of 2048 → 5632;
-BLOCK_N 8 × 256 × 2 warps = 167 → 792 resident for 704; the current 4 × 256 × 2 warps = 119 → 1056 resident
-< 1408: two waves; capped at 96 registers, no spills → 1320), split-K 2 for the long-K down projection; at M = 16
-a dozen small-batch configurations per shape; no ``[K/8, N]`` baselines (``--col`` adds them). The full space
-(~3–4 minutes, mostly compilations): BLOCK_N 1/2/4/8 × BLOCK_KW 64–512 × 1/2/4/8 warps (pairs with at
-least 2 words per thread along K, at most 32 words per thread — 16 with SwiGLU's two tiles — and no slab
-wider than the row), split-K 2 for the long-K down projection. Timing as ``bench_speed``: ``CALLS`` calls
-captured in one CUDA graph, rotating among enough weight copies that every call reads HBM, per call = replay / ``CALLS``. Each configuration's output
-is first checked against the dequantized matrix in fp32 (a wrong one is reported, not timed). One line of
-JSON per measurement; a summary table at the end.
+    PYTHONPATH=$PWD python -m phase5_quantization.scripts.gpu_gemv_sweep [--quick] [--shapes qkv,down]
+        [--no-m16] [--no-col] [--write-table] [--out sweep.json]
+
+``--quick``: the earlier winners and the candidates whose whole grid is resident in one wave (from sm_90's
+register counts), split-K 2 for the long-K down projection, a dozen small-batch configurations per shape, no
+``[K/8, N]`` baselines. The full space: BLOCK_N 1–8 × BLOCK_KW 64–512 × 1–8 warps (at least 2 and at most 32
+words per thread along K, 16 with SwiGLU; no slab wider than the row). Timing as ``bench_speed`` (one CUDA
+graph, weight copies rotated so every call reads HBM); each configuration is first checked against the
+dequantized matrix (a wrong one is reported, not timed). One JSON line per measurement, a summary at the end.
+Past sweeps: ``phase5_quantization/NOTES.md``.
 """
 
 from __future__ import annotations
@@ -50,15 +46,18 @@ def emit(**kw) -> None:
 
 
 def row_configs(quick: bool, k: int, swiglu: bool):
-    """The row GEMV's space (module docstring); ``maxnreg``: a register cap (more programs resident per SM)."""
+    """The row GEMV's space (module docstring); ``maxnreg``: a register cap (more programs resident per
+    SM)."""
     if quick:
         space = [(bn, bkw, w, 1, 0) for bn in (2, 4) for bkw, w in ((256, 2), (256, 4), (512, 4))]
-        space += [(4, 128, 1, 1, 0), (8, 128, 1, 1, 0), (8, 256, 2, 1, 0), (8, 512, 4, 1, 0), (4, 256, 2, 1, 96),
+        space += [(4, 128, 1, 1, 0), (8, 128, 1, 1, 0), (8, 256, 2, 1,
+                                                         0), (8, 512, 4, 1, 0), (4, 256, 2, 1, 96),
                   (8, 256, 2, 1, 128), (2, 256, 2, 1, 80)]
         if k > 4096:  # the down projection: 704 words per row, split in two
             space += [(4, 256, 2, 2, 0), (4, 128, 1, 2, 0), (8, 256, 2, 2, 0)]
     else:
-        space = [(bn, bkw, w, sk, 0) for bn, bkw, w in itertools.product((1, 2, 4, 8), (64, 128, 256, 512), (1, 2, 4, 8))
+        space = [(bn, bkw, w, sk,
+                  0) for bn, bkw, w in itertools.product((1, 2, 4, 8), (64, 128, 256, 512), (1, 2, 4, 8))
                  for sk in ((1, 2) if k > 4096 else (1,))]
         space += [(4, 256, 2, 1, 96), (8, 256, 2, 1, 128), (2, 256, 2, 1, 80)]
     cap = 16 if swiglu else 32
@@ -73,22 +72,24 @@ def row_configs(quick: bool, k: int, swiglu: bool):
 
 
 def mma_configs(quick: bool, n: int, k: int, sms: int):
-    """The small-batch kernel's space at 16 rows: (BLOCK_N, warps, resident programs per SM at sm_90's register
-    counts) × split-K for one resident wave (and half of it) × DEPTH × ONE_DOT, a register cap for 4 per SM; the
-    full space adds 2–6 groups per program × DEPTH × a 128 or 96 register cap around the quick winner (H100,
-    2026-11-23: none beat it — 8.1 µs on 2048 → 5632 at 64 rows × 6 splits, 8.2 µs on 5632 → 2048 at 15)."""
-    from phase5_quantization.kernels.launch import mma_config
+    """The small-batch kernel's space at 16 rows: (BLOCK_N, warps, resident programs per SM at sm_90's
+    register counts) × split-K for one resident wave (and half of it) × DEPTH × ONE_DOT, a register cap for 4
+    per SM; the full space adds 2–6 groups per program × DEPTH × a 128 or 96 register cap around the quick
+    winner."""
+    from phase5_quantization.kernels.configs import mma_config
 
     groups = k // 128
     out = [mma_config(n, k, 16, False)]
-    shapes = [(64, 4, 3, 0), (64, 4, 4, 128), (128, 8, 1, 0), (32, 2, 4, 0)] + ([] if quick else [(128, 8, 2, 128),
+    shapes = [(64, 4, 3, 0), (64, 4, 4, 128), (128, 8, 1, 0), (32, 2, 4,
+                                                               0)] + ([] if quick else [(128, 8, 2, 128),
                                                                                               (16, 1, 8, 0)])
     for bn, w, per_sm, maxnreg in shapes:
         tiles = -(-n // bn)
         for frac in (1.0, 0.5):
             split = max(1, min(groups // 2, round(frac * per_sm * sms / tiles)))
             split = -(-groups // -(-groups // split))
-            for depth, one_dot in ((1, 1), (2, 1), (1, 0)) if not quick or (bn == 64 and frac == 1.0) else ((1, 1),):
+            for depth, one_dot in ((1, 1), (2, 1), (1,
+                                                    0)) if not quick or (bn == 64 and frac == 1.0) else ((1, 1),):
                 c = dict(BLOCK_N=bn, SPLIT_K=split, num_warps=w, DEPTH=depth, ONE_DOT=one_dot)
                 if maxnreg:
                     c["maxnreg"] = maxnreg
@@ -121,9 +122,11 @@ def reference(x, deq, fusion, g, res):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller configuration space (~1 minute)")
-    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {','.join(SHAPES)}")
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help=f"comma-separated subset of {','.join(SHAPES)}")
     ap.add_argument("--no-m16", action="store_true", help="skip the M = 16 GEMM timings")
-    ap.add_argument("--no-col", action="store_true", help="skip the original [K/8, N] GEMV (autotuned) baseline")
+    ap.add_argument("--no-col", action="store_true",
+                    help="skip the original [K/8, N] GEMV (autotuned) baseline")
     ap.add_argument("--col", action="store_true", help="with --quick: still time the [K/8, N] baselines")
     ap.add_argument("--out", default=None, help="also write every measurement to this JSON file")
     ap.add_argument("--write-table", action="store_true",
@@ -140,7 +143,8 @@ def main() -> None:
     F = torch.nn.functional
     from phase5_quantization.bench_speed import _copies, _random_int4, graphed_seconds
     from phase5_quantization.kernels import row_gemv_config, to_kernel_layout, w4a16_linear
-    from phase5_quantization.kernels.launch import MMA_KEYS, wgmma_reason
+    from phase5_quantization.kernels.configs import MMA_KEYS
+    from phase5_quantization.kernels.launch import wgmma_reason
     from phase5_quantization.peers import int4pack_linear, int4pack_reason
 
     copy_gbps = None
@@ -206,16 +210,17 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - out of resources, a split the workspace cannot hold ...
                 emit(**base, version="row GEMV", config=c, error=f"{type(e).__name__}: {str(e)[:150]}")
                 continue
-            row = dict(**base, version="row GEMV" + (" (default)" if c is default else ""), config=c, **perf(t),
-                       vs_linear=round(t_lin / t, 2), vs_tinygemm=round(t_peer / t, 2) if t_peer else None,
-                       rel_err=float(f"{err:.1e}"))
+            row = dict(**base, version="row GEMV" + (" (default)" if c is default else ""), config=c,
+                       **perf(t), vs_linear=round(t_lin / t, 2),
+                       vs_tinygemm=round(t_peer / t, 2) if t_peer else None, rel_err=float(f"{err:.1e}"))
             rows.append(row)
             emit(**row)
             if best is None or t < best[0]:
                 best = (t, c)
         if best:
             t, c = best
-            table[(n, k, swiglu)] = (c["BLOCK_N"], c["BLOCK_KW"], c["SPLIT_K"], c["num_warps"], c.get("maxnreg", 0))
+            table[(n, k, swiglu)] = (c["BLOCK_N"], c["BLOCK_KW"], c["SPLIT_K"], c["num_warps"],
+                                     c.get("maxnreg", 0))
             summary.append((name, int4_bytes, t_lin, t_peer, t_col, t, c))
         del qws, row_w, col_w
         torch.cuda.empty_cache()
@@ -226,7 +231,8 @@ def main() -> None:
         qws = [_random_int4(n, k, seed) for seed in range(_copies(int4_bytes))]
         x = torch.randn(16, k, device=DEVICE, dtype=torch.bfloat16)
         ref = x.float() @ qws[0].dequantize(torch.float32).t()
-        dense = [torch.randn(n, k, device=DEVICE, dtype=torch.bfloat16) * 0.02 for _ in range(_copies(2 * n * k))]
+        dense = [torch.randn(n, k, device=DEVICE,
+                             dtype=torch.bfloat16) * 0.02 for _ in range(_copies(2 * n * k))]
         t_lin = graphed_seconds([lambda w=w, x=x: F.linear(x, w) for w in dense])
         del dense
         line = dict(shape=name, K=k, N=n, M=16, linear_us=round(t_lin * 1e6, 2))
@@ -247,14 +253,17 @@ def main() -> None:
             try:
                 err = float((w4a16_linear(x, ws[0], config=cfg).float() - ref).abs().max() / ref.abs().max())
                 if err > 2e-2:
-                    emit(shape=name, M=16, version="small-batch MMA", config=c, error=f"wrong result: rel. err {err:.1e}")
+                    emit(shape=name, M=16, version="small-batch MMA", config=c,
+                         error=f"wrong result: rel. err {err:.1e}")
                     continue
                 t = graphed_seconds([lambda w=w, x=x, cfg=cfg: w4a16_linear(x, w, config=cfg) for w in ws])
             except Exception as e:  # noqa: BLE001 - out of resources ...
-                emit(shape=name, M=16, version="small-batch MMA", config=c, error=f"{type(e).__name__}: {str(e)[:150]}")
+                emit(shape=name, M=16, version="small-batch MMA", config=c,
+                     error=f"{type(e).__name__}: {str(e)[:150]}")
                 continue
-            r = dict(shape=name, K=k, N=n, M=16, version="small-batch MMA" + (" (launcher's current)" if best is None else ""),
-                     config=c, us=round(t * 1e6, 2), vs_linear=round(t_lin / t, 2),
+            r = dict(shape=name, K=k, N=n, M=16,
+                     version="small-batch MMA" + (" (launcher's current)" if best is None else ""), config=c,
+                     us=round(t * 1e6, 2), vs_linear=round(t_lin / t, 2),
                      vs_tinygemm=round(line["tinygemm_us"] / (t * 1e6), 2) if "tinygemm_us" in line else None,
                      rel_err=float(f"{err:.1e}"))
             rows.append(r)
@@ -269,8 +278,11 @@ def main() -> None:
                 line["mma_vs_tinygemm"] = round(line["tinygemm_us"] / (t * 1e6), 2)
             mma_table[(n, k, False, 16)] = tuple(c.get(key, 0) for key in MMA_KEYS)
         why = wgmma_reason(x, ws[0], False, False)
-        for c in ([] if why else [dict(BLOCK_N=bn, GPP=g) for bn, g in ((128, 1), (128, 2), (128, 3), (128, 4), (64, 2))]):
-            cfg = dict(c, KERNEL="wgmma")  # the Gluon kernel (default on Hopper): launch.wgmma_config's space
+        for c in ([] if why else [dict(BLOCK_N=bn,
+                                       GPP=g) for bn, g in ((128, 1), (128, 2), (128, 3), (128, 4),
+                                                            (64, 2))]):
+            # the Gluon kernel (default on Hopper): configs.wgmma_config's space
+            cfg = dict(c, KERNEL="wgmma")
             err = float((w4a16_linear(x, ws[0], config=cfg).float() - ref).abs().max() / ref.abs().max())
             t = graphed_seconds([lambda w=w, x=x, cfg=cfg: w4a16_linear(x, w, config=cfg) for w in ws])
             r = dict(shape=name, K=k, N=n, M=16, version="Gluon wgmma", config=c, us=round(t * 1e6, 2),
@@ -278,7 +290,8 @@ def main() -> None:
             rows.append(r)
             emit(**r)
             if err > 2e-2:
-                emit(shape=name, M=16, version="Gluon wgmma", config=c, error=f"wrong result: rel. err {err:.1e}")
+                emit(shape=name, M=16, version="Gluon wgmma", config=c,
+                     error=f"wrong result: rel. err {err:.1e}")
             elif "wgmma_us" not in line or t * 1e6 < line["wgmma_us"]:
                 line.update(wgmma_us=round(t * 1e6, 2), wgmma_vs_linear=round(t_lin / t, 2), wgmma_config=c)
         if why:
@@ -310,7 +323,7 @@ def main() -> None:
             print(f"  {line['shape']:18s} {line['linear_us']:6.1f} | {peer} | {line['mma_us']:6.1f} "
                   f"= {line['mma_vs_linear']:.2f}× F.linear{vs_peer}  {line['mma_config']}")
         print(f"  M=16 {line}")
-    print("\n# paste into phase5_quantization/kernels/launch.py (measured by scripts/gpu_gemv_sweep.py):")
+    print("\n# paste into phase5_quantization/kernels/configs.py (measured by scripts/gpu_gemv_sweep.py):")
     print("ROW_GEMV_TABLE = {  # (n, k, swiglu) -> (BLOCK_N, BLOCK_KW, SPLIT_K, num_warps, maxnreg), batch 1")
     for key, val in table.items():
         print(f"    {key}: {val},")
@@ -323,11 +336,11 @@ def main() -> None:
         from pathlib import Path
 
         from module0_profiling.hardware import detect_device
-        from phase5_quantization.kernels import launch
+        from phase5_quantization.kernels import configs
 
         info = detect_device()
-        launch.TUNED_DIR.mkdir(exist_ok=True)
-        path = launch.TUNED_DIR / f"{info.slug}.json"
+        configs.TUNED_DIR.mkdir(exist_ok=True)
+        path = configs.TUNED_DIR / f"{info.slug}.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
         merged = {tuple(r[:3]): r[3:] for r in old.get("table", [])}  # shapes not swept this time stay
         merged.update({key: list(cfg) for key, cfg in table.items()})

@@ -1,37 +1,23 @@
-"""Where the INT4 decode step's time goes, and what each launch choice buys in it (random:tinyllama, RTN, bs=1,
-prompt 512: the P5.3 setting), one GPU run.
+"""Where the INT4 decode step's time goes, and what each launch choice buys in it (random:tinyllama, RTN,
+bs=1, prompt 512: the P5.3 setting), one GPU run.
 
-1. Variants of the whole step (``integration.int4_decode_step`` captured in a CUDA graph by the engine): the
-   launcher's default; programmatic dependent launch off; the row GEMVs letting the next kernel launch before their
-   own wait (``launch.ROW_EARLY_LAUNCH``), the bf16 lm_head GEMV or attention waiting first; the lm_head as INT4 too; one projection's row-GEMV tiles changed at a time
-   (``launch.ROW_GEMV_TABLE`` over the tuned table); and — a diagnostic, wrong tokens — attention replaced by a
-   view of q. For each: the graph replay (µs per step, best of 3 × 100) and agreement of the first 16 greedy tokens
-   with the default (random weights: near-ties flip under any change of rounding); for the default and the INT4
-   lm_head also decode through ``generate`` (``phase0_prototype.bench.measure_generate``, the P5.3 measurement).
-2. The pieces, each captured alone for the 22 layers (different weights, so nothing stays in L2): every projection
-   with its fusion, the four in step order, attention, the lm_head. What the step loses against the sum of its
-   pieces is what the boundaries between kernels cost.
+1. Variants of the whole step (``integration.int4_decode_step`` in the engine's CUDA graph): the launcher's
+   default; programmatic dependent launch off; the row GEMV's launch choices flipped one at a time
+   (``dev.row_gemv_variants.RowVariant``: early launch, early scales/residual, tail slab); the lm_head as
+   INT4; one projection's row-GEMV tiles changed at a time; and, a diagnostic with wrong tokens, attention
+   replaced by a view of q. For each: graph replay (µs per step, best of 3 × 100) and agreement of the first
+   16 greedy tokens with the default; for the default and the INT4 lm_head also decode through ``generate``
+   (P5.3).
+2. The pieces, each captured alone for the 22 layers: every projection with its fusion (product launch, and
+   without early scales), the four in step order, attention, the lm_head. What the step loses against the sum
+   of its pieces is what the boundaries between kernels cost.
 
-``--ncu``: instead, launch a few single kernels for Nsight Compute (no graphs): the gate_up and down projections at
-one row (row GEMV) and at 16 rows (the small-batch tensor-core kernel).
+``--ncu``: a few single kernels for Nsight Compute instead (gate_up and down at 1 and 16 rows); ``--ncu-m16``:
+P5.2's plain 16-row products with the default (Gluon on Hopper) and the Triton small-batch kernel.
+Results of past runs: ``phase5_quantization/NOTES.md``. The bf16 GEMV's and attention's own early-launch
+variants are phase 0's (``phase0_prototype/scripts/gpu_pdl_variants.py``).
 
-First run (H100, 2026-11-23, before the variants above were added): step replay 742 µs (generate 753 µs/token);
-without attention 609 µs; the four projections chained 24.6 µs per layer (542 µs per step; 22.0 µs as the sum of
-the projections timed alone: 3.8 qkv, 3.9 o, 7.3 gate_up, 7.0 down); attention alone 71 µs for 22 layers but
-133 µs inside the step; lm_head 56 µs (44 µs less as INT4); PDL off 784 µs. Second run: every GEMV waiting for its
-inputs before letting the next kernel launch 699 µs against 734–746 µs (hence ``launch.ROW_EARLY_LAUNCH = False``);
-attention doing the same 755 µs; one projection's tiles changed at a time 732–796 µs (no gain over the sweep's). A B-fragment tensor-core kernel
-(activations as the MMA's A operand, codes dequantized into B fragments with no shared-memory round trip) was
-measured in the same run and dropped: 8.9–24 µs at one row against 3.8–7.3 µs for the row GEMV, and no better than
-the swapped kernel at 16 rows (12.0 vs 11.4 µs on 5632→2048) — each 16-feature MMA step staged its activation tile
-through shared memory behind two barriers. Later runs (same day): scales, zero-points and the residual requested early
-(``launch.ROW_PREFETCH``) 638 µs against 669 µs without, the four projections chained 22.3 against 24.1 µs per layer;
-the re-swept tiles plus the down pin (``launch.ROW_GEMV_TABLE``) 629 µs; asking L2 for the next projection's weight
-681–777 µs against 645–658 µs without (dropped: ``w4a16_rows``' docstring); INT4 lm_head 600–619 µs (generate
-600–634 µs/token); without attention 560–565 µs. Last run: down's row ending in a 256-word slab instead of a masked
-512-word one (``launch.ROW_TAIL``) 593 µs (generate 562 µs/token) against 624 µs.
-
-Usage (repo root, GPU): PYTHONPATH=$PWD python3 -m phase5_quantization.scripts.gpu_int4_step [--ncu]
+Usage (repo root, GPU): PYTHONPATH=$PWD python3 -m phase5_quantization.scripts.gpu_int4_step [--ncu|--ncu-m16]
 """
 
 from __future__ import annotations
@@ -53,7 +39,8 @@ def log(*a):
 
 @torch.inference_mode()
 def replay_us(engine):
-    """µs per replay of the engine's decode-step graph at position ``CTX`` (phase 0's ``decode_replay``), best of 3."""
+    """µs per replay of the engine's decode-step graph at position ``CTX`` (phase 0's ``decode_replay``), best
+    of 3."""
     from phase0_prototype.bench import decode_replay
 
     return decode_replay(engine, CTX).best * 1e6
@@ -86,8 +73,8 @@ def ncu_main() -> None:
 
 
 def ncu_m16_main() -> None:
-    """``--ncu-m16``: P5.2's plain M = 16 products (2048 → 5632 and 5632 → 2048) with the launcher's default kernel
-    (the Gluon one on Hopper) and the Triton small-batch kernel, for Nsight Compute."""
+    """``--ncu-m16``: P5.2's plain M = 16 products (2048 → 5632 and 5632 → 2048) with the launcher's default
+    kernel (the Gluon one on Hopper) and the Triton small-batch kernel, for Nsight Compute."""
     from phase5_quantization.bench_speed import _random_int4
     from phase5_quantization.kernels import to_kernel_layout, w4a16_linear
 
@@ -119,46 +106,41 @@ def main() -> None:
     def no_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True):
         return qkv[:, : n_heads * k_cache.shape[-1]]
 
-    from phase0_prototype.kernels import gemv
-    from phase5_quantization.kernels import launch
+    from phase5_quantization.dev.row_gemv_variants import RowVariant, use_row_variant, variant_layers
 
     o_, qkv_, gu_, dn_ = (2048, 2048, False), (2560, 2048, False), (5632, 2048, True), (2048, 5632, False)
     variants = [("default (launcher's table)", {}, dict(generate=True)),
                 ("PDL off", {"TITANINFER_PDL": "0"}, {}),
-                ("row GEMVs let the next kernel launch before their wait", {}, dict(row_early=True)),
-                ("row GEMVs read scales/zeros/residual where used", {}, dict(row_prefetch=False)),
-                ("row GEMVs end a row in a masked full slab, no tail slab", {}, dict(row_tail=False)),
-                ("bf16 lm_head GEMV waits before letting the next kernel launch", {}, dict(gemv_early=False)),
-                ("attention waits before letting the next kernel launch", {}, dict(attn_early=False)),
+                ("row GEMVs let the next kernel launch before their wait", {},
+                 dict(row=RowVariant(early=True))),
+                ("row GEMVs read scales/zeros/residual where used", {}, dict(row=RowVariant(prefetch=False))),
+                ("row GEMVs end a row in a masked full slab, no tail slab", {},
+                 dict(row=RowVariant(tail=False))),
                 ("lm_head INT4 too", {}, dict(lm_head=True, generate=True)),
                 ("diagnostic: no attention", {}, dict(no_attention=True)),
-                ("o (4, 256, 2 warps)", {}, dict(table={o_: (4, 256, 1, 2, 0)})),
-                ("o (2, 256, 2 warps), no register cap", {}, dict(table={o_: (2, 256, 1, 2, 0)})),
-                ("qkv (4, 256, 2 warps), no register cap", {}, dict(table={qkv_: (4, 256, 1, 2, 0)})),
-                ("qkv (8, 256, 2 warps)", {}, dict(table={qkv_: (8, 256, 1, 2, 0)})),
-                ("gate_up (2, 256, 2 warps)", {}, dict(table={gu_: (2, 256, 1, 2, 0)})),
-                ("gate_up (4, 256, 2 warps)", {}, dict(table={gu_: (4, 256, 1, 2, 0)})),
-                ("down (4, 256, 2 warps)", {}, dict(table={dn_: (4, 256, 1, 2, 0)})),
-                ("down (4, 256, 2 warps, 96 registers): the sweep's", {}, dict(table={dn_: (4, 256, 1, 2, 96)})),
-                ("down (4, 256, 2 warps), split-K 2", {}, dict(table={dn_: (4, 256, 2, 2, 0)})),
+                ("o (4, 256, 2 warps)", {}, dict(tiles={o_: (4, 256, 1, 2, 0)})),
+                ("o (2, 256, 2 warps), no register cap", {}, dict(tiles={o_: (2, 256, 1, 2, 0)})),
+                ("qkv (4, 256, 2 warps), no register cap", {}, dict(tiles={qkv_: (4, 256, 1, 2, 0)})),
+                ("qkv (8, 256, 2 warps)", {}, dict(tiles={qkv_: (8, 256, 1, 2, 0)})),
+                ("gate_up (2, 256, 2 warps)", {}, dict(tiles={gu_: (2, 256, 1, 2, 0)})),
+                ("gate_up (4, 256, 2 warps)", {}, dict(tiles={gu_: (4, 256, 1, 2, 0)})),
+                ("down (4, 256, 2 warps)", {}, dict(tiles={dn_: (4, 256, 1, 2, 0)})),
+                ("down (4, 256, 2 warps, 96 registers): the sweep's", {},
+                 dict(tiles={dn_: (4, 256, 1, 2, 96)})),
+                ("down (4, 256, 2 warps), split-K 2", {}, dict(tiles={dn_: (4, 256, 2, 2, 0)})),
                 ("default again (drift)", {}, {})]
     ref = None
     q_lm = None
-    pins = dict(launch.ROW_GEMV_TABLE)  # the launcher's own pins, under every variant's
     for name, env, opts in variants:
         set_env(env)
+        # the diagnostic swaps phase 0's attention for a stub (no launch choice of this phase)
         decode_attention.rope_cache_attention = no_attention if opts.get("no_attention") else real_attention
-        gemv.EARLY_LAUNCH = opts.get("gemv_early", True)
-        launch.ROW_EARLY_LAUNCH = opts.get("row_early", False)
-        launch.ROW_PREFETCH = opts.get("row_prefetch", True)
-        launch.ROW_TAIL = opts.get("row_tail", True)
-        decode_attention.EARLY_LAUNCH = opts.get("attn_early", True)
-        launch.ROW_GEMV_TABLE.clear()
-        launch.ROW_GEMV_TABLE.update({**pins, **opts.get("table", {})})
         try:
             if opts.get("lm_head") and q_lm is None:
                 q_lm = quantize_for_generate(model, "rtn", quantize_lm_head=True)
             e = Int4Engine(model, q_lm if opts.get("lm_head") else q, max_seq_len=PROMPT + NEW, compile=True)
+            if "row" in opts or "tiles" in opts:
+                use_row_variant(e, opts.get("row", RowVariant()), opts.get("tiles"))
             e.warmup()
             toks = e.generate(prompt, 16, stop_on_eos=False).tokens
             ref = toks if ref is None else ref
@@ -167,52 +149,49 @@ def main() -> None:
             line = f"{name:54s}: replay {us:6.1f} us/step; agree16 {agree:.2f}"
             if opts.get("generate"):
                 fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), NEW, 5)
-                line += f"; generate decode {fig['decode_s_per_token'] * 1e6:6.1f} us/token ({fig['decode_tok_s']:.0f} tok/s)"
+                line += (f"; generate decode {fig['decode_s_per_token'] * 1e6:6.1f} us/token "
+                         f"({fig['decode_tok_s']:.0f} tok/s)")
             log(line)
             del e
         except Exception:
             log(f"{name}: FAILED\n{traceback.format_exc()[-2500:]}")
         torch.cuda.empty_cache()
     decode_attention.rope_cache_attention = real_attention
-    gemv.EARLY_LAUNCH = decode_attention.EARLY_LAUNCH = True
-    launch.ROW_EARLY_LAUNCH = False
-    launch.ROW_PREFETCH = True
-    launch.ROW_TAIL = True
-    launch.ROW_GEMV_TABLE.clear()
-    launch.ROW_GEMV_TABLE.update(pins)
 
     # the pieces, 22 layers each
     set_env({})
     e = Int4Engine(model, q, max_seq_len=PROMPT + NEW, compile=False)
-    layers = e.weights.layers
+    layer_sets = {"row": e.weights.layers,
+                  "row, no prefetch": variant_layers(e.weights.layers, RowVariant(prefetch=False))}
     eps = cfg.rms_norm_eps
     x, attn, act, res, qkv = bench.step_inputs(cfg, "cuda").values()
     positions = torch.full((1,), CTX, device="cuda", dtype=torch.long)
     ops = {
-        "qkv (RMSNorm)": (lambda lw: lw.qkv_proj(x, norm_weight=lw.input_norm, eps=eps), lambda lw: lw.qkv_proj),
+        "qkv (RMSNorm)": (lambda lw: lw.qkv_proj(x, norm_weight=lw.input_norm, eps=eps),
+                          lambda lw: lw.qkv_proj),
         "o (+residual)": (lambda lw: lw.o_proj(attn, residual=res, out=res), lambda lw: lw.o_proj),
-        "gate_up (RMSNorm, SwiGLU)": (lambda lw: lw.gate_up_proj(x, norm_weight=lw.post_norm, eps=eps, swiglu=True),
-                                      lambda lw: lw.gate_up_proj),
+        "gate_up (RMSNorm, SwiGLU)": (
+            lambda lw: lw.gate_up_proj(x, norm_weight=lw.post_norm, eps=eps, swiglu=True),
+            lambda lw: lw.gate_up_proj),
         "down (+residual)": (lambda lw: lw.down_proj(act, residual=res, out=res), lambda lw: lw.down_proj),
     }
     total = {}
-    for which in ("row", "row, no prefetch"):
-        launch.ROW_PREFETCH = which == "row"
+    for which, layers in layer_sets.items():
         for name, (call, lin) in ops.items():
             nbytes = sum(lin(lw).nbytes() for lw in layers) / len(layers)
-            us = bench.graph_us(lambda call=call: [call(lw) for lw in layers]) / len(layers)
+            us = bench.graph_us(lambda call=call, layers=layers: [call(lw) for lw in layers]) / len(layers)
             total[which] = total.get(which, 0.0) + us
             log(f"{which:16s} {name:26s}: {us:6.2f} us per layer  {nbytes / us / 1e3:6.0f} GB/s = "
                 f"{100 * nbytes / us / 1e3 / peak:5.1f} % copy")
-        chain = bench.graph_us(lambda: [(ops['qkv (RMSNorm)'][0](lw), ops['o (+residual)'][0](lw),
-                                   ops['gate_up (RMSNorm, SwiGLU)'][0](lw), ops['down (+residual)'][0](lw))
-                                  for lw in layers]) / len(layers)
+        chain = bench.graph_us(lambda layers=layers: [
+            [call(lw) for call, _ in ops.values()] for lw in layers]) / len(layers)
         log(f"{which:16s} the four in step order (no attention): {chain:6.2f} us per layer (sum of parts "
             f"{total[which]:6.2f}); x22 = {22 * chain:6.1f} us")
-    launch.ROW_PREFETCH = True
+    layers = e.weights.layers
     set_env({})
-    att = bench.graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin, positions,
-                                           cfg.num_attention_heads, rope=e.fused_rope) for i in range(len(layers))])
+    att = bench.graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin,
+                                                 positions, cfg.num_attention_heads, rope=e.fused_rope)
+                                  for i in range(len(layers))])
     log(f"attention (RoPE + cache write + attend), 22 layers: {att:6.1f} us")
     lm = bench.graph_us(lambda: e.weights.lm_head(x, norm_weight=e.weights.norm, eps=eps))
     log(f"lm_head (bf16, RMSNorm fused): {lm:6.1f} us")

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One device call for phase 5: the GPU-marked tests, then the phase check at full size. Logs under $OUT.
 # Usage (repository root, on the H100): bash phase5_quantization/scripts/gpu_run.sh [tests|check|all ...]
-#   also: sweep (the row GEMV's quick configuration sweep), sweep-full, check-col (the check with the
-#   original [K/8, N] layout and GEMV: TITANINFER_W4A16_LAYOUT=col, for A/B), check-rtn
+#   also: sweep (the kernels' quick configuration sweep), sweep-full, check-rtn (the check with RTN weights)
 # Budget: the tests take ~1 min (Triton autotuning compiles a few configurations per shape), the check
 # ~2-3 min (accuracy table on the GPU, kernel timings at TinyLlama shapes, two TinyLlama decode runs).
 set -u
@@ -22,8 +21,6 @@ for step in $steps; do
                  | tee "$OUT/sweep.log" | tail -25 ;;
     sweep-full) timeout 290 python3 -m phase5_quantization.scripts.gpu_gemv_sweep --out "$OUT/sweep_full.json" 2>&1 \
                  | tee "$OUT/sweep_full.log" | tail -25 ;;
-    check-col) TITANINFER_W4A16_LAYOUT=col timeout 270 python3 -m module0_profiling.check phase5 --size full \
-                 --out "$OUT/reports_col" 2>&1 | tee "$OUT/check_col.log" | tail -30 ;;
     check-rtn) timeout 270 python3 -m module0_profiling.check phase5 --impl framework --size full \
                  --out "$OUT/reports_rtn" 2>&1 | tee "$OUT/check_rtn.log" | tail -30 ;;
   esac

@@ -1,5 +1,6 @@
-"""Write ``calibration_kjv.txt``: every 40th chapter of the bundled model's *training* text (28 chapters, Genesis
-to 2 Corinthians), the calibration text of AWQ and GPTQ. Never the held-out text (Colossians – Revelation).
+"""Write ``calibration_kjv.txt``: every 40th chapter of the bundled model's *training* text (28 chapters,
+Genesis to 2 Corinthians), the calibration text of AWQ and GPTQ. Never the held-out text (Colossians –
+Revelation).
 
     python models/recipe/prepare_corpus.py --out /tmp/kjv        # needs `bible` (apt-get install bible-kjv)
     python -m phase5_quantization.scripts.make_calibration /tmp/kjv/train.txt

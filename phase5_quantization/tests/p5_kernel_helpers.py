@@ -1,5 +1,5 @@
-"""What the W4A16 kernel tests share: a quantized random matrix (with an outlier column) in a kernel layout and
-its float64 dequantization, fresh activations, and RMSNorm in float64."""
+"""What the W4A16 kernel tests share: a quantized random matrix (with an outlier column) in a kernel layout
+and its float64 dequantization, fresh activations, and RMSNorm in float64."""
 
 import torch
 

@@ -34,7 +34,8 @@ EMBED = "model.embed_tokens.weight"
 @pytest.fixture(scope="module")
 def int4_model() -> LinearLlama:
     cfg = TINY.with_(intermediate_size=256, num_hidden_layers=2)
-    m = LoadedModel("t", cfg, random_state_dict(cfg, seed=7), load_tokenizer(None, vocab_size=cfg.vocab_size), None)
+    m = LoadedModel("t", cfg, random_state_dict(cfg, seed=7), load_tokenizer(None, vocab_size=cfg.vocab_size),
+                    None)
     return framework.quantize(LinearLlama.from_loaded(m))
 
 
@@ -87,14 +88,17 @@ def one_inf(scales: torch.Tensor) -> torch.Tensor:
 # (id, corruption, file the message names ("" = the directory), text the message contains)
 CASES = [
     ("weights-truncated", truncate, WEIGHTS, "not a readable safetensors file"),
-    ("weights-garbage", lambda p: (p / WEIGHTS).write_bytes(b"\x00" * 64), WEIGHTS, "not a readable safetensors"),
+    ("weights-garbage", lambda p: (p / WEIGHTS).write_bytes(b"\x00" * 64), WEIGHTS,
+     "not a readable safetensors"),
     ("weights-missing", lambda p: (p / WEIGHTS).unlink(), "", "holds no .safetensors files"),
     ("config-missing", lambda p: (p / CFG).unlink(), "", "has no config.json"),
-    ("config-invalid-json", lambda p: (p / CFG).write_text("{\"quantization_config\": {"), CFG, "not valid JSON"),
+    ("config-invalid-json", lambda p: (p / CFG).write_text("{\"quantization_config\": {"), CFG,
+     "not valid JSON"),
     ("config-no-hidden-size", edit_config(hidden_size=None), CFG, "has no 'hidden_size'"),
     ("config-zero-heads", edit_config(num_attention_heads=0, head_dim=None), CFG, "num_attention_heads=0"),
     ("quant-config-missing", edit_config(quantization_config=None), CFG, "has no quantization_config"),
-    ("quant-config-not-object", edit_config(quantization_config="awq"), CFG, "quantization_config is not an object"),
+    ("quant-config-not-object", edit_config(quantization_config="awq"), CFG,
+     "quantization_config is not an object"),
     ("quant-config-8-bits", edit_quant(bits=8), CFG, "8 bits"),
     ("quant-config-not-awq", edit_quant(quant_method="gptq"), CFG, "quant_method 'gptq'"),
     ("group-size-zero", edit_quant(group_size=0), CFG, "group_size=0"),
@@ -109,7 +113,8 @@ CASES = [
      f"{Q_PROJ}.qweight has shape"),
     ("qweight-float", set_tensor(f"{Q_PROJ}.qweight", lambda w: w.float()), "", "expected int32"),
     ("qzeros-missing", edit_tensors(lambda t: t.pop(f"{Q_PROJ}.qzeros")), "", f"{Q_PROJ}.qzeros is missing"),
-    ("embedding-wrong-shape", set_tensor(EMBED, lambda e: e[:100].contiguous()), "", f"{EMBED} is torch.float32"),
+    ("embedding-wrong-shape", set_tensor(EMBED, lambda e: e[:100].contiguous()), "",
+     f"{EMBED} is torch.float32"),
     ("norm-int", set_tensor("model.norm.weight", lambda n: n.to(torch.int32)), "", "expected floating point"),
 ]
 

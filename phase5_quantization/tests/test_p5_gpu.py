@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 SHAPES = [(2048, 5632), (5632, 2048), (2048, 2560), (2048, 2048)]  # (K, N): gate/up, down, qkv, o
 
 
-def _weight(n, k, seed, layout=None):
+def _weight(n, k, seed, layout="row"):
     from phase5_quantization.kernels import to_kernel_layout
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -26,11 +26,12 @@ def _close(y, ref, rel):
 
 
 @pytest.mark.parametrize("k,n", SHAPES)
-@pytest.mark.parametrize("m,layout", [(1, "row"), (3, "row"), (8, "row"), (16, "row"), (64, "row"), (1, "col"),
+@pytest.mark.parametrize("m,layout", [(1, "row"), (3, "row"), (8,
+                                                               "row"), (16, "row"), (64, "row"), (1, "col"),
                                       (16, "col")])
 def test_tinyllama_shapes_match_dequantized_matmul(k, n, m, layout):
-    """Row layout: the row GEMV (M = 1), the small-batch MMA kernel (2–64 rows); col: the [K/8, N] GEMV (M = 1)
-    and the GEMM."""
+    """Row layout: the row GEMV (M = 1), the small-batch MMA kernel (2–64 rows); col: the [K/8, N] GEMV (M =
+    1) and the GEMM."""
     from phase5_quantization.kernels import w4a16_linear
 
     qw, kw, deq = _weight(n, k, k + n + m, layout)
@@ -49,14 +50,16 @@ def test_gemv_split_k_repeated_calls(config):
 
     qw, kw, deq = _weight(2048, 5632, 7)
     for seed in range(3):
-        x = torch.randn(1, 5632, device="cuda", dtype=torch.bfloat16, generator=torch.Generator(device="cuda").manual_seed(seed))
+        x = torch.randn(1, 5632, device="cuda", dtype=torch.bfloat16,
+                        generator=torch.Generator(device="cuda").manual_seed(seed))
         _close(w4a16_linear(x, kw, config=config), x.float() @ deq.t(), 2 ** -7)
 
 
 def _check_fusions(m: int, config: dict, plain: bool = False, calls: int = 1) -> None:
-    """``w4a16_linear`` under ``config`` at TinyLlama's shapes, fused as the decode step calls it, against float
-    math on the dequantized weights: qkv (RMSNorm; ``plain``: also without it), gate_up (RMSNorm + SwiGLU), down
-    (residual in place, K = 5632: a partial last slab), ``calls`` times (split-K must leave its workspace clean)."""
+    """``w4a16_linear`` under ``config`` at TinyLlama's shapes, fused as the decode step calls it, against
+    float math on the dequantized weights: qkv (RMSNorm; ``plain``: also without it), gate_up (RMSNorm +
+    SwiGLU), down (residual in place, K = 5632: a partial last slab), ``calls`` times (split-K must leave its
+    workspace clean)."""
     from phase5_quantization.kernels import w4a16_linear
 
     gen = torch.Generator(device="cuda").manual_seed(m)
@@ -87,7 +90,8 @@ def _check_fusions(m: int, config: dict, plain: bool = False, calls: int = 1) ->
                                     dict(BLOCK_N=2, BLOCK_KW=256, SPLIT_K=2, num_warps=2)])
 @pytest.mark.parametrize("m", [1, 4])
 def test_row_gemv_configs_and_fusions(config, m):
-    """The row GEMV under sweep-like configurations, fused as the decode step calls it (``_check_fusions``)."""
+    """The row GEMV under sweep-like configurations, fused as the decode step calls it
+    (``_check_fusions``)."""
     _check_fusions(m, config)
 
 
@@ -170,8 +174,9 @@ def test_small_batch_mma_configs_and_fusions(config, m):
 @pytest.mark.parametrize("m", [1, 5, 16, 33, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gluon_wgmma_kernel_matches_dequantized_matmul(k, n, m, dtype):
-    """The Hopper Gluon kernel (``w4a16_wgmma``), plain and with the residual added in place, twice (split-K must
-    leave its workspace clean); 384 → 320: 3 groups over programs of 2 (one half empty), rows past N masked."""
+    """The Hopper Gluon kernel (``w4a16_wgmma``), plain and with the residual added in place, twice (split-K
+    must leave its workspace clean); 384 → 320: 3 groups over programs of 2 (one half empty), rows past N
+    masked."""
     from phase5_quantization.kernels import w4a16_linear
     from phase5_quantization.kernels.launch import wgmma_reason
 
@@ -188,7 +193,8 @@ def test_gluon_wgmma_kernel_matches_dequantized_matmul(k, n, m, dtype):
         _close(out, ref.to(dtype).float() + res.float(), 2 ** -7)
 
 
-@pytest.mark.parametrize("k,n,config", [(5632, 2048, dict(BLOCK_N=64, GPP=1)), (5632, 2048, dict(BLOCK_N=64, GPP=3)),
+@pytest.mark.parametrize("k,n,config", [(5632, 2048, dict(BLOCK_N=64,
+                                                          GPP=1)), (5632, 2048, dict(BLOCK_N=64, GPP=3)),
                                         (5632, 2048, dict(BLOCK_N=128, GPP=4)),
                                         (5632, 2048, dict(BLOCK_N=128, GPP=11, SPLIT_K=4)),
                                         (384, 320, dict(BLOCK_N=64, GPP=3, SPLIT_K=1))])
@@ -216,7 +222,8 @@ def test_default_route_uses_gluon_kernel_on_hopper(monkeypatch):
     seen = []
     for name in ("_row_wgmma", "_row_mma"):
         real = getattr(launch, name)
-        monkeypatch.setattr(launch, name, lambda *a, _r=real, _n=name, **kw_: (seen.append(_n), _r(*a, **kw_)))
+        monkeypatch.setattr(launch, name, lambda *a, _r=real, _n=name,
+                            **kw_: (seen.append(_n), _r(*a, **kw_)))
     launch.w4a16_linear(x, kw)
     launch.w4a16_linear(x, kw, norm_weight=torch.ones(2048, device="cuda", dtype=torch.bfloat16), eps=1e-5)
     assert seen == ["_row_wgmma", "_row_mma"]

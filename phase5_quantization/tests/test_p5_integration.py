@@ -1,4 +1,5 @@
-"""The INT4 engine (phase 0's contract over QuantLinear), ``quantize_for_generate`` and checkpoints, on CPU."""
+"""The INT4 engine (phase 0's contract over QuantLinear), ``quantize_for_generate`` and checkpoints, on
+CPU."""
 
 import json
 import os
@@ -19,8 +20,8 @@ from phase5_quantization.model import LinearLlama
 def small_model(layers: int = 2, seed: int = 0) -> LoadedModel:
     """random:tiny with an intermediate size that divides into groups of 128."""
     cfg = TINY.with_(intermediate_size=256, num_hidden_layers=layers)
-    return LoadedModel("random:tiny-int4", cfg, random_state_dict(cfg, seed=seed), load_tokenizer(None, vocab_size=cfg.vocab_size),
-                       None)
+    return LoadedModel("random:tiny-int4", cfg, random_state_dict(cfg, seed=seed),
+                       load_tokenizer(None, vocab_size=cfg.vocab_size), None)
 
 
 def prompt(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -40,7 +41,8 @@ def test_engine_greedy_equals_recomputed_int4_model():
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                     reason="Triton on a CPU needs TRITON_INTERPRET=1 before triton is imported")
 def test_triton_decode_step_matches_eager_step():
-    """The W4A16 step (fused norm / residual / SwiGLU GEMVs + phase 0's attention kernel) vs the eager step."""
+    """The W4A16 step (fused norm / residual / SwiGLU GEMVs + phase 0's attention kernel) vs the eager
+    step."""
     m = small_model(layers=1, seed=3)
     q = framework.quantize(LinearLlama.from_loaded(m))
     engine = Int4Engine(m, q, compile=False)
@@ -66,13 +68,16 @@ def test_quantize_for_generate_saves_and_loads(tmp_path):
     engine = build_engine(m, str(tmp_path / "int4"), compile=False)
     assert engine.generate(ids, 4, stop_on_eos=False).tokens.shape == (1, 4)
     other = small_model(layers=3)
-    with pytest.raises(ModelError, match="quantized from another model: num_hidden_layers is 2 there, 3 in --model"):
+    with pytest.raises(ModelError,
+                       match="quantized from another model: num_hidden_layers is 2 there, 3 in --model"):
         quantize_for_generate(other, str(tmp_path / "int4"))
 
 
 def test_bad_quantization_inputs_are_one_clear_error(tmp_path):
-    tiny = LoadedModel("random:tiny", TINY, random_state_dict(TINY), load_tokenizer(None, vocab_size=TINY.vocab_size), None)
-    with pytest.raises(ModelError, match=r"layers\.0\.down_proj: in_features 352 is not a multiple of the group size 128"):
+    tiny = LoadedModel("random:tiny", TINY, random_state_dict(TINY),
+                       load_tokenizer(None, vocab_size=TINY.vocab_size), None)
+    with pytest.raises(ModelError,
+                       match=r"layers\.0\.down_proj: in_features 352 is not a multiple of the group size 128"):
         quantize_for_generate(tiny, "rtn")
     m = small_model()
     with pytest.raises(ModelError, match="unknown --quant 'int3'"):
@@ -82,11 +87,15 @@ def test_bad_quantization_inputs_are_one_clear_error(tmp_path):
     from safetensors.torch import load_file, save_file
 
     t = load_file(str(path / "model.safetensors"))
-    eight_bit = dict(t, **{"layers.1.o_proj.qweight": torch.zeros(128, 32, dtype=torch.int32)})  # 4 inputs per word
+    eight_bit = dict(t,
+                     # 4 inputs per word
+                     **{"layers.1.o_proj.qweight": torch.zeros(128, 32, dtype=torch.int32)})
     save_file(eight_bit, str(path / "model.safetensors"))
-    with pytest.raises(ModelError, match=r"layers\.1\.o_proj\.qweight has shape \(128, 32\): expected \(128, 16\).*8-bit"):
+    with pytest.raises(ModelError,
+                       match=r"layers\.1\.o_proj\.qweight has shape \(128, 32\): expected \(128, 16\).*8-bit"):
         LinearLlama.load(path)
-    save_file(dict(t, **{"layers.0.qkv_proj.scales": t["layers.0.qkv_proj.scales"].float()}), str(path / "model.safetensors"))
+    save_file(dict(t, **{"layers.0.qkv_proj.scales": t["layers.0.qkv_proj.scales"].float()}),
+              str(path / "model.safetensors"))
     with pytest.raises(ModelError, match=r"layers\.0\.qkv_proj\.scales is torch\.float32.*expected float16"):
         LinearLlama.load(path)
     meta = json.loads((path / "quant_config.json").read_text())

@@ -106,5 +106,6 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ModelError, match="input has 128 features, the weight expects 256"):
         w4a16_linear(act(1, 128, 0), kw)
     qw64 = quantize_weight(torch.randn(16, 256), 64)
-    with pytest.raises(ModelError, match=r"layers\.2\.o_proj: the W4A16 kernel takes groups of 128.*groups of 64"):
+    with pytest.raises(ModelError,
+                       match=r"layers\.2\.o_proj: the W4A16 kernel takes groups of 128.*groups of 64"):
         to_kernel_layout(qw64, name="layers.2.o_proj")

@@ -15,7 +15,8 @@ from phase5_quantization.model import LinearLlama, QuantLinear
 @pytest.fixture(scope="module")
 def kjv():
     m = load_model("kjv-llama-18m", dtype="fp32")
-    ids = m.tokenizer.encode("And God said unto Moses, Go in unto Pharaoh, and tell him", add_special_tokens=True)
+    ids = m.tokenizer.encode("And God said unto Moses, Go in unto Pharaoh, and tell him",
+                             add_special_tokens=True)
     return m, LinearLlama.from_loaded(m), torch.tensor([ids])
 
 
@@ -63,6 +64,7 @@ def test_awq_scaled_float_model_unchanged(kjv):
     qkv *= s_in
     qkv[cfg.q_size + cfg.kv_size:] /= s_o.view(cfg.num_key_value_heads, -1, cfg.head_dim)[:, 0].reshape(-1, 1)
     scaled = LinearLlama(cfg, fp.embed_tokens, [(n1 / s_in, n2)] + fp.norms[1:],
-                         [{**layer, "qkv_proj": DenseLinear(qkv), "o_proj": DenseLinear(o * s_o)}] + fp.linears[1:],
+                         [{**layer, "qkv_proj": DenseLinear(qkv), "o_proj": DenseLinear(o * s_o)}]
+                         + fp.linears[1:],
                          fp.norm, fp.lm_head)
     assert torch.allclose(scaled.forward_logits(ids), fp.forward_logits(ids), atol=1e-3, rtol=1e-3)

@@ -37,18 +37,21 @@ def test_awq_gemm_round_trip_and_known_nibble_order(tmp_path):
     w = torch.randn(48, 256, generator=gen) * 0.02
     qw = quantize_weight(w, 128)
     awq = to_awq_gemm(qw)
-    assert awq["qweight"].shape == (256, 6) and awq["qzeros"].shape == (2, 6) and awq["scales"].shape == (2, 48)
+    assert awq["qweight"].shape == (256,
+                                    6) and awq["qzeros"].shape == (2, 6) and awq["scales"].shape == (2, 48)
     # independent reference for one word: nibble j holds output column 8c + AWQ_ORDER[j] of input row i
     codes = qw.codes()
     i, c = 17, 3
     ref = sum(int(codes[8 * c + AWQ_ORDER[j], i]) << (4 * j) for j in range(8))
     assert int(awq["qweight"][i, c]) & 0xFFFFFFFF == ref
     # a checkpoint written in that format, read back and dequantized: the same matrix
-    save_file({f"model.layers.0.mlp.down_proj.{k}": v for k, v in awq.items()}, str(tmp_path / "awq.safetensors"))
+    save_file({f"model.layers.0.mlp.down_proj.{k}": v for k, v in awq.items()},
+              str(tmp_path / "awq.safetensors"))
     t = load_file(str(tmp_path / "awq.safetensors"))
     back = from_awq_gemm("model.layers.0.mlp.down_proj", {k.rsplit(".", 1)[1]: v for k, v in t.items()})
     assert torch.equal(back.qweight, qw.qweight) and torch.equal(back.zeros, qw.zeros)
-    ref_deq = (codes.double() - qw.zeros.double().repeat_interleave(128, 1)) * qw.scales.double().repeat_interleave(128, 1)
+    ref_deq = ((codes.double() - qw.zeros.double().repeat_interleave(128, 1))
+               * qw.scales.double().repeat_interleave(128, 1))
     assert torch.allclose(back.dequantize(torch.float64), ref_deq)
     assert (back.dequantize() - w).abs().max() < qw.scales.float().max()
 
@@ -96,8 +99,9 @@ def test_checks_skip_gpu_targets_without_metrics():
 
 
 def test_autoawq_checkpoint_directory_round_trip(tmp_path):
-    """A whole checkpoint written in AutoAWQ's GEMM format (HF names, q/k/v and gate/up split, quantization_config)
-    from a known INT4 model loads back into the same fused model; other formats and bit widths are refused."""
+    """A whole checkpoint written in AutoAWQ's GEMM format (HF names, q/k/v and gate/up split,
+    quantization_config) from a known INT4 model loads back into the same fused model; other formats and bit
+    widths are refused."""
     import json
 
     from phase0_prototype.config import TINY
@@ -109,7 +113,8 @@ def test_autoawq_checkpoint_directory_round_trip(tmp_path):
     from phase5_quantization.model import LinearLlama
 
     cfg = TINY.with_(intermediate_size=256, num_hidden_layers=2)
-    m = LoadedModel("t", cfg, random_state_dict(cfg, seed=5), load_tokenizer(None, vocab_size=cfg.vocab_size), None)
+    m = LoadedModel("t", cfg, random_state_dict(cfg, seed=5), load_tokenizer(None, vocab_size=cfg.vocab_size),
+                    None)
     q = framework.quantize(LinearLlama.from_loaded(m))
     path = save_awq_gemm(q, tmp_path / "awq")
     from safetensors.torch import load_file
@@ -120,7 +125,8 @@ def test_autoawq_checkpoint_directory_round_trip(tmp_path):
     ids = torch.randint(3, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(0))
     assert torch.equal(back.forward_logits(ids), q.forward_logits(ids))
     hf = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps(dict(hf, quantization_config=dict(hf["quantization_config"], bits=8))))
+    hf8 = dict(hf, quantization_config=dict(hf["quantization_config"], bits=8))
+    (path / "config.json").write_text(json.dumps(hf8))
     with pytest.raises(ModelError, match="8 bits.*expected AutoAWQ 'awq', 4 bits"):
         load_awq_gemm(path)
     with pytest.raises(ModelError, match="looks like an AutoAWQ checkpoint: use .*load_awq_gemm"):

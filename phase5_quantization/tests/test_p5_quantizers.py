@@ -10,7 +10,8 @@ from phase5_quantization.solution import fake_quant, search_clip, search_scale
 def _data(seed):
     gen = torch.Generator().manual_seed(seed)
     # correlated channels (a random mixing), as activations of a trained model are
-    x = torch.randn(1024, 256, generator=gen) @ (torch.eye(256) + 0.3 * torch.randn(256, 256, generator=gen) / 16)
+    x = torch.randn(1024, 256,
+                    generator=gen) @ (torch.eye(256) + 0.3 * torch.randn(256, 256, generator=gen) / 16)
     x[:, [3, 77, 200]] *= 25.0  # outlier channels, as in Llama activations
     w = torch.randn(96, 256, generator=gen) * 0.02
     return x, w

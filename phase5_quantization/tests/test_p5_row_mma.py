@@ -1,7 +1,7 @@
 """The small-batch tensor-core kernel over the row layout (``kernels.w4a16_rows_mma``, 2–64 rows) in the CPU
 interpreter at small shapes, against float64 products with the dequantized matrix: every variant (``DEPTH``,
-``ONE_DOT``, split-K, ``BLOCK_M``), the fusions the engine's batched decode step calls (RMSNorm → qkv, RMSNorm +
-SwiGLU → gate/up, in-place residual → o/down), bf16 roundings, and the launcher's choice and tables."""
+``ONE_DOT``, split-K, ``BLOCK_M``), the fusions the engine's batched decode step calls (RMSNorm → qkv, RMSNorm
++ SwiGLU → gate/up, in-place residual → o/down), bf16 roundings, and the launcher's choice and tables."""
 
 import json
 import os
@@ -15,10 +15,11 @@ from phase0_prototype.errors import ModelError
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton on a CPU needs TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
 
-from phase5_quantization.kernels import launch, w4a16_linear  # noqa: E402
+from phase5_quantization.kernels import configs, launch, w4a16_linear  # noqa: E402
 
 K = 384  # 3 groups: an odd count, so split-K 2 gives unequal halves and split-K 4 an empty split
-VARIANTS = [dict(DEPTH=1, ONE_DOT=1), dict(DEPTH=2, ONE_DOT=1), dict(DEPTH=1, ONE_DOT=0), dict(DEPTH=2, ONE_DOT=0)]
+VARIANTS = [dict(DEPTH=1, ONE_DOT=1), dict(DEPTH=2,
+                                           ONE_DOT=1), dict(DEPTH=1, ONE_DOT=0), dict(DEPTH=2, ONE_DOT=0)]
 
 
 def _mma(**kw):
@@ -42,7 +43,8 @@ def test_rows_and_block_m(m):
     """2 rows (BLOCK_M 16), a full 16, and 33 (BLOCK_M 64: the launcher's bucket)."""
     _, kw, deq = weight(32, 256, 300 + m)
     x = act(m, 256, 400 + m)
-    assert launch.kernel_for(m, True) == "mma" and launch.mma_block_m(m) == (16 if m <= 16 else 64 if m > 32 else 32)
+    assert launch.kernel_for(m, True) == "mma"
+    assert configs.mma_block_m(m) == (16 if m <= 16 else 64 if m > 32 else 32)
     y = w4a16_linear(x, kw)  # the launcher's own configuration (the interpreter's rule)
     assert torch.allclose(y.double(), x.double() @ deq.t(), atol=1e-4, rtol=1e-4)
 
@@ -62,8 +64,8 @@ def test_bf16_within_output_rounding(one_dot):
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS[:3], ids=lambda v: f"depth{v['DEPTH']}-onedot{v['ONE_DOT']}")
 def test_decode_step_fusions(split, variant):
-    """What ``int4_decode_step`` calls at batch 16: RMSNorm → qkv, RMSNorm + SwiGLU → gate/up (Σx² in the loop,
-    or the separate pass with split-K), and the in-place residual of o/down."""
+    """What ``int4_decode_step`` calls at batch 16: RMSNorm → qkv, RMSNorm + SwiGLU → gate/up (Σx² in the
+    loop, or the separate pass with split-K), and the in-place residual of o/down."""
     m, inter = 16, 24
     gen = torch.Generator().manual_seed(7 + split)
     x = torch.randn(m, K, generator=gen).to(DEVICE)
@@ -86,7 +88,8 @@ def test_decode_step_fusions(split, variant):
 
 
 def test_bf16_fusions_match_the_unfused_roundings():
-    """bf16 activations: the fused SwiGLU and residual round as the unfused code (projection in bf16 first)."""
+    """bf16 activations: the fused SwiGLU and residual round as the unfused code (projection in bf16
+    first)."""
     m, inter = 8, 16
     x = act(m, 256, 11, torch.bfloat16)
     _, kw, deq = weight(2 * inter, 256, 12)
@@ -109,13 +112,15 @@ def test_split_k_leaves_workspace_clean():
 
 
 def test_kernel_choice_and_overrides():
-    assert [launch.kernel_for(m, True) for m in (1, 2, 8, 16, 64, 65)] == ["row", "mma", "mma", "mma", "mma", "gemm"]
+    assert [launch.kernel_for(m, True) for m in (1, 2, 8, 16, 64,
+                                                 65)] == ["row", "mma", "mma", "mma", "mma", "gemm"]
     assert launch.kernel_for(4, True, {"BLOCK_KW": 16}) == "row" and launch.kernel_for(1, False) == "gemv"
     _, kw, deq = weight(32, 256, 41)
     x = act(3, 256, 42)
     ref = x.double() @ deq.t()
     for kernel in ("row", "mma", "gemm"):  # every kernel that reads the row layout, forced
-        assert torch.allclose(w4a16_linear(x, kw, config={"KERNEL": kernel}).double(), ref, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(w4a16_linear(x, kw, config={"KERNEL": kernel}).double(), ref, atol=1e-4,
+                              rtol=1e-4)
     with pytest.raises(ModelError, match="unknown KERNEL 'fast'"):
         w4a16_linear(x, kw, config={"KERNEL": "fast"})
     with pytest.raises(ModelError, match="KERNEL='gemv' does not read this weight's row layout"):
@@ -131,20 +136,24 @@ def test_mma_config_rule_and_the_sweeps_table(tmp_path, monkeypatch):
         "table": [[2560, 2048, False, 8, 128, 2, 4, 96]],
         "mma_table": [[5632, 2048, False, 16, 128, 2, 8, 2, 0, 128]]}))
     (tmp_path / "gpu-old.json").write_text(json.dumps({"table": [[2560, 2048, False, 8, 128, 2, 4]]}))
-    monkeypatch.setattr(launch, "TUNED_DIR", tmp_path)
-    monkeypatch.setattr(launch, "_tuned_tables", {})
-    monkeypatch.setattr(launch, "interpreting", lambda: False)
-    monkeypatch.setattr(launch, "_device_slug", lambda: "gpu-a")
-    assert launch.mma_config(5632, 2048, 16, False) == dict(BLOCK_N=128, SPLIT_K=2, num_warps=8, DEPTH=2, ONE_DOT=0,
+    monkeypatch.setattr(configs, "TUNED_DIR", tmp_path)
+    monkeypatch.setattr(configs, "_tuned_tables", {})
+    monkeypatch.setattr(configs, "interpreting", lambda: False)
+    monkeypatch.setattr(configs, "_device_slug", lambda: "gpu-a")
+    assert configs.mma_config(5632, 2048, 16, False) == dict(BLOCK_N=128, SPLIT_K=2, num_warps=8, DEPTH=2,
+                                                             ONE_DOT=0,
                                                             maxnreg=128)
-    assert launch.row_gemv_config(2560, 2048, 1, False) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4,
+    assert configs.row_gemv_config(2560, 2048, 1,
+                                   False) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4,
                                                                 maxnreg=96)
-    rule = launch.mma_config(5632, 2048, 32, False)  # another BLOCK_M bucket: the rule
+    rule = configs.mma_config(5632, 2048, 32, False)  # another BLOCK_M bucket: the rule
     # 32 rows: 2 programs per SM; 88 tiles, 16 groups: split ≈ 2·132/88 = 3 (16 groups in splits of 6)
     assert rule == dict(BLOCK_N=64, SPLIT_K=3, num_warps=4, DEPTH=1, ONE_DOT=1)
-    monkeypatch.setattr(launch, "_device_slug", lambda: "gpu-old")
-    assert launch.row_gemv_config(2560, 2048, 1, False) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4)
-    c = launch.mma_config(2048, 5632, 16, False)
-    assert c == dict(BLOCK_N=64, SPLIT_K=11, num_warps=4, DEPTH=1, ONE_DOT=1)  # 32 tiles × 11 splits of 4 groups
-    c = launch.mma_config(5632, 2048, 16, False)
+    monkeypatch.setattr(configs, "_device_slug", lambda: "gpu-old")
+    assert configs.row_gemv_config(2560, 2048, 1,
+                                   False) == dict(BLOCK_N=8, BLOCK_KW=128, SPLIT_K=2, num_warps=4)
+    c = configs.mma_config(2048, 5632, 16, False)
+    # 32 tiles × 11 splits of 4 groups
+    assert c == dict(BLOCK_N=64, SPLIT_K=11, num_warps=4, DEPTH=1, ONE_DOT=1)
+    c = configs.mma_config(5632, 2048, 16, False)
     assert c["BLOCK_N"] == 64 and c["SPLIT_K"] == 4  # 88 tiles × 4 splits of 4 groups: 352 ≤ 3 × 132 programs

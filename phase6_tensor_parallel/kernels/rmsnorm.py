@@ -1,8 +1,8 @@
 """RMSNorm as one Triton kernel: one program per row, the row held in registers.
 
 PyTorch's reference (``phase0_prototype.model.rms_norm``: upcast, square, mean, rsqrt, multiply, cast,
-scale) is seven kernels; in a CUDA-graph decode step of TinyLlama each costs a few µs of launch and
-ramp-up for a few KB of data, and a step has 45 (TP=1) to 90 (the overlapped TP=2 solution) norms. The
+scale) is seven kernels; in a CUDA-graph decode step of TinyLlama each costs its launch and ramp-up
+for a few KB of data, and a step has 45 (TP=1) to 90 (the overlapped TP=2 solution) norms. The
 kernel keeps the reference's roundings: normalise in fp32, round to the activation dtype, then multiply
 by the weight in that dtype.
 """

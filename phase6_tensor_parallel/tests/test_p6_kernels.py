@@ -16,17 +16,12 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 from phase0_prototype import load_model  # noqa: E402
 from phase0_prototype.model import rms_norm as reference_rms_norm  # noqa: E402
 from phase0_prototype.model import rope_cache  # noqa: E402
-from phase6_tensor_parallel import ops, solution  # noqa: E402
+from phase6_tensor_parallel import solution  # noqa: E402
 from phase6_tensor_parallel.engine import AttnContext, qkv_attention  # noqa: E402
 from phase6_tensor_parallel.kernels.rmsnorm import triton_rms_norm  # noqa: E402
 from phase6_tensor_parallel.static_decode import graph_generate  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def kernels_on(monkeypatch):
-    monkeypatch.setattr(ops, "KERNELS", True)
 
 
 def rand(*shape, seed, dtype=torch.float32):
@@ -46,7 +41,7 @@ def test_rms_norm_kernel_matches_the_reference(dtype, tol, width):
 
 
 @pytest.mark.parametrize("n_q,n_kv", [(8, 2), (4, 1)])  # random:tiny unsharded, and one rank of TP=2
-def test_qkv_attention_kernel_matches_the_pytorch_path(kernels_on, n_q, n_kv):
+def test_qkv_attention_kernel_matches_the_pytorch_path(n_q, n_kv):
     d, b, length = 16, 3, 40
     cfg = load_model("random:tiny", dtype="fp32").config
     cos, sin = rope_cache(cfg, length, DEVICE)
@@ -54,8 +49,7 @@ def test_qkv_attention_kernel_matches_the_pytorch_path(kernels_on, n_q, n_kv):
 
     def run(use):
         ctx = AttnContext([rand(b + 1, n_kv, length, d, seed=4)], [rand(b + 1, n_kv, length, d, seed=5)], 0,
-                          cos, sin, rows=slice(1, b + 1), pos=torch.tensor(23, device=DEVICE))
-        ops.KERNELS = use
+                          cos, sin, rows=slice(1, b + 1), pos=torch.tensor(23, device=DEVICE), kernels=use)
         out = qkv_attention(qkv, n_q, n_kv, ctx)
         return out, ctx.cache_k[0], ctx.cache_v[0]
 
@@ -63,19 +57,17 @@ def test_qkv_attention_kernel_matches_the_pytorch_path(kernels_on, n_q, n_kv):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_static_greedy_with_kernels_equals_eager_generate(kernels_on):
+def test_static_greedy_with_kernels_equals_eager_generate():
     model = load_model("random:tiny", dtype="fp32", device=DEVICE, seed=3)
     prompt = torch.randint(3, model.config.vocab_size, (2, 4), generator=torch.Generator().manual_seed(6))
-    engine = solution.build(model)
     with torch.inference_mode():
-        fused = graph_generate(engine, prompt.to(DEVICE), 5, capture=DEVICE == "cuda")
-        ops.KERNELS = False
-        eager = engine.generate(prompt, 5, graph=False)
+        fused = graph_generate(solution.build(model, kernels=True), prompt.to(DEVICE), 5, capture=DEVICE == "cuda")
+        eager = solution.build(model, kernels=False).generate(prompt, 5, graph=False)
     assert torch.equal(fused, eager)
 
 
 @pytest.mark.parametrize("impl", ["framework", "solution"])
-def test_kernels_in_the_overlapped_half_batches(kernels_on, impl):
+def test_kernels_in_the_overlapped_half_batches(impl):
     """One rank's shard (world 2, collectives as no-ops) with the half-batch overlap: each half's attention
     kernel gets its rows of the cache and of the positions; same logits as the PyTorch static step."""
     from phase6_tensor_parallel import load_impl
@@ -83,10 +75,9 @@ def test_kernels_in_the_overlapped_half_batches(kernels_on, impl):
     from phase6_tensor_parallel.throughput import NoCommGroup
 
     model = load_model("random:tiny", dtype="fp32", device=DEVICE, seed=9)
-    engine = load_impl(impl).build(model, group=NoCommGroup(1, 2), overlap=True)
     logits = {}
     for use in (True, False):
-        ops.KERNELS = use
+        engine = load_impl(impl).build(model, group=NoCommGroup(1, 2), overlap=True, kernels=use)
         with torch.inference_mode():
             decoder = StaticDecoder(engine, 4, max_len=12)
             decoder.fill_cache_randomly(6, seed=2)

@@ -171,3 +171,16 @@ def test_alpha_beta_figure_lands_beside_the_report_and_is_linked(tmp_path):
     assert png == tmp_path / "phase6_tensor_parallel" / "h200.allreduce_alpha_beta.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert any(f"({png.name})" in t for t in result.tables.values())
+
+
+def test_the_engine_chooses_the_kernels_by_device_unless_told(monkeypatch):
+    from phase6_tensor_parallel.ops import choose_kernels
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert choose_kernels(gpu, None) and not choose_kernels(cpu, None)
+    assert not choose_kernels(gpu, False) and choose_kernels(gpu, True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert choose_kernels(cpu, True)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        choose_kernels(cpu, True)

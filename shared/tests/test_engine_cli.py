@@ -132,21 +132,28 @@ def test_chat_drops_the_oldest_exchanges_when_the_context_is_full():
     assert "question 0" not in text and history[0]["role"] == "user"  # whole exchanges dropped, oldest first
 
 
-def test_serve_answers_like_the_engine():
-    httpx = pytest.importorskip("httpx")
+@pytest.mark.parametrize("quant", [None, "rtn"], ids=["bf16", "int4-rtn"])
+def test_serve_answers_like_the_engine(quant):
+    """The server (phase 4's continuous batching, with phase 5's INT4 projections under ``quant``) returns the
+    greedy text of the single-request engine (phase 0's, or phase 5's ``Int4Engine``) on the same weights."""
+    import openai
+
     from phase4_scheduler.serve import ServerThread
     from shared.engine import EngineConfig, LLMEngine
     from shared.serve import build_app
 
-    engine = LLMEngine(EngineConfig(model="kjv-llama-18m", impl="phase1=reference", max_num_seqs=4,
+    engine = LLMEngine(EngineConfig(model="kjv-llama-18m", impl="phase1=reference", quant=quant, max_num_seqs=4,
                                     max_num_batched_tokens=64))
-    expected = engine.generate("And God said", max_tokens=10, ignore_eos=True)[0].text
+    prompts = ["And God said", "In the beginning God created"]
+    expected = [engine.generate(p, max_tokens=10, ignore_eos=True)[0].text for p in prompts]
+    assert engine.last_run.path.startswith("phase 5 INT4" if quant else "phase 0")
     app, _ = build_app(engine.config, engine=engine)
     with ServerThread(app) as srv:
-        body = {"model": "kjv-llama-18m", "prompt": "And God said", "max_tokens": 10, "temperature": 0,
-                "ignore_eos": True}
-        answer = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60).json()
-    assert answer["choices"][0]["text"] == expected
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for prompt, want in zip(prompts, expected, strict=True):
+            answer = client.completions.create(model="kjv-llama-18m", prompt=prompt, max_tokens=10, temperature=0,
+                                               extra_body={"ignore_eos": True})
+            assert answer.choices[0].text == want
 
 
 def test_report_runs_each_phase_check_with_progress(capsys, tmp_path):

@@ -29,3 +29,21 @@ def test_compiled_paths_equal_hf(kjv, spec, bs1):
     e.warmup(batched=True)
     assert e.generate(prompts[:1], max_tokens=new[:1], ignore_eos=True)[0].token_ids == expected[0]
     assert [o.token_ids for o in e.generate(prompts, max_tokens=new, ignore_eos=True)] == expected
+
+
+def test_int4_under_continuous_batching_on_the_gpu():
+    """Phase 5's W4A16 kernels inside phase 4's paged runner (decode graphs captured over them) against phase
+    5's single-request engine on the same INT4 weights (different kernels: row GEMV vs small-batch MMA, so
+    bf16 roundings differ and a late token may flip; the first tokens of every prompt must agree)."""
+    model = load_model("kjv-llama-18m", dtype="bf16", device="cuda")
+    prompts = random_prompts(model, [7, 30, 3, 12], seed=32)
+    e = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", max_num_seqs=4, max_num_batched_tokens=32),
+                  model=model)
+    e.warmup(batched=True)
+    alone = [e.generate([p], max_tokens=10, ignore_eos=True)[0].token_ids for p in prompts]
+    assert e.last_run.path.startswith("phase 5 INT4")
+    batched = [o.token_ids for o in e.generate(prompts, max_tokens=10, ignore_eos=True)]
+    assert "INT4 (rtn)" in e.last_run.path and e.batched.runner.graphs is not None
+    assert all(a[:4] == b[:4] for a, b in zip(alone, batched, strict=True)), (alone, batched)
+    agree = sum(x == y for a, b in zip(alone, batched, strict=True) for x, y in zip(a, b, strict=True))
+    assert agree >= 0.9 * 40, (alone, batched)

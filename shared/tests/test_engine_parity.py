@@ -91,12 +91,16 @@ def test_framework_preset_is_the_seed_prototype(model, cases):
 
 @pytest.mark.parametrize("phase6", ["solution", "framework"])
 def test_tensor_parallel_2_ranks_equals_hf(model, cases, phase6):
-    """Two gloo ranks spawned by phase 6; the weights are re-created from the same spec and seed."""
+    """Two gloo ranks (``shared.tp_workers``: this process and one worker, which re-creates the weights from
+    the same spec and seed) under phase 4's continuous batching."""
     prompts, new, expected = cases["full"]
     cpu = tiny_model(device="cpu")  # gloo ranks on the CPU, whatever this machine has
     e = LLMEngine(EngineConfig(model="random:tiny", seed=3, tp=2, impl=f"phase6={phase6}", device="cpu"), model=cpu)
-    assert run(e, prompts[:2], new[:2]) == expected[:2]
-    assert e.last_run.path.startswith("phase 6")
+    try:
+        assert run(e, prompts[:2], new[:2]) == expected[:2]
+        assert f"phase 6 tensor parallel tp=2 ({phase6})" in e.last_run.path
+    finally:
+        e.close()
 
 
 def test_eos_ends_a_request_like_phase0(model, cases):
@@ -142,4 +146,4 @@ def test_swap_without_a_host_pool_is_one_clear_error(model):
 
     e = engine(model, "phase4=solution", preemption="swap", num_cpu_blocks=0)
     with pytest.raises(ModelError, match="CPU pool"):
-        e.batched
+        _ = e.batched

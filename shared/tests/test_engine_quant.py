@@ -1,7 +1,8 @@
 """Phase 5 in the engine: with ``quant`` set, the engine decodes with phase 5's INT4 weights (quantized by the
 method asked for) and its greedy tokens are those of phase 5's own model run by recomputation
-(``LinearLlama.greedy``: no KV cache, no CUDA graph — a different decode path on the same weights);
-bad group sizes are one-line errors."""
+(``LinearLlama.greedy``: no KV cache, no CUDA graph — a different decode path on the same weights), for a
+lone request (phase 0's engine) and under continuous batching (phase 4's paged runner over the same
+``QuantLinear`` objects); bad group sizes are one-line errors."""
 
 from __future__ import annotations
 
@@ -31,8 +32,44 @@ def test_int4_engine_equals_phase5_model(model, method):
     assert not bool((quantized.forward_logits([prompt]) == LinearLlama.from_loaded(model).forward_logits([prompt])).all())
 
 
+@pytest.mark.parametrize("method", ["rtn", "awq"])
+def test_int4_under_continuous_batching_equals_phase5_model(model, method):
+    prompts = random_prompts(model, [9, 4, 13, 6, 11], seed=22)
+    e = LLMEngine(EngineConfig(model="random:tiny", quant=method, quant_group_size=32, max_num_seqs=3,
+                               max_num_batched_tokens=16), model=model)
+    outputs = e.generate(prompts, max_tokens=[7, 3, 5, 8, 4], ignore_eos=True)
+    assert e.last_run.path.startswith("phase 4 continuous batching") and f"INT4 ({method})" in e.last_run.path
+    quantized = e.quantized
+    for p, n, out in zip(prompts, [7, 3, 5, 8, 4], outputs, strict=True):
+        assert out.token_ids == quantized.greedy(p, n)
+    assert e.batched.runner.weights.layers[0].qkv_proj is quantized.linears[0]["qkv_proj"], "one INT4 copy"
+
+
 def test_group_size_that_does_not_divide_is_one_line(model):
     e = LLMEngine(EngineConfig(model="random:tiny", quant="rtn"), model=model)  # 352 % 128 != 0
     with pytest.raises(ModelError, match="--quant rtn") as info:
         e.generate("hello", max_tokens=2)
     assert "\n" not in str(info.value) and "group size" in str(info.value)
+
+
+def test_quantize_once_then_serve_the_checkpoint(tmp_path, capsys):
+    """``titaninfer quantize`` writes an AutoAWQ checkpoint (+ tokenizer); ``--quant DIR`` loads it and decodes
+    exactly as quantizing in memory does, on both paths; an existing folder is refused in one line."""
+    from shared.cli import main
+
+    out = tmp_path / "kjv-rtn"
+    assert main(["quantize", "--model", "kjv-llama-18m", "--method", "rtn", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["kjv-rtn"], "no staging folder left behind"
+    prompts = ["And God said", "In the beginning", "Blessed are"]
+    saved = LLMEngine(EngineConfig(model="kjv-llama-18m", quant=str(out), max_num_seqs=2, max_num_batched_tokens=16))
+    fresh = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", max_num_seqs=2, max_num_batched_tokens=16),
+                      model=saved.model)
+    for many in (False, True):  # one request: phase 0's INT4 engine; several: continuous batching
+        batch = prompts if many else prompts[:1]
+        got = [o.token_ids for o in saved.generate(batch, max_tokens=8, ignore_eos=True)]
+        assert got == [o.token_ids for o in fresh.generate(batch, max_tokens=8, ignore_eos=True)]
+    capsys.readouterr()
+    assert main(["quantize", "--model", "kjv-llama-18m", "--method", "rtn", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is not an empty folder" in err[0]
