@@ -4,7 +4,8 @@ One copy of each helper for the whole project (DESIGN.md "Layering": this packag
 
 - ``hardware``: device detection, datasheet table, measured copy-bandwidth and matmul peaks (cached).
 - ``timing``: CUDA-event / perf_counter timing with warm-up, medians and input rotation; CUDA-graph capture.
-- ``trace``: torch.profiler around a region → kernel table, GPU-busy %, launch count and gaps; ncu/nsys runners.
+- ``trace``: torch.profiler around a region → kernel table, GPU-busy %, launch count and gaps; ncu/nsys
+  runners.
 - ``roofline``: FLOP and byte counts of the field's operations; the roofline plot.
 - ``report``: fills a phase's PROFILING_TEMPLATE.md into ``reports/<phase>/<device>.md`` + ``.json`` + PNG.
 - ``check``: ``python -m module0_profiling.check <phase>`` runs a phase's bench and targets.

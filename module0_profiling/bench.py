@@ -120,12 +120,14 @@ def run(impl: str = "solution", size: str = "full") -> BenchResult:
     else:
         res.ncu_reason = reason
     nsys = nsys_status()
-    res.notes.append("nsys: " + (nsys or "available; `nsys profile -o module0 python -m module0_profiling.check module0`"))
+    res.notes.append("nsys: " + (nsys or "available; "
+                                 "`nsys profile -o module0 python -m module0_profiling.check module0`"))
     weight_mb = dim * dim * elem / 1e6
     if device.l2_mb and weight_mb < device.l2_mb:
         res.notes.append(
-            f"The {weight_mb:.0f} MB weight fits in the {device.l2_mb:.0f} MB L2, so back-to-back GEMVs re-read it "
-            "from cache: an achieved rate above the copy bandwidth is L2, not HBM. The eager loop's syncs hide this."
+            f"The {weight_mb:.0f} MB weight fits in the {device.l2_mb:.0f} MB L2, so back-to-back GEMVs "
+            "re-read it from cache: an achieved rate above the copy bandwidth is L2, not HBM. The eager "
+            "loop's syncs hide this."
         )
     res.notes.append(
         f"Batch-1 GEMV: arithmetic intensity {work_f / work_b:.2f} FLOP/byte, far left of the ridge point; "

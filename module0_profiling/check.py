@@ -52,13 +52,15 @@ def resolve_phase(name: str) -> str:
     matches = [p for p in PHASES if p.split("_")[0] == name]
     if len(matches) == 1:
         return matches[0]
-    raise UsageError(f"unknown phase '{name}'; choose one of: {', '.join(['module0'] + [p.split('_')[0] for p in PHASES[1:-1]] + ['engine'])}")
+    names = ["module0"] + [p.split("_")[0] for p in PHASES[1:-1]] + ["engine"]
+    raise UsageError(f"unknown phase '{name}'; choose one of: {', '.join(names)}")
 
 
 def load_phase(phase: str):
     for part in ("bench", "checks"):
         if not (ROOT / phase / f"{part}.py").exists():
-            raise UsageError(f"{phase} has no {part}.py yet: its issue has not landed, so there is nothing to check")
+            raise UsageError(f"{phase} has no {part}.py yet: its issue has not landed, so there is nothing "
+                             "to check")
     bench = importlib.import_module(f"{phase}.bench")
     checks = importlib.import_module(f"{phase}.checks")
     if not hasattr(bench, "run") or not hasattr(checks, "TARGETS"):
@@ -74,10 +76,10 @@ def format_table(outcomes: list[Outcome]) -> str:
     header = ("target", "threshold", "measured", "result")
     rows = [(o.target.id, o.target.threshold, o.measured, o.status_text) for o in outcomes]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(3)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header[:3], widths)) + " | " + header[3]]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header[:3], widths, strict=True)) + " | " + header[3]]
     lines.append("-+-".join("-" * w for w in widths) + "-+-" + "-" * 6)
     for r in rows:
-        lines.append(" | ".join(str(c).ljust(w) for c, w in zip(r[:3], widths)) + " | " + r[3])
+        lines.append(" | ".join(str(c).ljust(w) for c, w in zip(r[:3], widths, strict=True)) + " | " + r[3])
     return "\n".join(lines)
 
 
@@ -105,7 +107,8 @@ def run_check(phase_name: str, impl: str = "solution", size: str | None = None,
     peaks = measured_peaks(device)
     t0 = time.perf_counter()
     # A bench that writes its own figures (plots beside the report) takes the report folder.
-    extra = {"out_dir": Path(out_root or ROOT / "reports") / phase} if "out_dir" in inspect.signature(bench.run).parameters else {}
+    takes_out_dir = "out_dir" in inspect.signature(bench.run).parameters
+    extra = {"out_dir": Path(out_root or ROOT / "reports") / phase} if takes_out_dir else {}
     result: BenchResult = bench.run(impl=impl, size=size, **extra)
     print(f"[check] bench finished in {time.perf_counter() - t0:.1f} s", flush=True)
     outcomes = evaluate(checks.TARGETS, result)
@@ -129,11 +132,14 @@ def run_check(phase_name: str, impl: str = "solution", size: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m module0_profiling.check", description="Run a phase's bench and targets.")
+    ap = argparse.ArgumentParser(prog="python -m module0_profiling.check",
+                                 description="Run a phase's bench and targets.")
     ap.add_argument("phase", help="module0, phase0 … phase6, engine (or the directory name)")
-    ap.add_argument("--impl", default="solution", help="framework, solution, or a module path (default: solution)")
+    ap.add_argument("--impl", default="solution",
+                    help="framework, solution, or a module path (default: solution)")
     ap.add_argument("--size", choices=["small", "full"], default=None,
-                    help="full = TARGETS.md shapes (default on a GPU); small = seconds on a CPU (default without GPU)")
+                    help="full = TARGETS.md shapes (default on a GPU); small = seconds on a CPU "
+                         "(default without GPU)")
     ap.add_argument("--out", type=Path, default=None, help="reports root (default: <repo>/reports)")
     ap.add_argument("--no-report", action="store_true", help="print the table only")
     args = ap.parse_args(argv)

@@ -139,7 +139,6 @@ def measure_copy_gbps(device: DeviceInfo, nbytes: int | None = None) -> tuple[fl
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=dev).uniform_()
     dst = torch.empty_like(src)
     t = time_fn(lambda: dst.copy_(src), warmup=3, iters=20 if device.is_cuda else 5, device=dev)
-    del src, dst
     return 2 * nbytes / t.median / 1e9, nbytes
 
 
@@ -187,17 +186,21 @@ def measured_peaks(device: DeviceInfo | None = None, *, remeasure: bool = False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m module0_profiling.hardware", description=__doc__.split("\n")[0])
-    ap.add_argument("--remeasure", action="store_true", help="measure the peaks again instead of reading the cache")
+    ap = argparse.ArgumentParser(prog="python -m module0_profiling.hardware",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--remeasure", action="store_true",
+                    help="measure the peaks again instead of reading the cache")
     args = ap.parse_args(argv)
     dev = detect_device()
-    print(f"device: {dev.name} ({dev.kind}), SMs {dev.sm_count}, memory {dev.memory_gb} GB, L2 {dev.l2_mb} MB")
+    print(f"device: {dev.name} ({dev.kind}), SMs {dev.sm_count}, memory {dev.memory_gb} GB, "
+          f"L2 {dev.l2_mb} MB")
     peaks = measured_peaks(dev, remeasure=args.remeasure)
     print(f"measured copy bandwidth: {peaks.copy_gbps:.0f} GB/s (read + write)")
     print(f"measured {peaks.matmul_dtype} matmul {peaks.matmul_n}³: {peaks.matmul_tflops:.1f} TFLOP/s")
     sheet = dev.datasheet
     if sheet:
-        print(f"datasheet ({sheet.name}): {sheet.mem_gbps:.0f} GB/s, {sheet.bf16_tflops:.0f} bf16 TFLOP/s dense")
+        print(f"datasheet ({sheet.name}): {sheet.mem_gbps:.0f} GB/s, {sheet.bf16_tflops:.0f} bf16 TFLOP/s "
+              "dense")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The lessons' notebooks are generated from Python scripts (``<phase>/scripts/make_notebook.py``): this is the
-one helper they share — collect markdown and code cells, write ``<phase>/notebook.ipynb`` without outputs.
+"""The lessons' notebooks are generated from Python scripts (``<phase>/scripts/make_notebook.py``): this is
+the one helper they share — collect markdown and code cells, write ``<phase>/notebook.ipynb`` without outputs.
 
     nb = NotebookSource()
     md, code = nb.md, nb.code

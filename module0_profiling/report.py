@@ -35,7 +35,8 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
 def ceilings(device: DeviceInfo, peaks: Peaks | None) -> list[Ceiling]:
     out = []
     if peaks:
-        out.append(Ceiling(f"measured ({peaks.matmul_dtype} matmul, copy)", peaks.matmul_tflops, peaks.copy_gbps))
+        out.append(Ceiling(f"measured ({peaks.matmul_dtype} matmul, copy)", peaks.matmul_tflops,
+                           peaks.copy_gbps))
     sheet = device.datasheet
     if sheet:
         out.append(Ceiling(f"datasheet {sheet.name}", sheet.bf16_tflops, sheet.mem_gbps))
@@ -60,14 +61,16 @@ def build_fields(
     f: dict[str, str] = {}
     dev = device.name
     if device.is_cuda:
-        dev += f" ({device.sm_count} SMs, {device.memory_gb} GB, L2 {device.l2_mb} MB, sm_{(device.capability or '').replace('.', '')})"
+        sm = (device.capability or "").replace(".", "")
+        dev += f" ({device.sm_count} SMs, {device.memory_gb} GB, L2 {device.l2_mb} MB, sm_{sm})"
     f["device"] = f"{dev}, torch {device.torch_version}"
     f["date"] = time.strftime("%Y-%m-%d %H:%M")
     f["phase"] = phase
     f["impl"] = impl
     f["size"] = size
     f["context"] = (
-        "\n".join(f"- {k}: {v}" for k, v in result.context.items()) if result.context else na("the bench recorded no context")
+        "\n".join(f"- {k}: {v}" for k, v in result.context.items()) if result.context
+        else na("the bench recorded no context")
     )
 
     rows = []
@@ -90,7 +93,8 @@ def build_fields(
             f[key] = na("this bench recorded no trace")
     else:
         if tr.gpu_busy is not None:
-            f["gpu_busy"] = f"{100 * tr.gpu_busy:.1f} % (union of GPU activity / wall time{region}: {format_seconds(tr.busy_s)} of {format_seconds(tr.wall_s)})"
+            f["gpu_busy"] = (f"{100 * tr.gpu_busy:.1f} % (union of GPU activity / wall time{region}: "
+                             f"{format_seconds(tr.busy_s)} of {format_seconds(tr.wall_s)})")
         else:
             f["gpu_busy"] = na("CPU run: no GPU activity to measure")
         unit = "GPU kernels" if tr.device_kind == "cuda" else "CPU operators"
@@ -106,7 +110,8 @@ def build_fields(
         )
         if tr.kernels:
             f["top_kernels"] = md_table(
-                ["#", "kernel" if tr.device_kind == "cuda" else "CPU operator", "calls", "total", "mean", "share"],
+                ["#", "kernel" if tr.device_kind == "cuda" else "CPU operator", "calls", "total", "mean",
+                 "share"],
                 [[i + 1, f"`{_short(k.name)}`", k.calls, format_seconds(k.total_s), format_seconds(k.mean_s),
                   f"{100 * k.share:.1f} %"] for i, k in enumerate(tr.top(3))],
             )
@@ -115,11 +120,14 @@ def build_fields(
 
     if result.ncu:
         f["ncu"] = md_table(
-            ["kernel", "launches", "DRAM throughput", "SM throughput", "achieved occupancy", "registers/thread", "duration"],
-            [[f"`{_short(k['name'], 50)}`", k["n"], _opt(k["dram_pct"], "{:.1f} %"), _opt(k["sm_pct"], "{:.1f} %"),
-              _opt(k["occupancy_pct"], "{:.1f} %"), _opt(k["registers"], "{:.0f}"),
-              format_seconds(k["duration_s"]) if k["duration_s"] else "—"] for k in _ncu_by_name(result.ncu)],
-        ) + "\n\nncu replays each kernel with cold caches (`--cache-control all`), so its durations are HBM-bound figures."
+            ["kernel", "launches", "DRAM throughput", "SM throughput", "achieved occupancy",
+             "registers/thread", "duration"],
+            [[f"`{_short(k['name'], 50)}`", k["n"], _opt(k["dram_pct"], "{:.1f} %"),
+              _opt(k["sm_pct"], "{:.1f} %"), _opt(k["occupancy_pct"], "{:.1f} %"),
+              _opt(k["registers"], "{:.0f}"), format_seconds(k["duration_s"]) if k["duration_s"] else "—"]
+             for k in _ncu_by_name(result.ncu)],
+        ) + ("\n\nncu replays each kernel with cold caches (`--cache-control all`), so its durations are "
+             "HBM-bound figures.")
     else:
         f["ncu"] = na(result.ncu_reason or "ncu was not run")
 
@@ -135,7 +143,8 @@ def build_fields(
             f"{100 * fl / peaks.matmul_tflops:.1f} %" if fl is not None and peaks else "—",
         ])
     f["achieved"] = (
-        md_table(["version", "time", "achieved GB/s", "% of copy BW", "achieved TFLOP/s", "% of matmul peak"], ach_rows)
+        md_table(["version", "time", "achieved GB/s", "% of copy BW", "achieved TFLOP/s", "% of matmul peak"],
+                 ach_rows)
         if ach_rows else na("this bench recorded no timed versions")
     )
 
@@ -160,16 +169,19 @@ def build_fields(
         base = result.comparisons[0]
         f["before_after"] = md_table(
             ["version", "time", f"speed-up vs {base.name}", "note"],
-            [[c.name, format_seconds(c.seconds), f"{base.seconds / c.seconds:.2f}×", c.note or ""] for c in result.comparisons],
+            [[c.name, format_seconds(c.seconds), f"{base.seconds / c.seconds:.2f}×", c.note or ""]
+             for c in result.comparisons],
         )
     else:
         f["before_after"] = na("this bench recorded no timed versions")
 
     f["targets"] = md_table(
         ["target", "description", "threshold", "measured", "result"],
-        [[o.target.id, o.target.description, o.target.threshold, o.measured, o.status_text] for o in outcomes],
+        [[o.target.id, o.target.description, o.target.threshold, o.measured, o.status_text]
+         for o in outcomes],
     ) if outcomes else na("this phase defines no targets")
-    f["tables"] = "\n\n".join(f"### {title}\n\n{body}" for title, body in result.tables.items()) or na("no extra tables")
+    f["tables"] = ("\n\n".join(f"### {title}\n\n{body}" for title, body in result.tables.items())
+                   or na("no extra tables"))
     f["notes"] = "\n".join(f"- {n}" for n in result.notes) or na("no notes")
     return f
 

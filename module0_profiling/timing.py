@@ -40,7 +40,8 @@ class Timing:
         return (self.p90 - self.p10) / self.median if self.median else 0.0
 
     def __str__(self) -> str:
-        return f"{format_seconds(self.median)} (p10 {format_seconds(self.p10)}, p90 {format_seconds(self.p90)}, n={self.n})"
+        return (f"{format_seconds(self.median)} (p10 {format_seconds(self.p10)}, "
+                f"p90 {format_seconds(self.p90)}, n={self.n})")
 
     @classmethod
     def from_samples(cls, samples: Sequence[float]) -> "Timing":
@@ -182,8 +183,10 @@ def capture_cuda_graph(fn: Callable[[], Any], *, warmup: int = 3) -> torch.cuda.
     return graph
 
 
-def time_graph(fn: Callable[[], Any], *, calls_per_sample: int = 50, iters: int = 3, warmup: int = 1) -> Timing:
-    """Capture ``fn`` into a CUDA graph (``capture_cuda_graph``) and time its replays with ``time_fn``: seconds per
-    replay, ``calls_per_sample`` replays back to back per sample (device time, no launch cost between kernels)."""
+def time_graph(fn: Callable[[], Any], *, calls_per_sample: int = 50, iters: int = 3,
+               warmup: int = 1) -> Timing:
+    """Capture ``fn`` into a CUDA graph (``capture_cuda_graph``) and time its replays with ``time_fn``:
+    seconds per replay, ``calls_per_sample`` replays back to back per sample (device time, no launch cost
+    between kernels)."""
     graph = capture_cuda_graph(fn)
     return time_fn(graph.replay, warmup=warmup, iters=iters, calls_per_sample=calls_per_sample, device="cuda")

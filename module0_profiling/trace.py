@@ -35,7 +35,8 @@ import torch
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep libkineto's start/stop chatter off the terminal
 REGION = "titaninfer_region"
 GPU_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
-LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC",
+                "cuLaunchKernelEx")
 
 
 @dataclass
@@ -144,7 +145,8 @@ def summarize_chrome_trace(trace: dict, *, iters: int = 1, path: str | None = No
         gap_s = gap / 1e6 if gap is not None else None
     else:
         kind = "cpu"
-        items = _outermost([e for e in events if e.get("cat") == "cpu_op" and r0 <= e["ts"] <= r1 and e["name"] != REGION])
+        items = _outermost([e for e in events
+                            if e.get("cat") == "cpu_op" and r0 <= e["ts"] <= r1 and e["name"] != REGION])
         busy, gap_s, span = None, None, None
     totals: dict[str, list[float]] = defaultdict(list)
     for e in items:
@@ -284,7 +286,8 @@ def parse_ncu_csv(text: str) -> list[NcuKernel]:
     out = []
     for key in order:
         k = kernels[key]
-        out.append(NcuKernel(**{f: k.get(f) for f in ("name", "dram_pct", "sm_pct", "occupancy_pct", "registers", "duration_s")}))
+        fields = ("name", "dram_pct", "sm_pct", "occupancy_pct", "registers", "duration_s")
+        out.append(NcuKernel(**{f: k.get(f) for f in fields}))
     return out
 
 
@@ -317,11 +320,13 @@ def run_ncu(
         cmd += ["--kernel-name", f"regex:{kernel_regex}"]
     cmd += [sys.executable, "-c", python_code]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                         env.get("PYTHONPATH", "")])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"ncu failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-400:]}")
     kernels = parse_ncu_csv(proc.stdout)
     if not kernels:
-        raise RuntimeError("ncu profiled no kernel; its output ends: " + (proc.stdout + proc.stderr).strip()[-300:])
+        raise RuntimeError("ncu profiled no kernel; its output ends: "
+                           + (proc.stdout + proc.stderr).strip()[-300:])
     return kernels

@@ -23,7 +23,8 @@ Public contract (what ``framework``, ``solution`` and a learner's ``phase0_proto
 Shared pieces: ``config.LlamaConfig`` (+ presets), ``weights`` (safetensors, random init, fused layout
 ``LlamaWeights``), ``tokenizer`` (``tokenizers`` + HF chat templates, byte fallback), ``sources.load_model``
 (``--model`` specs), ``sampling``, ``model`` (RMSNorm, RoPE, SwiGLU), ``generate`` (the CLI:
-``python -m phase0_prototype generate --model random:tinyllama --prompt "..."``).
+``python -m phase0_prototype generate --model random:tinyllama --prompt "..."``). ``dev`` holds the solution's
+variants that lessons, tests and GPU scripts compare (not the product path; figures in ``NOTES.md``).
 """
 
 from __future__ import annotations

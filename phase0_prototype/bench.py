@@ -32,13 +32,14 @@ PARITY_TOKENS = 64
 
 def random_prompt(n: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(3, vocab, (1, n - 1), generator=g)], 1).to(device)
+    body = torch.randint(3, vocab, (1, n - 1), generator=g)
+    return torch.cat([torch.ones(1, 1, dtype=torch.long), body], 1).to(device)
 
 
 def step_inputs(config, device, batch: int = 1, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
-    """Random inputs of one decode step's projections, for timing them apart (GPU scripts): ``x`` (the residual
-    stream: qkv's and gate_up's input), ``attn`` (o's), ``act`` (down's), ``res`` (a residual) and ``qkv``
-    (attention's)."""
+    """Random inputs of one decode step's projections, for timing them apart (GPU scripts): ``x`` (the
+    residual stream: qkv's and gate_up's input), ``attn`` (o's), ``act`` (down's), ``res`` (a residual) and
+    ``qkv`` (attention's)."""
     c = config
     shapes = dict(x=c.hidden_size, attn=c.num_attention_heads * c.head_dim, act=c.intermediate_size,
                   res=c.hidden_size, qkv=c.q_size + 2 * c.kv_size)
@@ -53,8 +54,8 @@ def progress(message: str) -> None:
 def measure_generate(generate, n_new: int, repeats: int) -> dict:
     """``generate(k)`` runs a k-token continuation; returns end-to-end and steady decode figures.
 
-    Decode time per token = (time of an ``n_new``-token run − time of a 1-token run) / (n_new − 1), each pair run
-    back to back and the median taken over the pairs: the prefill's own jitter (a few ms) and any drift of the
+    Decode time per token = (time of an ``n_new``-token run − time of a 1-token run) / (n_new − 1), each
+    pair run back to back and the median taken over the pairs: the prefill's own jitter and any drift of the
     GPU's clocks cancel within a pair instead of landing, divided by n_new, on the per-token figure.
     """
     full = time_region(lambda: generate(n_new), repeats=1, warmup=1)
@@ -71,15 +72,16 @@ def measure_generate(generate, n_new: int, repeats: int) -> dict:
 
 
 def graph_us(fn) -> float:
-    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50 (GPU
-    scripts timing one projection or a chain of them)."""
+    """µs per call of ``fn`` captured in a CUDA graph (module0's ``time_graph``), best of 3 samples of 50
+    (GPU scripts timing one projection or a chain of them)."""
     with torch.inference_mode():
         return time_graph(fn).best * 1e6
 
 
 def decode_replay(engine, position: int, reps: int = 100, trials: int = 3) -> Timing:
-    """Seconds per replay of a compiled engine's batch-1 decode-step graph at ``position`` (``trials`` samples of
-    ``reps`` replays back to back; each replay advances the position, saturating at the cache's last slot)."""
+    """Seconds per replay of a compiled engine's batch-1 decode-step graph at ``position`` (``trials``
+    samples of ``reps`` replays back to back; each replay advances the position, saturating at the cache's
+    last slot)."""
     g = engine._graph_for(1)
     g.position_in.fill_(position)
     return time_fn(g.graph.replay, warmup=1, iters=trials, calls_per_sample=reps, device="cuda")
@@ -98,12 +100,14 @@ def greedy_parity(impl: str, shapes: dict, device: str, result: BenchResult) -> 
     matched = []
     modes = [False, True] if device == "cuda" else [False]
     for compile in modes:
-        engine = load_impl(impl).build(model, max_seq_len=shapes["parity_prompt"] + PARITY_TOKENS, compile=compile)
+        engine = load_impl(impl).build(model, max_seq_len=shapes["parity_prompt"] + PARITY_TOKENS,
+                                       compile=compile)
         got = engine.generate(prompt, PARITY_TOKENS, stop_on_eos=False).tokens[0]
         same = (got == expected).int()
         prefix = PARITY_TOKENS if bool(same.all()) else int(same.argmin())
         matched.append(prefix)
-        result.notes.append(f"P0.1 {impl} ({engine.mode}, fp32): first {prefix}/{PARITY_TOKENS} greedy tokens equal HF's")
+        result.notes.append(f"P0.1 {impl} ({engine.mode}, fp32): first {prefix}/{PARITY_TOKENS} greedy "
+                            "tokens equal HF's")
         del engine
     result.metrics["p0_1_greedy_identical"] = float(min(matched) == PARITY_TOKENS)
     result.metrics["p0_1_tokens_matched"] = float(min(matched))
@@ -111,12 +115,14 @@ def greedy_parity(impl: str, shapes: dict, device: str, result: BenchResult) -> 
     torch.cuda.empty_cache() if device == "cuda" else None
 
 
-def engine_speed(impl: str, model, prompt: torch.Tensor, shapes: dict, compile: bool) -> tuple[dict, str, object]:
+def engine_speed(impl: str, model, prompt: torch.Tensor, shapes: dict,
+                 compile: bool) -> tuple[dict, str, object]:
     progress(f"{impl} compile={compile}")
     engine = load_impl(impl).build(model, max_seq_len=prompt.shape[1] + shapes["new"], compile=compile)
     if hasattr(engine, "warmup"):
         engine.warmup()
-    figures = measure_generate(lambda k: engine.generate(prompt, k, stop_on_eos=False), shapes["new"], shapes["repeats"])
+    figures = measure_generate(lambda k: engine.generate(prompt, k, stop_on_eos=False), shapes["new"],
+                               shapes["repeats"])
     return figures, engine.mode, engine
 
 
@@ -170,13 +176,16 @@ def _run(impl: str, size: str) -> BenchResult:
             runs["HF transformers, static cache (compiled)"] = hf_speed(model, prompt, shapes, static=True)
     compiled_engine = None
     if on_gpu:
-        runs[f"{impl} compiled"], compiled_mode, compiled_engine = engine_speed(impl, model, prompt, shapes, compile=True)
+        runs[f"{impl} compiled"], compiled_mode, compiled_engine = engine_speed(impl, model, prompt, shapes,
+                                                                                compile=True)
 
     for name, f in runs.items():
         result.comparisons.append(Comparison(name, f["decode_s_per_token"], work_bytes=bytes_per_token,
                                              work_flops=flops_per_token,
-                                             note=f"{f['e2e_tok_s']:.1f} tok/s end to end, prefill+1 {f['prefill_s'] * 1e3:.1f} ms"))
-        result.roofline.append(RooflinePoint(f"decode: {name}", flops_per_token, bytes_per_token, f["decode_s_per_token"]))
+                                             note=f"{f['e2e_tok_s']:.1f} tok/s end to end, "
+                                                  f"prefill+1 {f['prefill_s'] * 1e3:.1f} ms"))
+        result.roofline.append(RooflinePoint(f"decode: {name}", flops_per_token, bytes_per_token,
+                                             f["decode_s_per_token"]))
     result.tables["Generation speed (batch 1)"] = speed_table(runs, bytes_per_token, peaks.copy_gbps)
 
     base = runs["framework (no KV cache)"]
@@ -194,13 +203,16 @@ def _run(impl: str, size: str) -> BenchResult:
         result.notes.append(f"{impl}: eager = {eager_mode}; compiled = {compiled_mode}; "
                             f"eager KV cache vs no cache: {eager['e2e_tok_s'] / base['e2e_tok_s']:.2f}×")
     else:
-        why = ("SIZE=small: the speed targets are defined at TinyLlama shapes on a GPU; CPU figures are in the table"
+        why = ("SIZE=small: the speed targets are defined at TinyLlama shapes on a GPU; CPU figures are in "
+               "the table"
                if not on_gpu else "SIZE=small: the speed targets are defined at TinyLlama shapes (SIZE=full)")
         for m in ("p0_2_kv_cache_speedup", "p0_3_compile_speedup", "p0_4_decode_mbu", "p0_4_vs_hf_static"):
             result.skip(m, why)
-        result.notes.append(f"CPU small: eager KV cache vs no cache {eager['e2e_tok_s'] / base['e2e_tok_s']:.2f}× end to end")
+        ratio = eager["e2e_tok_s"] / base["e2e_tok_s"]
+        result.notes.append(f"CPU small: eager KV cache vs no cache {ratio:.2f}× end to end")
 
-    trace_engine = compiled_engine or load_impl(impl).build(model, max_seq_len=prompt.shape[1] + shapes["new"], compile=False)
+    trace_engine = compiled_engine or load_impl(impl).build(
+        model, max_seq_len=prompt.shape[1] + shapes["new"], compile=False)
     trace_decode(result, trace_engine, prompt)
     cuda_basics_metrics(result, size)
     return result
@@ -211,7 +223,8 @@ def speed_table(runs: dict, bytes_per_token: float, copy_gbps: float) -> str:
              "|---|---|---|---|---|---|"]
     for name, f in runs.items():
         gbps = bytes_per_token * f["decode_tok_s"] / 1e9
-        lines.append(f"| {name} | {f['decode_tok_s']:.1f} | {f['decode_s_per_token'] * 1e3:.3f} | {gbps:.1f} | "
+        lines.append(f"| {name} | {f['decode_tok_s']:.1f} | {f['decode_s_per_token'] * 1e3:.3f} | "
+                     f"{gbps:.1f} | "
                      f"{100 * gbps / copy_gbps:.1f} % | {f['e2e_tok_s']:.1f} |")
     return "\n".join(lines)
 
@@ -224,7 +237,8 @@ def trace_decode(result: BenchResult, engine, prompt: torch.Tensor) -> None:
         return
     n = 32
     result.trace = profile_region(lambda: engine.generate(prompt, n, stop_on_eos=False), iters=1, warmup=1)
-    result.trace_region = f"{engine.name} ({engine.mode}): prefill of {prompt.shape[1]} tokens + {n - 1} decode steps"
+    result.trace_region = (f"{engine.name} ({engine.mode}): prefill of {prompt.shape[1]} tokens + {n - 1} "
+                           "decode steps")
 
 
 def cuda_basics_metrics(result: BenchResult, size: str) -> None:

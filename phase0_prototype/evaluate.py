@@ -57,15 +57,17 @@ class EvalResult:
         return self.correct / self.scored_tokens
 
     def describe(self) -> str:
-        return (f"{self.scored_tokens} tokens in {self.windows} windows (window {self.window}, stride {self.stride}): "
-                f"loss {self.loss:.4f} nats, perplexity {self.perplexity:.2f}, top-1 accuracy {100 * self.accuracy:.2f} %")
+        return (f"{self.scored_tokens} tokens in {self.windows} windows (window {self.window}, "
+                f"stride {self.stride}): loss {self.loss:.4f} nats, perplexity {self.perplexity:.2f}, "
+                f"top-1 accuracy {100 * self.accuracy:.2f} %")
 
 
 @torch.inference_mode()
 def evaluate_ids(logits_fn: LogitsFn, ids: Sequence[int] | torch.Tensor, *, window: int = 256,
                  stride: int | None = None, bos_id: int | None = None,
                  device: str | torch.device = "cpu") -> EvalResult:
-    """Score ``ids`` (no special tokens) with windows of ``window`` tokens (``<s>`` included) every ``stride``."""
+    """Score ``ids`` (no special tokens) with windows of ``window`` tokens (``<s>`` included) every
+    ``stride``."""
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     n, prefix = ids.numel(), int(bos_id is not None)
     span = window - prefix  # text tokens per window
@@ -137,7 +139,8 @@ def wikitext2_text(local_file: str | Path | None = None, split: str = "test") ->
     except ModelError:
         raise
     except Exception as e:  # offline, hub errors: one line for the user
-        raise ModelError(f"could not load WikiText-2 ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): "
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise ModelError(f"could not load WikiText-2 ({type(e).__name__}: {first}): "
                          "go online or pass --text FILE") from None
     return "\n\n".join(rows["text"])
 
@@ -158,12 +161,16 @@ def logits_fn_for(model, engine_name: str) -> LogitsFn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m phase0_prototype.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="kjv-llama-18m", help="bundled name, local HF directory, hub id or random:tiny")
+    ap = argparse.ArgumentParser(prog="python -m phase0_prototype.evaluate",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="kjv-llama-18m",
+                    help="bundled name, local HF directory, hub id or random:tiny")
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="UTF-8 text file to score")
-    source.add_argument("--wikitext2", action="store_true", help="WikiText-2 raw test split (needs `datasets`)")
-    ap.add_argument("--wikitext2-file", default=None, help="local copy of WikiText-2 (.parquet or .txt) for --wikitext2")
+    source.add_argument("--wikitext2", action="store_true",
+                        help="WikiText-2 raw test split (needs `datasets`)")
+    ap.add_argument("--wikitext2-file", default=None,
+                    help="local copy of WikiText-2 (.parquet or .txt) for --wikitext2")
     ap.add_argument("--window", type=int, default=256, help="tokens per window, <s> included")
     ap.add_argument("--stride", type=int, default=None, help="default: half the window")
     ap.add_argument("--no-bos", action="store_true", help="do not start each window with <s>")
@@ -178,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         text = wikitext2_text(args.wikitext2_file) if args.wikitext2 else read_text(args.text)
         model = load_model(args.model, dtype=args.dtype, device=args.device)
         if args.window > model.config.max_position_embeddings:
-            raise ModelError(f"--window {args.window} exceeds the model's {model.config.max_position_embeddings} positions")
+            raise ModelError(f"--window {args.window} exceeds the model's "
+                             f"{model.config.max_position_embeddings} positions")
         ids = model.tokenizer.encode(text, add_special_tokens=False)
         bos = None if args.no_bos else model.tokenizer.bos_id
         t0 = time.perf_counter()

@@ -48,7 +48,8 @@ def forward(state: dict, config, tokens: torch.Tensor, cos: torch.Tensor, sin: t
         v = F.linear(h, state[p + "self_attn.v_proj.weight"]).view(B, T, Hkv, D)
         q, k = rope_fn(q, k, cos, sin, positions)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
-        attn = F.scaled_dot_product_attention(q, repeat_kv(k, Hq // Hkv), repeat_kv(v, Hq // Hkv), is_causal=True)
+        attn = F.scaled_dot_product_attention(q, repeat_kv(k, Hq // Hkv), repeat_kv(v, Hq // Hkv),
+                                              is_causal=True)
         x = x + F.linear(attn.transpose(1, 2).reshape(B, T, Hq * D), state[p + "self_attn.o_proj.weight"])
         h = rms_norm(x, state[p + "post_attention_layernorm.weight"], config.rms_norm_eps)
         gate = F.linear(h, state[p + "mlp.gate_proj.weight"])
@@ -66,7 +67,8 @@ class FrameworkEngine:
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
                  compile: bool = False, rope_fn: RopeFn | None = None):
         self.model, self.config = model, model.config
-        self.max_seq_len = min(max_seq_len or self.config.max_position_embeddings, self.config.max_position_embeddings)
+        limit = self.config.max_position_embeddings
+        self.max_seq_len = min(max_seq_len or limit, limit)
         self.cos, self.sin = rope_cache(self.config, self.max_seq_len, model.device)
         self.rope_fn = rope_fn or apply_rope
         self.mode = "eager, no KV cache"  # `compile` is accepted for the contract and ignored

@@ -31,7 +31,9 @@ class GenerateStats:
 
     @property
     def decode_tok_s(self) -> float:
-        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else float("nan")
+        if self.new_tokens > 1 and self.decode_s > 0:
+            return (self.new_tokens - 1) / self.decode_s
+        return float("nan")
 
     @property
     def achieved_gbps(self) -> float:
@@ -84,7 +86,8 @@ def generate_text(engine, prompt: str, max_new_tokens: int, sampling: SamplingPa
         stream.write(tail)
     n = out.lengths[0]
     context = len(ids) + n // 2  # average cached positions read during decode
-    stats = GenerateStats(len(ids), n, (first[0] if first else t_end) - t0, t_end - (first[0] if first else t0),
+    ttft_end, decode_start = (first[0], first[0]) if first else (t_end, t0)
+    stats = GenerateStats(len(ids), n, ttft_end - t0, t_end - decode_start,
                           decode_bytes_per_token(model.config, model.dtype, context))
     return "".join(pieces), stats
 
@@ -99,7 +102,8 @@ def describe(stats: GenerateStats, device: str) -> str:
             from module0_profiling.hardware import measured_peaks
 
             peak = measured_peaks().copy_gbps
-            line += f" = {100 * stats.achieved_gbps / peak:.1f} % of measured copy bandwidth ({peak:.0f} GB/s)"
+            line += (f" = {100 * stats.achieved_gbps / peak:.1f} % of measured copy bandwidth "
+                     f"({peak:.0f} GB/s)")
         lines.append(line)
     return "\n".join(lines)
 
@@ -111,14 +115,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--impl", default="solution", help="framework, solution or a module path")
     ap.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda when available")
-    ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                    help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    ap.add_argument("--no-compile", action="store_true", help="run the solution eagerly (no torch.compile/graphs)")
-    ap.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: prompt + new tokens)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="run the solution eagerly (no torch.compile/graphs)")
+    ap.add_argument("--max-seq-len", type=int, default=None,
+                    help="KV cache length (default: prompt + new tokens)")
 
 
 def run(args: argparse.Namespace, **engine_options) -> int:
@@ -129,13 +136,16 @@ def run(args: argparse.Namespace, **engine_options) -> int:
     max_seq_len = args.max_seq_len
     if max_seq_len is None:  # a cache just long enough: fewer masked slots read per step
         n_prompt = len(model.tokenizer.encode(args.prompt)) + (64 if args.chat else 0)
-        max_seq_len = min(model.config.max_position_embeddings, -(-(n_prompt + args.max_new_tokens) // 64) * 64)
+        rounded = -(-(n_prompt + args.max_new_tokens) // 64) * 64
+        max_seq_len = min(model.config.max_position_embeddings, rounded)
     print(f"[{args.model} · {args.impl} · {device} {dtype}]", file=sys.stderr)
-    engine = build_engine(model, args.impl, compile=not args.no_compile, max_seq_len=max_seq_len, **engine_options)
+    engine = build_engine(model, args.impl, compile=not args.no_compile, max_seq_len=max_seq_len,
+                          **engine_options)
     if not args.chat:  # the continuation reads on from the prompt, as a completion does
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
-    _, stats = generate_text(engine, args.prompt, args.max_new_tokens, sampling, chat=args.chat, stream=sys.stdout)
+    _, stats = generate_text(engine, args.prompt, args.max_new_tokens, sampling, chat=args.chat,
+                             stream=sys.stdout)
     print(file=sys.stdout)
     print(f"[{engine.mode}] " + describe(stats, device), file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ class GenerationOutput:
         return [self.tokens[b, :n].tolist() for b, n in enumerate(self.lengths)]
 
 
-def check_context(prompt_len: int, max_new_tokens: int, limit: int, what: str = "the model's context") -> None:
+def check_context(prompt_len: int, max_new_tokens: int, limit: int,
+                  what: str = "the model's context") -> None:
     if prompt_len == 0:
         raise ModelError("the prompt is empty: give at least one token")
     if max_new_tokens < 1:
@@ -38,7 +39,8 @@ def check_context(prompt_len: int, max_new_tokens: int, limit: int, what: str = 
                          f"of {limit} positions: shorten the prompt or lower --max-new-tokens")
 
 
-def as_batch(prompt_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+def as_batch(prompt_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+             device: torch.device) -> torch.Tensor:
     """Prompt ids as ``[batch, tokens]`` int64 on ``device`` (all rows the same length)."""
     t = prompt_ids if isinstance(prompt_ids, torch.Tensor) else torch.tensor(prompt_ids)
     if t.dim() == 1:

@@ -1,53 +1,22 @@
 """The fast engine: static KV cache, fused projections, a decode step of hand-written Triton kernels replayed
 as one CUDA graph.
 
-At batch 1 a decode step does ~2 GFLOP but must read every weight once (2.1 GB for TinyLlama in bf16):
-it is bound by memory bandwidth, and the limit it approaches is *bytes per token / copy bandwidth*
-(MBU, gpt-fast's "achieved GB/s"). Four things stand between eager PyTorch and that limit:
+At batch 1 a decode step reads every weight once for 2 FLOPs per weight: its limit is *bytes per token /
+copy bandwidth* (MBU, gpt-fast's "achieved GB/s"). Four things stand between eager PyTorch and that limit:
 
 1. **Recomputation** — the KV cache: K and V of past positions are written once into a preallocated
    ``[layers, 2, batch, kv_heads, max_seq_len, head_dim]`` tensor, so a step processes one token.
-2. **Launch overhead** — ~15 kernels per layer launched from Python take longer than the GPU needs to
-   run them. q/k/v and gate/up are fused into one matrix each (``weights.fuse``) and the whole step is
-   captured once in a CUDA graph (static shapes: the cache has a fixed length and the kernels mask the
-   positions not yet written) and replayed with one launch per token.
-3. **Bandwidth per kernel** — cuBLAS and inductor's reductions stream a TinyLlama projection at a fraction
-   of copy bandwidth, and small glue kernels (RMSNorm, RoPE, cache write, softmax pieces) each cost a few
-   µs. ``decode_kernels="triton"`` (the default on CUDA) runs the step as six Triton kernels per layer
-   (``kernels/step.py``): GEMVs with RMSNorm/residual/SwiGLU fused in, and one RoPE + cache-write +
-   split attention kernel plus its merge. ``decode_kernels="inductor"`` keeps the earlier path:
-   ``torch.compile`` of the PyTorch step (``gemv="reduction"`` writes x·Wᵀ as a reduction inductor fuses).
-4. **Host work per token** — nothing reads the device per token, and a greedy token costs one graph replay:
-   the graph ends in one small kernel (``kernels/greedy.py``) that takes the argmax, applies EOS, feeds
-   the token back into the graph's input, advances the position and records the token (``DecodeGraph``).
-   The host looks at the tokens every ``sync_every`` tokens (EOS check, streaming callback), and launches
-   the next step before it does, so the GPU computes while the host turns a chunk into text; the CPU runs
-   ahead and keeps the GPU fed. Sampled decoding draws from the graph's logits on the host side instead.
+2. **Launch overhead** — q/k/v and gate/up are fused into one matrix each (``weights.fuse``) and the whole
+   step is captured once in a CUDA graph (static shapes: the kernels mask the cache slots not yet written).
+3. **Bandwidth per kernel** — cuBLAS and inductor's reductions stream these small projections well below
+   copy bandwidth, so inside the graph the step is six Triton kernels per layer (``kernels/step.py``); a model
+   or batch they do not take falls back to ``torch.compile`` of the PyTorch step (``decode_step``).
+4. **Host work per token** — the graph ends in ``kernels/greedy.py`` (argmax, EOS, feedback, position), so a
+   greedy token is one replay; the host reads tokens every ``sync_every`` and launches the next step first.
 
-Measured on an H100 (random:tinyllama bf16, prompt 512, 128 new tokens, ``scripts/gpu_pdl_variants.py``):
-the first Triton step, 1.20 ms/token (58 % MBU, ~2.4× HF's compiled static-cache generate); with
-programmatic dependent launch — each kernel requests its first weight slab before waiting for the previous
-kernel, so launch and ramp-up overlap the previous tail — and whole-row GEMV tiles, 1.09 ms of graph replay;
-with the attention products on tensor cores, 1.06 ms/token = 65 % MBU; with every kernel letting the next
-one launch *before* it waits for its own inputs (so the next kernel's programs are resident and streaming
-weights while this one finishes: the output projection's weights arrive during the attention), 0.979
-ms/token = 70.8 % (graph replay alone 960 µs = 72 %); with tiles per projection and fewer registers per
-GEMV program (``gemv.default_config``: more programs resident, waiting with their weights in hand), 0.90–0.92
-ms/token = 76–77 % (graph replay 899–917 µs). The inductor step, in a separate run of
-``scripts/gpu_triton_decode.py``, 582 tok/s = 40 % (~360 kernels). What is left between 77 % and the roof:
-attention + merge still cost ~80 µs per token (the step without them, a diagnostic, takes 823 µs: the
-attention's latency leaves the memory idle), and the small GEMVs (qkv, o: 8–10 MB, ~3 µs of reads each) pay
-a ramp-up and tail comparable to their reads (62–69 % of copy bandwidth each, against 83–93 % for gate_up
-and down; ``scripts/gpu_gemv_ops.py``).
-
-On a CPU (tests) the step runs eagerly in PyTorch; ``decode_kernels="triton"`` runs the Triton kernels
-there too under ``TRITON_INTERPRET=1`` (slow; for tests).
-
-Plug-in points for later phases: ``rope_fn`` (any ``model.RopeFn``; phase 2's CUDA RoPE keeps greedy tokens
-identical; with the Triton step it runs between the projection and the attention kernel),
-``decode_attention``/``prefill_attention`` (phase 3 swaps in paged attention; replacing
-``decode_attention`` in this module switches the decode step to the PyTorch/inductor path, which calls it),
-and ``self.weights`` (``weights.LlamaWeights``, the documented fused layout).
+Eager (CPU, ``compile=False``) runs the PyTorch step. Plug-in points: ``rope_fn`` (phase 2's RoPE; with the
+Triton step it runs between the projection and the attention kernel) and ``self.weights`` (the fused
+layout). Figures: ``reports/phase0_prototype/``; variants compared on the way: ``dev/`` and ``NOTES.md``.
 """
 
 from __future__ import annotations
@@ -70,7 +39,8 @@ from phase0_prototype.weights import LlamaWeights, fuse
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention of a fresh prompt over itself: q ``[B,T,Hq,D]``, k/v ``[B,T,Hkv,D]`` -> ``[B,T,Hq·D]``."""
+    """Causal attention of a fresh prompt over itself: q ``[B,T,Hq,D]``, k/v ``[B,T,Hkv,D]`` ->
+    ``[B,T,Hq·D]``."""
     B, T, Hq, D = q.shape
     groups = Hq // k.shape[2]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), repeat_kv(k.transpose(1, 2), groups),
@@ -78,7 +48,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return out.transpose(1, 2).reshape(B, T, Hq * D)
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     lengths: torch.Tensor) -> torch.Tensor:
     """One query per sequence over its cached keys: q ``[B,Hq,D]``, caches ``[B,Hkv,S,D]``, ``lengths [B]``
     (valid positions, the current one included) -> ``[B, Hq·D]``.
 
@@ -96,8 +67,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 def gemv_reduction(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)`` for a handful of rows, as a reduction inductor compiles (fp32 accumulation).
-    Only inside torch.compile: run eagerly it would materialise an fp32 copy of the weight."""
+    """``F.linear(x, weight)`` for a handful of rows, as a reduction inductor compiles (fp32 accumulation):
+    one bandwidth-bound kernel per projection with the casts and residual add fused in, where cuBLAS would
+    run a GEMM tuned for larger M. Only inside torch.compile: eagerly it materialises an fp32 weight."""
     return (x.unsqueeze(-2).float() * weight.float()).sum(-1).to(x.dtype)
 
 
@@ -107,16 +79,17 @@ class DecodeGraph:
     The graph runs the step on ``token_in`` at ``position_in`` (``logits`` is its output), then
     ``kernels.greedy.greedy_tail``: argmax, EOS (``eos``, ``finished``, ``pad``), ``token_in`` ← the token,
     ``position_in`` += 1, ``history[b, position] = token``. Replaying it again is the next greedy step.
+    Sampled decoding overwrites the token from the host after each replay.
     """
 
     EOS_SLOTS = 8
 
     def __init__(self, token_in, position_in, finished, eos, pad, history):
-        self.token_in, self.position_in, self.finished, self.eos, self.pad = token_in, position_in, finished, eos, pad
+        self.token_in, self.position_in, self.finished = token_in, position_in, finished
+        self.eos, self.pad = eos, pad
         self.history = history  # [batch, max_seq_len]: the token at each position
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
-        self.tail = True  # the greedy tail is captured in the graph (False: the host runs it after each replay)
 
     @classmethod
     def allocate(cls, batch: int, max_seq_len: int, device: torch.device) -> DecodeGraph:
@@ -128,8 +101,8 @@ class DecodeGraph:
                    longs(batch, max_seq_len))
 
     def start(self, first: torch.Tensor, position: int, eos_ids, host_eos: EosState) -> None:
-        """Load a generation's state: its first token at ``position``, the EOS ids the graph applies (none when
-        the host samples or EOS is ignored), and the finished flags and padding of ``host_eos``."""
+        """Load a generation's state: its first token at ``position``, the EOS ids the graph applies (none
+        when the host samples or EOS is ignored), and the finished flags and padding of ``host_eos``."""
         ids = list(eos_ids)
         if len(ids) > self.EOS_SLOTS:
             from phase0_prototype.errors import ModelError
@@ -145,14 +118,17 @@ class DecodeGraph:
 
 
 class SolutionEngine:
-    """``Engine`` contract (see ``phase0_prototype``) over a static KV cache."""
+    """``Engine`` contract (see ``phase0_prototype``) over a static KV cache.
+
+    Hooks for subclasses (phase 5's INT4 engine, ``dev/``): ``_layer``/``_logits`` (the PyTorch forward),
+    ``_triton_for`` (which batches run the Triton step) and ``_step_for`` (the step a graph captures).
+    """
 
     name = "solution"
+    reduction_rows = 4  # up to this batch the compiled PyTorch step writes x·Wᵀ as ``gemv_reduction``
 
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
-                 compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16,
-                 gemv: str = "reduction", tune: bool = False, decode_kernels: str = "auto",
-                 graph_tail: bool = True, lookahead: bool | None = None):
+                 compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.max_seq_len = min(max_seq_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -165,31 +141,17 @@ class SolutionEngine:
         self.use_graphs = compile and self.device.type == "cuda"
         self.mode = "torch.compile + CUDA graph" if self.use_graphs else "eager"
         self._graphs: dict[int, DecodeGraph] = {}  # batch size -> its captured decode step
-        # Dynamo can trace the reference RoPE; an external kernel (CuPy) would be a graph break.
-        self._fullgraph = self.rope_fn is apply_rope
-        # gemv="reduction": inside the compiled decode step, x·Wᵀ at batch ≤ 4 is written as a multiply + sum
-        # so inductor emits one bandwidth-bound Triton reduction per projection (and fuses the casts and
-        # residual adds into it) instead of a cuBLAS GEMM tuned for larger M. tune=True turns on inductor's
-        # coordinate-descent tuning of those kernels' block sizes (gpt-fast does the same).
-        self.gemv, self.tune = gemv, tune
-        # decode_kernels: "triton" = the hand-written step (kernels/step.py), "inductor" = torch.compile of
-        # decode_step; "auto" = triton inside CUDA graphs when the model and batch suit it, else inductor.
-        if decode_kernels not in ("auto", "triton", "inductor"):
-            from phase0_prototype.errors import ModelError
-
-            raise ModelError(f"unknown decode_kernels={decode_kernels!r}: choose auto, triton or inductor")
-        self.decode_kernels = decode_kernels
-        # graph_tail=False: the greedy tail (argmax, EOS, feedback, position) runs as host-launched PyTorch ops
-        # after each replay instead of inside the graph — the A/B of scripts/gpu_pdl_variants.py
-        self.graph_tail = graph_tail
-        # lookahead: at a sync point, launch the next step before the host reads the chunk (default on CUDA)
-        self.lookahead = self.device.type == "cuda" if lookahead is None else lookahead
-        self.fused_rope = self.rope_fn is apply_rope  # the attention kernel applies the reference RoPE itself
+        # Without a plug-in the attention kernel applies the reference RoPE itself, and Dynamo traces the
+        # whole PyTorch step; an external kernel (CuPy) would be a graph break.
+        self.fused_rope = self._fullgraph = rope_fn is None
+        # At a sync point, launch the next step before the host reads the chunk: the GPU computes meanwhile.
+        self.lookahead = self.device.type == "cuda"
         if self._triton_for(max_batch_size):
             self.mode = "Triton kernels + CUDA graph" if self.use_graphs else "Triton kernels, eager"
 
     # ------------------------------------------------------------------ the two forward passes
-    def _layer(self, i: int, x: torch.Tensor, positions: torch.Tensor, attend, linear=F.linear) -> torch.Tensor:
+    def _layer(self, i: int, x: torch.Tensor, positions: torch.Tensor, attend,
+               linear=F.linear) -> torch.Tensor:
         cfg, w = self.config, self.weights.layers[i]
         B, T = x.shape[0], x.shape[1]
         Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -205,7 +167,8 @@ class SolutionEngine:
         return linear(rms_norm(x, self.weights.norm, self.config.rms_norm_eps), self.weights.lm_head)
 
     def prefill(self, tokens: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
-        """Run fresh prompts ``[B, T]``, fill cache positions [0, T); logits of the last (or every) position."""
+        """Run fresh prompts ``[B, T]``, fill cache positions [0, T); logits of the last (or every)
+        position."""
         B, T = tokens.shape
         positions = torch.arange(T, device=tokens.device).expand(B, T)
 
@@ -233,7 +196,7 @@ class SolutionEngine:
             cache[i, 1, rows, :, positions] = v[:, 0]
             return decode_attention(q[:, 0], cache[i, 0], cache[i, 1], positions + 1)[:, None]
 
-        reduction = self.gemv == "reduction" and B <= 4 and torch.compiler.is_compiling()
+        reduction = B <= self.reduction_rows and torch.compiler.is_compiling()
         linear = gemv_reduction if reduction else F.linear
         x = self.weights.embed_tokens[tokens][:, None]  # [B, 1, hidden]
         for i in range(self.config.num_hidden_layers):
@@ -242,19 +205,13 @@ class SolutionEngine:
 
     # ------------------------------------------------------------------ which decode step
     def _triton_for(self, batch: int) -> bool:
-        """Whether a decode step of ``batch`` sequences runs the Triton kernels."""
-        if self.decode_kernels == "inductor" or (self.decode_kernels == "auto" and not self.use_graphs):
-            return False
-        if decode_attention is not _reference_decode_attention:  # a plugged-in attention: the PyTorch step calls it
+        """Whether a decode step of ``batch`` sequences runs the Triton kernels: inside CUDA graphs, when the
+        model and batch suit them (else the graph captures the compiled PyTorch step)."""
+        if not self.use_graphs:
             return False
         from phase0_prototype.kernels.step import unsupported_reason
 
-        reason = unsupported_reason(self.config, batch, self.weights)
-        if reason and self.decode_kernels == "triton":
-            from phase0_prototype.errors import ModelError
-
-            raise ModelError(f"decode_kernels='triton' cannot run this engine: {reason}; use decode_kernels='inductor'")
-        return reason is None
+        return unsupported_reason(self.config, batch, self.weights) is None
 
     def _step_for(self, batch: int):
         """The eager decode step function for ``batch`` sequences (what the CUDA graph captures)."""
@@ -267,20 +224,17 @@ class SolutionEngine:
     # ------------------------------------------------------------------ CUDA graph of the decode step
     def _graph_for(self, batch: int) -> DecodeGraph:
         if batch not in self._graphs:
-            import torch._inductor.config
-
             from module0_profiling.timing import capture_cuda_graph
 
             step = self._step_for(batch)
             if step == self.decode_step:  # the PyTorch step is compiled; the Triton one is already kernels
                 step = torch.compile(self.decode_step, fullgraph=self._fullgraph, dynamic=False)
             g = DecodeGraph.allocate(batch, self.max_seq_len, self.device)
-            g.tail = self.graph_tail
             body = self._decode_body(g, step)
             saved = self.kv_cache.clone()  # warm-up steps write slots 0-3; keep the cache as it was
             side = torch.cuda.Stream()  # compile + autotune (the tail kernel too) outside the capture
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=self.tune):
+            with torch.cuda.stream(side):
                 for _ in range(3):
                     body()  # advances position_in / history: harmless, every generate loads its own state
             torch.cuda.current_stream().wait_stream(side)
@@ -303,8 +257,7 @@ class SolutionEngine:
 
         def body() -> None:
             g.logits = step(g.token_in, g.position_in)
-            if g.tail:
-                greedy_tail(g.logits, g.token_in, g.position_in, g.finished, g.eos, g.pad, g.history)
+            greedy_tail(g.logits, g.token_in, g.position_in, g.finished, g.eos, g.pad, g.history)
 
         return body
 
@@ -346,7 +299,7 @@ class SolutionEngine:
             # ``history`` — so a greedy token costs one replay and nothing else. Sampling overwrites the
             # argmax's choice from the host (and then the graph's EOS list is empty: the host tracks EOS).
             g = self._graph_for(B)
-            in_graph = sampling.greedy and g.tail  # the graph's own kernel picks, applies EOS and records
+            in_graph = sampling.greedy  # the graph's own kernel picks, applies EOS and records
             g.start(next_tokens, T, eos_ids if stop_on_eos and in_graph else (), eos)
             out = g.history[:, T:T + max_new_tokens]  # out[:, i] is the token at position T + i
             out[:, 0] = next_tokens
@@ -355,11 +308,9 @@ class SolutionEngine:
             def advance() -> None:
                 g.graph.replay()
                 if not in_graph:
-                    tok = torch.argmax(g.logits, dim=-1) if sampling.greedy else sample(g.logits, sampling, generator)
+                    tok = sample(g.logits, sampling, generator)
                     g.token_in.copy_(eos.update(tok) if stop_on_eos else tok)
                     out[:, i] = g.token_in
-                    if not g.tail:
-                        g.position_in.add_(1)
         else:
             out = torch.empty(B, max_new_tokens, dtype=torch.long, device=self.device)
             out[:, 0] = next_tokens
@@ -401,9 +352,6 @@ class SolutionEngine:
             if not launched:
                 advance()
         return finish(out[:, :emitted], eos_ids, stop_on_eos)
-
-
-_reference_decode_attention = decode_attention
 
 
 def _clear_cublas_workspaces() -> None:

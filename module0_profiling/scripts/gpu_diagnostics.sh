@@ -12,14 +12,14 @@
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
 OUT="${OUT:-$PWD/out}"; mkdir -p "$OUT"
-export P0OPS_JSON="$OUT/p0ops.json"  # p0ops ranks each projection's tiles; p0var then runs the best together
+P0OPS="$OUT/p0ops.json"  # p0ops ranks each projection's tiles; p0var then runs the best together
 source module0_profiling/scripts/device_site.sh  # carried wheels (.whl*/) -> .site on PYTHONPATH
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 for job in ${JOBS:-p0var bs1 p4diag}; do
   echo "=== $job"
   case $job in
-    p0var) timeout 260 python3 phase0_prototype/scripts/gpu_pdl_variants.py 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p0var.log" | tail -40 ;;
-    p0ops) timeout 200 python3 phase0_prototype/scripts/gpu_gemv_ops.py 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p0ops.log" | tail -70 ;;
+    p0var) timeout 260 python3 phase0_prototype/scripts/gpu_pdl_variants.py --ops "$P0OPS" 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p0var.log" | tail -40 ;;
+    p0ops) timeout 200 python3 phase0_prototype/scripts/gpu_gemv_ops.py --out "$P0OPS" 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p0ops.log" | tail -70 ;;
     p4diag) timeout 240 python3 -m phase4_scheduler.scripts.gpu_step_timing --quick 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p4diag.log" | tail -60 ;;
     p5sweep) timeout 300 python3 -m phase5_quantization.scripts.gpu_gemv_sweep ${SWEEP_ARGS:---quick} --out "$OUT/sweep.json" > "$OUT/p5sweep.log" 2>&1; tail -40 "$OUT/p5sweep.log"; cp phase5_quantization/kernels/tuned/*.json "$OUT/" 2>/dev/null ;;
     p5step) timeout 240 python3 -m phase5_quantization.scripts.gpu_int4_step 2>&1 | grep -v -e USDT -e _warn_once | tee "$OUT/p5step.log" | tail -40 ;;

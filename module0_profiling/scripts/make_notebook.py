@@ -20,7 +20,7 @@ Seed §0.2–0.4: roofline, Nsight Systems, Nsight Compute. The timeline here co
 """)
 code(r"""
 from module0_profiling.notebook_env import import_phases_as_packages
-import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package of transformers
 import torch
 from module0_profiling.hardware import detect_device, measured_peaks
 device = detect_device()
@@ -70,7 +70,8 @@ h100 = Ceiling("H100", 989, 3350)
 print(f"{'batch':>6} {'AI':>8} {'bound on H100':>14} {'attainable TFLOP/s':>19}")
 for b in [1, 8, 64, 256, 1024, 4096]:
     ai = gemv_flops(4096, 4096, b) / gemv_bytes(4096, 4096, b)
-    print(f"{b:>6} {ai:>8.1f} {'memory' if ai < h100.ridge else 'compute':>14} {h100.attainable_tflops(ai):>19.1f}")
+    bound = "memory" if ai < h100.ridge else "compute"
+    print(f"{b:>6} {ai:>8.1f} {bound:>14} {h100.attainable_tflops(ai):>19.1f}")
 """)
 md(r"""
 ## 3. Reading a trace: the seed's `Linear(4096, 4096)` loop
@@ -128,7 +129,8 @@ if reason:
 else:
     snippet = ("import torch\nl = torch.nn.Linear(4096, 4096, device='cuda', dtype=torch.bfloat16)\n"
                "x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)\n"
-               "with torch.no_grad(), torch.cuda.nvtx.range('titaninfer'):\n    l(x)\ntorch.cuda.synchronize()\n")
+               "with torch.no_grad(), torch.cuda.nvtx.range('titaninfer'):\n    l(x)\n"
+               "torch.cuda.synchronize()\n")
     for k in run_ncu(snippet):
         print(k)
 """)

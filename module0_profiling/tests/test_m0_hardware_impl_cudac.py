@@ -11,7 +11,8 @@ from module0_profiling.impl import ImplError, load_impl
 
 @pytest.mark.parametrize("name,expected", [
     ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H200", "H200 SXM"),
-    ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM"), ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA L40S", "L40S"),
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM"), ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+    ("NVIDIA L40S", "L40S"),
     ("NVIDIA A10", "A10"),
 ])
 def test_datasheet_lookup(name, expected):

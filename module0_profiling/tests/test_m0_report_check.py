@@ -25,7 +25,8 @@ def _result() -> BenchResult:
     r.comparisons = [Comparison("framework", t_fw, 3.3e7, 3.3e7), Comparison("solution", t_sol, 3.3e7, 3.3e7)]
     r.roofline = [RooflinePoint("gemv", 3.3e7, 3.3e7, t_sol)]
     r.trace = TraceSummary("cuda", 1e-3, 4e-4, 200, 100, 5e-6, 2e-6, iters=2,
-                           kernels=[KernelStat("gemv", 100, 3e-4, 3e-6, 0.75), KernelStat("reduce", 100, 1e-4, 1e-6, 0.25)])
+                           kernels=[KernelStat("gemv", 100, 3e-4, 3e-6, 0.75),
+                                    KernelStat("reduce", 100, 1e-4, 1e-6, 0.25)])
     r.trace_region = "a loop"
     r.tables["sweep"] = "| a | b |\n|---|---|\n| 1 | 2 |"
     r.notes.append("a note")
@@ -47,8 +48,9 @@ def test_every_template_field_is_filled(template, tmp_path):
     result = _result()
     result.skip("gpu_only", "no GPU here")
     outcomes = [t.evaluate(result) for t in _targets()]
-    paths = write_report(out_dir=tmp_path, stem="dev", template=template.read_text(), phase="p", impl="solution",
-                         size="full", device=H100, peaks=PEAKS, result=result, outcomes=outcomes)
+    paths = write_report(out_dir=tmp_path, stem="dev", template=template.read_text(), phase="p",
+                         impl="solution", size="full", device=H100, peaks=PEAKS, result=result,
+                         outcomes=outcomes)
     md = paths[0].read_text()
     assert not PLACEHOLDER.search(md), "unfilled placeholder"
     assert "n/a: no field" not in md, "the template names a field the report does not know"

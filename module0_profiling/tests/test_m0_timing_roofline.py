@@ -70,8 +70,10 @@ def test_attention_decode_counts():
     b, hq, hkv, d, ctx = 2, 8, 2, 64, 100
     assert roofline.attention_decode_flops(b, hq, d, ctx) == 4 * b * hq * d * ctx
     # K and V of each kv head read once, q read and out written
-    assert roofline.attention_decode_bytes(b, hq, hkv, d, ctx, 2) == 2 * b * hkv * ctx * d * 2 + 2 * b * hq * d * 2
-    assert roofline.attention_prefill_flops(1, 1, 64, 128, causal=False) == 2 * roofline.attention_prefill_flops(1, 1, 64, 128)
+    kv_bytes, q_out_bytes = 2 * b * hkv * ctx * d * 2, 2 * b * hq * d * 2
+    assert roofline.attention_decode_bytes(b, hq, hkv, d, ctx, 2) == kv_bytes + q_out_bytes
+    causal = roofline.attention_prefill_flops(1, 1, 64, 128)
+    assert roofline.attention_prefill_flops(1, 1, 64, 128, causal=False) == 2 * causal
 
 
 def test_ceiling_ridge_and_attainable():
@@ -116,7 +118,8 @@ def test_time_graph_needs_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_time_graph_times_the_captured_work():
-    """A graph of 8 copies of 64 MB takes several times a graph of 1 (per replay), and the replay really ran it."""
+    """A graph of 8 copies of 64 MB takes several times a graph of 1 (per replay), and the replay really ran
+    it."""
     src = torch.randn(16 << 20, device="cuda")
     dst = torch.zeros_like(src)
     one = time_graph(lambda: dst.copy_(src), calls_per_sample=5, iters=5)

@@ -102,7 +102,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor, version: str, out: torch.Tensor | N
             raise ValueError(f"matmul_{version} needs M a multiple of {dm}, N of {dn}, K of {dk}")
     out = torch.empty(M, N, device=a.device, dtype=torch.float32) if out is None else out
     grid, block = matmul_launch_shape(version, M, N)
-    _launch(f"matmul_{version}", grid, block, (_ptr(a), _ptr(b), _ptr(out), np.int32(M), np.int32(N), np.int32(K)))
+    _launch(f"matmul_{version}", grid, block,
+            (_ptr(a), _ptr(b), _ptr(out), np.int32(M), np.int32(N), np.int32(K)))
     return out
 
 

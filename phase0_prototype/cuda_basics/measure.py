@@ -45,7 +45,8 @@ def measure(n: int = 4096) -> dict:
         err = float((C - ref).abs().max() / ref.abs().max())
         if err > 1e-4:
             raise AssertionError(f"matmul_{version} differs from torch: relative error {err:.2e}")
-        mm[version] = time_fn(lambda v=version, c=C: cb.matmul(A, B, v, c), warmup=2, iters=5 if n >= 4096 else 10).median
+        mm[version] = time_fn(lambda v=version, c=C: cb.matmul(A, B, v, c), warmup=2,
+                              iters=5 if n >= 4096 else 10).median
         rows.append((f"matmul_{version} {n}³", mm[version], None, flops / mm[version] / 1e12))
         roofline.append(RooflinePoint(f"matmul_{version} {n}³ fp32", flops, min_bytes, mm[version]))
     cublas = time_fn(lambda: torch.mm(A, B), warmup=2, iters=5).median
@@ -57,12 +58,14 @@ def measure(n: int = 4096) -> dict:
     for name, s, gbps, tflops in rows:
         table.append(f"| {name} | {s * 1e3:.3f} ms | {'' if gbps is None else f'{gbps:.0f}'} | "
                      f"{'' if tflops is None else f'{tflops:.2f}'} |")
-    occ = ["| kernel | threads/block | registers/thread | static smem/block (B) | blocks/SM | theoretical occupancy |",
-           "|---|---|---|---|---|---|"]
+    occ = ["| kernel | threads/block | registers/thread | static smem/block (B) | blocks/SM "
+           "| theoretical occupancy |", "|---|---|---|---|---|---|"]
     for r in cb.occupancy_table():
-        occ.append(f"| {r['kernel']} | {r['threads/block']} | {r['registers/thread']} | {r['static smem/block (B)']} | "
-                   f"{r['blocks/SM']} | {100 * r['theoretical occupancy']:.0f} % |")
-    notes.append("achieved occupancy needs Nsight Compute (ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active)")
+        occ.append(f"| {r['kernel']} | {r['threads/block']} | {r['registers/thread']} | "
+                   f"{r['static smem/block (B)']} | {r['blocks/SM']} | "
+                   f"{100 * r['theoretical occupancy']:.0f} % |")
+    notes.append("achieved occupancy needs Nsight Compute "
+                 "(ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active)")
     return {
         "tiled_vs_naive": mm["naive"] / mm[best],
         "coalesced_vs_strided": copies[STRIDE] / copies[1],

@@ -1,4 +1,4 @@
-"""Triton kernels of the solution's batch-1 decode step (imported lazily: only the Triton decode path needs them).
+"""Triton kernels of the solution's decode step (imported lazily: only the Triton decode path needs them).
 
 - ``gemv.fused_gemv``: ``x · Wᵀ`` for a handful of rows at close to copy bandwidth, with an RMSNorm
   prologue and a residual-add or SiLU·up epilogue fused in;

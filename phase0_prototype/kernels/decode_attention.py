@@ -9,17 +9,11 @@ puts tens of programs on the GPU instead of ``B·Hkv`` (4 at batch 1), and the g
 length so the launch captures in a CUDA graph; splits past the current position load nothing.
 A second kernel merges the splits' partial results (log-sum-exp weights) into ``[B, Hq·D]``.
 
-At batch 1 and a few hundred positions the kernel moves ~150 KB per KV head: it is bound by latency, not
-bandwidth, so the two products run on tensor cores (``USE_DOT``: the G = 8 query heads of a group padded to
-16 rows, ``q·Kᵀ`` and ``p·V`` as ``tl.dot``; p rounded to the cache dtype as in flash attention). On the H100
-that cut the whole decode step from 1088 to 1058 µs against the CUDA-core broadcast-and-reduce version.
-
-With programmatic dependent launch the attention kernel requests its first block of cached keys and values
-before waiting for the projection (they were written by earlier steps), and both kernels let their
-dependents launch before they wait, so the output projection's programs stream their weights in while the
-attention runs (``gemv.pdl_enabled``): on the H100 the step went from 1062 to 1003 µs. Without attention at
-all (a diagnostic, wrong tokens) the step takes ~65–80 µs less than with it (823 vs 899 µs with the later GEMV
-tiles): what the two kernels' latency still costs, with the memory mostly idle while they run.
+At batch 1 the kernel is bound by latency, not bandwidth, so both products run on tensor cores (a group's
+query heads padded to 16 rows; p rounded to the cache dtype as in flash attention). Under programmatic
+dependent launch it requests its first cached keys and values before waiting for the projection, and both
+kernels let their dependents launch first, so the output projection streams its weights in meanwhile
+(``gemv.pdl_enabled``). Their latency is still a visible share of the step (``NOTES.md``).
 """
 
 from __future__ import annotations
@@ -34,11 +28,7 @@ from phase0_prototype.kernels.gemv import pdl_wait
 
 BLOCK_S = 32  # cache positions per loop step
 MAX_SPLITS = 128
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # its tl.dot mishandles bf16: products run in fp32 there
-USE_DOT = True  # scores and p·V on tensor cores (query heads of a group padded to 16 rows); False: CUDA cores
-# With PDL, both kernels let their dependents launch before waiting on their own inputs (gemv.pdl_enabled).
-EARLY_LAUNCH = True
-COMBINE_WARPS = 1  # warps per merge program (one program per query head)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # its tl.dot mishandles bf16: products run in fp32
 
 
 @triton.jit
@@ -46,8 +36,7 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
                          stride_qkv, stride_cb, stride_ch, stride_cs, q_size, kv_size, n_kv_heads, n_splits,
                          scale, ROPE: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
                          SPLIT_LEN: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
-                         USE_DOT: tl.constexpr, IS_FP32: tl.constexpr,
-                         DOT_IN_FP32: tl.constexpr, EARLY: tl.constexpr):
+                         IS_FP32: tl.constexpr, DOT_IN_FP32: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // n_kv_heads
@@ -68,7 +57,7 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     kv_off = offs_s.to(tl.int64)[:, None] * stride_cs + offs_d[None, :]
     k = tl.load(k_base + kv_off, mask=mask_s[:, None], other=0.0)
     v = tl.load(v_base + kv_off, mask=mask_s[:, None], other=0.0)
-    pdl_wait(USE_PDL, EARLY)  # qkv is the previous kernel's output; EARLY: the merge and o launch now, and prefetch
+    pdl_wait(USE_PDL, True)  # qkv is the previous kernel's output; the merge and o launch now and prefetch
     q_off = (h * G + offs_g)[:, None] * D
     k_row = row + q_size + h * D
     v_row = row + q_size + kv_size + h * D
@@ -77,7 +66,7 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     dtype = q.dtype
     q = q.to(tl.float32)
     k_new = k_new.to(tl.float32)
-    if ROPE:  # rotate-half: x·cos + (−x[d+D/2] for d < D/2, x[d−D/2] after)·sin, tables rounded like the reference
+    if ROPE:  # rotate-half: x·cos + (−x[d+D/2] for d < D/2, x[d−D/2] after)·sin, tables rounded as in PyTorch
         half = D // 2
         partner = (offs_d + half) % D
         sign = tl.where(offs_d < half, -1.0, 1.0)
@@ -90,7 +79,7 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
     v_new = tl.load(v_row + offs_d).to(tl.float32)
 
     mine = (pos >= start) & (pos < start + SPLIT_LEN)  # this split holds the current position
-    write = (tl.zeros((D,), dtype=tl.int32) + mine.to(tl.int32)) != 0  # a vector mask (the interpreter wants one)
+    write = (tl.zeros((D,), dtype=tl.int32) + mine.to(tl.int32)) != 0  # a vector mask (for the interpreter)
     tl.store(k_base + pos.to(tl.int64) * stride_cs + offs_d, k_new.to(k_ptr.dtype.element_ty), mask=write)
     tl.store(v_base + pos.to(tl.int64) * stride_cs + offs_d, v_new.to(v_ptr.dtype.element_ty), mask=write)
 
@@ -108,28 +97,24 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
         kv_off = offs_s.to(tl.int64)[:, None] * stride_cs + offs_d[None, :]
         k = tl.load(k_base + kv_off, mask=mask_s[:, None], other=0.0)
         v = tl.load(v_base + kv_off, mask=mask_s[:, None], other=0.0)
-        if USE_DOT:  # tensor cores: [BLOCK_G ≥ 16, D] x [D, BLOCK_S]; fp32 caches keep full precision
-            if DOT_IN_FP32:
-                scores = tl.dot(q, tl.trans(k_cur.to(tl.float32)), input_precision="ieee") * qk_scale
-            else:
-                scores = tl.dot(q_dot, tl.trans(k_cur)) * qk_scale
-        else:  # CUDA cores: a broadcast multiply and a reduction over D
-            scores = tl.sum(q[:, None, :] * k_cur.to(tl.float32)[None, :, :], axis=2) * qk_scale  # [BLOCK_G, BLOCK_S]
+        # tensor cores: [BLOCK_G ≥ 16, D] x [D, BLOCK_S]; fp32 caches keep full precision
+        if DOT_IN_FP32:
+            scores = tl.dot(q, tl.trans(k_cur.to(tl.float32)), input_precision="ieee") * qk_scale
+        else:
+            scores = tl.dot(q_dot, tl.trans(k_cur)) * qk_scale
         scores = tl.where(mask_cur[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: keep exp() away from nan
         alpha = tl.exp2(m - m_safe)
         p = tl.exp2(scores - m_safe[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
-        if USE_DOT:  # p rounded to the cache dtype for the second product (as flash attention does)
-            if DOT_IN_FP32:
-                if not IS_FP32:
-                    p = p.to(v_cur.dtype).to(tl.float32)
-                acc = acc * alpha[:, None] + tl.dot(p, v_cur.to(tl.float32), input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v_cur.dtype), v_cur)
+        # p rounded to the cache dtype for the second product (as flash attention does)
+        if DOT_IN_FP32:
+            if not IS_FP32:
+                p = p.to(v_cur.dtype).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p, v_cur.to(tl.float32), input_precision="ieee")
         else:
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v_cur.to(tl.float32)[None, :, :], axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v_cur.dtype), v_cur)
         m = m_new
     # partials: o [B, Hq, splits, D] (unnormalised), (m, l) [B, Hq, splits, 2]
     hq = (b * n_kv_heads + h) * G + offs_g
@@ -143,15 +128,15 @@ def _attend_split_kernel(qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, part_
 
 @triton.jit
 def _combine_kernel(part_o_ptr, part_ml_ptr, out_ptr, pos_ptr, n_splits, stride_ob, n_heads,
-                    D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, SPLIT_LEN: tl.constexpr, USE_PDL: tl.constexpr,
-                    EARLY: tl.constexpr):
+                    D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, SPLIT_LEN: tl.constexpr,
+                    USE_PDL: tl.constexpr):
     bq = tl.program_id(0)  # b * Hq + head
     b = bq // n_heads
     head = bq % n_heads
     offs = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, D)
     pos = tl.load(pos_ptr + b).to(tl.int32)
-    pdl_wait(USE_PDL, EARLY)  # EARLY: the output projection launches now and streams its weights in meanwhile
+    pdl_wait(USE_PDL, True)  # the output projection launches now and streams its weights in meanwhile
     valid = offs < pos // SPLIT_LEN + 1  # the splits the attention kernel wrote
     slot = bq.to(tl.int64) * n_splits + offs
     m = tl.load(part_ml_ptr + slot * 2, mask=valid, other=float("-inf"))
@@ -175,7 +160,7 @@ def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                          sin: torch.Tensor, positions: torch.Tensor, n_heads: int, *, rope: bool = True,
                          out: torch.Tensor | None = None, block_s: int | None = None,
                          num_warps: int = 4) -> torch.Tensor:
-    """``qkv [B, (Hq+2·Hkv)·D]`` of the new tokens at ``positions [B]`` (int) -> attention output ``[B, Hq·D]``.
+    """``qkv [B, (Hq+2·Hkv)·D]`` of the new tokens at ``positions [B]`` (int) -> attention ``[B, Hq·D]``.
 
     Writes the rotated key and the value into slot ``positions[b]`` of ``k_cache``/``v_cache``
     (``[B', Hkv, S, D]``, ``B' ≥ B``, last dim contiguous) and attends over slots ``[0, positions[b]]``.
@@ -188,7 +173,8 @@ def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     n_kv, S, D = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
     G = n_heads // n_kv
     if qkv.shape[1] != (n_heads + 2 * n_kv) * D or qkv.stride(1) != 1 or k_cache.stride(3) != 1:
-        raise ValueError(f"rope_cache_attention: qkv {tuple(qkv.shape)} does not match {n_heads}+2·{n_kv} heads of {D}")
+        raise ValueError(f"rope_cache_attention: qkv {tuple(qkv.shape)} does not match {n_heads}+2·{n_kv} "
+                         f"heads of {D}")
     block_s = BLOCK_S if block_s is None else block_s
     pdl = pdl_enabled(qkv.device)
     chunk = split_len(S, block_s)
@@ -200,11 +186,11 @@ def rope_cache_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     _attend_split_kernel[(B * n_kv, n_splits)](
         qkv, k_cache, v_cache, cos, sin, positions, part_o, part_ml,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), n_heads * D, n_kv * D,
-        n_kv, n_splits, D ** -0.5, ROPE=rope, G=G, BLOCK_G=max(16, triton.next_power_of_2(G)) if USE_DOT else
-        triton.next_power_of_2(G), D=D, SPLIT_LEN=chunk, BLOCK_S=block_s, USE_PDL=pdl, USE_DOT=USE_DOT,
-        IS_FP32=k_cache.dtype == torch.float32, DOT_IN_FP32=k_cache.dtype == torch.float32 or INTERPRETED,
-        EARLY=EARLY_LAUNCH, num_warps=num_warps, **launch_options(pdl))
+        n_kv, n_splits, D ** -0.5, ROPE=rope, G=G, BLOCK_G=max(16, triton.next_power_of_2(G)), D=D,
+        SPLIT_LEN=chunk, BLOCK_S=block_s, USE_PDL=pdl, IS_FP32=k_cache.dtype == torch.float32,
+        DOT_IN_FP32=k_cache.dtype == torch.float32 or INTERPRETED, num_warps=num_warps, **launch_options(pdl))
+    # one single-warp program per query head: the merge reads a few hundred bytes
     _combine_kernel[(B * n_heads,)](part_o, part_ml, out, positions, n_splits, out.stride(0), n_heads,
                                     D=D, BLOCK_SPLITS=triton.next_power_of_2(n_splits), SPLIT_LEN=chunk,
-                                    USE_PDL=pdl, EARLY=EARLY_LAUNCH, num_warps=COMBINE_WARPS, **launch_options(pdl))
+                                    USE_PDL=pdl, num_warps=1, **launch_options(pdl))
     return out

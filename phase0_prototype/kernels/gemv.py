@@ -1,14 +1,14 @@
 """Matrix-vector products for decode: ``out[b] = epilogue(W · prologue(x[b]))`` for a few rows ``b``.
 
 At batch 1 a projection reads every weight once and does 2 FLOPs per weight: the only thing that matters is
-streaming ``W`` at copy bandwidth. cuBLAS and inductor's reductions get ~0.5 TB/s on TinyLlama's shapes
-because they launch too few blocks or too little in flight; here each program owns ``BLOCK_N`` output rows
-and walks the whole ``K`` dimension in ``BLOCK_K`` slabs of wide (128-bit) loads, and the grid has hundreds
-of programs so every SM keeps many loads outstanding. Accumulation is fp32.
+streaming ``W`` at copy bandwidth. cuBLAS and inductor's reductions fall well short of it on TinyLlama's
+shapes because they launch too few blocks or keep too little in flight; here each program owns ``BLOCK_N``
+rows and walks the whole ``K`` dimension in ``BLOCK_K`` slabs of wide (128-bit) loads, and the grid has
+hundreds of programs so every SM keeps many loads outstanding. Accumulation is fp32.
 
 The work around the product is fused so it costs no extra kernel and no extra pass over memory:
 
-- **RMSNorm prologue** (``norm_weight``): ``W·(g ⊙ x·r) = r · W·(g ⊙ x)`` with ``r = rsqrt(mean(x²) + eps)``,
+- **RMSNorm prologue** (``norm_weight``): ``W·(g ⊙ x·r) = r · W·(g ⊙ x)``, ``r = rsqrt(mean(x²) + eps)``,
   so each program accumulates ``Σ x²`` in the same loop that reads ``x`` (the 4 KB input is re-read from L2
   by every program, which is free next to the weights) and scales its results at the end;
 - **residual epilogue** (``residual``): ``out = residual + y``, in place when ``out is residual``;
@@ -16,7 +16,7 @@ The work around the product is fused so it costs no extra kernel and no extra pa
   the matching up rows and writes ``silu(gate) · up`` — the ``2·I`` wide intermediate never exists.
 
 Roundings follow the unfused PyTorch code (projection rounded to the activation dtype before the add / the
-SiLU), so bf16 results differ from it only by summation order.
+SiLU), so bf16 results differ from it only by summation order. Figures: ``reports/phase0_prototype/``.
 """
 
 from __future__ import annotations
@@ -28,27 +28,25 @@ import triton
 import triton.language as tl
 
 NONE, RESIDUAL, SWIGLU = 0, 1, 2
-MAX_BATCH = 8
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # rows per program; larger batches are a GEMM's job (the engine falls back to cuBLAS)
-_PDL: dict[int, bool] = {}
-EARLY_LAUNCH = True  # let the next kernel launch before waiting on this one's inputs (pdl_enabled's docstring)
+MAX_BATCH = 8  # rows per program; larger batches are a GEMM's job (the engine compiles the PyTorch step)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_PDL: dict[int, bool] = {}  # device index -> Hopper or newer (``dev.pdl_off`` clears it for a comparison)
+EARLY_LAUNCH = True  # the GEMVs let the next kernel launch before waiting on their inputs (``pdl_enabled``)
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    """Programmatic dependent launch: Hopper or newer, compiled kernels, not switched off (``TITANINFER_PDL=0``).
+    """Programmatic dependent launch: Hopper or newer, compiled kernels (not the CPU interpreter).
 
     With PDL a kernel may start while the previous one in the stream is still finishing; our kernels issue
     their first weight loads, then ``gdc_wait`` for the previous kernel's results. Each kernel also lets its
     dependent launch *before* that wait (``gdc_launch_dependents`` first, ``EARLY_LAUNCH``): once all of a
     kernel's programs have started, the next kernel's programs take the free SM slots and stream their
-    weights in, so the output projection's 8 MB arrive while the attention runs. It is safe because a
+    weights in, so the output projection's weights arrive while the attention runs. It is safe because a
     kernel's ``gdc_wait`` returns only when the previous kernel has finished, and that one finished only
-    after its own wait: completion is ordered down the chain. On an H100 (whole step, CUDA graph): 1062 µs
-    per token with every kernel launching its dependent after its wait, 1003 with the attention and merge
-    launching early, 979 with the GEMVs too (``scripts/gpu_pdl_variants.py``). CUDA graphs keep the
-    overlap (captured as programmatic edges).
+    after its own wait: completion is ordered down the chain. CUDA graphs keep the overlap (captured as
+    programmatic edges).
     """
-    if INTERPRETED or device.type != "cuda" or os.environ.get("TITANINFER_PDL", "1") == "0":
+    if INTERPRETED or device.type != "cuda":
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _PDL:
@@ -59,10 +57,10 @@ def pdl_enabled(device: torch.device) -> bool:
 @triton.jit
 def pdl_wait(USE_PDL: tl.constexpr, EARLY: tl.constexpr):
     """A kernel's input boundary under programmatic dependent launch (``pdl_enabled``): wait for the previous
-    kernel's output (``gdc_wait``) and let the next kernel launch (``gdc_launch_dependents``) — before the wait with
-    ``EARLY`` (it may then prefetch its weights while this kernel waits and runs), after it otherwise (at most one
-    kernel runs ahead of its inputs). Nothing without ``USE_PDL``. Every kernel of the decode steps calls it after
-    requesting the loads that do not depend on the previous kernel."""
+    kernel's output (``gdc_wait``) and let the next kernel launch (``gdc_launch_dependents``) — before the
+    wait with ``EARLY`` (it may then prefetch its weights while this kernel waits and runs), after it
+    otherwise (at most one kernel runs ahead of its inputs). Nothing without ``USE_PDL``. Every kernel of the
+    decode steps calls it after requesting the loads that do not depend on the previous kernel."""
     if USE_PDL:
         if EARLY:
             tl.extra.cuda.gdc_launch_dependents()
@@ -72,9 +70,9 @@ def pdl_wait(USE_PDL: tl.constexpr, EARLY: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, stride_xb, stride_ob, stride_rb, eps,
-                 NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, ONE_SLAB: tl.constexpr,
-                 USE_PDL: tl.constexpr,
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, stride_xb, stride_ob, stride_rb,
+                 eps, NORM: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
+                 ONE_SLAB: tl.constexpr, USE_PDL: tl.constexpr,
                  EARLY: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -96,7 +94,8 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
         w_mask = mask_n[:, None] & (offs_k[None, :] < K)
     w = tl.load(rows + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
     if EPILOGUE == 2:
-        w_up = tl.load(rows + up_offset + offs_k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+        w_up = tl.load(rows + up_offset + offs_k[None, :], mask=w_mask, other=0.0,
+                       eviction_policy="evict_first")
     pdl_wait(USE_PDL, EARLY)  # x (and the residual) are the previous kernel's output
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -104,7 +103,8 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
             x_mask = mask_b[:, None]
         else:
             x_mask = mask_b[:, None] & (offs_k[None, :] < K)
-        x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=x_mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=x_mask,
+                    other=0.0).to(tl.float32)
         if NORM:
             sumsq += tl.sum(x * x, axis=1)
             if EVEN_K:
@@ -122,7 +122,7 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
             if EPILOGUE == 2:
                 w_up = tl.load(rows + up_offset + nxt[None, :], mask=n_mask, other=0.0,
                                eviction_policy="evict_first")
-        if BLOCK_B == 1:  # one row: a 2-D multiply-reduce (no [1, N, K] broadcast for the compiler to lay out)
+        if BLOCK_B == 1:  # one row: a 2-D multiply-reduce (no [1, N, K] broadcast for the compiler)
             acc += tl.sum(w_cur * x, axis=1)[None, :]
             if EPILOGUE == 2:
                 acc_up += tl.sum(w_up_cur * x, axis=1)[None, :]
@@ -137,7 +137,8 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, B, N, K, up_offset, str
     dtype = out_ptr.dtype.element_ty
     mask = mask_b[:, None] & mask_n[None, :]
     if EPILOGUE == 1:
-        res = tl.load(res_ptr + offs_b[:, None] * stride_rb + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+        res = tl.load(res_ptr + offs_b[:, None] * stride_rb + offs_n[None, :], mask=mask,
+                      other=0.0).to(tl.float32)
         acc = res + acc.to(dtype).to(tl.float32)
     if EPILOGUE == 2:
         gate = acc.to(dtype).to(tl.float32)
@@ -154,26 +155,18 @@ def launch_options(pdl: bool) -> dict:
 def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False) -> tuple[int, int, int]:
     """``(BLOCK_N, BLOCK_K, num_warps)`` for an ``[n, k]`` product of ``batch`` rows.
 
-    Chosen on an H100 at TinyLlama's shapes by timing each projection of the 22 layers back to back in a CUDA
-    graph (``scripts/gpu_gemv_ops.py``), then the whole step with the winners together
-    (``scripts/gpu_pdl_variants.py``): whole 2048-wide slabs, so a program's weights are requested before it
-    waits on the previous kernel. The large projections want many small programs (gate_up: one gate and one
-    up row per program, 16.7 µs = 92 % of copy bandwidth); the output projection wants fewer, fatter ones
-    (8 rows, 8 warps: 4.2 µs against 4.5 with 2 rows) and so does down (4 rows, 8 warps: 9.2 against 9.6 µs).
-    Together with PDL the step's graph replay went from 957 to 932 µs. Then ``ONE_SLAB`` (K ≤ BLOCK_K: no
-    next slab to hold in registers) cut registers per thread 96 → 72 for qkv (5 → 7 programs per SM) and
-    160 → 99 for o (its 256 programs now fit in one wave, two per SM): 899–917 µs per step (76–77 % of copy
-    bandwidth counting weights and KV; 823 µs without attention). Registers decide how many programs wait,
-    weights in hand, for the previous kernel — and so how much of the next kernels' streaming overlaps the
-    current one's tail; count them without a GPU by compiling for sm_90 and reading ``cuobjdump
-    --dump-resource-usage``. A persistent variant (a fixed grid of a few programs per SM, each looping over
-    tiles) was faster for qkv alone (5.0 vs 5.6 µs) but slower in the whole step (935–1399 µs against
-    905): its programs loop, so fewer weights are in flight when the next kernel starts; it was dropped.
-    lm_head keeps 8 rows and 1024-wide slabs (44 µs, 99 % of copy bandwidth).
+    Chosen on an H100 at TinyLlama's shapes (``scripts/gpu_gemv_ops.py`` per projection, then
+    ``scripts/gpu_pdl_variants.py`` for the whole step; figures in ``NOTES.md``). At batch 1 a row is one
+    whole slab (up to 2048 wide), so a program's weights are requested before it waits on the previous kernel;
+    the large projections want many small programs (gate_up: one gate and one up row each), o and down fewer,
+    fatter ones. ``ONE_SLAB`` (K ≤ BLOCK_K) leaves no next slab to hold in registers: registers decide how
+    many programs wait, weights in hand, for the previous kernel — and so how much of the next kernels'
+    streaming overlaps the current one's tail (count them without a GPU: compile for sm_90 and read
+    ``cuobjdump --dump-resource-usage``). lm_head keeps 8 rows and 1024-wide slabs.
     """
     if n >= 16384:
         block_n, block_k, warps = 8, 1024, 8
-    elif batch > 1:  # the tiles of the first sweep (batch 1 then measured 1207 µs per step)
+    elif batch > 1:  # 2-8 rows: the first sweep's tiles
         block_n, block_k, warps = (8, 256, 4) if swiglu else (8, 1024, 8) if norm else (2, 1024, 4)
     elif swiglu:  # two weight tiles (gate and up rows) per step
         block_n, block_k, warps = 1, 2048, 4
@@ -191,20 +184,21 @@ def default_config(n: int, k: int, batch: int, swiglu: bool, norm: bool = False)
     return block_n, block_k, warps
 
 
-def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-               residual: torch.Tensor | None = None, swiglu: bool = False, out: torch.Tensor | None = None,
-               config: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """``x [B, K]`` (last dim contiguous), ``weight [N, K]`` (or ``[2I, K]`` with ``swiglu``) -> ``[B, N]`` (``[B, I]``).
+def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None,
+               eps: float = 0.0, residual: torch.Tensor | None = None, swiglu: bool = False,
+               out: torch.Tensor | None = None, config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """``x [B, K]`` (last dim contiguous), ``weight [N, K]`` (``[2I, K]`` with ``swiglu``) -> ``[B, N]``
+    (``[B, I]``).
 
-    ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual [B, N]``: add it (``out=residual`` for in place).
+    ``norm_weight``: RMSNorm ``x`` first (``eps``). ``residual [B, N]``: add it (``out=residual``: in place).
     ``swiglu``: ``silu(x·W[:I]ᵀ) · (x·W[I:]ᵀ)``. ``config``: ``(BLOCK_N, BLOCK_K, num_warps)`` override.
     """
     B, K = x.shape
     if B > MAX_BATCH:
-        raise ValueError(f"fused_gemv handles at most {MAX_BATCH} rows, got {B}: use F.linear for larger batches")
+        raise ValueError(f"fused_gemv handles at most {MAX_BATCH} rows, got {B}: use F.linear for more")
     if weight.shape[1] != K or not weight.is_contiguous() or x.stride(1) != 1:
-        raise ValueError(f"fused_gemv needs x [B, K] with a contiguous last dim and a contiguous weight [N, {K}], "
-                         f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+        raise ValueError(f"fused_gemv needs x [B, K] with a contiguous last dim and a contiguous weight "
+                         f"[N, {K}], got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
     N = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if out is None:
         out = torch.empty(B, N, dtype=x.dtype, device=x.device)
@@ -215,7 +209,7 @@ def fused_gemv(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tens
     nw = norm_weight if norm_weight is not None else weight
     _gemv_kernel[(triton.cdiv(N, block_n),)](
         x, weight, out, res, nw, B, N, K, N * K, x.stride(0), out.stride(0), res.stride(0), eps,
-        NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, ONE_SLAB=K <= block_k, USE_PDL=pdl,
-        EARLY=EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        **launch_options(pdl))
+        NORM=norm_weight is not None, EPILOGUE=epilogue, EVEN_K=K % block_k == 0, ONE_SLAB=K <= block_k,
+        USE_PDL=pdl, EARLY=EARLY_LAUNCH, BLOCK_B=triton.next_power_of_2(B), BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, **launch_options(pdl))
     return out

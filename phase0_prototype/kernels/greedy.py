@@ -8,7 +8,7 @@ as one program of 16 warps per sequence, it is one small kernel that reads 64 KB
 wide loads, unrolled so the rounds' loads are in flight together, and launched with programmatic dependent
 launch: it reads its bookkeeping inputs, then waits for the logits (a few µs, mostly one load round trip).
 
-``greedy_tail(logits, tokens, positions, finished, eos, pad, history)`` (all device tensors, updated in place):
+``greedy_tail(logits, tokens, positions, finished, eos, pad, history)`` (device tensors, updated in place):
 
 - ``tok = argmax(logits[b])`` — the first index of the maximum, like ``torch.argmax``;
 - ``tok = pad[b]`` if ``finished[b]``; then ``finished[b] |= tok ∈ eos`` (``eos`` padded with -1: no match);
@@ -31,7 +31,8 @@ BLOCK = 8192  # logits per loop iteration (16 per thread at 16 warps): 4 iterati
 
 @triton.jit
 def _greedy_tail_kernel(Logits, stride_l, V, Tokens, Positions, Finished, Eos, n_eos, Pad, History, stride_h,
-                        L, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, EOS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+                        L, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, EOS_BLOCK: tl.constexpr,
+                        USE_PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, BLOCK)
     # The bookkeeping inputs were written by the previous step, not by the logits' kernel: read them before
@@ -66,8 +67,9 @@ def _greedy_tail_kernel(Logits, stride_l, V, Tokens, Positions, Finished, Eos, n
 
 def greedy_tail(logits: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, finished: torch.Tensor,
                 eos: torch.Tensor, pad: torch.Tensor, history: torch.Tensor) -> None:
-    """In place: see the module docstring. ``logits [B, V]``; ``tokens``, ``positions``, ``pad`` ``[B]`` int64;
-    ``finished [B]`` uint8; ``eos [n]`` int64; ``history [B, L]`` int64 (position ``p + 1`` saturates at ``L - 1``)."""
+    """In place: see the module docstring. ``logits [B, V]``; ``tokens``, ``positions``, ``pad`` ``[B]``
+    int64; ``finished [B]`` uint8; ``eos [n]`` int64; ``history [B, L]`` int64 (position ``p + 1`` saturates
+    at ``L - 1``)."""
     B, V = logits.shape
     assert logits.stride(1) == 1 and history.stride(1) == 1, "logits and history rows must be contiguous"
     assert finished.dtype == torch.uint8 and tokens.dtype == positions.dtype == history.dtype == torch.int64
@@ -77,6 +79,6 @@ def greedy_tail(logits: torch.Tensor, tokens: torch.Tensor, positions: torch.Ten
     block = min(BLOCK, triton.next_power_of_2(V))
     pdl = pdl_enabled(logits.device)
     _greedy_tail_kernel[(B,)](logits, logits.stride(0), V, tokens, positions, finished, eos, eos.numel(), pad,
-                              history, history.stride(0), history.shape[1], BLOCK=block, ROUNDS=triton.cdiv(V, block),
-                              EOS_BLOCK=eos_block, USE_PDL=pdl, num_warps=max(1, min(16, block // 512)),
-                              **launch_options(pdl))
+                              history, history.stride(0), history.shape[1], BLOCK=block,
+                              ROUNDS=triton.cdiv(V, block), EOS_BLOCK=eos_block, USE_PDL=pdl,
+                              num_warps=max(1, min(16, block // 512)), **launch_options(pdl))

@@ -35,7 +35,8 @@ def unsupported_reason(config, batch: int, weights) -> str | None:
         return f"dtype {weights.dtype}"
     if weights.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return "Triton kernels on a CPU need TRITON_INTERPRET=1"
-    mats = [weights.lm_head] + [m for w in weights.layers for m in (w.qkv_proj, w.o_proj, w.gate_up_proj, w.down_proj)]
+    mats = [weights.lm_head] + [m for w in weights.layers
+                                for m in (w.qkv_proj, w.o_proj, w.gate_up_proj, w.down_proj)]
     if not all(m.is_contiguous() for m in mats):
         return "a weight matrix is not contiguous"
     return None

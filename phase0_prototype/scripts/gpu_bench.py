@@ -25,8 +25,8 @@ for c in result.comparisons:
     print(f"{c.name}: {c.seconds * 1e3:.3f} ms/token, {c.work_bytes / c.seconds / 1e9:.0f} GB/s {c.note}")
 tr = result.trace
 if tr is not None:
-    print(f"trace: {result.trace_region}: wall {tr.wall_s * 1e3:.1f} ms busy {tr.gpu_busy} launches {tr.launches} "
-          f"calls {tr.launch_calls} gap {tr.mean_gap_s}")
+    print(f"trace: {result.trace_region}: wall {tr.wall_s * 1e3:.1f} ms busy {tr.gpu_busy} "
+          f"launches {tr.launches} calls {tr.launch_calls} gap {tr.mean_gap_s}")
     for k in tr.top(8):
         print(f"  {k.share * 100:5.1f}% {k.calls:5d} {k.name[:100]}")
 out = os.environ.get("OUT")

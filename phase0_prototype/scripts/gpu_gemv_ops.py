@@ -1,26 +1,30 @@
-"""Where the decode step's time goes, projection by projection: each GEMV of TinyLlama's 22 layers, back to back.
+"""Where the decode step's time goes, projection by projection: each GEMV of TinyLlama's 22 layers in turn.
 
 For each projection (qkv with its RMSNorm, o with its residual, gate_up with RMSNorm + SwiGLU, down with its
 residual) and each tile config, one CUDA graph launches that projection once per layer (22 different weights,
 so nothing stays in L2) and is replayed; µs per launch against the bytes it must read give its share of copy
 bandwidth. Then the four projections in step order (no attention), the whole chain a decode step runs. What
-the chain loses against the sum of its parts is what the boundaries between kernels cost.
+the chain loses against the sum of its parts is what the boundaries between kernels cost. Everything runs
+with programmatic dependent launch and again without (``dev.pdl_off``). ``--out``: each projection's configs
+ranked, best first (``gpu_pdl_variants.py --ops`` then runs the best together).
 
-Usage (repo root, GPU): PYTHONPATH=$PWD python3 phase0_prototype/scripts/gpu_gemv_ops.py
+Usage (repo root, GPU): PYTHONPATH=$PWD python3 phase0_prototype/scripts/gpu_gemv_ops.py [--out p0ops.json]
 """
 
+import argparse
+import contextlib
 import json
-import os
 
 import torch
 
 from module0_profiling.hardware import measured_peaks
 from phase0_prototype import bench, load_impl, load_model
+from phase0_prototype.dev import pdl_off
 from phase0_prototype.kernels import gemv
 
 
 @torch.inference_mode()
-def main():
+def main(out_path: str | None):
     peak = measured_peaks().copy_gbps
     print(f"{torch.cuda.get_device_name()} copy {peak:.0f} GB/s", flush=True)
     model = load_model("random:tinyllama", dtype="bf16", device="cuda")
@@ -31,9 +35,10 @@ def main():
     ops = {
         "qkv": (lambda w, c: gemv.fused_gemv(x, w.qkv_proj, norm_weight=w.input_norm, eps=1e-5, config=c),
                 lambda w: w.qkv_proj),
-        "o": (lambda w, c: gemv.fused_gemv(attn, w.o_proj, residual=res, out=res, config=c), lambda w: w.o_proj),
-        "gate_up": (lambda w, c: gemv.fused_gemv(x, w.gate_up_proj, norm_weight=w.post_norm, eps=1e-5, swiglu=True,
-                                                 config=c), lambda w: w.gate_up_proj),
+        "o": (lambda w, c: gemv.fused_gemv(attn, w.o_proj, residual=res, out=res, config=c),
+              lambda w: w.o_proj),
+        "gate_up": (lambda w, c: gemv.fused_gemv(x, w.gate_up_proj, norm_weight=w.post_norm, eps=1e-5,
+                                                 swiglu=True, config=c), lambda w: w.gate_up_proj),
         "down": (lambda w, c: gemv.fused_gemv(act, w.down_proj, residual=res, out=res, config=c),
                  lambda w: w.down_proj),
     }
@@ -43,7 +48,6 @@ def main():
         "gate_up": [None, (2, 2048, 8), (2, 2048, 4), (1, 1024, 4)],
         "down": [None, (2, 2048, 4), (8, 1024, 8), (8, 2048, 8)],
     }
-    out_path = os.environ.get("P0OPS_JSON")
     best: dict[str, list] = {}
     total = sum(sum(f(w).numel() * 2 for w in layers) for f in (o[1] for o in ops.values()))
 
@@ -54,20 +58,20 @@ def main():
                     call(w, choice.get(name))
         return run
 
-    for pdl in ("1", "0"):
-        os.environ["TITANINFER_PDL"] = pdl
-        gemv._PDL.clear()
+    def measure(pdl):
         for name, (call, weight) in ops.items():
             nbytes = sum(weight(w).numel() * 2 for w in layers) / len(layers)
             for c in configs[name] if pdl == "1" else configs[name][:1]:
                 try:
-                    us = bench.graph_us(lambda: [call(w, c) for w in layers]) / len(layers)  # noqa: B023 (timed at once)
-                    shown = c or gemv.default_config(weight(layers[0]).shape[0] // (2 if name == "gate_up" else 1),
-                                                     weight(layers[0]).shape[1], 1, name == "gate_up",
-                                                     name in ("qkv", "gate_up"))
-                    print(f"PDL={pdl} {name:8s} {str(shown):18s}{' (default)' if c is None else '          '}: "
-                          f"{us:6.2f} us  {nbytes / us / 1e3:6.0f} GB/s = {100 * nbytes / us / 1e3 / peak:5.1f} % copy",
-                          flush=True)
+                    us = bench.graph_us(lambda: [call(w, c) for w in layers])  # noqa: B023 (timed at once)
+                    us /= len(layers)
+                    rows, k = weight(layers[0]).shape
+                    shown = c or gemv.default_config(rows // (2 if name == "gate_up" else 1), k, 1,
+                                                     name == "gate_up", name in ("qkv", "gate_up"))
+                    gbps = nbytes / us / 1e3
+                    mark = " (default)" if c is None else " " * 10
+                    print(f"PDL={pdl} {name:8s} {str(shown):18s}{mark}: "
+                          f"{us:6.2f} us  {gbps:6.0f} GB/s = {100 * gbps / peak:5.1f} % copy", flush=True)
                     if pdl == "1":
                         best.setdefault(name, []).append((us, list(shown)))
                 except Exception as exc:  # a tile that does not compile (registers, shared memory)
@@ -86,6 +90,12 @@ def main():
                 with open(out_path, "w") as f:
                     json.dump(best, f, indent=1)
 
+    for pdl in ("1", "0"):
+        with contextlib.nullcontext() if pdl == "1" else pdl_off():
+            measure(pdl)
+
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write each projection's configs, ranked, to this JSON file")
+    main(parser.parse_args().out)

@@ -1,20 +1,18 @@
 """What each decode-step change buys, on random:tinyllama bf16 (prompt 512, 128 new tokens), one GPU run.
 
-Variants of the Triton decode step (kernels/step.py), each captured in a CUDA graph:
-programmatic dependent launch on/off (``TITANINFER_PDL``), when the attention kernels and the GEMVs let
-their dependents launch (``EARLY_LAUNCH``), attention split length, and GEMV tile configs; and, as a
-diagnostic, the step with its attention replaced by a view of q (what attention + merge cost).
-(An earlier run of this script also tried merging the attention splits inside the attention kernel — the
-last program to finish merges, found with an atomic counter — instead of a second kernel: it saved the
-launch but serialised the merge behind the slowest split, 1217 vs 1207 µs per step at 32 positions per
-split, and fewer, longer splits were slower still (1323 µs at 64, 1503 µs at 128), so it was dropped.) For each: decode
-tok/s through ``generate`` (host loop included; the greedy tail inside the graph or, in one variant, launched
-from the host after each replay), the graph replay alone, MBU, and agreement of the first 16
-greedy tokens with the eager PyTorch step.
+Variants of the Triton decode step (``kernels/step.py``), each captured in a CUDA graph: programmatic
+dependent launch off (``dev.pdl_off``), GEMV tiles per projection (the best of ``gpu_gemv_ops.py``'s ranking,
+``--ops``), and, as a diagnostic, the step with its attention replaced by a view of q (what attention +
+merge cost). For each: decode ms/token through ``generate`` (host loop included), the graph replay alone,
+MBU, and agreement of the first 16 greedy tokens with the eager PyTorch step. Figures: ``NOTES.md``.
 
-Usage (repo root, GPU): PYTHONPATH=$PWD python3 phase0_prototype/scripts/gpu_pdl_variants.py
+Usage (repo root, GPU):
+    PYTHONPATH=$PWD python3 phase0_prototype/scripts/gpu_pdl_variants.py [--ops p0ops.json]
 """
 
+import argparse
+import contextlib
+import json
 import os
 import time
 import traceback
@@ -23,19 +21,13 @@ import torch
 
 from module0_profiling.hardware import measured_peaks
 from phase0_prototype import bench, load_impl, load_model
-from phase0_prototype.kernels import decode_attention, gemv
+from phase0_prototype.dev import pdl_off
+from phase0_prototype.kernels import gemv
 from phase0_prototype.kernels import step as step_module
 from phase0_prototype.weights import decode_bytes_per_token
 
 T0 = time.time()
 DEFAULT_CONFIG = gemv.default_config
-
-
-def ORIGINAL_CONFIG(n, k, batch, swiglu, norm=False):
-    """The first sweep's tiles (before PDL)."""
-    if n >= 16384 or batch > 1:
-        return DEFAULT_CONFIG(n, k, batch, swiglu, norm)
-    return (8, 256, 4) if swiglu else (8, 1024, 8) if norm else (2, 1024, 4)
 
 
 def log(*a):
@@ -54,15 +46,14 @@ log(f"{torch.cuda.get_device_name()} copy {peak:.0f} GB/s, torch {torch.__versio
 model = load_model("random:tinyllama", dtype="bf16", device="cuda")
 prompt = bench.random_prompt(512, 32000, "cuda")
 bpt = decode_bytes_per_token(model.config, model.dtype, 512 + 64)
-ref = load_impl("solution").build(model, max_seq_len=640, compile=False).generate(prompt, 16, stop_on_eos=False).tokens
-# Each variant: name and the switches it sets (PDL, attention positions per loop step = per split at this length,
-# GEMV tiles, tensor-core attention, the greedy tail inside the graph or launched from the host, which kernels
-# let their dependents launch before waiting on their own inputs, and — a diagnostic, wrong tokens — the
-# attention replaced by a view of q, to see what attention and merge cost inside the step).
-BASE = dict(pdl="1", block_s=32, config=DEFAULT_CONFIG, use_dot=True, graph_tail=True, attn_early=True,
-            gemv_early=True, skip_attention=False, combine_warps=1, attn_warps=4)
+eager = load_impl("solution").build(model, max_seq_len=640, compile=False)
+ref = eager.generate(prompt, 16, stop_on_eos=False).tokens
+# Each variant: name and what it changes (PDL, GEMV tiles, and — a diagnostic, wrong tokens — the attention
+# replaced by a view of q, to see what attention and merge cost inside the step).
+BASE = dict(pdl=True, config=DEFAULT_CONFIG, skip_attention=False)
 VARIANTS = [
     ("default", {}),
+    ("PDL off", dict(pdl=False)),
     ("diagnostic: no attention", dict(skip_attention=True)),
 ]
 
@@ -78,9 +69,10 @@ def per_op(choice):
     return config
 
 
-OPS = os.environ.get("P0OPS_JSON")  # gpu_gemv_ops.py's timings of each projection's configs, best first
-if OPS and os.path.exists(OPS):
-    import json
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--ops", help="gpu_gemv_ops.py's --out: each projection's configs, best first")
+OPS = parser.parse_args().ops
+if OPS and os.path.exists(OPS):  # (absent until gpu_gemv_ops.py has run)
     with open(OPS) as f:
         ranked = json.load(f)
     best1 = {op: v[0][1] for op, v in ranked.items()}
@@ -88,9 +80,10 @@ if OPS and os.path.exists(OPS):
     log(f"best per projection: {best1}; second: {best2}")
     VARIANTS += [("best per projection", dict(config=per_op(best1))),
                  ("second best per projection", dict(config=per_op(best2)))]
-    VARIANTS += [(f"best per projection, {op} default", dict(config=per_op({o: c for o, c in best1.items() if o != op})))
-                 for op in best1]
-    VARIANTS += [("diagnostic: no attention, best per projection", dict(config=per_op(best1), skip_attention=True))]
+    VARIANTS += [(f"best per projection, {op} default",
+                  dict(config=per_op({o: c for o, c in best1.items() if o != op}))) for op in best1]
+    VARIANTS += [("diagnostic: no attention, best per projection",
+                  dict(config=per_op(best1), skip_attention=True))]
 VARIANTS += [("default again (drift)", {})]
 real_attention = step_module.rope_cache_attention
 
@@ -99,34 +92,21 @@ def no_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True)
     return qkv[:, : n_heads * k_cache.shape[-1]]
 
 
-def attention_with(num_warps):
-    def attend(*args, **kw):
-        return real_attention(*args, num_warps=num_warps, **kw)
-    return attend
-
-
 best = None
 for name, changes in VARIANTS:
     v = dict(BASE, **changes)
-    os.environ["TITANINFER_PDL"] = v["pdl"]
-    decode_attention.USE_DOT = v["use_dot"]
-    decode_attention.BLOCK_S = v["block_s"]
-    decode_attention.EARLY_LAUNCH = v["attn_early"]
-    gemv.EARLY_LAUNCH = v["gemv_early"]
     gemv.default_config = v["config"]
-    decode_attention.COMBINE_WARPS = v["combine_warps"]
-    step_module.rope_cache_attention = (no_attention if v["skip_attention"] else real_attention if v["attn_warps"] == 4
-                                        else attention_with(v["attn_warps"]))
+    step_module.rope_cache_attention = no_attention if v["skip_attention"] else real_attention
     try:
-        e = load_impl("solution").build(model, max_seq_len=640, compile=True, decode_kernels="triton",
-                                        graph_tail=v["graph_tail"])
-        e.warmup()
+        with pdl_off() if not v["pdl"] else contextlib.nullcontext():
+            e = load_impl("solution").build(model, max_seq_len=640, compile=True)
+            e.warmup()  # the kernels compile and the graph captures (PDL or not) here
         agree = (e.generate(prompt, 16, stop_on_eos=False).tokens == ref).float().mean().item()
         fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), 128, 5)
         lo, hi = replay_us(e)
         mbu = 100 * bpt * fig["decode_tok_s"] / 1e9 / peak
-        log(f"{name:38s}: decode {fig['decode_s_per_token'] * 1e3:.3f} ms MBU {mbu:.1f} %; replay {lo:.0f}-{hi:.0f} us "
-            f"= MBU {100 * bpt / lo / 1e3 / peak:.1f} %; agree16 {agree:.2f}")
+        log(f"{name:38s}: decode {fig['decode_s_per_token'] * 1e3:.3f} ms MBU {mbu:.1f} %; "
+            f"replay {lo:.0f}-{hi:.0f} us = MBU {100 * bpt / lo / 1e3 / peak:.1f} %; agree16 {agree:.2f}")
         if (best is None or mbu > best[0]) and not v["skip_attention"]:
             best = (mbu, name)
         del e

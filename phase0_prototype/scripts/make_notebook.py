@@ -27,7 +27,7 @@ uses `random:tinyllama` in bf16. Cells whose numbers change run to run are marke
 code(r"""
 # NBVAL_IGNORE_OUTPUT
 from module0_profiling.notebook_env import import_phases_as_packages
-import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
+import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package of transformers
 import time
 import torch
 from module0_profiling.hardware import detect_device, measured_peaks
@@ -54,7 +54,8 @@ the speed, are the real ones.
 code(r"""
 model = load_model(SPEC, dtype=DTYPE, device=DEVICE)
 cfg = model.config
-print(f"{SPEC}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} (GQA), "
+print(f"{SPEC}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+      f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} (GQA), "
       f"{cfg.num_parameters() / 1e6:.2f} M parameters")
 """)
 code(r"""
@@ -86,7 +87,8 @@ framework = load_impl("framework").build(model, max_seq_len=LONG + NEW + 64)
 bytes_tok = decode_bytes_per_token(cfg, model.dtype, SHORT + NEW // 2)
 for name, engine in [("framework", framework), ("solution eager", solution)]:
     rate = decode_rate(engine, SHORT)
-    print(f"{name:16} {rate:8.1f} tok/s  {bytes_tok * rate / 1e9:8.2f} GB/s  = {100 * bytes_tok * rate / 1e9 / peaks.copy_gbps:.1f} % of copy BW")
+    gbps = bytes_tok * rate / 1e9
+    print(f"{name:16} {rate:8.1f} tok/s  {gbps:8.2f} GB/s  = {100 * gbps / peaks.copy_gbps:.1f} % of copy BW")
 """)
 md(r"""
 ## 3. Trace it
@@ -117,10 +119,12 @@ rows = []
 for prompt_len in (SHORT, LONG):
     fw, so = decode_rate(framework, prompt_len, 8), decode_rate(solution, prompt_len, 8)
     rows.append((prompt_len, fw, so, so / fw))
-    print(f"prompt {prompt_len:4d}: framework {fw:8.1f} tok/s   KV cache {so:8.1f} tok/s   ratio {so / fw:6.1f}×")
+    print(f"prompt {prompt_len:4d}: framework {fw:8.1f} tok/s   KV cache {so:8.1f} tok/s   "
+          f"ratio {so / fw:6.1f}×")
 flops_fw = 2 * cfg.num_parameters() * LONG
 flops_so = 2 * cfg.num_parameters()
-print(f"matmul FLOPs per token at prompt {LONG}: framework {flops_fw / 1e9:.2f} GFLOP vs cached {flops_so / 1e9:.3f} GFLOP ({LONG}×)")
+print(f"matmul FLOPs per token at prompt {LONG}: framework {flops_fw / 1e9:.2f} GFLOP "
+      f"vs cached {flops_so / 1e9:.3f} GFLOP ({LONG}×)")
 """)
 md(r"""
 The FLOP ratio is the prompt length, but the speed ratio is smaller: the framework's big matmuls run near the
@@ -129,13 +133,14 @@ first step; removing launch overhead is the second.
 
 ## 5. torch.compile and CUDA graphs
 
-On a GPU `solution.py` runs the decode step as hand-written Triton kernels (`kernels/step.py`: per layer a GEMV
-with RMSNorm fused in, one RoPE + cache-write + attention kernel and its merge, GEMVs with the residual add and
-SiLU·up fused in; `decode_kernels="inductor"` instead compiles the PyTorch step with `torch.compile`), with static
-shapes (the cache has a fixed length and the kernels mask unwritten slots), then captures it once in a CUDA graph
-(`module0_profiling.timing.capture_cuda_graph`).
-Each token is then: copy the token id into the graph's input, replay (one launch), sample on the device. EOS is
-checked every `sync_every` tokens, so the CPU never waits for the GPU. This needs a GPU; on a CPU the cell says so.
+On a GPU `solution.py` runs the decode step as hand-written Triton kernels (`kernels/step.py`: per layer a
+GEMV with RMSNorm fused in, one RoPE + cache-write + attention kernel and its merge, GEMVs with the residual
+add and SiLU·up fused in; `phase0_prototype.dev.InductorStepEngine` compiles the PyTorch step with
+`torch.compile` instead), with static shapes (the cache has a fixed length and the kernels mask unwritten
+slots), then captures it once in a CUDA graph (`module0_profiling.timing.capture_cuda_graph`).
+Each token is then: copy the token id into the graph's input, replay (one launch), sample on the device. EOS
+is checked every `sync_every` tokens, so the CPU never waits for the GPU. This needs a GPU; on a CPU the cell
+says so.
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
@@ -143,7 +148,8 @@ if GPU:
     compiled = load_impl("solution").build(model, max_seq_len=LONG + NEW + 64, compile=True)
     compiled.warmup()
     eager_rate, graph_rate = decode_rate(solution, SHORT), decode_rate(compiled, SHORT)
-    print(f"eager {eager_rate:.1f} tok/s -> compiled + graph {graph_rate:.1f} tok/s ({graph_rate / eager_rate:.2f}×), "
+    print(f"eager {eager_rate:.1f} tok/s -> compiled + graph {graph_rate:.1f} tok/s "
+          f"({graph_rate / eager_rate:.2f}×), "
           f"{100 * bytes_tok * graph_rate / 1e9 / peaks.copy_gbps:.1f} % of copy BW")
     summary = profile_region(lambda: compiled.generate(prompt, 16, stop_on_eos=False), iters=1)
     print(f"{summary.launches} kernels for 16 tokens; GPU busy {summary.gpu_busy:.0%}")
@@ -165,7 +171,8 @@ result = bench.run("solution", "small")
 roof = Ceiling("measured", peaks.matmul_tflops, peaks.copy_gbps)
 for p in result.roofline:
     pos = position(p, roof)
-    print(f"{p.label:45} AI {pos['intensity']:5.2f}  {pos['gbps']:8.1f} GB/s  {pos['bound']}-bound, {100 * pos['fraction_of_roof']:.1f} % of roof")
+    print(f"{p.label:45} AI {pos['intensity']:5.2f}  {pos['gbps']:8.1f} GB/s  {pos['bound']}-bound, "
+          f"{100 * pos['fraction_of_roof']:.1f} % of roof")
 for target in checks.TARGETS:
     outcome = target.evaluate(result)
     print(f"{target.id}: {outcome.status_text}  {outcome.measured}")

@@ -50,7 +50,8 @@ def make_hf_model(seed: int = 0, tie: bool = False, **overrides):
     return model
 
 
-def make_tokenizer_files(path: Path, chat_template: str = DEFAULT_CHAT_TEMPLATE, vocab_size: int = 300) -> None:
+def make_tokenizer_files(path: Path, chat_template: str = DEFAULT_CHAT_TEMPLATE,
+                         vocab_size: int = 300) -> None:
     """Train a small byte-level BPE with ``tokenizers`` and write tokenizer.json + tokenizer_config.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -69,7 +70,8 @@ def make_tokenizer_files(path: Path, chat_template: str = DEFAULT_CHAT_TEMPLATE,
         "unk_token": "<unk>", "chat_template": chat_template, "model_max_length": 1024}))
 
 
-def save_hf_checkpoint(path: Path, seed: int = 0, tie: bool = False, max_shard_size: str | None = None, **overrides):
+def save_hf_checkpoint(path: Path, seed: int = 0, tie: bool = False, max_shard_size: str | None = None,
+                       **overrides):
     model = make_hf_model(seed, tie, **overrides)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(path), safe_serialization=True, **kwargs)

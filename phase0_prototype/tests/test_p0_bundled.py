@@ -1,4 +1,5 @@
-"""The bundled trained model (models/kjv-llama-18m): transformers and phase 0 load it and agree token for token.
+"""The bundled trained model (models/kjv-llama-18m): transformers and phase 0 load it and agree token for
+token.
 
 These run on the real committed weights (fp32 on CPU, a few seconds): HF ``generate`` is the oracle for the
 greedy continuation of both engines; the tokenizer must round-trip and match transformers' own; the
@@ -95,7 +96,8 @@ def test_heldout_text_is_the_corpus_tail():
     assert blocks[-1].startswith("Revelation 22\n") and text.endswith("Amen.\n")
 
 
-@pytest.mark.skipif(shutil.which("bible") is None, reason="the `bible` program is missing (apt-get install bible-kjv)")
+@pytest.mark.skipif(shutil.which("bible") is None,
+                    reason="the `bible` program is missing (apt-get install bible-kjv)")
 def test_heldout_text_is_what_the_recipe_produces():
     sys.path.insert(0, str(REPO_ROOT / "models" / "recipe"))
     from prepare_corpus import chapters_from_verses, fetch_verses, format_chapters, split_heldout

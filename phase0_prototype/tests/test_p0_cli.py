@@ -29,14 +29,15 @@ def test_generate_random_tiny_prints_text_and_speed(capsys):
 
 
 def test_chat_and_sampling_flags(capsys):
-    code, _, err = run_cli(capsys, "--model", "random:tiny", "--prompt", "Hi", "--max-new-tokens", "5", "--chat",
-                           "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1",
+    code, _, err = run_cli(capsys, "--model", "random:tiny", "--prompt", "Hi", "--max-new-tokens", "5",
+                           "--chat", "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1",
                            "--impl", "framework")
     assert code == 0 and "no KV cache" in err
 
 
 def not_llama_dir(tmp_path: Path) -> str:
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     return str(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""CUDA basics: every .cu compiles for sm_80 and sm_90 through NVRTC (no GPU needed); on a GPU, results vs torch."""
+"""CUDA basics: every .cu compiles for sm_80 and sm_90 through NVRTC (no GPU needed); on a GPU, results vs
+torch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from module0_profiling import cudac
 from phase0_prototype import cuda_basics as cb
 
 CU_FILES = sorted(Path(cb.__file__).parent.glob("*.cu"))
-gpu = [pytest.mark.gpu, pytest.mark.skipif(cb.available() is not None, reason=f"CUDA basics {cb.available()}")]
+gpu = [pytest.mark.gpu,
+       pytest.mark.skipif(cb.available() is not None, reason=f"CUDA basics {cb.available()}")]
 
 
 def test_every_kernel_file_is_listed():
@@ -55,7 +57,8 @@ def test_matmul_vs_torch(version, shape):
         with pytest.raises(ValueError):
             cb.matmul(torch.randn(M, K, device="cuda"), torch.randn(K, N, device="cuda"), version)
         return
-    a, b = torch.randn(M, K, device="cuda", dtype=torch.float64), torch.randn(K, N, device="cuda", dtype=torch.float64)
+    a = torch.randn(M, K, device="cuda", dtype=torch.float64)
+    b = torch.randn(K, N, device="cuda", dtype=torch.float64)
     got = cb.matmul(a.float().contiguous(), b.float().contiguous(), version)
     torch.testing.assert_close(got.double(), a.float().double() @ b.float().double(), rtol=1e-4, atol=1e-4)
 

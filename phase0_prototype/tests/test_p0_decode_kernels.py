@@ -14,11 +14,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton on a CPU needs TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
 
-from phase0_prototype import apply_rope, load_impl, load_model  # noqa: E402
+from phase0_prototype import apply_rope, load_model  # noqa: E402
 from phase0_prototype.config import TINY  # noqa: E402
+from phase0_prototype.dev import TritonStepEngine  # noqa: E402
 from phase0_prototype.kernels.decode_attention import rope_cache_attention, split_len  # noqa: E402
 from phase0_prototype.kernels.gemv import fused_gemv  # noqa: E402
 from phase0_prototype.model import rope_cache  # noqa: E402
+from phase0_prototype.solution import SolutionEngine  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
@@ -37,7 +39,7 @@ def rms64(x, w, eps):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,n,k,config", [
     (1, 40, 64, None), (3, 24, 200, (8, 64, 4)), (2, 20, 96, (16, 32, 2)),
-    (1, 40, 96, (8, 128, 4))])  # the last: the whole row is one masked slab (ONE_SLAB, K not a multiple of BLOCK_K)
+    (1, 40, 96, (8, 128, 4))])  # the last: the whole row is one masked slab (ONE_SLAB, K % BLOCK_K != 0)
 def test_gemv_prologue_and_epilogues_match_float64(dtype, batch, n, k, config):
     x, w = rand(batch, k, seed=1, dtype=dtype), rand(2 * n, k, seed=2, dtype=dtype, scale=0.1)
     g, res = rand(k, seed=3, dtype=dtype), rand(batch, n, seed=4, dtype=dtype)
@@ -91,7 +93,8 @@ def test_rope_cache_attention_matches_float64(dtype, rope):
     k_cache = rand(B + 1, n_kv, S, D, seed=6, dtype=dtype)  # a cache for more rows than the batch
     v_cache = rand(B + 1, n_kv, S, D, seed=7, dtype=dtype)
     positions = torch.tensor([0, 37, S - 1], device=DEVICE)  # first slot, mid-split, last slot
-    expected, k_exp, v_exp = reference_attention(qkv, k_cache[:B], v_cache[:B], cos, sin, positions, n_heads, rope)
+    expected, k_exp, v_exp = reference_attention(qkv, k_cache[:B], v_cache[:B], cos, sin, positions, n_heads,
+                                                 rope)
     untouched = k_cache[B].clone()
     got = rope_cache_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=rope)
     tol = TOL[dtype]
@@ -124,10 +127,11 @@ def tiny():
 
 
 def test_triton_step_greedy_tokens_equal_pytorch_step(tiny):
-    prompts = torch.randint(3, TINY.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    base = load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=48, compile=False, decode_kernels="inductor")
-    fast = load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=48, compile=False, decode_kernels="triton")
-    assert "Triton" in fast.mode
+    prompts = torch.randint(3, TINY.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2))
+    prompts = prompts.to(DEVICE)
+    base = SolutionEngine(tiny, max_batch_size=2, max_seq_len=48, compile=False)
+    fast = TritonStepEngine(tiny, max_batch_size=2, max_seq_len=48, compile=False)
+    assert "Triton" in fast.mode and "Triton" not in base.mode
     expected = base.generate(prompts, 12, stop_on_eos=False).tokens
     assert torch.equal(fast.generate(prompts, 12, stop_on_eos=False).tokens, expected)
     torch.testing.assert_close(fast.kv_cache, base.kv_cache, rtol=1e-4, atol=1e-4)
@@ -141,19 +145,20 @@ def test_triton_step_with_a_plugged_in_rope(tiny):
         return apply_rope(q, k, cos, sin, positions)
 
     prompt = torch.randint(3, TINY.vocab_size, (1, 7), generator=torch.Generator().manual_seed(4)).to(DEVICE)
-    base = load_impl("solution").build(tiny, max_seq_len=32, compile=False, decode_kernels="inductor")
-    fast = load_impl("solution").build(tiny, max_seq_len=32, compile=False, decode_kernels="triton", rope_fn=my_rope)
+    base = SolutionEngine(tiny, max_seq_len=32, compile=False)
+    fast = TritonStepEngine(tiny, max_seq_len=32, compile=False, rope_fn=my_rope)
     assert not fast.fused_rope
     assert torch.equal(fast.generate(prompt, 8, stop_on_eos=False).tokens,
                        base.generate(prompt, 8, stop_on_eos=False).tokens)
     assert len(calls) > 8  # the prefill's layers and the Triton decode steps both called it
 
 
-def test_unknown_decode_kernels_is_a_clear_error(tiny):
+def test_triton_step_refuses_a_batch_beyond_a_gemv_in_one_line(tiny):
     from phase0_prototype.errors import ModelError
 
-    with pytest.raises(ModelError, match="decode_kernels"):
-        load_impl("solution").build(tiny, decode_kernels="cutlass")
+    one_line = r"^the Triton decode step cannot run this engine: batch 9 > 8[^\n]*$"
+    with pytest.raises(ModelError, match=one_line):
+        TritonStepEngine(tiny, max_batch_size=9, max_seq_len=16, compile=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -201,27 +206,25 @@ class _EagerReplay:
         self.replay = body
 
 
-@pytest.mark.parametrize("tail", [True, False], ids=["tail_in_graph", "tail_on_host"])
 @pytest.mark.parametrize("case", ["greedy", "greedy_eos", "sampled_eos"])
 @pytest.mark.parametrize("lookahead", [True, False])
-def test_graph_path_bookkeeping_equals_eager_generate(tiny, case, tail, lookahead):
+def test_graph_path_bookkeeping_equals_eager_generate(tiny, case, lookahead):
     """The graph path of ``generate`` (history buffer, in-graph greedy tail, EOS, host sampling) against the
     eager path, with the captured body run eagerly."""
     from phase0_prototype.sampling import SamplingParams
     from phase0_prototype.solution import DecodeGraph
 
-    prompts = torch.randint(3, TINY.vocab_size, (2, 6), generator=torch.Generator().manual_seed(11)).to(DEVICE)
+    prompts = torch.randint(3, TINY.vocab_size, (2, 6), generator=torch.Generator().manual_seed(11))
+    prompts = prompts.to(DEVICE)
     # On a GPU: a real CUDA graph of the Triton step against the same kernels run eagerly. On a CPU: the
     # PyTorch step (fast there), with the body the graph would capture run eagerly at each "replay".
-    kernels = "triton" if DEVICE == "cuda" else "inductor"
-    build = lambda compile: load_impl("solution").build(tiny, max_batch_size=2, max_seq_len=40,  # noqa: E731
-                                                        compile=compile, decode_kernels=kernels, graph_tail=tail)
-    eager, graphed = build(False), build(DEVICE == "cuda")
+    options = dict(max_batch_size=2, max_seq_len=40)
+    eager = (TritonStepEngine if DEVICE == "cuda" else SolutionEngine)(tiny, compile=False, **options)
+    graphed = SolutionEngine(tiny, compile=DEVICE == "cuda", **options)
     if DEVICE == "cpu":
         graphed.use_graphs = True
         g = DecodeGraph.allocate(2, graphed.max_seq_len, graphed.device)
-        g.tail = tail
-        g.graph = _EagerReplay(graphed._decode_body(g, graphed._step_for(2)))
+        g.graph = _EagerReplay(graphed._decode_body(g, graphed.decode_step))
         graphed._graphs[2] = g
     assert graphed.use_graphs
     graphed.lookahead, graphed.sync_every = lookahead, 4  # the next step launched before each chunk is read

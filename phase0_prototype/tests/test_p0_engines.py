@@ -29,8 +29,9 @@ def test_apply_rope_matches_hf(scaling):
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
     cfg = TINY.with_(rope_scaling=scaling, rope_theta=500000.0)
-    hf_cfg = HFConfig(hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
-                      rope_theta=cfg.rope_theta, rope_scaling=scaling, max_position_embeddings=1024)
+    hf_cfg = HFConfig(hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
+                      head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, rope_scaling=scaling,
+                      max_position_embeddings=1024)
     positions = torch.randint(0, 1000, (2, 9))
     q = torch.randn(2, 9, cfg.num_attention_heads, cfg.head_dim)
     k = torch.randn(2, 9, cfg.num_key_value_heads, cfg.head_dim)
@@ -55,7 +56,8 @@ def test_config_reads_both_transformers_spellings():
 def test_batched_greedy_agrees_and_batch_rows_are_independent(tiny):
     prompts = random_prompts(3, 12, 0)
     fw = load_impl("framework").build(tiny).generate(prompts, 24, stop_on_eos=False)
-    so = load_impl("solution").build(tiny, max_batch_size=3, max_seq_len=64).generate(prompts, 24, stop_on_eos=False)
+    so = load_impl("solution").build(tiny, max_batch_size=3, max_seq_len=64).generate(prompts, 24,
+                                                                                     stop_on_eos=False)
     assert torch.equal(fw.tokens, so.tokens)
     single = load_impl("solution").build(tiny, max_seq_len=64).generate(prompts[1:2], 24, stop_on_eos=False)
     assert torch.equal(single.tokens[0], so.tokens[1])
@@ -110,6 +112,7 @@ def test_rope_fn_plug_in_is_used_and_keeps_tokens(tiny):
 
     prompts = random_prompts(1, 10, 4)
     ref = load_impl("solution").build(tiny, max_seq_len=64).generate(prompts, 32, stop_on_eos=False)
-    got = load_impl("solution").build(tiny, max_seq_len=64, rope_fn=float64_rope).generate(prompts, 32, stop_on_eos=False)
+    engine = load_impl("solution").build(tiny, max_seq_len=64, rope_fn=float64_rope)
+    got = engine.generate(prompts, 32, stop_on_eos=False)
     assert len(calls) == TINY.num_hidden_layers * 32  # prefill + 31 decode steps, every layer
     assert torch.equal(ref.tokens, got.tokens)

@@ -55,7 +55,8 @@ def test_window_covering_text_equals_full_context(hf, hf64, bos):
 
 @pytest.mark.parametrize("bos,window,stride", [(None, 16, 5), (None, 16, 15), (BOS, 16, 15), (BOS, 12, 4)])
 def test_sliding_window_equals_per_token_contexts(hf, hf64, bos, window, stride):
-    """Each target scored once, with exactly the context its window gives it (one float64 forward per token)."""
+    """Each target scored once, with exactly the context its window gives it (one float64 forward per
+    token)."""
     ids = random_ids(41, seed=5 + window + stride, vocab=hf.config.vocab_size)
     result = evaluate_ids(lambda x: hf(x).logits, ids, window=window, stride=stride, bos_id=bos)
     span = window - (bos is not None)
@@ -124,7 +125,8 @@ def test_wikitext2_without_datasets_says_how_to_install(monkeypatch, capsys):
 def test_wikitext2_path_on_a_local_file(tmp_path, capsys):
     """The --wikitext2 code path (datasets loader, rows joined by blank lines) on a local copy."""
     pytest.importorskip("datasets", reason="the `datasets` package is not installed (pip install datasets)")
-    rows = [" = Valkyria Chronicles = \n", "", " The game began development in 2010 . \n", " It was released . \n"]
+    rows = [" = Valkyria Chronicles = \n", "", " The game began development in 2010 . \n",
+            " It was released . \n"]
     local = tmp_path / "wiki.test.txt"
     local.write_text("\n".join(r.rstrip("\n") for r in rows) + "\n")
     joined = tmp_path / "joined.txt"

@@ -15,7 +15,8 @@ def tinyllama_fp32():
     model = load_model("random:tinyllama", dtype="fp32", device="cuda", seed=1)
     hf = hf_peer.build_hf(model)
     g = torch.Generator().manual_seed(0)
-    prompt = torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(3, 32000, (1, 31), generator=g)], 1).cuda()
+    body = torch.randint(3, 32000, (1, 31), generator=g)
+    prompt = torch.cat([torch.ones(1, 1, dtype=torch.long), body], 1).cuda()
     return model, hf, prompt
 
 

@@ -40,7 +40,8 @@ def test_logits_match_hf(checkpoint, impl):
     path, hf = checkpoint
     model = load_model(str(path), dtype="fp32", device="cpu")
     engine = load_impl(impl).build(model, max_batch_size=2)
-    ids = torch.tensor([prompt_ids(37, 5, model.config.vocab_size), prompt_ids(37, 6, model.config.vocab_size)])
+    vocab = model.config.vocab_size
+    ids = torch.tensor([prompt_ids(37, 5, vocab), prompt_ids(37, 6, vocab)])
     with torch.no_grad():
         expected = hf(ids).logits
     got = engine.forward_logits(ids)

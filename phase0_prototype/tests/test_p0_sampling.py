@@ -38,7 +38,8 @@ def test_top_k_mask_matches_reference(k):
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.9, 0.999])
 def test_top_p_mask_matches_reference(p):
-    logits = 3 * torch.randn(4, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(int(p * 1000)))
+    g = torch.Generator().manual_seed(int(p * 1000))
+    logits = 3 * torch.randn(4, 200, dtype=torch.float64, generator=g)
     got = top_p_mask(logits, p).numpy()
     assert np.array_equal(np.isfinite(got), np.isfinite(ref_top_p(logits.numpy(), p)))
 

@@ -44,8 +44,9 @@ def test_chat_template_matches_transformers(tok_dir, messages, add_generation_pr
     ours = HFTokenizer(tok_dir)
     expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert ours.apply_chat_template(messages, add_generation_prompt=add_generation_prompt) == expected
-    expected_ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if isinstance(expected_ids, dict) or hasattr(expected_ids, "input_ids"):  # transformers 5 returns a BatchEncoding
+    expected_ids = hf.apply_chat_template(messages, tokenize=True,
+                                          add_generation_prompt=add_generation_prompt)
+    if isinstance(expected_ids, dict) or hasattr(expected_ids, "input_ids"):  # transformers 5: BatchEncoding
         expected_ids = expected_ids["input_ids"]
     if add_generation_prompt:
         assert ours.encode_chat(messages) == list(expected_ids)

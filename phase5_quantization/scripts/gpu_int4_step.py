@@ -22,7 +22,7 @@ Usage (repo root, GPU): PYTHONPATH=$PWD python3 -m phase5_quantization.scripts.g
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
 import time
 import traceback
@@ -44,15 +44,6 @@ def replay_us(engine):
     from phase0_prototype.bench import decode_replay
 
     return decode_replay(engine, CTX).best * 1e6
-
-
-def set_env(env: dict) -> None:
-    from phase0_prototype.kernels import gemv
-
-    for key in ("TITANINFER_PDL",):
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    gemv._PDL.clear()
 
 
 def ncu_main() -> None:
@@ -106,60 +97,60 @@ def main() -> None:
     def no_attention(qkv, k_cache, v_cache, cos, sin, positions, n_heads, rope=True):
         return qkv[:, : n_heads * k_cache.shape[-1]]
 
+    from phase0_prototype.dev import pdl_off
     from phase5_quantization.dev.row_gemv_variants import RowVariant, use_row_variant, variant_layers
 
     o_, qkv_, gu_, dn_ = (2048, 2048, False), (2560, 2048, False), (5632, 2048, True), (2048, 5632, False)
-    variants = [("default (launcher's table)", {}, dict(generate=True)),
-                ("PDL off", {"TITANINFER_PDL": "0"}, {}),
-                ("row GEMVs let the next kernel launch before their wait", {},
+    variants = [("default (launcher's table)", dict(generate=True)),
+                ("PDL off", dict(pdl_off=True)),
+                ("row GEMVs let the next kernel launch before their wait",
                  dict(row=RowVariant(early=True))),
-                ("row GEMVs read scales/zeros/residual where used", {}, dict(row=RowVariant(prefetch=False))),
-                ("row GEMVs end a row in a masked full slab, no tail slab", {},
+                ("row GEMVs read scales/zeros/residual where used", dict(row=RowVariant(prefetch=False))),
+                ("row GEMVs end a row in a masked full slab, no tail slab",
                  dict(row=RowVariant(tail=False))),
-                ("lm_head INT4 too", {}, dict(lm_head=True, generate=True)),
-                ("diagnostic: no attention", {}, dict(no_attention=True)),
-                ("o (4, 256, 2 warps)", {}, dict(tiles={o_: (4, 256, 1, 2, 0)})),
-                ("o (2, 256, 2 warps), no register cap", {}, dict(tiles={o_: (2, 256, 1, 2, 0)})),
-                ("qkv (4, 256, 2 warps), no register cap", {}, dict(tiles={qkv_: (4, 256, 1, 2, 0)})),
-                ("qkv (8, 256, 2 warps)", {}, dict(tiles={qkv_: (8, 256, 1, 2, 0)})),
-                ("gate_up (2, 256, 2 warps)", {}, dict(tiles={gu_: (2, 256, 1, 2, 0)})),
-                ("gate_up (4, 256, 2 warps)", {}, dict(tiles={gu_: (4, 256, 1, 2, 0)})),
-                ("down (4, 256, 2 warps)", {}, dict(tiles={dn_: (4, 256, 1, 2, 0)})),
-                ("down (4, 256, 2 warps, 96 registers): the sweep's", {},
+                ("lm_head INT4 too", dict(lm_head=True, generate=True)),
+                ("diagnostic: no attention", dict(no_attention=True)),
+                ("o (4, 256, 2 warps)", dict(tiles={o_: (4, 256, 1, 2, 0)})),
+                ("o (2, 256, 2 warps), no register cap", dict(tiles={o_: (2, 256, 1, 2, 0)})),
+                ("qkv (4, 256, 2 warps), no register cap", dict(tiles={qkv_: (4, 256, 1, 2, 0)})),
+                ("qkv (8, 256, 2 warps)", dict(tiles={qkv_: (8, 256, 1, 2, 0)})),
+                ("gate_up (2, 256, 2 warps)", dict(tiles={gu_: (2, 256, 1, 2, 0)})),
+                ("gate_up (4, 256, 2 warps)", dict(tiles={gu_: (4, 256, 1, 2, 0)})),
+                ("down (4, 256, 2 warps)", dict(tiles={dn_: (4, 256, 1, 2, 0)})),
+                ("down (4, 256, 2 warps, 96 registers): the sweep's",
                  dict(tiles={dn_: (4, 256, 1, 2, 96)})),
-                ("down (4, 256, 2 warps), split-K 2", {}, dict(tiles={dn_: (4, 256, 2, 2, 0)})),
-                ("default again (drift)", {}, {})]
+                ("down (4, 256, 2 warps), split-K 2", dict(tiles={dn_: (4, 256, 2, 2, 0)})),
+                ("default again (drift)", {})]
     ref = None
     q_lm = None
-    for name, env, opts in variants:
-        set_env(env)
+    for name, opts in variants:
         # the diagnostic swaps phase 0's attention for a stub (no launch choice of this phase)
         decode_attention.rope_cache_attention = no_attention if opts.get("no_attention") else real_attention
         try:
-            if opts.get("lm_head") and q_lm is None:
-                q_lm = quantize_for_generate(model, "rtn", quantize_lm_head=True)
-            e = Int4Engine(model, q_lm if opts.get("lm_head") else q, max_seq_len=PROMPT + NEW, compile=True)
-            if "row" in opts or "tiles" in opts:
-                use_row_variant(e, opts.get("row", RowVariant()), opts.get("tiles"))
-            e.warmup()
-            toks = e.generate(prompt, 16, stop_on_eos=False).tokens
-            ref = toks if ref is None else ref
-            agree = (toks == ref).float().mean().item()
-            us = replay_us(e)
-            line = f"{name:54s}: replay {us:6.1f} us/step; agree16 {agree:.2f}"
-            if opts.get("generate"):
-                fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), NEW, 5)
-                line += (f"; generate decode {fig['decode_s_per_token'] * 1e6:6.1f} us/token "
-                         f"({fig['decode_tok_s']:.0f} tok/s)")
-            log(line)
-            del e
+            with pdl_off() if opts.get("pdl_off") else contextlib.nullcontext():  # capture and replay alike
+                if opts.get("lm_head") and q_lm is None:
+                    q_lm = quantize_for_generate(model, "rtn", quantize_lm_head=True)
+                e = Int4Engine(model, q_lm if opts.get("lm_head") else q, max_seq_len=PROMPT + NEW, compile=True)
+                if "row" in opts or "tiles" in opts:
+                    use_row_variant(e, opts.get("row", RowVariant()), opts.get("tiles"))
+                e.warmup()
+                toks = e.generate(prompt, 16, stop_on_eos=False).tokens
+                ref = toks if ref is None else ref
+                agree = (toks == ref).float().mean().item()
+                us = replay_us(e)
+                line = f"{name:54s}: replay {us:6.1f} us/step; agree16 {agree:.2f}"
+                if opts.get("generate"):
+                    fig = bench.measure_generate(lambda k, e=e: e.generate(prompt, k, stop_on_eos=False), NEW, 5)
+                    line += (f"; generate decode {fig['decode_s_per_token'] * 1e6:6.1f} us/token "
+                             f"({fig['decode_tok_s']:.0f} tok/s)")
+                log(line)
+                del e
         except Exception:
             log(f"{name}: FAILED\n{traceback.format_exc()[-2500:]}")
         torch.cuda.empty_cache()
     decode_attention.rope_cache_attention = real_attention
 
     # the pieces, 22 layers each
-    set_env({})
     e = Int4Engine(model, q, max_seq_len=PROMPT + NEW, compile=False)
     layer_sets = {"row": e.weights.layers,
                   "row, no prefetch": variant_layers(e.weights.layers, RowVariant(prefetch=False))}
@@ -188,7 +179,6 @@ def main() -> None:
         log(f"{which:16s} the four in step order (no attention): {chain:6.2f} us per layer (sum of parts "
             f"{total[which]:6.2f}); x22 = {22 * chain:6.1f} us")
     layers = e.weights.layers
-    set_env({})
     att = bench.graph_us(lambda: [real_attention(qkv, e.kv_cache[i, 0], e.kv_cache[i, 1], e.cos, e.sin,
                                                  positions, cfg.num_attention_heads, rope=e.fused_rope)
                                   for i in range(len(layers))])
