@@ -8,13 +8,15 @@ Public contract (what ``framework``, ``solution`` and a learner's ``phase0_proto
     class Engine:
         name: str                 # "framework", "solution", ...
         mode: str                 # how it runs, in words ("eager, no KV cache", "torch.compile + CUDA graph")
+        kv_slots_per_request: int | None  # KV cache slots one request holds whatever its length (None: no cache)
         def forward_logits(self, tokens: LongTensor[B, T]) -> FloatTensor[B, T, vocab]
             # logits of every position of fresh sequences (fp32), for correctness checks
         def generate(self, prompt_ids: LongTensor[B, T] | list[int], max_new_tokens: int,
                      sampling: SamplingParams = SamplingParams(), *,
                      on_tokens: Callable[[LongTensor[B, k]], None] | None = None,
                      stop_on_eos: bool = True, eos_ids: tuple[int, ...] | None = None) -> GenerationOutput
-            # greedy/sampled continuation; on_tokens streams chunks of new ids (CPU tensors) in order;
+            # greedy/sampled continuation; on_tokens streams chunks of new ids (CPU tensors) in order
+            # and returns True to end the generation there (a stop string matched, the reader left);
             # EOS semantics in ``generation`` (padding after a sequence's EOS, cut at the longest)
 
 ``compile=True`` asks for torch.compile + CUDA graphs where the engine has them (the framework ignores it);

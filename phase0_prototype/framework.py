@@ -63,6 +63,7 @@ class FrameworkEngine:
     """``Engine`` contract (see ``phase0_prototype``): recompute everything, every token."""
 
     name = "framework"
+    kv_slots_per_request = None  # no KV cache: every token recomputes the sequence
 
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
                  compile: bool = False, rope_fn: RopeFn | None = None):
@@ -93,8 +94,8 @@ class FrameworkEngine:
             logits = forward(self.model.state, self.config, tokens, self.cos, self.sin, self.rope_fn)[:, -1]
             next_tokens = eos.update(sample(logits, sampling, generator))
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
-            if on_tokens is not None:
-                on_tokens(next_tokens[:, None].cpu())
+            if on_tokens is not None and on_tokens(next_tokens[:, None].cpu()):
+                break  # the caller has what it needs
             if stop_on_eos and bool(eos.finished.all()):  # host sync every token
                 break
         return finish(tokens[:, prompt_len:], eos_ids, stop_on_eos)

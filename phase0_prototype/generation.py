@@ -15,8 +15,9 @@ import torch
 
 from phase0_prototype.errors import ModelError
 
-# Called with each chunk of new tokens, ``[batch, k]`` int64 on the CPU, in order.
-TokenCallback = Callable[[torch.Tensor], None]
+# Called with each chunk of new tokens, ``[batch, k]`` int64 on the CPU, in order; a True return ends the
+# generation at that chunk (the caller has what it needs), None or False goes on.
+TokenCallback = Callable[[torch.Tensor], "bool | None"]
 
 
 @dataclass

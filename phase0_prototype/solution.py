@@ -138,6 +138,7 @@ class SolutionEngine:
         self.rope_fn = rope_fn or apply_rope
         self.kv_cache = torch.zeros(cfg.num_hidden_layers, 2, max_batch_size, cfg.num_key_value_heads,
                                     self.max_seq_len, cfg.head_dim, dtype=self.dtype, device=self.device)
+        self.kv_slots_per_request = self.max_seq_len  # a static cache: the whole context, reserved
         self.use_graphs = compile and self.device.type == "cuda"
         self.mode = "torch.compile + CUDA graph" if self.use_graphs else "eager"
         self._graphs: dict[int, DecodeGraph] = {}  # batch size -> its captured decode step
@@ -342,9 +343,9 @@ class SolutionEngine:
                     launched = True
                 if copied is not None:
                     copied.synchronize()
-                if on_tokens is not None:
-                    on_tokens(chunk)
                 emitted = i
+                if on_tokens is not None and on_tokens(chunk):
+                    break  # the caller has what it needs (a stop string matched, its reader left)
                 if done is not None and bool(done):
                     break
             if i == max_new_tokens:

@@ -356,17 +356,13 @@ class LLMEngine:
         deltas: list[Delta] = []
         t0, ttft = time.perf_counter(), [None]
 
-        def on_tokens(chunk) -> None:
+        def on_tokens(chunk) -> bool:
             if ttft[0] is None:
                 ttft[0] = time.perf_counter() - t0
             deltas.append(feed(chunk[0].tolist()))
-            if deltas[-1].finish_reason is not None:
-                raise _Finished
+            return deltas[-1].finish_reason is not None  # True ends the generation here
 
-        try:
-            self.single.generate(ids, max_tokens, sampling, on_tokens=on_tokens, stop_on_eos=not ignore_eos)
-        except _Finished:
-            pass
+        self.single.generate(ids, max_tokens, sampling, on_tokens=on_tokens, stop_on_eos=not ignore_eos)
         out = self._collect(iter(deltas), ids)
         out.ttft_s = ttft[0]
         return out
@@ -385,7 +381,7 @@ class LLMEngine:
     def _static_kv_utilisation(self, ids: list[list[int]], outputs: list[RequestOutput]) -> float | None:
         """A static cache reserves ``max_seq_len`` slots per request; decode step i holds prompt + i tokens."""
         engine = self._single
-        reserved = getattr(engine, "max_seq_len", None) if hasattr(engine, "kv_cache") else None
+        reserved = getattr(engine, "kv_slots_per_request", None)  # (optional in a learner's engine)
         if not reserved:
             return None  # no KV cache (phase 0's framework)
         live = steps = 0
@@ -402,10 +398,6 @@ class LLMEngine:
         if self.tp_workers is not None:
             self.tp_workers.close()
             self.tp_workers, self._batched = None, None
-
-
-class _Finished(Exception):
-    """Raised from a generation's chunk callback: the request is done (stop string, EOS or length)."""
 
 
 def _share(source, target) -> None:

@@ -86,6 +86,18 @@ def test_streaming_chunks_concatenate_to_the_output(tiny, impl):
     assert chunks[0].shape[1] == 1  # the first token is streamed as soon as the prompt is processed
 
 
+@pytest.mark.parametrize("impl", ["framework", "solution"])
+def test_on_tokens_returning_true_ends_the_generation_there(tiny, impl):
+    engine = load_impl(impl).build(tiny, max_seq_len=128)
+    prompt = random_prompts(1, 5, 4)
+    full = engine.generate(prompt, 30, stop_on_eos=False).tokens
+    chunks = []
+    out = engine.generate(prompt, 30, on_tokens=lambda c: chunks.append(c) or sum(x.shape[1] for x in chunks) >= 3,
+                          stop_on_eos=False)
+    seen = torch.cat(chunks, dim=1)
+    assert 3 <= seen.shape[1] < 30 and torch.equal(out.tokens, seen) and torch.equal(seen, full[:, : seen.shape[1]])
+
+
 def test_seeded_sampling_same_in_both_engines(tiny):
     params = SamplingParams(temperature=0.9, top_k=40, top_p=0.9, seed=7)
     prompts = random_prompts(1, 6, 3)
