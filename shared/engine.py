@@ -3,25 +3,21 @@
 What runs where (``impls``: see ``shared.impls``; ``EngineConfig.impl`` is the ``--impl`` spec):
 
 - **one request** (``generate`` of a single prompt, ``stream``, the CLI's ``generate`` and ``chat``):
-  phase 0's engine — static KV cache and, on CUDA, the decode step as Triton kernels replayed as one CUDA
-  graph — with phase 2's RoPE plugged in when ``phase2`` is not ``off`` and phase 5's INT4 weights when
-  ``quant`` is set. ``bs1_decode="phase4"`` sends lone requests through phase 4's runner instead.
-- **several requests**: phase 4's continuous batching (scheduler ``phase4``) over phase 1's block manager
-  (``phase1``) and phase 3's paged attention (``phase3``), sampling per request. ``phase4=off`` serves
-  them one at a time through the single-request engine (the seed's prototype).
+  phase 0's engine (``shared.single``) — static KV cache and, on CUDA, the decode step as Triton kernels
+  replayed as one CUDA graph — with phase 2's RoPE when ``phase2`` is not ``off`` and phase 5's INT4
+  projections when ``quant`` is set. ``bs1_decode="phase4"`` sends lone requests through phase 4 instead.
+- **several requests**: phase 4's continuous batching (``shared.batched``: scheduler ``phase4``, phase 1's
+  block manager, phase 3's paged attention, sampling per request), over the float weights or phase 5's
+  INT4 projections (the same ``QuantLinear`` objects as the single path). ``phase4=off`` serves them one
+  at a time through the single-request engine (the seed's prototype).
 - **tp > 1**: every request through phase 4's engine on rank 0, each step's forward pass run by all ranks
-  on their shards (``shared.tp_workers``: workers started once, ended by ``close``), sampling per request.
+  on their shards (``shared.tp_workers``: workers started once, ended by ``close``).
 
-Why phase 0's engine for bs=1 (``bs1_decode="phase0"``, the default): a lone decode step is a GEMV per
-projection, memory-bound; phase 0 runs it as Triton GEMVs with RMSNorm/residual/SwiGLU fused and RoPE +
-cache write + attention in one kernel, 6 launches per layer in one graph (1.085 ms/token, 64 % MBU in phase
-0's committed H100 report; 65–70 % in earlier runs), while phase 4's bucket graph runs the batched runner's cuBLAS GEMMs and separate
-norm/RoPE/cache-write kernels at M=1. ``make check-engine`` times both in the same run and says which
-was faster (its "bs=1 decode path" table): the choice stays explicit, and is checked.
-
-The two engines are built on first use and share phase 0's fused weights (one copy on the GPU). Offline,
-a lone request runs phase 0's loop on the calling thread (its text made in the chunk callback); ``stream``
-runs it on a worker thread (``streaming.token_chunks``) so the caller can iterate.
+Why phase 0's engine for bs=1 by default: a lone decode step is a GEMV per projection, memory-bound, and
+phase 0 runs it as six fused Triton kernels per layer in one graph, where phase 4's bucket graph runs
+cuBLAS GEMMs and separate norm/RoPE/cache-write kernels at M=1. ``make check-engine`` times both in one
+run (its "bs=1 decode path" table, ``reports/shared/``): the choice stays explicit, and is checked. The two
+engines are built on first use and share one copy of the weights.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel, load_model
 from shared import impls as impl_spec
-from shared.streaming import token_chunks
+from shared.single import single_deltas, single_output, static_kv_utilisation
 
 DEFAULT_MODEL = "kjv-llama-18m"  # the bundled model: offline, CPU-friendly
 BS1_DECODE_PATHS = ("phase0", "phase4")
@@ -281,9 +277,9 @@ class LLMEngine:
 
             outputs, kv = run_batched(self.batched, ids, limits, sampling, tuple(stop), ignore_eos)
         else:
-            outputs = [self._single_output(p, n, sampling, tuple(stop), ignore_eos)
+            outputs = [single_output(self.single, self.tokenizer, p, n, sampling, tuple(stop), ignore_eos)
                        for p, n in zip(ids, limits, strict=True)]
-            kv = self._static_kv_utilisation(ids, outputs)
+            kv = static_kv_utilisation(self.single, ids, outputs)
         self.last_run = RunStats(self.path_name(route), len(ids), sum(len(o.token_ids) for o in outputs),
                                  time.perf_counter() - t0, kv)
         return outputs
@@ -300,7 +296,7 @@ class LLMEngine:
 
             yield from stream_batched(self.batched, ids, max_tokens, sampling, tuple(stop), ignore_eos)
         else:
-            yield from self._single_deltas(ids, max_tokens, sampling, tuple(stop), ignore_eos)
+            yield from single_deltas(self.single, self.tokenizer, ids, max_tokens, sampling, tuple(stop), ignore_eos)
 
     def path_name(self, route: str) -> str:
         if route == "batched":
@@ -314,82 +310,6 @@ class LLMEngine:
         if self.quant:
             return f"phase 5 INT4 ({self.quant}) one request at a time{mode}"
         return f"phase 0 {self.impls['phase0']} one request at a time{mode}"
-
-    # ------------------------------------------------------------------ the single-request path
-    def _single_text(self, max_tokens: int, stop, ignore_eos: bool):
-        """``feed(token ids) -> Delta``: stop strings, EOS and the length limit over one request's tokens."""
-        from phase4_scheduler.text_stream import TextStream  # stop strings, held-back text: phase 4's
-
-        eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
-        text = TextStream(self.tokenizer, stop, eos)
-        count = 0
-
-        def feed(chunk: list[int]) -> Delta:
-            nonlocal count
-            new, pieces, reason = [], [], None
-            for token in chunk:
-                count += 1
-                new.append(token)
-                final = count >= max_tokens or token in eos
-                piece, stopped = text.push(token, final=final)
-                pieces.append(piece)
-                if stopped or final:
-                    reason = "stop" if (stopped or token in eos) else "length"
-                    break
-            return Delta("".join(pieces), new, reason)
-
-        return feed
-
-    def _single_deltas(self, ids, max_tokens, sampling, stop, ignore_eos) -> Iterator[Delta]:
-        """Streaming: the engine generates on a worker thread (``streaming.token_chunks``), text comes here."""
-        feed = self._single_text(max_tokens, stop, ignore_eos)
-        for chunk in token_chunks(self.single, ids, max_tokens, sampling, stop_on_eos=not ignore_eos):
-            delta = feed(chunk)
-            yield delta
-            if delta.finish_reason is not None:
-                return
-
-    def _single_output(self, ids, max_tokens, sampling, stop, ignore_eos) -> RequestOutput:
-        """Offline: the engine's own loop on this thread, text made in its chunk callback (a stop string ends
-        the generation there). No worker thread: its hand-offs cost the bs=1 decode loop time (E.1a)."""
-        feed = self._single_text(max_tokens, stop, ignore_eos)
-        deltas: list[Delta] = []
-        t0, ttft = time.perf_counter(), [None]
-
-        def on_tokens(chunk) -> bool:
-            if ttft[0] is None:
-                ttft[0] = time.perf_counter() - t0
-            deltas.append(feed(chunk[0].tolist()))
-            return deltas[-1].finish_reason is not None  # True ends the generation here
-
-        self.single.generate(ids, max_tokens, sampling, on_tokens=on_tokens, stop_on_eos=not ignore_eos)
-        out = self._collect(iter(deltas), ids)
-        out.ttft_s = ttft[0]
-        return out
-
-    def _collect(self, deltas: Iterator[Delta], prompt_ids: list[int]) -> RequestOutput:
-        t0 = time.perf_counter()
-        ttft, ids, pieces, reason = None, [], [], "length"
-        for d in deltas:
-            if ttft is None and d.token_ids:
-                ttft = time.perf_counter() - t0
-            ids += d.token_ids
-            pieces.append(d.text)
-            reason = d.finish_reason or reason
-        return RequestOutput(list(prompt_ids), ids, "".join(pieces), reason, ttft)
-
-    def _static_kv_utilisation(self, ids: list[list[int]], outputs: list[RequestOutput]) -> float | None:
-        """A static cache reserves ``max_seq_len`` slots per request; decode step i holds prompt + i tokens."""
-        engine = self._single
-        reserved = getattr(engine, "kv_slots_per_request", None)  # (optional in a learner's engine)
-        if not reserved:
-            return None  # no KV cache (phase 0's framework)
-        live = steps = 0
-        for p, out in zip(ids, outputs, strict=True):
-            n = len(out.token_ids)
-            live += n * len(p) + n * (n - 1) / 2
-            steps += n
-        return live / (steps * reserved) if steps else None
 
     # ------------------------------------------------------------------ tensor parallel
     def close(self) -> None:
