@@ -128,12 +128,15 @@ class SolutionEngine:
     reduction_rows = 4  # up to this batch the compiled PyTorch step writes x·Wᵀ as ``gemv_reduction``
 
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 1, max_seq_len: int | None = None,
-                 compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16):
+                 compile: bool = True, rope_fn: RopeFn | None = None, sync_every: int = 16,
+                 weights: LlamaWeights | None = None):
+        """``weights``: the model's layers already in the fused layout, possibly with other projection objects
+        (phase 5's INT4); by default ``fuse(model.state)``."""
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.max_seq_len = min(max_seq_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.max_batch_size, self.sync_every = max_batch_size, sync_every
-        self.weights: LlamaWeights = fuse(model.state, cfg)
+        self.weights: LlamaWeights = weights if weights is not None else fuse(model.state, cfg)
         self.cos, self.sin = rope_cache(cfg, self.max_seq_len, self.device)
         self.rope_fn = rope_fn or apply_rope
         self.kv_cache = torch.zeros(cfg.num_hidden_layers, 2, max_batch_size, cfg.num_key_value_heads,

@@ -109,9 +109,9 @@ class Int4Engine(SolutionEngine):
     name = "int4"
 
     def __init__(self, model: LoadedModel, quantized: LinearLlama, **options):
-        super().__init__(model, **options)  # KV cache, rotary tables, graph bookkeeping (and fused float weights)
-        self.quantized = prepare(quantized, self.device, self.dtype)
-        self.weights = int4_weights(self.quantized)  # the float copy goes: only INT4 projections remain
+        self.quantized = prepare(quantized, model.device, model.dtype)
+        # KV cache, rotary tables, graph bookkeeping over the INT4 projections: no float copy is ever made
+        super().__init__(model, weights=int4_weights(self.quantized), **options)
         kernel = self.device.type == "cuda"
         self.mode = ("W4A16 Triton kernels" + (" + CUDA graph" if self.use_graphs else ", eager") if kernel
                      else "INT4 weights dequantized per call (CPU fallback), eager")

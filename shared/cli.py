@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="the OpenAI-compatible server (phase 4) over the engine")
     add_engine_arguments(srv, batching=True)
     serve.add_arguments(srv)
-    quant = sub.add_parser("quantize", help="write INT4 weights once (AutoAWQ format) for --quant DIR")
+    quant = sub.add_parser("quantize", help="write INT4 weights once (AutoAWQ format) for --model DIR")
     quant.add_argument("--model", default=DEFAULT_MODEL, help="the float model to quantize")
     quant.add_argument("--method", default="awq", choices=["rtn", "awq", "gptq"])
     quant.add_argument("--quant-group-size", type=int, default=128, help="input columns per INT4 scale")
@@ -184,8 +184,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, dtype="bf16" if device == "cuda" else "fp32", device=device)
     out = save_quantized(model, args.method, args.out, group_size=args.quant_group_size)
-    print(f"wrote {out} ({args.method}, group size {args.quant_group_size}): serve it with "
-          f"--model {args.model} --quant {out}", file=sys.stderr)
+    print(f"wrote {out} ({args.method}, group size {args.quant_group_size}): serve it with --model {out}",
+          file=sys.stderr)
     return 0
 
 

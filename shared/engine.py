@@ -32,6 +32,7 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel, load_model
 from shared import impls as impl_spec
+from shared.quant import is_int4_checkpoint, load_int4_checkpoint
 from shared.single import single_deltas, single_output, static_kv_utilisation
 
 DEFAULT_MODEL = "kjv-llama-18m"  # the bundled model: offline, CPU-friendly
@@ -98,8 +99,11 @@ class LLMEngine:
         device = torch.device(config.device or (model.device.type if model is not None else
                                                 ("cuda" if torch.cuda.is_available() else "cpu")))
         chosen = impl_spec.parse(config.impl)
-        if config.quant is not None:
-            chosen["phase5"] = impl_spec.check_name("phase5", config.quant or "off")
+        int4_model = model is None and is_int4_checkpoint(config.model)  # what `titaninfer quantize` wrote
+        if int4_model and config.quant is not None:
+            raise ModelError(f"{config.model} holds INT4 weights already: drop --quant")
+        if config.quant is not None or int4_model:
+            chosen["phase5"] = impl_spec.check_name("phase5", config.model if int4_model else config.quant or "off")
         self.impls = impl_spec.resolve(chosen, device.type)
         impl_spec.import_module_paths(self.impls)
         self.quant = impl_spec.quant_method(self.impls)
@@ -109,8 +113,12 @@ class LLMEngine:
         if config.bs1_decode not in BS1_DECODE_PATHS:
             raise ModelError(f"bs1_decode={config.bs1_decode!r}: choose {' or '.join(BS1_DECODE_PATHS)}")
         dtype = config.dtype or ("bf16" if device.type == "cuda" else "fp32")
-        self.model = model if model is not None else load_model(config.model, dtype=dtype, device=device,
-                                                                seed=config.seed)
+        self._quantized = None
+        if int4_model:
+            self.model, self._quantized = load_int4_checkpoint(config.model, dtype=dtype, device=device)
+        else:
+            self.model = model if model is not None else load_model(config.model, dtype=dtype, device=device,
+                                                                    seed=config.seed)
         self.device = self.model.device
         limit = self.model.config.max_position_embeddings
         self.max_model_len = min(config.max_model_len or limit, limit)
@@ -126,7 +134,6 @@ class LLMEngine:
         self.tp_workers = None  # shared.tp_workers.WorkerPool: ranks 1..tp-1, started with the batched path
         self._single = None
         self._batched = None
-        self._quantized = None
         self.last_run: RunStats | None = None
 
     # ------------------------------------------------------------------ the components

@@ -2,7 +2,8 @@
 module path exposing phase 5's ``quantize`` contract, or a directory saved by ``LinearLlama.save``.
 
 ``titaninfer quantize`` writes the quantized model once, as an AutoAWQ GEMM checkpoint (phase 5's
-``awq_checkpoint``) with the tokenizer beside it; ``--quant DIR`` then loads it instead of quantizing again.
+``awq_checkpoint``) with the tokenizer beside it; ``--model DIR`` then serves it alone (no float weights are
+ever loaded: embeddings and norms come from the checkpoint), or ``--model M --quant DIR`` beside M's.
 The model is quantized (or loaded) once and serves both paths: a lone request runs phase 5's
 ``Int4Engine`` (phase 0's engine, static KV cache and CUDA graph, over W4A16 projections); several
 requests run phase 4's continuous batching with the same ``QuantLinear`` objects as its projections.
@@ -15,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from phase0_prototype.errors import ModelError
+import torch
+
+from phase0_prototype.errors import ModelError, read_json
 from phase0_prototype.sources import LoadedModel
 
 
@@ -76,3 +79,29 @@ def save_quantized(model: LoadedModel, method: str, out: str | Path, *, group_si
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def is_int4_checkpoint(spec: str) -> bool:
+    """A directory whose ``config.json`` has a ``quantization_config`` (an AutoAWQ checkpoint)."""
+    config = Path(spec) / "config.json"
+    try:
+        return config.is_file() and "quantization_config" in read_json(config)
+    except ModelError:  # unreadable: the float loader names the problem
+        return False
+
+
+def load_int4_checkpoint(spec: str, *, dtype: str, device) -> tuple[LoadedModel, object]:
+    """``(model, quantized)`` of an AutoAWQ checkpoint: the ``LoadedModel`` holds the tokenizer, the config and
+    the float tensors the engines read outside the projections (embeddings, final norm); the projections are
+    ``quantized``'s INT4 ``QuantLinear`` objects, on ``device``."""
+    from phase0_prototype.tokenizer import load_tokenizer
+    from phase0_prototype.weights import parse_dtype
+    from phase5_quantization.awq_checkpoint import load_awq_gemm
+    from phase5_quantization.integration import prepare
+
+    path = Path(spec)
+    quantized = prepare(load_awq_gemm(path), torch.device(device), parse_dtype(dtype))
+    cfg = quantized.config
+    tokenizer = load_tokenizer(path, vocab_size=cfg.vocab_size, bos_id=cfg.bos_token_id, eos_ids=cfg.eos_token_id)
+    state = {"model.embed_tokens.weight": quantized.embed_tokens, "model.norm.weight": quantized.norm}
+    return LoadedModel(spec, cfg, state, tokenizer, path), quantized

@@ -53,8 +53,9 @@ def test_group_size_that_does_not_divide_is_one_line(model):
 
 
 def test_quantize_once_then_serve_the_checkpoint(tmp_path, capsys):
-    """``titaninfer quantize`` writes an AutoAWQ checkpoint (+ tokenizer); ``--quant DIR`` loads it and decodes
-    exactly as quantizing in memory does, on both paths; an existing folder is refused in one line."""
+    """``titaninfer quantize`` writes an AutoAWQ checkpoint (+ tokenizer); ``--model DIR`` (alone: no float
+    weights loaded) and ``--model M --quant DIR`` decode exactly as quantizing in memory does, on both paths;
+    an existing folder is refused in one line."""
     from shared.cli import main
 
     out = tmp_path / "kjv-rtn"
@@ -62,13 +63,19 @@ def test_quantize_once_then_serve_the_checkpoint(tmp_path, capsys):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["kjv-rtn"], "no staging folder left behind"
     prompts = ["And God said", "In the beginning", "Blessed are"]
-    saved = LLMEngine(EngineConfig(model="kjv-llama-18m", quant=str(out), max_num_seqs=2, max_num_batched_tokens=16))
-    fresh = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", max_num_seqs=2, max_num_batched_tokens=16),
-                      model=saved.model)
+    options = dict(max_num_seqs=2, max_num_batched_tokens=16)
+    beside = LLMEngine(EngineConfig(model="kjv-llama-18m", quant=str(out), **options))
+    fresh = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", **options), model=beside.model)
+    alone = LLMEngine(EngineConfig(model=str(out), **options))  # no float model at all
+    assert sorted(alone.model.state) == ["model.embed_tokens.weight", "model.norm.weight"]
     for many in (False, True):  # one request: phase 0's INT4 engine; several: continuous batching
         batch = prompts if many else prompts[:1]
-        got = [o.token_ids for o in saved.generate(batch, max_tokens=8, ignore_eos=True)]
-        assert got == [o.token_ids for o in fresh.generate(batch, max_tokens=8, ignore_eos=True)]
+        want = [o.token_ids for o in fresh.generate(batch, max_tokens=8, ignore_eos=True)]
+        for engine in (beside, alone):
+            assert [o.token_ids for o in engine.generate(batch, max_tokens=8, ignore_eos=True)] == want
+    assert alone.generate(prompts[0], max_tokens=8)[0].text == fresh.generate(prompts[0], max_tokens=8)[0].text
+    with pytest.raises(ModelError, match="holds INT4 weights already"):
+        LLMEngine(EngineConfig(model=str(out), quant="rtn"))
     capsys.readouterr()
     assert main(["quantize", "--model", "kjv-llama-18m", "--method", "rtn", "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
