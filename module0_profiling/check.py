@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impl", default="solution",
                     help="framework, solution, or a module path (default: solution)")
     ap.add_argument("--size", choices=["small", "full"], default=None,
-                    help="full = TARGETS.md shapes (default on a GPU); small = seconds on a CPU "
+                    help="full = TinyLlama's shapes (default on a GPU); small = seconds on a CPU "
                          "(default without GPU)")
     ap.add_argument("--out", type=Path, default=None, help="reports root (default: <repo>/reports)")
     ap.add_argument("--no-report", action="store_true", help="print the table only")

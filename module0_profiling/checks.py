@@ -1,4 +1,4 @@
-"""Module 0 targets (TARGETS.md M0.1–M0.3)."""
+"""Module 0 targets (M0.1–M0.3): thresholds and how each is judged from ``bench.run``'s metrics."""
 
 from module0_profiling.targets import Target, pct, times
 

@@ -5,7 +5,7 @@ A phase's ``bench.py`` exposes::
     def run(impl: str, size: str) -> BenchResult
 
 ``impl`` is ``"framework"``, ``"solution"`` or an importable module path; ``size`` is ``"full"``
-(the TARGETS.md shapes, GPU) or ``"small"`` (seconds on a CPU). ``run`` measures everything the
+(TinyLlama's shapes, GPU) or ``"small"`` (seconds on a CPU). ``run`` measures everything the
 phase's targets need in ONE process, so every ratio compares numbers taken on the same machine
 in the same minute.
 
@@ -81,7 +81,7 @@ class BenchResult:
 
 @dataclass
 class Target:
-    """An acceptance target from TARGETS.md, evaluated on a bench run's metrics.
+    """An acceptance target (a row of a phase's ``checks.TARGETS``), evaluated on a bench run's metrics.
 
     ``passes`` receives the metric values in the order of ``metrics``; ``show`` formats them for the
     'measured' column.

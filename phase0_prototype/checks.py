@@ -1,4 +1,4 @@
-"""Phase 0 acceptance targets (TARGETS.md P0.1–P0.5), evaluated on ``bench.run``'s metrics."""
+"""Phase 0 acceptance targets (P0.1–P0.5), evaluated on ``bench.run``'s metrics."""
 
 from __future__ import annotations
 

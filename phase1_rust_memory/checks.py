@@ -1,4 +1,4 @@
-"""Phase 1 acceptance targets (TARGETS.md P1.1–P1.3), evaluated on ``bench.run``'s metrics.
+"""Phase 1 acceptance targets (P1.1–P1.3), evaluated on ``bench.run``'s metrics.
 
 P1.3a and P1.3b split P1.3's stress by capability: contiguous runs (a buddy allocator) and
 fork with copy-on-write. An implementation without the capability shows SKIP with its own reason.

@@ -1,4 +1,4 @@
-"""Phase 2 acceptance targets (TARGETS.md P2.1–P2.4), evaluated on ``bench.run``'s metrics.
+"""Phase 2 acceptance targets (P2.1–P2.4), evaluated on ``bench.run``'s metrics.
 
 All are ratios measured in one run: error over the dtype's tolerance, time over time, bandwidth over
 the copy bandwidth measured on the same device. ``P2.1·ref`` checks the PyTorch reference itself

@@ -1,4 +1,4 @@
-"""Phase 4 acceptance targets (TARGETS.md P4.1–P4.5), evaluated on ``bench.run``'s metrics."""
+"""Phase 4 acceptance targets (P4.1–P4.5), evaluated on ``bench.run``'s metrics."""
 
 from module0_profiling.targets import Target, pct, times
 

@@ -1,4 +1,4 @@
-"""Phase 5 acceptance targets (TARGETS.md P5.1–P5.3), evaluated on ``bench.run``'s metrics."""
+"""Phase 5 acceptance targets (P5.1–P5.3), evaluated on ``bench.run``'s metrics."""
 
 from __future__ import annotations
 

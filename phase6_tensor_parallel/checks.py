@@ -1,4 +1,4 @@
-"""Phase 6 acceptance targets (TARGETS.md P6.1–P6.4), evaluated on ``bench.run``'s metrics."""
+"""Phase 6 acceptance targets (P6.1–P6.4), evaluated on ``bench.run``'s metrics."""
 
 from __future__ import annotations
 

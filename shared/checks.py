@@ -1,4 +1,4 @@
-"""The assembled engine's acceptance target (TARGETS.md E.1), in two rows so each half shows on its own:
+"""The assembled engine's acceptance target (E.1), in two rows so each half shows on its own:
 E.1a bs=1 decode MBU of the engine under test; E.1b its offline throughput over HF ``generate_batch``
 on the same requests (``bench.run``)."""
 

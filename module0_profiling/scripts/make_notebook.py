@@ -137,7 +137,7 @@ else:
 md(r"""
 ## 5. The check
 
-`make check-module0` runs `module0_profiling/bench.py` once and judges M0.1–M0.3 (TARGETS.md). On a
+`make check-module0` runs `module0_profiling/bench.py` once and judges M0.1–M0.3 (`module0_profiling/checks.py`). On a
 CPU every target is SKIP with its reason; on a GPU it writes `reports/module0_profiling/<device>.md`.
 """)
 code(r"""

@@ -183,7 +183,7 @@ def test_stop_accepting_refuses_new_requests_and_fails_what_outlives_the_drain(e
         assert short.wait().request.finish_reason == "length" and short.text == reference[PROMPTS[0]]
         long.wait(10)
         assert long.request.finish_reason == "error: the server stopped before this request finished (drain timeout)"
-        assert 1.0 <= long.finished_at - t0 < 2.0 and len(long.request.output_ids) < 500
+        assert long.finished_at - t0 >= 1.0 and len(long.request.output_ids) < 500  # ended by the deadline
         _wait_idle(loop)
         assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
     finally:
@@ -209,6 +209,8 @@ def test_seed_outside_int64_is_a_user_error(seed):
 
 @pytest.mark.parametrize("seed", [SEED_RANGE[0], -1, 0, SEED_RANGE[1]])
 def test_seed_within_int64_seeds_a_generator(seed):
-    g = SamplingParams(1.0, seed=seed).generator("cpu")
-    again = SamplingParams(1.0, seed=seed).generator("cpu")
-    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=again))
+    """The int64 bounds themselves are accepted, seed torch's generator as ``manual_seed`` does, and a
+    neighbouring seed draws differently."""
+    draw = lambda params: torch.rand(4, generator=params.generator("cpu"))  # noqa: E731
+    assert torch.equal(draw(SamplingParams(1.0, seed=seed)), torch.rand(4, generator=torch.Generator().manual_seed(seed)))
+    assert not torch.equal(draw(SamplingParams(1.0, seed=seed)), draw(SamplingParams(1.0, seed=seed ^ 1)))

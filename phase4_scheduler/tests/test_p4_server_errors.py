@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import httpx
 import pytest
@@ -244,10 +243,8 @@ def test_dead_engine_is_a_503_at_once_and_health_says_why(loaded, monkeypatch):
     assert "device lost" in err["message"]
 
     monkeypatch.setattr(loaded.tokenizer, "encode", lambda *_: pytest.fail("tokenized for a dead engine"))
-    t0 = time.perf_counter()
-    assert_error(post(app, C, completion()), 503, None)
+    assert_error(post(app, C, completion()), 503, None)  # refused before any work (the tokenizer fails the test)
     assert_error(post(app, CHAT, chat(stream=True)), 503, None)
-    assert time.perf_counter() - t0 < 2.0
 
 
 def test_submit_raising_engine_dead_is_a_503(loaded):
@@ -341,13 +338,11 @@ def test_health_answers_while_a_prompt_is_tokenized(app, loaded, monkeypatch):
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             big = asyncio.create_task(client.post(C, json=completion()))
             assert await asyncio.to_thread(entered.wait, 10)
-            t0 = time.perf_counter()
-            health = await client.get("/health")
-            seconds = time.perf_counter() - t0
+            health = await client.get("/health")  # answered while the tokenizer still holds
             released.set()
-            return health, seconds, await big
+            return health, await big
 
-    health, seconds, big = asyncio.run(scenario())
+    health, big = asyncio.run(scenario())
     assert held == [True], "the event loop was blocked while tokenizing"
-    assert health.json() == {"status": "ok"} and seconds < 2.0
+    assert health.json() == {"status": "ok"}
     assert big.status_code == 200 and big.json()["usage"]["completion_tokens"] == 4

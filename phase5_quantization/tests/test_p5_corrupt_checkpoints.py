@@ -26,7 +26,7 @@ from phase5_quantization.framework import quantize_weight
 from phase5_quantization.model import LinearLlama
 from phase5_quantization.packing import from_awq_gemm, to_awq_gemm
 
-CFG, WEIGHTS = "config.json", "model.safetensors"
+CFG, WEIGHTS, QCFG = "config.json", "model.safetensors", "quant_config.json"
 Q_PROJ = "model.layers.1.self_attn.q_proj"
 EMBED = "model.embed_tokens.weight"
 
@@ -44,14 +44,18 @@ def valid_dir(tmp_path_factory, int4_model) -> Path:
     return save_awq_gemm(int4_model, tmp_path_factory.mktemp("awq") / "ckpt")
 
 
-def edit_config(**changes):
-    """Set keys of config.json (``None`` deletes the key)."""
+def edit_json(name: str, **changes):
+    """Set keys of the checkpoint's JSON file ``name`` (``None`` deletes the key)."""
     def apply(path: Path) -> None:
-        cfg = json.loads((path / CFG).read_text())
+        data = json.loads((path / name).read_text())
         for key, value in changes.items():
-            cfg.pop(key) if value is None else cfg.__setitem__(key, value)
-        (path / CFG).write_text(json.dumps(cfg))
+            data.pop(key) if value is None else data.__setitem__(key, value)
+        (path / name).write_text(json.dumps(data))
     return apply
+
+
+def edit_config(**changes):
+    return edit_json(CFG, **changes)
 
 
 def edit_quant(**changes):
@@ -83,6 +87,16 @@ def one_inf(scales: torch.Tensor) -> torch.Tensor:
     out = scales.clone()
     out[-1, 5] = float("inf")
     return out
+
+
+def refusal(valid: Path, tmp_path: Path, corruption, load) -> tuple[Path, str]:
+    """A copy of ``valid`` broken by ``corruption``, and the message of the ``ModelError`` ``load`` raises."""
+    path = tmp_path / "ckpt"
+    shutil.copytree(valid, path)
+    corruption(path)
+    with pytest.raises(ModelError) as info:
+        load(path)
+    return path, str(info.value)
 
 
 # (id, corruption, file the message names ("" = the directory), text the message contains)
@@ -121,12 +135,7 @@ CASES = [
 
 @pytest.mark.parametrize("corruption,file,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_corrupt_awq_checkpoint_is_one_line_model_error(valid_dir, tmp_path, corruption, file, needle):
-    path = tmp_path / "ckpt"
-    shutil.copytree(valid_dir, path)
-    corruption(path)
-    with pytest.raises(ModelError) as info:
-        load_awq_gemm(path)
-    message = str(info.value)
+    path, message = refusal(valid_dir, tmp_path, corruption, load_awq_gemm)
     assert "\n" not in message and needle in message, message
     assert str(path / file if file else path) in message, message
 
@@ -144,7 +153,7 @@ def test_group_size_zero_is_refused_when_quantizing_or_unpacking():
         from_awq_gemm("lin", awq, group_size=0)
 
 
-QCFG, QLIN = "quant_config.json", "layers.1.qkv_proj"
+QLIN = "layers.1.qkv_proj"
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +163,7 @@ def saved_dir(tmp_path_factory, int4_model) -> Path:
 
 
 def edit_meta(**changes):
-    def apply(path: Path) -> None:
-        meta = json.loads((path / QCFG).read_text())
-        for key, value in changes.items():
-            meta.pop(key) if value is None else meta.__setitem__(key, value)
-        (path / QCFG).write_text(json.dumps(meta))
-    return apply
+    return edit_json(QCFG, **changes)
 
 
 OWN_CASES = [
@@ -179,12 +183,7 @@ OWN_CASES = [
 
 @pytest.mark.parametrize("corruption,file,needle", [c[1:] for c in OWN_CASES], ids=[c[0] for c in OWN_CASES])
 def test_corrupt_int4_checkpoint_is_one_line_model_error(saved_dir, tmp_path, corruption, file, needle):
-    path = tmp_path / "ckpt"
-    shutil.copytree(saved_dir, path)
-    corruption(path)
-    with pytest.raises(ModelError) as info:
-        LinearLlama.load(path)
-    message = str(info.value)
+    path, message = refusal(saved_dir, tmp_path, corruption, LinearLlama.load)
     assert "\n" not in message and needle in message, message
     if file:
         assert str(path / file) in message, message

@@ -112,15 +112,13 @@ def _in_flight(srv: Served, jobs: list[tuple[str, bool]], tokens: int, headers: 
 
 
 def _terminate(srv: Served, threads: list, timeout: float) -> tuple[int, float, int]:
-    """SIGTERM: (exit code, seconds to exit, requests unfinished at the signal)."""
+    """SIGTERM: (exit code within ``timeout`` s, requests unfinished at the signal)."""
     srv.proc.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
     unfinished = sum(t.is_alive() for t in threads)
     code = srv.proc.wait(timeout)
-    took = time.monotonic() - signalled
     for t in threads:
         t.join(10)
-    return code, took, unfinished
+    return code, unfinished
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_0():
@@ -144,11 +142,11 @@ def test_sigterm_drains_requests_in_flight_and_exits_0():
         except httpx.TransportError:
             late = "refused"
         assert late in (503, "refused")
-        code, took, unfinished = _terminate(srv, threads, DRAIN_S + 5)  # (a second SIGTERM changes nothing)
+        code, unfinished = _terminate(srv, threads, DRAIN_S + 5)  # (a second SIGTERM changes nothing)
     finally:
         srv.kill()
     assert unfinished == len(threads), "the requests finished before the signal: nothing was tested"
-    assert code == 0 and took < DRAIN_S, "".join(srv.err)
+    assert code == 0, "".join(srv.err)  # (within DRAIN_S + 5 s: _terminate's wait)
     assert sorted(results) == sorted(jobs)
     for (prompt, stream), (status, text, reason) in sorted(results.items()):
         assert (status, reason) == (200, "length") and text == reference[prompt], (prompt, stream, text)
@@ -159,11 +157,11 @@ def test_requests_outliving_the_drain_timeout_get_an_error_answer_not_a_cut():
     try:
         jobs = [(p, s) for p in PROMPTS[:2] for s in (False, True)]
         threads, results = _in_flight(srv, jobs, 400, {})
-        code, took, unfinished = _terminate(srv, threads, 10)
+        code, unfinished = _terminate(srv, threads, 10)
     finally:
         srv.kill()
     assert unfinished == len(threads), "the requests finished before the signal: nothing was tested"
-    assert code == 0 and took < 10, (code, took, "".join(srv.err))  # the drain ends at 1 s (+ exit time)
+    assert code == 0, (code, "".join(srv.err))  # the drain ends at 1 s; _terminate waits 10 s at most
     assert sorted(results) == sorted(jobs)
     for (_, stream), (status, message, _) in results.items():
         # a plain request gets an error answer (5xx), a stream an error event then [DONE]: none is cut
