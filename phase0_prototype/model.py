@@ -84,3 +84,33 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
+
+
+# Attention over a KV store: (layer, q [B,T,Hq,D], k [B,T,Hkv,D] with RoPE applied, v [B,T,Hkv,D])
+# -> [B, T, Hq·D]. It owns the cache: a contiguous one (phase 0), pages (phase 3), or none (no cache).
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# A projection: (x [..., in], the weight as the engine holds it) -> [..., out]. ``F.linear`` for a matrix;
+# phase 5's INT4 layers and phase 6's parallel layers are other implementations.
+Linear = Callable[[torch.Tensor, object], torch.Tensor]
+
+
+def decoder_layer(config: LlamaConfig, i: int, w, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, attend: Attend, *, linear: Linear = F.linear,
+                  rope: RopeFn = apply_rope) -> torch.Tensor:
+    """Layer ``i`` of Llama over fused weights ``w`` (``weights.LayerWeights``): ``x [B, T, hidden]`` at
+    ``positions [B, T]`` -> ``[B, T, hidden]``.
+
+    The one definition of the layer's math every engine runs; what differs between engines is passed in:
+    where K/V live (``attend``), how a projection is computed (``linear``) and the RoPE kernel (``rope``).
+    ``config`` gives the head counts this process computes (a tensor-parallel rank's share of them).
+    Fused decode kernels (``kernels.step``) are the one other spelling of it, checked against this one.
+    """
+    B, T = x.shape[0], x.shape[1]
+    Hq, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    h = rms_norm(x, w.input_norm, config.rms_norm_eps)
+    q, k, v = linear(h, w.qkv_proj).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+    q, k = rope(q.view(B, T, Hq, D), k.view(B, T, Hkv, D), cos, sin, positions)
+    x = x + linear(attend(i, q, k, v.view(B, T, Hkv, D)), w.o_proj)
+    h = rms_norm(x, w.post_norm, config.rms_norm_eps)
+    gate, up = linear(h, w.gate_up_proj).chunk(2, dim=-1)
+    return x + linear(swiglu(gate, up), w.down_proj)

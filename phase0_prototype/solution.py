@@ -32,7 +32,7 @@ from phase0_prototype.generation import (
     check_context,
     finish,
 )
-from phase0_prototype.model import RopeFn, apply_rope, repeat_kv, rms_norm, rope_cache, swiglu
+from phase0_prototype.model import RopeFn, apply_rope, decoder_layer, repeat_kv, rms_norm, rope_cache
 from phase0_prototype.sampling import GREEDY, SamplingParams, sample
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LlamaWeights, fuse
@@ -156,16 +156,8 @@ class SolutionEngine:
     # ------------------------------------------------------------------ the two forward passes
     def _layer(self, i: int, x: torch.Tensor, positions: torch.Tensor, attend,
                linear=F.linear) -> torch.Tensor:
-        cfg, w = self.config, self.weights.layers[i]
-        B, T = x.shape[0], x.shape[1]
-        Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
-        q, k, v = linear(h, w.qkv_proj).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        q, k = self.rope_fn(q.view(B, T, Hq, D), k.view(B, T, Hkv, D), self.cos, self.sin, positions)
-        x = x + linear(attend(i, q, k, v.view(B, T, Hkv, D)), w.o_proj)
-        h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
-        gate, up = linear(h, w.gate_up_proj).chunk(2, dim=-1)
-        return x + linear(swiglu(gate, up), w.down_proj)
+        return decoder_layer(self.config, i, self.weights.layers[i], x, positions, self.cos, self.sin, attend,
+                             linear=linear, rope=self.rope_fn)
 
     def _logits(self, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
         return linear(rms_norm(x, self.weights.norm, self.config.rms_norm_eps), self.weights.lm_head)

@@ -39,6 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from phase0_prototype.errors import ModelError
+from phase0_prototype.kernels.gemv import MAX_BATCH, fused_gemv
+from phase0_prototype.kernels.step import FusedLinear
+from phase0_prototype.model import RopeFn
 from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LlamaWeights
@@ -189,9 +192,10 @@ class StepStats:
 
 class LLMEngine:
     def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig(), *,
-                 weights: LlamaWeights | None = None, linear: Linear = F.linear):
-        """``weights`` / ``linear``: another implementation of the projections (``runner.PagedModelRunner``);
-        by default the model's float weights, fused."""
+                 weights: LlamaWeights | None = None, linear: Linear = F.linear, gemv: FusedLinear | None = fused_gemv,
+                 gemv_rows: int = MAX_BATCH, rope: RopeFn | None = None):
+        """``weights`` / ``linear`` / ``gemv``: another implementation of the projections, and ``rope`` of RoPE
+        (``runner.PagedModelRunner``); by default the model's float weights, fused, and the reference RoPE."""
         self.model, self.config = model, config
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -206,7 +210,7 @@ class LLMEngine:
         self.runner = PagedModelRunner(model, num_blocks, config.block_size, attention=attention,
                                        cuda_graphs=config.cuda_graphs, graph_batch_sizes=graph_sizes_for(seqs),
                                        max_num_seqs=seqs, num_cpu_blocks=num_cpu_blocks, weights=weights,
-                                       linear=linear)
+                                       linear=linear, gemv=gemv, gemv_rows=gemv_rows, rope=rope)
         self.sampler = Sampler(model.device)
         self.streams: dict[int, TextStream] = {}
         self._with_stop: set[int] = set()  # ids of unfinished requests with stop strings

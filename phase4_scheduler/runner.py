@@ -32,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phase0_prototype.model import apply_rope, rms_norm, rope_cache, swiglu
+from phase0_prototype.kernels.gemv import MAX_BATCH, fused_gemv
+from phase0_prototype.kernels.step import FusedLinear, fused_decode_step
+from phase0_prototype.model import Linear, RopeFn, apply_rope, decoder_layer, rms_norm, rope_cache
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LlamaWeights, fuse
 from phase3_paged_attention import allocate_kv_cache, default_impl
@@ -42,7 +44,6 @@ from phase4_scheduler.request import Request
 from phase4_scheduler.step_inputs import WIDTH_ALIGN, DeviceStep, HostStep, upload
 
 _request_id = attrgetter("request_id")
-Linear = Callable[[torch.Tensor, object], torch.Tensor]  # (x [rows, in], a projection's weight) -> [rows, out]
 
 DEFAULT_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
@@ -114,24 +115,34 @@ class PagedModelRunner:
     Every projection is ``linear(x, weight)``: ``F.linear`` over the float matrices by default. Another
     implementation of the model's linear layers (phase 5's INT4 ``QuantLinear``) comes in as ``weights``
     whose projection fields hold its objects and ``linear=lambda x, w: w(x)`` — a transform of the one
-    model, as gpt-fast's ``quantize``: the scheduler, KV cache and attention do not change."""
+    model, as gpt-fast's ``quantize``: the scheduler, KV cache and attention do not change. ``rope`` is a
+    RoPE kernel (phase 2's) in place of the reference."""
 
     def __init__(self, model: LoadedModel, num_blocks: int, block_size: int = 16, *, attention=None,
                  cuda_graphs: bool = True, graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES,
                  max_num_seqs: int = 0, fused: bool | None = None, num_cpu_blocks: int = 0,
-                 weights: LlamaWeights | None = None, linear: Linear = F.linear):
+                 weights: LlamaWeights | None = None, linear: Linear = F.linear, gemv: FusedLinear | None = fused_gemv,
+                 gemv_rows: int = MAX_BATCH, rope: RopeFn | None = None):
         cfg = self.config = model.config
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         self.weights: LlamaWeights = weights if weights is not None else fuse(model.state, cfg)
         self.linear = linear
+        # Decode-only steps of up to gemv_rows rows run phase 0's fused step (norm, residual and SwiGLU fused
+        # into bandwidth-bound GEMVs: a lone request's step) where the fused kernels run; None: never.
+        self.gemv, self.gemv_rows = gemv, gemv_rows if gemv is not None else 0
+        # None: the reference RoPE, which the fused kernels apply themselves; a plug-in (phase 2's CUDA
+        # kernel) runs between the projection and the cache write, on the plain path.
+        self.rope = rope or apply_rope
         # Called with the step's inputs before every forward pass; tensor parallelism's rank 0 sends them
         # to the other ranks' runners there (``shared.tp_workers``).
         self.on_forward: Callable[[DeviceStep], None] | None = None
         self.cos, self.sin = rope_cache(cfg, cfg.max_position_embeddings, self.device)
         self.attention = attention or default_impl(self.device)
         # Triton's fused norm / RoPE+cache / SwiGLU kernels on a GPU (``kernels.fused``); PyTorch on CPU.
-        self.fused = self.device.type == "cuda" if fused is None else fused
+        self.fused = (self.device.type == "cuda" and rope is None) if fused is None else fused
+        if self.fused and rope is not None:
+            raise ValueError("the fused kernels apply the reference RoPE: a RoPE plug-in needs fused=False")
         per_layer = 2 * num_blocks * block_size * cfg.num_key_value_heads * cfg.head_dim * self.dtype.itemsize
         check_kv_memory(per_layer * cfg.num_hidden_layers, self.device, f"a KV cache of {num_blocks} blocks")
         self.kv = [allocate_kv_cache(num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, self.dtype,
@@ -251,6 +262,8 @@ class PagedModelRunner:
             self.on_forward(inputs)
         x = self.weights.embed_tokens[self.input_tokens(inputs)]
         decode_kwargs = self._decode_kwargs(inputs)
+        if self.fused and inputs.num_decode_tokens == x.shape[0] <= self.gemv_rows:
+            return self._forward_decode_gemv(x, inputs, decode_kwargs)
         if self.fused:
             return self._forward_fused(x, inputs, decode_kwargs)
         for i in range(self.config.num_hidden_layers):
@@ -281,6 +294,23 @@ class PagedModelRunner:
             h = add_rms_norm((x + delta)[inputs.sample_rows], None, self.weights.norm, eps)
         return self.linear(h, self.weights.lm_head).float()
 
+    def _forward_decode_gemv(self, x: torch.Tensor, inputs: DeviceStep, decode_kwargs: dict) -> torch.Tensor:
+        """A decode-only step of few rows: phase 0's ``fused_decode_step`` (every projection one GEMV streaming
+        its weight, norm and residual fused) with RoPE + cache write + paged attention as its ``attend``."""
+        from phase4_scheduler.kernels.fused import rope_qkv_cache
+
+        cfg = self.config
+        n, hq, hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+        def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            k_cache, v_cache = self.kv[i]
+            q, k, v = rope_qkv_cache(qkv, inputs.positions, self.cos, self.sin, hq, hkv, d, inputs.slots, k_cache,
+                                     v_cache)
+            return self.attend(i, q, k, v, inputs, decode_kwargs, write_cache=False).view(n, hq * d)
+
+        logits = fused_decode_step(self.weights, x, cfg.rms_norm_eps, attend, self.gemv)
+        return (logits if inputs.sample_rows is None else logits[inputs.sample_rows]).float()
+
     def _decode_kwargs(self, inputs: DeviceStep) -> dict:
         """The attention implementation's fixed decode launch for this step (``decode_launch`` of phase 3's
         contract, when it has one): a step never tunes."""
@@ -290,17 +320,14 @@ class PagedModelRunner:
         return launch(inputs.block_tables.shape[0], self.config.num_key_value_heads, inputs.max_context, self.device)
 
     def layer(self, i: int, x: torch.Tensor, inputs: DeviceStep, decode_kwargs: dict | None = None) -> torch.Tensor:
-        cfg, w = self.config, self.weights.layers[i]
-        n, hq, hkv, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
-        q, k, v = self.linear(h, w.qkv_proj).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        q, k = apply_rope(q.view(1, n, hq, d), k.view(1, n, hkv, d), self.cos, self.sin, inputs.positions[None])
-        q, k, v = q[0].contiguous(), k[0].contiguous(), v.reshape(n, hkv, d).contiguous()
-        attn = self.attend(i, q, k, v, inputs, decode_kwargs or {})
-        x = x + self.linear(attn.view(n, hq * d), w.o_proj)
-        h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
-        gate, up = self.linear(h, w.gate_up_proj).chunk(2, dim=-1)
-        return x + self.linear(swiglu(gate, up), w.down_proj)
+        """Phase 0's ``decoder_layer`` over the packed rows (one "batch" of ``n`` tokens) and the paged cache."""
+        def attend(i, q, k, v):
+            n = q.shape[1]
+            out = self.attend(i, q[0].contiguous(), k[0].contiguous(), v[0].contiguous(), inputs, decode_kwargs or {})
+            return out.view(1, n, -1)
+
+        return decoder_layer(self.config, i, self.weights.layers[i], x[None], inputs.positions[None], self.cos,
+                             self.sin, attend, linear=self.linear, rope=self.rope)[0]
 
     def attend(self, i: int, q, k, v, inputs: DeviceStep, decode_kwargs: dict, write_cache: bool = True) -> torch.Tensor:
         k_cache, v_cache = self.kv[i]

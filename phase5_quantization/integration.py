@@ -7,8 +7,8 @@
 
 ``Int4Engine`` is phase 0's ``SolutionEngine`` (static KV cache, CUDA graph of the decode step, the same
 sampling/EOS/streaming loop) with the projections swapped for ``QuantLinear``: the norms come from the
-quantized model too (AWQ divides them by its scales). Its decode step (``int4_decode_step``) is phase 0's
-Triton step with the four GEMVs of each layer replaced by the W4A16 GEMV (RMSNorm, residual and SwiGLU
+quantized model too (AWQ divides them by its scales). Its decode step is phase 0's ``fused_decode_step``
+with ``gemv=call_fused``: the four GEMVs of each layer are the W4A16 GEMV (RMSNorm, residual and SwiGLU
 fused the same way: the row-layout GEMV of ``kernels.w4a16_rows`` for one row, the small-batch tensor-core
 kernel of ``kernels.w4a16_rows_mma`` for 2–64) and phase 0's RoPE +
 cache-write + attention kernels unchanged. Prefill runs the W4A16 GEMM over the same layout; the engine
@@ -83,6 +83,12 @@ def int4_weights(q: LinearLlama) -> LlamaWeights:
     return LlamaWeights(q.config, q.embed_tokens, layers, q.norm, q.lm_head)
 
 
+def call_fused(x: torch.Tensor, linear, **fusion) -> torch.Tensor:
+    """``kernels.step``'s ``gemv`` over ``QuantLinear``/``DenseLinear`` objects: the W4A16 kernel with the
+    norm prologue and residual/SwiGLU epilogue fused (phase 0's GEMV for a float layer)."""
+    return linear(x, **fusion)
+
+
 def call_linear(x: torch.Tensor, linear) -> torch.Tensor:
     """``linear(x, w)`` for weights whose projections are ``QuantLinear``/``DenseLinear`` objects: what phase
     0's engine and phase 4's paged runner call instead of ``F.linear``."""
@@ -132,30 +138,10 @@ class Int4Engine(SolutionEngine):
 
     def _step_for(self, batch: int):
         if self._triton_for(batch):
-            return lambda tokens, positions: int4_decode_step(self, tokens, positions)
+            from phase0_prototype.kernels.step import triton_decode_step
+
+            return lambda tokens, positions: triton_decode_step(self, tokens, positions, gemv=call_fused)
         return self.decode_step
-
-
-def int4_decode_step(engine: Int4Engine, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``tokens [B]`` at ``positions [B]`` -> logits ``[B, vocab]``: phase 0's Triton step, W4A16 projections."""
-    from phase0_prototype.kernels.decode_attention import rope_cache_attention
-
-    cfg, w = engine.config, engine.weights
-    eps, B, d = cfg.rms_norm_eps, tokens.shape[0], cfg.head_dim
-    x = w.embed_tokens[tokens]  # [B, hidden], the residual stream (updated in place)
-    for i, lw in enumerate(w.layers):
-        qkv = lw.qkv_proj(x, norm_weight=lw.input_norm, eps=eps)
-        if not engine.fused_rope:
-            q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-            q, k = engine.rope_fn(q.view(B, 1, cfg.num_attention_heads, d), k.view(B, 1, cfg.num_key_value_heads, d),
-                                  engine.cos, engine.sin, positions[:, None])
-            qkv = torch.cat([q.reshape(B, -1), k.reshape(B, -1), v], dim=-1)
-        attn = rope_cache_attention(qkv, engine.kv_cache[i, 0], engine.kv_cache[i, 1], engine.cos, engine.sin,
-                                    positions, cfg.num_attention_heads, rope=engine.fused_rope)
-        lw.o_proj(attn, residual=x, out=x)
-        act = lw.gate_up_proj(x, norm_weight=lw.post_norm, eps=eps, swiglu=True)
-        lw.down_proj(act, residual=x, out=x)
-    return w.lm_head(x, norm_weight=w.norm, eps=eps)
 
 
 def build_engine(model: LoadedModel, method: str, *, max_seq_len: int | None = None, compile: bool = True,

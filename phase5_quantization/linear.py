@@ -12,6 +12,9 @@ Elsewhere (a CPU, or a group size other than 128) it dequantizes the whole matri
 correct, and slower than the float matrix (it reads 4-bit codes *and* writes a float copy).
 ``use_kernel=True`` forces the kernel (the CPU tests do, under ``TRITON_INTERPRET=1``); ``False`` forces the
 fallback.
+
+``take_rows``/``take_cols`` cut a layer for tensor parallelism (phase 6): output rows for a column-parallel
+shard, input columns for a row-parallel one — whole groups only, so every group keeps its scale and zero-point.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from phase0_prototype.errors import ModelError
 from phase0_prototype.model import rms_norm
 from phase0_prototype.model import swiglu as swiglu_fn
-from phase5_quantization.packing import QuantizedWeight
+from phase5_quantization.packing import PACK, QuantizedWeight
 
 
 def _unfused(y_fn, x: torch.Tensor, norm_weight, eps, residual, swiglu, out) -> torch.Tensor:
@@ -56,6 +60,18 @@ class DenseLinear:
     def dense(self) -> torch.Tensor:
         return self.weight
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)
+
+    def take_rows(self, index: torch.Tensor) -> "DenseLinear":
+        """The output rows ``index`` (a column-parallel shard)."""
+        return DenseLinear(self.weight[torch.as_tensor(index, device=self.weight.device)])
+
+    def take_cols(self, start: int, end: int) -> "DenseLinear":
+        """The input columns ``[start, end)`` (a row-parallel shard)."""
+        return DenseLinear(self.weight[:, start:end].contiguous())
+
     def nbytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
 
@@ -69,6 +85,7 @@ class QuantLinear:
     def __init__(self, qw: QuantizedWeight, use_kernel: bool | None = None):
         self._qw: QuantizedWeight | None = qw
         self.group_size = qw.group_size
+        self.shape = qw.shape  # (out_features, in_features)
         self.use_kernel = use_kernel
         self._kernel: dict[torch.device, object] = {}  # device -> kernels.layout.KernelWeight
 
@@ -115,6 +132,33 @@ class QuantLinear:
     def dense(self) -> torch.Tensor:
         return self.qw.dequantize(torch.float32)
 
+    def take_rows(self, index: torch.Tensor) -> "QuantLinear":
+        """The output rows ``index`` (a column-parallel shard): their codes, scales and zero-points."""
+        qw = self.qw
+        index = torch.as_tensor(index, device=qw.qweight.device)
+        return self._holding(QuantizedWeight(qw.qweight[index], qw.scales[index], qw.zeros[index], qw.group_size))
+
+    def take_cols(self, start: int, end: int) -> "QuantLinear":
+        """The input columns ``[start, end)`` (a row-parallel shard): whole groups only."""
+        g = self.group_size
+        if start % g or end % g:
+            raise ModelError(f"INT4 input columns [{start}, {end}) split groups of {g}: a shard must hold whole "
+                             "groups; choose --quant-group-size and --tp so that in_features / tp is a multiple "
+                             "of the group size")
+        qw = self.qw
+        return self._holding(QuantizedWeight(qw.qweight[:, start // PACK:end // PACK].contiguous(),
+                                             qw.scales[:, start // g:end // g].contiguous(),
+                                             qw.zeros[:, start // g:end // g].contiguous(), g))
+
+    def _holding(self, qw: QuantizedWeight) -> "QuantLinear":
+        """A layer over ``qw`` held as this one is: in the kernel layout alone if this one released its storage."""
+        out = QuantLinear(qw, self.use_kernel)
+        if self._qw is None:
+            for device in self._kernel:
+                out.kernel_weight(device)
+            out.release_storage()
+        return out
+
     def nbytes(self) -> int:
         if self._qw is None:
             return next(iter(self._kernel.values())).nbytes()
@@ -124,7 +168,7 @@ class QuantLinear:
         """The codes on ``device`` (``dtype`` applies to activations, not to INT4 weights: ignored)."""
         if self._qw is None and (device is None or torch.device(device) in self._kernel):
             out = QuantLinear.__new__(QuantLinear)  # storage released: the kernel layout is all there is
-            out._qw, out.group_size, out.use_kernel = None, self.group_size, self.use_kernel
+            out._qw, out.group_size, out.shape, out.use_kernel = None, self.group_size, self.shape, self.use_kernel
             out._kernel = dict(self._kernel)
             return out
         qw = self.qw

@@ -9,8 +9,9 @@ they are a small share of the bytes here and the tied embedding is both the firs
 and slower than the float model (it reads 4-bit codes *and* writes a float copy). On a GPU the Triton W4A16
 kernel (``kernels/``) dequantizes in registers instead, so only the 4-bit codes cross memory.
 
-The forward is phase 0's framework forward (no KV cache), written over the fused layout, with an
-``observer(layer, linear_name, input)`` hook the quantizers use to collect calibration activations.
+The forward is phase 0's ``decoder_layer`` with no KV cache (causal SDPA over the whole sequence), its
+projections these objects, with an ``observer(layer, linear_name, input)`` hook the quantizers use to
+collect calibration activations.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from phase0_prototype.config import LlamaConfig
 from phase0_prototype.errors import ModelError, read_json, require
-from phase0_prototype.model import apply_rope, repeat_kv, rms_norm, rope_cache, swiglu
+from phase0_prototype.model import decoder_layer, rms_norm, rope_cache
+from phase0_prototype.solution import prefill_attention
 from phase0_prototype.sources import LoadedModel
-from phase0_prototype.weights import fuse, read_tensors
+from phase0_prototype.weights import LayerWeights, fuse, read_tensors
 from phase5_quantization.linear import DenseLinear, QuantLinear
 from phase5_quantization.packing import QuantizedWeight
 
@@ -71,28 +72,22 @@ class LinearLlama:
         B, T = tokens.shape
         if T > cfg.max_position_embeddings:
             raise ModelError(f"{T} tokens exceed the model's {cfg.max_position_embeddings} positions")
-        Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         cos, sin = rope_cache(cfg, T, tokens.device)
         positions = torch.arange(T, device=tokens.device).expand(B, T)
         see = observer or (lambda *a: None)
+
+        def watched(i: int, name: str, lin):
+            def call(h):
+                see(i, name, h)
+                return lin(h)
+            return call
+
         x = self.embed_tokens[tokens]
         for i, (lin, (n1, n2)) in enumerate(zip(self.linears, self.norms, strict=True)):
-            h = rms_norm(x, n1, cfg.rms_norm_eps)
-            see(i, "qkv_proj", h)
-            q, k, v = lin["qkv_proj"](h).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-            q, k = apply_rope(q.view(B, T, Hq, D), k.view(B, T, Hkv, D), cos, sin, positions)
-            g = Hq // Hkv
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), repeat_kv(k.transpose(1, 2), g),
-                                                  repeat_kv(v.view(B, T, Hkv, D).transpose(1, 2), g), is_causal=True)
-            attn = attn.transpose(1, 2).reshape(B, T, Hq * D)
-            see(i, "o_proj", attn)
-            x = x + lin["o_proj"](attn)
-            h = rms_norm(x, n2, cfg.rms_norm_eps)
-            see(i, "gate_up_proj", h)
-            gate, up = lin["gate_up_proj"](h).chunk(2, dim=-1)
-            act = swiglu(gate, up)
-            see(i, "down_proj", act)
-            x = x + lin["down_proj"](act)
+            w = LayerWeights(n1, *(watched(i, n, lin[n]) for n in ("qkv_proj", "o_proj")), n2,
+                             *(watched(i, n, lin[n]) for n in ("gate_up_proj", "down_proj")))
+            x = decoder_layer(cfg, i, w, x, positions, cos, sin, lambda i, q, k, v: prefill_attention(q, k, v),
+                              linear=lambda h, proj: proj(h))
         return self.lm_head(rms_norm(x, self.norm, cfg.rms_norm_eps)).float()
 
     @torch.inference_mode()

@@ -17,11 +17,13 @@ Public contract (``framework``, ``solution`` and a learner's module provide)::
   ``VocabParallelEmbedding`` (masked lookup + all-reduce), ``ParallelLMHead`` (column-parallel + all-gather).
 - ``framework``: every linear column-parallel + all-gather (the seed's version, replicated activations);
   ``solution``: Megatron pairing (qkv, gate/up column; o_proj, down row: two all-reduces per layer), KV heads
-  sharded, the two half batches alternating compute and async all-reduce.
+  sharded, the two half batches alternating compute and async all-reduce. Each is a ``shard_weights`` of
+  phase 0's fused weights (matrices or phase 5's INT4 layers); every layer runs phase 0's ``decoder_layer``.
+- ``paged``: the same shards for phase 4's paged runner (``shared.tp_workers``: TP under continuous batching).
 - ``static_decode``: the decode step with static shapes (device-side position, full-length masked cache),
   captured in one CUDA graph with its NCCL collectives; ``generate`` uses it on a GPU (``graph=False``: eager).
-- ``ops`` / ``kernels``: a fused Triton RMSNorm and phase 0's RoPE + cache-write + attention kernels for that
-  step on a GPU (PyTorch on a CPU; ``build(kernels=...)`` chooses otherwise).
+- ``ops`` / ``kernels``: a fused Triton RMSNorm (the final norm) and phase 0's RoPE + cache-write + attention
+  kernels for that step on a GPU (PyTorch on a CPU; ``build(kernels=...)`` chooses otherwise).
 - ``dist_env``: ``TPGroup``, ``init_distributed`` (NCCL on GPU, gloo on CPU, short timeouts), ``spawn``.
 - ``allreduce_study``: all-reduce timings 1 KB–256 MB (k calls per CUDA-graph replay), minimax and least-squares
   α-β fits, Ring/Tree models, bus bandwidth.

@@ -1,29 +1,45 @@
 """The tensor-parallel Llama engine both implementations share: embedding, layers, lm_head, KV cache, greedy loop.
 
-What differs between ``framework`` and ``solution`` is the decoder layer (how its linears are split and what
-they communicate) and whether the engine overlaps the layer's all-reduces with the other half batch's compute.
-Every rank runs this same program on its shard; the vocab-parallel embedding and the gathered lm_head make
-the activations entering and the logits leaving the stack identical on every rank.
+Every layer is phase 0's ``decoder_layer``; tensor parallelism is a transform of its weights. ``framework`` and
+``solution`` each give ``shard_weights(weights, group)``: the fused layers with their projections replaced by
+``layers``' parallel layers (run through ``layers.project``) and a config with the heads this rank attends
+with. Every rank runs this same program on its shard; the vocab-parallel embedding and the gathered lm_head
+make the activations entering and the logits leaving the stack identical on every rank.
 
-A layer object provides ``n_q_local``/``n_kv_local`` (the heads this rank attends with, for its KV cache) and
-``forward(x, ctx)``; an overlappable layer also provides ``attn_partial(x, ctx)`` and ``mlp_partial(x, ctx)``:
-the row-parallel partial sums whose all-reduce the engine starts asynchronously. ``ctx.kernels`` says
-whether the norms and the one-token attention run as Triton kernels (``ops``).
+``AttnContext.attend`` is decoder_layer's ``attend`` over this engine's cache: dynamic (a host-side start) or
+static (a device-side position, what a CUDA graph replays); a one-token static step on a GPU runs phase 0's
+RoPE + cache-write + attention kernels, so decoder_layer's ``rope`` is then a pass-through.
+
+``overlapped_layer`` is the one other spelling of the layer: decoder_layer cut at its two row-parallel sums,
+as a generator, so two half batches can run in lockstep with one half's all-reduce in flight while the other
+computes (a plain call cannot pause mid-layer for the other half). Same arithmetic, same order: tested equal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from phase0_prototype.model import apply_rope, repeat_kv, rope_cache
+from phase0_prototype.config import LlamaConfig
+from phase0_prototype.model import Attend, RopeFn, apply_rope, decoder_layer, repeat_kv, rope_cache, swiglu
+from phase0_prototype.model import rms_norm as layer_rms_norm
 from phase0_prototype.sources import LoadedModel
-from phase0_prototype.weights import fuse
+from phase0_prototype.weights import LayerWeights, LlamaWeights, fuse
 from phase6_tensor_parallel.dist_env import TPGroup
-from phase6_tensor_parallel.layers import ParallelLMHead, VocabParallelEmbedding
+from phase6_tensor_parallel.layers import ParallelLMHead, VocabParallelEmbedding, project
 from phase6_tensor_parallel.ops import choose_kernels, rms_norm
+
+# A layout: the fused weights -> this rank's (config with its head counts, layers with parallel projections).
+ShardWeights = Callable[[LlamaWeights, TPGroup], LlamaWeights]
+
+
+def rotated_in_kernel(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """decoder_layer's ``rope`` on the fused step: q and k unchanged, phase 0's attention kernel rotates them."""
+    return q, k
 
 
 @dataclass
@@ -36,41 +52,55 @@ class AttnContext:
     cos: torch.Tensor
     sin: torch.Tensor
     rows: slice = field(default_factory=lambda: slice(None))
-    layer: int = 0
     pos: torch.Tensor | None = None  # static mode (CUDA graphs): the first position as a device scalar
     positions: torch.Tensor | None = None  # static one-token step: ``pos`` per batch row (kernels want [B])
-    kernels: bool = False  # the norms and the one-token static attention as Triton kernels (``ops``)
+    kernels: bool = False  # the final norm and the one-token static attention as Triton kernels (``ops``)
 
-    def at(self, layer: int, rows: slice | None = None) -> "AttnContext":
-        return replace(self, layer=layer, rows=self.rows if rows is None else rows)
+    def at(self, rows: slice) -> "AttnContext":
+        return replace(self, rows=rows)
+
+    def fused_step(self, tokens: int) -> bool:
+        """A one-token static step on the kernels: RoPE, cache write and attention in phase 0's two kernels."""
+        return self.pos is not None and tokens == 1 and self.kernels
+
+    def rope(self, tokens: int) -> RopeFn:
+        return rotated_in_kernel if self.fused_step(tokens) else apply_rope
+
+    def token_positions(self, batch: int, tokens: int) -> torch.Tensor:
+        """``[batch, tokens]`` positions from ``start`` (host) or ``pos`` (device: nothing read on the host)."""
+        first = self.pos if self.pos is not None else self.start
+        return (first + torch.arange(tokens, device=self.cos.device)).expand(batch, tokens)
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """decoder_layer's ``attend`` (``model.Attend``) over layer ``i``'s cache rows ``rows``."""
+        if self.fused_step(q.shape[1]):
+            return kernel_attention(q, k, v, self, i)
+        if self.pos is not None:
+            return static_attention(q, k, v, self, i)
+        return cached_attention(q, k, v, self, i)
 
 
-def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-    """q ``[b, T, Hq, D]``, k/v ``[b, T, Hkv, D]`` (RoPE not yet applied) -> ``[b, T, Hq·D]``.
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, i: int) -> torch.Tensor:
+    """q ``[b, T, Hq, D]``, k/v ``[b, T, Hkv, D]`` (RoPE applied) -> ``[b, T, Hq·D]``.
 
     Writes k/v at positions ``[start, start+T)`` of the cache rows ``ctx.rows`` and attends causally over
-    everything cached so far. With ``ctx.pos`` set the positions come from that device tensor instead
-    (``static_attention``: fixed shapes, no host values, what a CUDA graph can replay).
+    everything cached so far.
     """
-    if ctx.pos is not None:
-        return static_attention(q, k, v, ctx)
     b, t, hq, d = q.shape
-    positions = torch.arange(ctx.start, ctx.start + t, device=q.device).expand(b, t)
-    q, k = apply_rope(q, k, ctx.cos, ctx.sin, positions)
     end = ctx.start + t
-    ck, cv = ctx.cache_k[ctx.layer], ctx.cache_v[ctx.layer]
+    ck, cv = ctx.cache_k[i], ctx.cache_v[i]
     ck[ctx.rows, :, ctx.start:end] = k.transpose(1, 2)
     cv[ctx.rows, :, ctx.start:end] = v.transpose(1, 2)
     keys, values = ck[ctx.rows, :, :end], cv[ctx.rows, :, :end]
     groups = hq // keys.shape[1]
-    # Query i (absolute position start+i) sees keys at positions <= start+i.
-    mask = torch.arange(end, device=q.device)[None, :] <= positions[0][:, None]
+    # Query j (absolute position start+j) sees keys at positions <= start+j.
+    mask = torch.arange(end, device=q.device)[None, :] <= torch.arange(ctx.start, end, device=q.device)[:, None]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), repeat_kv(keys, groups), repeat_kv(values, groups),
                                          attn_mask=mask)
     return out.transpose(1, 2).reshape(b, t, hq * d)
 
 
-def static_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+def static_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, i: int) -> torch.Tensor:
     """``cached_attention`` with every shape fixed: positions ``pos + [0, T)`` read from the device.
 
     The k/v rows are written with ``index_copy_`` at those positions and attention runs over the WHOLE cache
@@ -79,58 +109,71 @@ def static_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Att
     cache, which at batch 256 would move 8× the cache bytes.
     """
     b, t, hq, d = q.shape
-    ck, cv = ctx.cache_k[ctx.layer][ctx.rows], ctx.cache_v[ctx.layer][ctx.rows]
+    ck, cv = ctx.cache_k[i][ctx.rows], ctx.cache_v[i][ctx.rows]
     hkv, length = ck.shape[1], ck.shape[2]
     groups = hq // hkv
     positions = ctx.pos + torch.arange(t, device=q.device)
-    q, k = apply_rope(q, k, ctx.cos, ctx.sin, positions.expand(b, t))
     ck.index_copy_(2, positions, k.transpose(1, 2).to(ck.dtype))
     cv.index_copy_(2, positions, v.transpose(1, 2).to(cv.dtype))
-    # Query (g, i) is row g·T + i: it sees keys at positions <= pos + i.
+    # Query (g, j) is row g·T + j: it sees keys at positions <= pos + j.
     mask = (torch.arange(length, device=q.device)[None, :] <= positions[:, None]).repeat(groups, 1)
     qg = q.view(b, t, hkv, groups, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, groups * t, d)
     out = F.scaled_dot_product_attention(qg, ck, cv, attn_mask=mask)
     return out.view(b, hkv, groups, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, hq * d)
 
 
-def qkv_attention(qkv: torch.Tensor, n_q: int, n_kv: int, ctx: AttnContext) -> torch.Tensor:
-    """Attention from the fused projection ``qkv [b, T, (n_q + 2·n_kv)·D]`` (q heads, then k, then v).
+def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, i: int) -> torch.Tensor:
+    """The one-token static step as phase 0's ``rope_cache_attention``: q/k NOT yet rotated (the kernel
+    rotates them, writes k/v at each row's device-side position and attends), ``[b, 1, Hq·D]`` out."""
+    from phase0_prototype.kernels.decode_attention import rope_cache_attention
 
-    A one-token static step on a GPU runs phase 0's ``rope_cache_attention`` (RoPE, cache write, split
-    attention and merge in two kernels, positions read from the device); otherwise ``cached_attention``.
+    b, _, n_q, d = q.shape
+    if ctx.positions is None:
+        ctx.positions = ctx.pos.expand(b).contiguous()  # one slot per sequence, all at one position
+    positions = ctx.positions if ctx.positions.shape[0] == b else ctx.positions[ctx.rows]
+    qkv = torch.cat([q.reshape(b, -1), k.reshape(b, -1), v.reshape(b, -1)], dim=-1)  # the kernel's row layout
+    out = rope_cache_attention(qkv, ctx.cache_k[i][ctx.rows], ctx.cache_v[i][ctx.rows], ctx.cos, ctx.sin,
+                               positions, n_q)
+    return out.view(b, 1, n_q * d)
+
+
+def overlapped_layer(config: LlamaConfig, i: int, w: LayerWeights, x: torch.Tensor, positions: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor, attend: Attend, *, rope: RopeFn = apply_rope):
+    """``decoder_layer`` over Megatron-sharded weights (``solution.shard_weights``), cut at its row-parallel sums.
+
+    A generator: yields this rank's partial o_proj output, receives it summed over the ranks, then the same for
+    down_proj; returns the layer's output. What ``decoder_layer(..., linear=project)`` computes, in its order.
     """
-    b, t, width = qkv.shape
-    d = width // (n_q + 2 * n_kv)
-    if ctx.pos is not None and t == 1 and ctx.kernels:
-        from phase0_prototype.kernels.decode_attention import rope_cache_attention
-
-        if ctx.positions is None:
-            ctx.positions = ctx.pos.expand(b).contiguous()  # one slot per sequence, all at one position
-        positions = ctx.positions if ctx.positions.shape[0] == b else ctx.positions[ctx.rows]
-        out = rope_cache_attention(qkv.reshape(b, width), ctx.cache_k[ctx.layer][ctx.rows],
-                                   ctx.cache_v[ctx.layer][ctx.rows], ctx.cos, ctx.sin, positions, n_q)
-        return out.view(b, 1, n_q * d)
-    q, k, v = qkv.split([n_q * d, n_kv * d, n_kv * d], dim=-1)
-    return cached_attention(q.view(b, t, n_q, d), k.view(b, t, n_kv, d), v.view(b, t, n_kv, d), ctx)
+    B, T = x.shape[0], x.shape[1]
+    Hq, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    h = layer_rms_norm(x, w.input_norm, config.rms_norm_eps)
+    q, k, v = w.qkv_proj(h).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+    q, k = rope(q.view(B, T, Hq, D), k.view(B, T, Hkv, D), cos, sin, positions)
+    x = x + (yield w.o_proj.partial(attend(i, q, k, v.view(B, T, Hkv, D))))
+    h = layer_rms_norm(x, w.post_norm, config.rms_norm_eps)
+    gate, up = w.gate_up_proj(h).chunk(2, dim=-1)
+    return x + (yield w.down_proj.partial(swiglu(gate, up)))
 
 
 class TPEngine:
-    """One rank's share of a Llama model. ``layer_cls(weights, config, group)`` builds each decoder layer.
+    """One rank's share of a Llama model; ``shard_weights`` (a layout: ``framework`` or ``solution``) splits it.
 
-    ``kernels``: run the decode step's norms and attention as Triton kernels (default: on CUDA; True on a
-    CPU needs ``TRITON_INTERPRET=1``, False on a GPU runs the PyTorch versions)."""
+    ``overlap`` (Megatron layouts only: their row-parallel layers have ``partial``) runs the two half batches of
+    ``overlapped_layer``. ``kernels``: run the final norm and the one-token static attention as Triton kernels
+    (default: on CUDA; True on a CPU needs ``TRITON_INTERPRET=1``, False on a GPU runs the PyTorch versions)."""
 
-    def __init__(self, model: LoadedModel, group: TPGroup, layer_cls, *, name: str, mode: str,
+    def __init__(self, model: LoadedModel, group: TPGroup, shard_weights: ShardWeights, *, name: str, mode: str,
                  overlap: bool = False, max_seq_len: int | None = None, kernels: bool | None = None):
         config = model.config
         # Overlap needs a collective to hide: at world 1 the half batches would only re-read the weights.
         self.name, self.mode, self.config, self.group = name, mode, config, group
         self.overlap = overlap and group.world > 1
-        weights = fuse(model.state, config)
-        self.embed = VocabParallelEmbedding(weights.embed_tokens, group)
-        self.layers = [layer_cls(lw, config, group) for lw in weights.layers]
-        self.norm = weights.norm
-        self.lm_head = ParallelLMHead(weights.lm_head, group)
+        full = fuse(model.state, config)
+        shard = shard_weights(full, group)
+        self.layer_config, self.layers = shard.config, shard.layers  # this rank's heads, its projections
+        self.embed = VocabParallelEmbedding(full.embed_tokens, group)
+        self.norm = full.norm
+        self.lm_head = ParallelLMHead(full.lm_head, group)
         self.max_seq_len = max_seq_len or config.max_position_embeddings
         self.device, self.dtype = model.device, model.dtype
         self.kernels = choose_kernels(self.device, kernels)
@@ -140,9 +183,8 @@ class TPEngine:
         if length > self.max_seq_len:
             raise ValueError(f"{length} positions exceed max_seq_len={self.max_seq_len}: pass a shorter prompt "
                              "or fewer new tokens")
-        d = self.config.head_dim
-        shape = lambda layer: (batch, layer.n_kv_local, length, d)  # noqa: E731
-        make = lambda: [torch.zeros(shape(layer), dtype=self.dtype, device=self.device) for layer in self.layers]  # noqa: E731
+        shape = (batch, self.layer_config.num_key_value_heads, length, self.config.head_dim)
+        make = lambda: [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]  # noqa: E731
         return AttnContext(make(), make(), 0, self.cos, self.sin, kernels=self.kernels)
 
     # --- forward ------------------------------------------------------------------------------------
@@ -154,8 +196,11 @@ class TPEngine:
         if self.overlap and tokens.shape[0] >= 2:
             x = self._layers_overlapped(x, ctx)
         else:
-            for i, layer in enumerate(self.layers):
-                x = layer.forward(x, ctx.at(i))
+            b, t = tokens.shape
+            positions, rope = ctx.token_positions(b, t), ctx.rope(t)
+            for i, w in enumerate(self.layers):
+                x = decoder_layer(self.layer_config, i, w, x, positions, ctx.cos, ctx.sin, ctx.attend,
+                                  linear=project, rope=rope)
         x = rms_norm(x, self.norm, self.config.rms_norm_eps, ctx.kernels)
         if ctx.pos is None:
             ctx.start += tokens.shape[1]
@@ -166,30 +211,39 @@ class TPEngine:
     def _layers_overlapped(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """Two half batches in lockstep: while one half's all-reduce is in flight, the other computes.
 
-        Each layer has two row-parallel sums (after o_proj, after down_proj). For each one, in turn per half:
-        wait for that half's previous all-reduce, add it to the residual, compute the next partial, start its
-        all-reduce without waiting. The arithmetic is the non-overlapped layer's, in the same order.
+        Each half runs the stack as ``overlapped_layer`` generators, which yield every row-parallel partial sum
+        (two a layer). Per half in turn: wait for its all-reduce, hand the sum back, compute to its next
+        partial, start that all-reduce without waiting. Every rank issues the collectives in the same order.
         """
         half = x.shape[0] // 2
-        rows = [slice(0, half), slice(half, x.shape[0])]
-        xs = [x[r] for r in rows]
-        pending: list = [None, None]
-        for i, layer in enumerate(self.layers):
-            for segment in ("attn", "mlp"):
-                for h in (0, 1):
-                    if pending[h] is not None:
-                        xs[h] = self._land(xs[h], *pending[h])
-                    part = (layer.attn_partial(xs[h], ctx.at(i, rows[h])) if segment == "attn"
-                            else layer.mlp_partial(xs[h], ctx))
-                    pending[h] = (self.group.all_reduce_async(part), part)
-        xs = [self._land(xs[h], *pending[h]) for h in (0, 1)]
-        return torch.cat(xs, dim=0)
+        runs = [self._stack(x[rows], ctx.at(rows)) for rows in (slice(0, half), slice(half, x.shape[0]))]
+        flights = [self._start(next(run)) for run in runs]
+        out: list = [None, None]
+        while out[0] is None:  # both halves yield as many partials: they end on the same round
+            for h, run in enumerate(runs):
+                try:
+                    flights[h] = self._start(run.send(self._land(*flights[h])))
+                except StopIteration as end:
+                    out[h] = end.value
+        return torch.cat(out, dim=0)
+
+    def _stack(self, x: torch.Tensor, ctx: AttnContext):
+        """One half batch through every layer, yielding each row-parallel partial sum (see above)."""
+        b, t = x.shape[0], x.shape[1]
+        positions, rope = ctx.token_positions(b, t), ctx.rope(t)
+        for i, w in enumerate(self.layers):
+            x = yield from overlapped_layer(self.layer_config, i, w, x, positions, ctx.cos, ctx.sin, ctx.attend,
+                                            rope=rope)
+        return x
+
+    def _start(self, partial: torch.Tensor) -> tuple:
+        return self.group.all_reduce_async(partial), partial
 
     @staticmethod
-    def _land(x: torch.Tensor, work, partial: torch.Tensor) -> torch.Tensor:
+    def _land(work, total: torch.Tensor) -> torch.Tensor:
         if work is not None:
             work.wait()
-        return x + partial
+        return total
 
     # --- public API ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -6,47 +6,38 @@ all-gathers (qkv, o_proj, gate_up, down) moving the full activation width, atten
 rank (so the attention work and the KV cache are not split at all: each rank holds the whole cache), and
 every collective sits on the critical path. Compare ``solution``: two all-reduces per layer, heads and cache
 split, and the all-reduces overlapped with compute.
+
+The layer is phase 0's ``decoder_layer``; this module only decides how its weights are split
+(``shard_weights``), for ``TPEngine`` and for phase 4's paged runner (``paged``).
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import replace
 
-from phase0_prototype.config import LlamaConfig
-from phase0_prototype.model import swiglu
 from phase0_prototype.sources import LoadedModel
-from phase0_prototype.weights import LayerWeights
+from phase0_prototype.weights import LlamaWeights
 from phase6_tensor_parallel.dist_env import TPGroup
-from phase6_tensor_parallel.engine import AttnContext, TPEngine, qkv_attention
+from phase6_tensor_parallel.engine import TPEngine
 from phase6_tensor_parallel.layers import ColumnParallelLinear
-from phase6_tensor_parallel.ops import rms_norm
+
+PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
-class GatheringLayer:
-    """A decoder layer whose four linears each shard output rows and all-gather (replicated activations)."""
+def shard_weights(weights: LlamaWeights, group: TPGroup) -> LlamaWeights:
+    """Every projection a gathering ``ColumnParallelLinear`` (matrices or phase 5's INT4 layers); the config,
+    the embedding, the norms and the lm_head as they were (attention over all heads on every rank).
 
-    def __init__(self, w: LayerWeights, config: LlamaConfig, group: TPGroup):
-        self.config = config
-        self.input_norm, self.post_norm = w.input_norm, w.post_norm
-        # A contiguous row shard of the fused q|k|v is fine here: the gather puts the rows back in order.
-        self.qkv = ColumnParallelLinear(w.qkv_proj, group, gather_output=True)
-        self.o_proj = ColumnParallelLinear(w.o_proj, group, gather_output=True)
-        self.gate_up = ColumnParallelLinear(w.gate_up_proj, group, gather_output=True)
-        self.down = ColumnParallelLinear(w.down_proj, group, gather_output=True)
-        self.n_q_local, self.n_kv_local = config.num_attention_heads, config.num_key_value_heads
-
-    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        c = self.config
-        qkv = self.qkv(rms_norm(x, self.input_norm, c.rms_norm_eps, ctx.kernels))
-        x = x + self.o_proj(qkv_attention(qkv, self.n_q_local, self.n_kv_local, ctx))
-        gate, up = self.gate_up(rms_norm(x, self.post_norm, c.rms_norm_eps, ctx.kernels)).chunk(2, dim=-1)
-        return x + self.down(swiglu(gate, up))
+    A contiguous row shard of the fused q|k|v is fine here: the gather puts the rows back in order."""
+    layers = [replace(w, **{name: ColumnParallelLinear(getattr(w, name), group) for name in PROJECTIONS})
+              for w in weights.layers]
+    return replace(weights, layers=layers)
 
 
 def build(model: LoadedModel, *, group: TPGroup | None = None, max_seq_len: int | None = None,
           overlap: bool = False, kernels: bool | None = None, **_ignored) -> TPEngine:
     """This rank's engine (``overlap`` is ignored: every gather is on the critical path by design);
     ``kernels`` as in ``solution.build``."""
-    return TPEngine(model, group or TPGroup(), GatheringLayer, name="framework",
+    return TPEngine(model, group or TPGroup(), shard_weights, name="framework",
                     mode="column-parallel everywhere, 4 all-gathers per layer, replicated attention",
                     max_seq_len=max_seq_len, kernels=kernels)

@@ -1,12 +1,13 @@
-"""The two operations of the decode step that run as fused kernels on a GPU and as PyTorch elsewhere.
+"""The operations of the decode step that run as fused kernels on a GPU and as PyTorch elsewhere.
 
-- ``rms_norm``: ``kernels.rmsnorm`` (one kernel) or phase 0's reference;
-- ``qkv_attention`` (in ``engine``) uses phase 0's ``rope_cache_attention`` (RoPE + cache write + split
-  attention + merge: two kernels) for a one-token step over the static cache.
+- ``rms_norm``: the final norm before the lm_head, ``kernels.rmsnorm`` (one kernel) or phase 0's reference
+  (the layers' norms are phase 0's ``decoder_layer``'s own, the one definition of the layer);
+- ``engine.kernel_attention`` uses phase 0's ``rope_cache_attention`` (RoPE + cache write + split attention
+  + merge: two kernels) for a one-token step over the static cache.
 
-A graph-replayed step pays a launch per kernel whatever the kernel does; PyTorch's versions of these two
-are tens of kernels per layer, which left the step bound by kernel count, not by reading the weights, and
-so made tensor parallelism (which divides the bytes, not the kernels) unable to show anything.
+A graph-replayed step pays a launch per kernel whatever the kernel does; PyTorch's attention is tens of
+kernels per layer, which left the step bound by kernel count, not by reading the weights, and so made
+tensor parallelism (which divides the bytes, not the kernels) unable to show anything.
 
 The engine chooses once (``TPEngine(kernels=...)``, default: kernels on CUDA) and passes its choice down
 in ``AttnContext.kernels``; tests ask for the Triton versions on a CPU (Triton's interpreter,

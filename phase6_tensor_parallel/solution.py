@@ -14,21 +14,22 @@ Limit approached: per decode step each rank reads 1/N of the weights and of the 
 plus 2·layers all-reduces of ``batch × hidden`` elements, each costing at least NCCL's latency however
 small (α of ``allreduce_study``). For a model as small as TinyLlama those 44 latencies add up to more than
 TP=1's whole weight read (the arithmetic: ``NOTES.md``). On a GPU the step is one CUDA graph with the NCCL
-collectives inside (``static_decode``), with the norm and the attention as fused kernels (``ops``).
+collectives inside (``static_decode``), with the attention as fused kernels (``ops``).
+
+The layer is phase 0's ``decoder_layer``; this module decides how its weights are split (``shard_weights``,
+for ``TPEngine`` and phase 4's paged runner). The overlap runs it as ``engine.overlapped_layer``.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import replace
 
 from phase0_prototype.config import LlamaConfig
-from phase0_prototype.model import swiglu
 from phase0_prototype.sources import LoadedModel
-from phase0_prototype.weights import LayerWeights
+from phase0_prototype.weights import LlamaWeights
 from phase6_tensor_parallel.dist_env import TPError, TPGroup
-from phase6_tensor_parallel.engine import AttnContext, TPEngine, qkv_attention
+from phase6_tensor_parallel.engine import TPEngine
 from phase6_tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear, shard_fused
-from phase6_tensor_parallel.ops import rms_norm
 
 
 def check_tp_size(config: LlamaConfig, world: int) -> None:
@@ -41,46 +42,37 @@ def check_tp_size(config: LlamaConfig, world: int) -> None:
         raise TPError(f"--tp {world} does not divide intermediate_size={config.intermediate_size}")
 
 
-class MegatronLayer:
-    """Column-parallel qkv/gate_up (no gather) paired with row-parallel o_proj/down (partial sums)."""
+def shard_weights(weights: LlamaWeights, group: TPGroup) -> LlamaWeights:
+    """Megatron pairing of every layer's projections (matrices or phase 5's INT4 layers), and a config with
+    this rank's Hq/N and Hkv/N heads (its KV cache holds Hkv/N heads). Embedding, norms, lm_head unchanged.
 
-    def __init__(self, w: LayerWeights, config: LlamaConfig, group: TPGroup):
-        check_tp_size(config, group.world)
-        self.config, self.group = config, group
-        self.input_norm, self.post_norm = w.input_norm, w.post_norm
-        self.n_q_local = config.num_attention_heads // group.world
-        self.n_kv_local = config.num_key_value_heads // group.world
-        qkv = shard_fused(w.qkv_proj, [config.q_size, config.kv_size, config.kv_size], group,
-                          ["num_attention_heads·head_dim", "num_key_value_heads·head_dim", "num_key_value_heads·head_dim"])
-        self.qkv = ColumnParallelLinear(w.qkv_proj, group, gather_output=False, shard_weight=qkv)
-        i = config.intermediate_size
+    qkv and gate/up: ``ColumnParallelLinear`` without gather, each fused block sharded on its own
+    (``shard_fused``); o_proj and down: ``RowParallelLinear``, whose call all-reduces its partial sum
+    (``partial`` leaves it to the caller: the overlapped engine)."""
+    cfg = weights.config
+    check_tp_size(cfg, group.world)
+    i, kv = cfg.intermediate_size, "num_key_value_heads·head_dim"
+    layers = []
+    for w in weights.layers:
+        qkv = shard_fused(w.qkv_proj, [cfg.q_size, cfg.kv_size, cfg.kv_size], group,
+                          ["num_attention_heads·head_dim", kv, kv])
         gate_up = shard_fused(w.gate_up_proj, [i, i], group, ["intermediate_size", "intermediate_size"])
-        self.gate_up = ColumnParallelLinear(w.gate_up_proj, group, gather_output=False, shard_weight=gate_up)
-        self.o_proj = RowParallelLinear(w.o_proj, group, reduce_output=False)
-        self.down = RowParallelLinear(w.down_proj, group, reduce_output=False)
-
-    def attn_partial(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """This rank's partial o_proj output: all-reduce it and add to the residual."""
-        qkv = self.qkv(rms_norm(x, self.input_norm, self.config.rms_norm_eps, ctx.kernels))
-        return self.o_proj(qkv_attention(qkv, self.n_q_local, self.n_kv_local, ctx))
-
-    def mlp_partial(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        """This rank's partial down_proj output."""
-        gate, up = self.gate_up(rms_norm(x, self.post_norm, self.config.rms_norm_eps, ctx.kernels)).chunk(2, dim=-1)
-        return self.down(swiglu(gate, up))
-
-    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        x = x + self.group.all_reduce(self.attn_partial(x, ctx))
-        return x + self.group.all_reduce(self.mlp_partial(x, ctx))
+        layers.append(replace(
+            w, qkv_proj=ColumnParallelLinear(w.qkv_proj, group, gather_output=False, shard_weight=qkv),
+            gate_up_proj=ColumnParallelLinear(w.gate_up_proj, group, gather_output=False, shard_weight=gate_up),
+            o_proj=RowParallelLinear(w.o_proj, group), down_proj=RowParallelLinear(w.down_proj, group)))
+    config = cfg.with_(num_attention_heads=cfg.num_attention_heads // group.world,
+                       num_key_value_heads=cfg.num_key_value_heads // group.world)
+    return replace(weights, config=config, layers=layers)
 
 
 def build(model: LoadedModel, *, group: TPGroup | None = None, max_seq_len: int | None = None,
           overlap: bool = True, kernels: bool | None = None, **_ignored) -> TPEngine:
     """This rank's engine; ``overlap`` alternates two half batches between compute and async all-reduce;
-    ``kernels``: Triton norms and attention in the decode step (default: on CUDA)."""
+    ``kernels``: the final norm and the one-token attention as Triton kernels (default: on CUDA)."""
     group = group or TPGroup()
     check_tp_size(model.config, group.world)
     mode = "Megatron column/row pairing, 2 all-reduces per layer" + (", half-batch overlap" if overlap else "")
-    return TPEngine(model, group, MegatronLayer, name="solution", mode=mode, overlap=overlap,
+    return TPEngine(model, group, shard_weights, name="solution", mode=mode, overlap=overlap,
                     max_seq_len=max_seq_len, kernels=kernels)
 

@@ -1,15 +1,17 @@
-"""The end-to-end benchmark (E.1): the engine phase by phase, beside HF transformers, in one process.
+"""The end-to-end benchmark (E.1, E.2): the engine phase by phase, beside HF transformers, in one process.
 
 Rows, each measured on the same weights and requests (``bench_rows`` says how each column is measured):
 phase 0 framework → phase 0 solution → + paged KV & continuous batching (phases 1, 3, 4: the assembled
 engine) → + INT4 (phase 5) → TP=2 (phase 6), and HF transformers with a dynamic cache, a static cache
 (compiled) and ``generate_batch`` (paged continuous batching). A row that cannot run here is SKIP with
 its reason. ``impl`` picks the engine under test (``shared.solution``/``shared.framework``/a module with
-``IMPLS``); E.1 is measured on it.
+``IMPLS``); E.1 is measured on it. E.2 sets the INT4 row against the bf16 batched row (``bench_int4``):
+offline throughput, and inter-token latency p50 at ``streams`` concurrent streams.
 
 size "full" (CUDA): ``random:tinyllama`` bf16; bs=1 at prompt 512 + 128 new tokens (as P0.4); offline
-workload = P4.1's (512 requests, 50 % 10 / 50 % 200 new tokens). size "small" (CPU, < 2 min):
-``random:tiny`` fp32, prompt 64 + 32, 16 requests; the E.1 metrics (TinyLlama shapes on a GPU) SKIP.
+workload = P4.1's (512 requests, 50 % 10 / 50 % 200 new tokens), 16 streams of 128 tokens. size "small"
+(CPU, < 2 min): ``random:tiny`` fp32, prompt 64 + 32, 16 requests, 8 streams; the E.1 and E.2 metrics
+(TinyLlama shapes on a GPU) SKIP.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from phase0_prototype.sources import load_model
 from phase0_prototype.weights import decode_bytes_per_token
 from phase4_scheduler.loadgen import Workload
 from shared import impls as impl_spec
+from shared.bench_int4 import e2_metrics, e2_table, itl_p50, stream_arrivals
 from shared.bench_rows import (
     Row,
     engine_latency,
@@ -46,10 +49,10 @@ from shared.engine import EngineConfig, LLMEngine
 SIZES = {
     "full": dict(model="random:tinyllama", dtype="bf16", prompt=512, new=128, repeats=3, slow_repeats=1,
                  requests=512, short=10, long=200, subset=4, seqs=256, budget=2048,
-                 trace_requests=128, trace_long=64),
+                 trace_requests=128, trace_long=64, streams=16),
     "small": dict(model="random:tiny", dtype="fp32", prompt=64, new=32, repeats=2, slow_repeats=1,
                   requests=16, short=8, long=32, subset=4, seqs=8, budget=128,
-                  trace_requests=8, trace_long=16),
+                  trace_requests=8, trace_long=16, streams=8),
 }
 E1_GPU_ONLY = "E.1 is defined at TinyLlama shapes on a CUDA GPU (SIZE=full); this run's figures are in the table"
 
@@ -126,9 +129,11 @@ def measure_engine(ctx: Context, name: str, link: str, spec, *, quant: str | Non
     row.mode = engine.path_name(engine.route(1))
     if batched:
         row.mode = f"bs=1: {row.mode}; many requests: {engine.path_name('batched')}"
-        engine.generate(ctx.prompts[:4], max_tokens=[4] * 4, ignore_eos=True)  # first-call costs outside
-        row.throughput, row.kv_utilisation = engine_throughput(engine, ctx.prompts, ctx.lengths)
+        # one untimed run first: the kernels each step shape needs (prefill chunks, mixed steps: Triton
+        # compiles per specialization, INT4's too) are built outside the timing
+        row.throughput, row.kv_utilisation = engine_throughput(engine, ctx.prompts, ctx.lengths, warmup=1)
         row.throughput_note = f"{len(ctx.prompts)} requests, continuous batching"
+        row.itl_p50 = itl_p50(stream_arrivals(engine.batched, ctx.prompts[:ctx.s["streams"]], ctx.s["new"]))
         region = partial(engine.generate, ctx.trace_prompts, max_tokens=ctx.trace_lengths, ignore_eos=True)
     else:
         row.throughput, row.kv_utilisation = engine_throughput(engine, ctx.sub_prompts, ctx.sub_lengths)
@@ -217,8 +222,9 @@ def _run(impl: str, size: str, out_dir: Path | None) -> BenchResult:
         tested = rows[-1] if is_tested else tested
         progress(summary(rows[-1]))
     progress("+ INT4 (phase 5)")
-    rows.append(int4_row(ctx))
-    progress(summary(rows[-1]))
+    bf16, int4 = next(r for r in rows if r.link == "phase4_scheduler"), int4_row(ctx)
+    rows.append(int4)
+    progress(summary(int4))
     progress("TP=2 (phase 6)")
     gpus = torch.cuda.device_count() if ctx.on_gpu else 0
     rows.append(tp_row(s["model"], s["dtype"], s["prompt"], gpus=gpus))
@@ -237,7 +243,11 @@ def _run(impl: str, size: str, out_dir: Path | None) -> BenchResult:
     for r in hf:
         progress(summary(r))
     e1_metrics(ctx, result, tested, hf[2])
+    e2_metrics(result, bf16, int4, defined_here=ctx.on_gpu and ctx.size == "full")
     report_rows(ctx, result, rows, impl, out_dir)
+    result.tables["INT4 vs float weights under continuous batching (E.2)"] = e2_table(
+        bf16, int4, streams=s["streams"], new_tokens=s["new"], requests=len(ctx.prompts), max_num_seqs=s["seqs"],
+        group_size=ctx.quant_group_size, float_dtype=s["dtype"])
     return result
 
 
@@ -245,7 +255,8 @@ def summary(r: Row) -> str:
     if r.skip:
         return f"  {r.name}: SKIP ({r.skip})"
     parts = [f"{r.throughput:.1f} tok/s" if r.throughput else "", f"{r.decode_s * 1e3:.3f} ms/token" if r.decode_s else "",
-             f"MBU {100 * r.mbu:.1f} %" if r.mbu is not None else ""]
+             f"MBU {100 * r.mbu:.1f} %" if r.mbu is not None else "",
+             f"ITL p50 {r.itl_p50 * 1e3:.3f} ms" if r.itl_p50 else ""]
     return f"  {r.name}: " + ", ".join(p for p in parts if p)
 
 

@@ -9,7 +9,9 @@ Every row is measured on the same model, weights and requests, in one process:
   long outputs, ``ignore_eos``). Engines without batching serve the requests one after another; they run
   a slice of the same mix (``subset``), which measures the same rate in less time;
 - **GPU busy** — union of GPU activity / wall time under the profiler (module 0's trace);
-- **KV utilisation** — live token slots / reserved KV slots (``LLMEngine.last_run``).
+- **KV utilisation** — live token slots / reserved KV slots (``LLMEngine.last_run``);
+- **ITL p50** (batched rows) — inter-token latency of concurrent streams through phase 4's ``EngineLoop``
+  (``bench_int4``: E.2 compares the INT4 row's with the bf16 batched row's).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Row:
     mbu: float | None = None
     gpu_busy: float | None = None
     kv_utilisation: float | None = None
+    itl_p50: float | None = None  # seconds between consecutive tokens of a stream, p50 (batched rows)
     skip: str = ""  # why the row was not measured
     mode: str = ""
     bytes_per_token: float | None = None  # bytes a decode step reads, when not the float model's (INT4)
@@ -59,9 +62,10 @@ def engine_latency(engine, prompt: torch.Tensor, n_new: int, repeats: int) -> di
     return measure_generate(lambda k: engine.generate([ids], max_tokens=k, ignore_eos=True), n_new, repeats)
 
 
-def engine_throughput(engine, prompts: list[list[int]], lengths: list[int]) -> tuple[float, float | None]:
-    """(tok/s, KV utilisation) of one offline run of every request."""
-    t = time_region(lambda: engine.generate(prompts, max_tokens=lengths, ignore_eos=True), repeats=1, warmup=0)
+def engine_throughput(engine, prompts: list[list[int]], lengths: list[int], *,
+                      warmup: int = 0) -> tuple[float, float | None]:
+    """(tok/s, KV utilisation) of one offline run of every request, after ``warmup`` untimed runs."""
+    t = time_region(lambda: engine.generate(prompts, max_tokens=lengths, ignore_eos=True), repeats=1, warmup=warmup)
     return sum(lengths) / t.median, engine.last_run.kv_utilisation
 
 

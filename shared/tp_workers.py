@@ -8,9 +8,13 @@ through a pipe) -> its packed int32 inputs, broadcast from rank 0 -> ``runner.fo
 meet rank 0's -> logits dropped. Rank 0 sends both from its runner's ``on_forward`` hook, after writing the
 tokens still on the device (overlapped steps) into the buffer, so workers never need sampled tokens.
 ``None`` through the pipe (``close``, also at interpreter exit) or the pipe's end (rank 0 died) stops one.
+INT4 (``--quant``): quantization and TP are two transforms of one model — rank 0 quantizes (or loads) once,
+every rank cuts the INT4 layers like matrices (``phase6_tensor_parallel.paged``).
 
-Limits: no CUDA graphs (a replay would skip the hook); no preemption by swap (the KV copies are not sent);
-one pool per process (torch's default process group); the workers reload the checkpoint from its files;
+Limits: no CUDA graphs (a replay would skip the hook) and no fused GEMV decode step (a row-parallel sum
+cannot fuse its residual before the all-reduce); no preemption by swap (the KV copies are not sent);
+one pool per process (torch's default process group); the workers reload the checkpoint from its files
+(an INT4 model: from a temporary copy rank 0 writes, one INT4 copy of the model on disk while they load);
 a failed step (a rank's error, a collective timeout) leaves the pool unusable: close the engine.
 """
 
@@ -19,7 +23,10 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -32,15 +39,17 @@ START_TIMEOUT_S = 300.0  # a worker's load + shard
 STOP_TIMEOUT_S = 10.0
 
 
-def check(config, tp: int, device: str, layout: str) -> None:
-    """Refuse a TP size the model or the machine cannot run, before starting anything."""
+def check(config, tp: int, device: str, layout: str, *, quant: str | None = None, group_size: int = 128) -> None:
+    """Refuse a TP size the model or the machine cannot run, before starting anything. ``quant``: phase 5's
+    method, quantizing with ``group_size`` (whose groups a row-parallel shard must keep whole), or a checkpoint
+    directory, whose own group size is checked when rank 0 shards it (still before any worker starts)."""
     from phase6_tensor_parallel.dist_env import TPError
     from phase6_tensor_parallel.paged import check_layout
 
     if tp < 1:
         raise ModelError(f"tp={tp}: pass a positive number of ranks")
     try:
-        check_layout(config, tp, layout)
+        check_layout(config, tp, layout, group_size if quant is not None and not Path(quant).is_dir() else None)
     except TPError as e:
         raise ModelError(str(e)) from None
     if device == "cuda" and torch.cuda.device_count() < tp:
@@ -83,14 +92,17 @@ class RankSpec:
     num_blocks: int
     block_size: int
     attention_impl: str | None
+    int4: str | None = None  # rank 0's INT4 model (``LinearLlama.save``), loaded instead of ``model``
 
 
-def start_engine(model: LoadedModel, config, *, tp: int, layout: str, seed: int):
+def start_engine(model: LoadedModel, config, *, tp: int, layout: str, seed: int, quantized=None):
     """Rank 0's phase 4 ``LLMEngine`` (``config``: its ``EngineConfig``) over ``tp`` ranks:
-    ``(engine, pool)``."""
+    ``(engine, pool)``. ``quantized``: phase 5's INT4 ``LinearLlama`` of ``model`` to shard instead of its
+    float weights."""
     from phase4_scheduler.engine import LLMEngine
-    from phase6_tensor_parallel.dist_env import TPGroup
+    from phase6_tensor_parallel.dist_env import TPError, TPGroup
     from phase6_tensor_parallel.paged import shard
+    from shared.quant import paged_weights
 
     if config.scheduler.preemption == "swap":
         raise ModelError("preemption by swap with tensor parallelism is not built: "
@@ -98,12 +110,19 @@ def start_engine(model: LoadedModel, config, *, tp: int, layout: str, seed: int)
     if dist.is_initialized():
         raise ModelError("a tensor-parallel engine is already running in this process: close() it first")
     config = replace(config, cuda_graphs=False)  # a graph replay would not reach the on_forward hook
-    shard_model, weights, linear = shard(model, TPGroup(0, tp), layout)
-    engine = LLMEngine(shard_model, config, weights=weights, linear=linear)
+    weights = paged_weights(quantized)[0] if quantized is not None else None
+    try:
+        shard_model, weights, linear = shard(model, TPGroup(0, tp), layout, weights)
+    except TPError as e:  # an INT4 checkpoint whose groups a shard would split
+        raise ModelError(str(e)) from None
+    engine = LLMEngine(shard_model, config, weights=weights, linear=linear, gemv=None)
     source = str(model.path) if model.path is not None else model.name  # random:* models: name and seed
-    spec = RankSpec(source, str(model.dtype).removeprefix("torch."), model.device.type, seed, layout,
-                    engine.runner.num_blocks, engine.runner.block_size, config.attention_impl)
-    return engine, WorkerPool(engine.runner, spec, tp)
+    with tempfile.TemporaryDirectory(prefix="titaninfer-tp-int4-") if quantized is not None else nullcontext() as int4:
+        if int4 is not None:
+            quantized.save(int4)  # the workers load it while the pool starts; deleted once all are ready
+        spec = RankSpec(source, str(model.dtype).removeprefix("torch."), model.device.type, seed, layout,
+                        engine.runner.num_blocks, engine.runner.block_size, config.attention_impl, int4)
+        return engine, WorkerPool(engine.runner, spec, tp)
 
 
 class WorkerPool:
@@ -187,9 +206,24 @@ def _expect_ready(rank: int, conn) -> None:
         raise ModelError(f"tensor-parallel rank {rank} failed to load its shard: {detail}")
 
 
+def _load(spec: RankSpec, device: torch.device) -> tuple[LoadedModel, object]:
+    """A worker's model: the float checkpoint (weights: fused later), or rank 0's INT4 copy with its fused
+    ``LlamaWeights`` over ``QuantLinear`` objects (the model then holds the config and the embedding only)."""
+    if spec.int4 is None:
+        from phase0_prototype.sources import load_model
+
+        return load_model(spec.model, dtype=spec.dtype, device=device, seed=spec.seed), None
+    from phase0_prototype.weights import parse_dtype
+    from phase5_quantization.integration import load_checkpoint, prepare
+    from shared.quant import paged_weights
+
+    quantized = prepare(load_checkpoint(spec.int4), device, parse_dtype(spec.dtype))
+    state = {"model.embed_tokens.weight": quantized.embed_tokens}
+    return LoadedModel(spec.model, quantized.config, state, None, None), paged_weights(quantized)[0]
+
+
 def _worker(rank: int, world: int, port: int, spec: RankSpec, conn) -> None:
     """A worker process: join the group, build the shard and its runner, then run steps until told to stop."""
-    from phase0_prototype.sources import load_model
     from phase3_paged_attention import load_impl as load_attention
     from phase4_scheduler.runner import PagedModelRunner
     from phase6_tensor_parallel.dist_env import DEFAULT_TIMEOUT_S, init_distributed, local_device, shutdown
@@ -201,13 +235,12 @@ def _worker(rank: int, world: int, port: int, spec: RankSpec, conn) -> None:
         group = init_distributed(spec.device, rank=rank, world=world, init_method=f"tcp://127.0.0.1:{port}",
                                  timeout_s=DEFAULT_TIMEOUT_S)
         try:
-            model = load_model(spec.model, dtype=spec.dtype, device=local_device(spec.device, group),
-                               seed=spec.seed)
-            shard_model, weights, linear = shard(model, group, spec.layout)
-            del model  # the runner keeps this rank's shard only
+            model, full = _load(spec, local_device(spec.device, group))
+            shard_model, weights, linear = shard(model, group, spec.layout, full)
+            del model, full  # the runner keeps this rank's shard only
             attention = load_attention(spec.attention_impl) if spec.attention_impl is not None else None
             runner = PagedModelRunner(shard_model, spec.num_blocks, spec.block_size, attention=attention,
-                                      cuda_graphs=False, weights=weights, linear=linear)
+                                      cuda_graphs=False, weights=weights, linear=linear, gemv=None)
         except Exception as e:
             lines = str(e).strip().splitlines()
             conn.send(("error", f"{type(e).__name__}: {lines[0] if lines else ''}"))

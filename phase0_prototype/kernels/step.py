@@ -1,4 +1,4 @@
-"""The solution's decode step as hand-written Triton kernels: six launches per layer, all bandwidth-bound.
+"""The decode step as hand-written Triton kernels: six launches per layer, all bandwidth-bound.
 
 Per layer (``B ≤ 8`` tokens, one per sequence):
 
@@ -12,14 +12,25 @@ Per layer (``B ≤ 8`` tokens, one per sequence):
 then ``logits = gemv(rmsnorm(x), W_lm_head)``. That is ~135 kernels per token for TinyLlama instead of the
 ~360 inductor emits, and each GEMV streams its weight at close to copy bandwidth. The step reads no host
 state and allocates the same buffers every call, so it captures in one CUDA graph.
+
+``fused_decode_step`` is the one fused spelling of ``model.decoder_layer``, parametrised by its projection
+kernel (phase 5 passes its W4A16 layers) and its attention (phase 4 passes the paged cache).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from phase0_prototype.kernels.decode_attention import rope_cache_attention
 from phase0_prototype.kernels.gemv import MAX_BATCH, fused_gemv
+
+# (x [B, in], a projection as the weights hold it, *, norm_weight, eps, residual, swiglu, out) -> [B, out]:
+# RMSNorm prologue and residual / SwiGLU epilogue fused into the projection (``gemv.fused_gemv``'s contract).
+FusedLinear = Callable[..., torch.Tensor]
+# (layer, qkv [B, q+2kv] straight from the projection) -> attention output [B, q]
+FusedAttend = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def unsupported_reason(config, batch: int, weights) -> str | None:
@@ -42,27 +53,46 @@ def unsupported_reason(config, batch: int, weights) -> str | None:
     return None
 
 
-def triton_decode_step(engine, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``tokens [B]`` at ``positions [B]`` -> logits ``[B, vocab]`` (activation dtype), cache updated.
+def fused_decode_step(weights, x: torch.Tensor, eps: float, attend: FusedAttend,
+                      gemv: FusedLinear = fused_gemv) -> torch.Tensor:
+    """The decode step of ``model.decoder_layer`` fused into bandwidth-bound kernels: ``x [B, hidden]`` (the
+    tokens' embeddings, updated in place as the residual stream) -> logits ``[B, vocab]``.
 
-    ``engine``: a ``SolutionEngine`` (its fused ``weights``, ``kv_cache``, rotary tables and ``rope_fn``).
-    A ``rope_fn`` other than the reference runs between the projection and the attention kernel.
+    ``weights``: fused ``LlamaWeights`` whose projections ``gemv`` understands — phase 0's ``fused_gemv``
+    over matrices, phase 5's W4A16 kernels over INT4 layers. ``attend(i, qkv [B, q+2kv]) -> [B, q]``
+    applies RoPE, writes K/V to the cache (contiguous here, paged in phase 4) and attends.
     """
-    cfg, weights = engine.config, engine.weights
-    B = tokens.shape[0]
-    eps, n_heads, n_kv, d = cfg.rms_norm_eps, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    fused_rope = engine.fused_rope
-    x = weights.embed_tokens[tokens]  # [B, hidden], the residual stream (updated in place below)
     for i, w in enumerate(weights.layers):
-        qkv = fused_gemv(x, w.qkv_proj, norm_weight=w.input_norm, eps=eps)
-        if not fused_rope:
+        qkv = gemv(x, w.qkv_proj, norm_weight=w.input_norm, eps=eps)
+        gemv(attend(i, qkv), w.o_proj, residual=x, out=x)
+        act = gemv(x, w.gate_up_proj, norm_weight=w.post_norm, eps=eps, swiglu=True)
+        gemv(act, w.down_proj, residual=x, out=x)
+    return gemv(x, weights.lm_head, norm_weight=weights.norm, eps=eps)
+
+
+def static_cache_attention(engine, positions: torch.Tensor) -> FusedAttend:
+    """``attend`` over a ``SolutionEngine``'s contiguous cache: RoPE (fused in the attention kernel unless
+    ``rope_fn`` is a plug-in, which then runs first), K/V into slot ``position``, split-K attention."""
+    cfg = engine.config
+    n_heads, n_kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
+        if not engine.fused_rope:
+            B = qkv.shape[0]
             q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
             q, k = engine.rope_fn(q.view(B, 1, n_heads, d), k.view(B, 1, n_kv, d), engine.cos, engine.sin,
                                   positions[:, None])
             qkv = torch.cat([q.reshape(B, -1), k.reshape(B, -1), v], dim=-1)
-        attn = rope_cache_attention(qkv, engine.kv_cache[i, 0], engine.kv_cache[i, 1], engine.cos, engine.sin,
-                                    positions, n_heads, rope=fused_rope)
-        fused_gemv(attn, w.o_proj, residual=x, out=x)
-        act = fused_gemv(x, w.gate_up_proj, norm_weight=w.post_norm, eps=eps, swiglu=True)
-        fused_gemv(act, w.down_proj, residual=x, out=x)
-    return fused_gemv(x, weights.lm_head, norm_weight=weights.norm, eps=eps)
+        return rope_cache_attention(qkv, engine.kv_cache[i, 0], engine.kv_cache[i, 1], engine.cos, engine.sin,
+                                    positions, n_heads, rope=engine.fused_rope)
+
+    return attend
+
+
+def triton_decode_step(engine, tokens: torch.Tensor, positions: torch.Tensor,
+                       gemv: FusedLinear = fused_gemv) -> torch.Tensor:
+    """``tokens [B]`` at ``positions [B]`` -> logits ``[B, vocab]`` (activation dtype), cache updated:
+    ``fused_decode_step`` over a ``SolutionEngine``'s weights and static cache."""
+    x = engine.weights.embed_tokens[tokens]
+    return fused_decode_step(engine.weights, x, engine.config.rms_norm_eps,
+                             static_cache_attention(engine, positions), gemv)

@@ -94,3 +94,39 @@ def test_fused_forward_matches_the_pytorch_forward_on_a_mixed_step():
     for a, b in zip(runners[0].kv, runners[1].kv, strict=True):
         torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+
+
+def test_small_decode_steps_run_phase0s_fused_step_and_match_the_pytorch_forward():
+    """A decode-only step of few rows goes through ``fused_decode_step`` (phase 0's GEMVs, paged attention)."""
+    from phase0_prototype.kernels.gemv import fused_gemv
+
+    calls = []
+
+    def counting_gemv(x, w, **fusion):
+        calls.append(x.shape[0])
+        return fused_gemv(x, w, **fusion)
+
+    model = load_model("random:tiny", dtype="fp32", device=DEVICE)
+    runners = [PagedModelRunner(model, num_blocks=64, block_size=4, cuda_graphs=False, fused=False),
+               PagedModelRunner(model, num_blocks=64, block_size=4, cuda_graphs=False, fused=True,
+                                gemv=counting_gemv)]
+    gen = torch.Generator(device="cpu").manual_seed(6)
+    for a, b in zip(runners[0].kv, runners[1].kv, strict=True):
+        for x, y in zip(a, b, strict=True):
+            x.copy_(torch.randn(x.shape, generator=gen))
+            y.copy_(x)
+    rng = random.Random(7)
+    pool = list(range(1, 64))
+    rng.shuffle(pool)
+    chunks = []
+    for prompt, outputs in ((9, 2), (4, 1), (15, 3)):
+        r = Request([rng.randrange(3, 300) for _ in range(prompt)], 20)
+        r.output_ids = [rng.randrange(3, 300) for _ in range(outputs)]
+        chunks.append(ScheduledChunk(r, r.num_tokens - 1, 1, [pool.pop() for _ in range(-(-r.num_tokens // 4))]))
+    plan = StepPlan(1, chunks)
+    logits = [rn.forward(upload(HostStep(plan, 4, {}), rn.device, block_size=4)) for rn in runners]
+    assert calls and set(calls) == {3}  # every projection of the step, at the step's 3 rows
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(runners[0].kv, runners[1].kv, strict=True):
+        torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)

@@ -1,7 +1,7 @@
 """Where the INT4 decode step's time goes, and what each launch choice buys in it (random:tinyllama, RTN,
 bs=1, prompt 512: the P5.3 setting), one GPU run.
 
-1. Variants of the whole step (``integration.int4_decode_step`` in the engine's CUDA graph): the launcher's
+1. Variants of the whole step (phase 0's ``fused_decode_step`` over INT4 layers in the engine's CUDA graph): the launcher's
    default; programmatic dependent launch off; the row GEMV's launch choices flipped one at a time
    (``dev.row_gemv_variants.RowVariant``: early launch, early scales/residual, tail slab); the lm_head as
    INT4; one projection's row-GEMV tiles changed at a time; and, a diagnostic with wrong tokens, attention

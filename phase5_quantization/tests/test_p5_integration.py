@@ -9,11 +9,12 @@ import torch
 
 from phase0_prototype.config import TINY
 from phase0_prototype.errors import ModelError
+from phase0_prototype.kernels.step import triton_decode_step
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.tokenizer import load_tokenizer
 from phase0_prototype.weights import random_state_dict
 from phase5_quantization import framework
-from phase5_quantization.integration import Int4Engine, build_engine, int4_decode_step, quantize_for_generate
+from phase5_quantization.integration import Int4Engine, build_engine, call_fused, quantize_for_generate
 from phase5_quantization.model import LinearLlama
 
 
@@ -54,7 +55,7 @@ def test_triton_decode_step_matches_eager_step():
     engine.kv_cache.copy_(cache)
     for lin in engine.quantized.linears[0].values():
         lin.use_kernel = True  # the kernels, in the interpreter
-    fused = int4_decode_step(engine, token, position)
+    fused = triton_decode_step(engine, token, position, gemv=call_fused)
     assert torch.allclose(fused, eager, atol=1e-3, rtol=1e-3), float((fused - eager).abs().max())
 
 

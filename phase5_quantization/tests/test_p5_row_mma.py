@@ -64,7 +64,7 @@ def test_bf16_within_output_rounding(one_dot):
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS[:3], ids=lambda v: f"depth{v['DEPTH']}-onedot{v['ONE_DOT']}")
 def test_decode_step_fusions(split, variant):
-    """What ``int4_decode_step`` calls at batch 16: RMSNorm → qkv, RMSNorm + SwiGLU → gate/up (Σx² in the
+    """What the INT4 decode step calls at batch 16: RMSNorm → qkv, RMSNorm + SwiGLU → gate/up (Σx² in the
     loop, or the separate pass with split-K), and the in-place residual of o/down."""
     m, inter = 16, 24
     gen = torch.Generator().manual_seed(7 + split)

@@ -1,5 +1,5 @@
-"""The decode step's Triton kernels (fused RMSNorm; phase 0's attention through ``qkv_attention``) against the
-PyTorch path they replace. On a CPU they run in Triton's interpreter at small shapes."""
+"""The decode step's Triton kernels (fused RMSNorm; phase 0's attention through ``AttnContext.attend``) against
+the PyTorch path they replace. On a CPU they run in Triton's interpreter at small shapes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from phase0_prototype import load_model  # noqa: E402
 from phase0_prototype.model import rms_norm as reference_rms_norm  # noqa: E402
 from phase0_prototype.model import rope_cache  # noqa: E402
 from phase6_tensor_parallel import solution  # noqa: E402
-from phase6_tensor_parallel.engine import AttnContext, qkv_attention  # noqa: E402
+from phase6_tensor_parallel.engine import AttnContext  # noqa: E402
 from phase6_tensor_parallel.kernels.rmsnorm import triton_rms_norm  # noqa: E402
 from phase6_tensor_parallel.static_decode import graph_generate  # noqa: E402
 
@@ -41,16 +41,20 @@ def test_rms_norm_kernel_matches_the_reference(dtype, tol, width):
 
 
 @pytest.mark.parametrize("n_q,n_kv", [(8, 2), (4, 1)])  # random:tiny unsharded, and one rank of TP=2
-def test_qkv_attention_kernel_matches_the_pytorch_path(n_q, n_kv):
+def test_attention_kernel_matches_the_pytorch_path(n_q, n_kv):
+    """decoder_layer's rope then attend, as the context chooses them: the kernel (which rotates q and k
+    itself) and the PyTorch static path give the same output and cache."""
     d, b, length = 16, 3, 40
     cfg = load_model("random:tiny", dtype="fp32").config
     cos, sin = rope_cache(cfg, length, DEVICE)
-    qkv = rand(b, 1, (n_q + 2 * n_kv) * d, seed=3)
+    q, k, v = rand(b, 1, (n_q + 2 * n_kv) * d, seed=3).split([n_q * d, n_kv * d, n_kv * d], dim=-1)
 
     def run(use):
         ctx = AttnContext([rand(b + 1, n_kv, length, d, seed=4)], [rand(b + 1, n_kv, length, d, seed=5)], 0,
                           cos, sin, rows=slice(1, b + 1), pos=torch.tensor(23, device=DEVICE), kernels=use)
-        out = qkv_attention(qkv, n_q, n_kv, ctx)
+        assert ctx.fused_step(1) == use
+        qr, kr = ctx.rope(1)(q.view(b, 1, n_q, d), k.view(b, 1, n_kv, d), cos, sin, ctx.token_positions(b, 1))
+        out = ctx.attend(0, qr, kr, v.view(b, 1, n_kv, d))
         return out, ctx.cache_k[0], ctx.cache_v[0]
 
     for got, want in zip(run(True), run(False), strict=True):
