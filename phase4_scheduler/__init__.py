@@ -24,7 +24,7 @@ runner, which copies them to and from a host pool, ``kv_swap``) — recompute wh
 
 The rest of the phase (one idea per file): ``runner.PagedModelRunner`` (batched prefill + decode over
 phase 3's paged cache, CUDA graphs for bucketed decode batches on GPU), ``sampler`` (per-request
-temperature / top-p / top-k / seed), ``engine.LLMEngine`` (scheduler + runner + stop strings,
+temperature / top-p / top-k / seed), ``engine.BatchingEngine`` (scheduler + runner + stop strings,
 offline ``generate`` and the background ``EngineLoop``), ``server`` (FastAPI: ``/v1/completions``,
 ``/v1/chat/completions`` with SSE streaming, ``/v1/models``, ``/health``, ``/metrics``),
 ``loadgen`` (HTTP and offline load), ``bench``/``checks`` (P4.1–P4.5).

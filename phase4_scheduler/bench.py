@@ -17,7 +17,7 @@ from module0_profiling.targets import BenchResult, Comparison
 from module0_profiling.timing import time_region
 from phase0_prototype.sampling import SamplingParams
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.loadgen import Workload, run_http, run_offline
 from phase4_scheduler.plan import SchedulerConfig
 
@@ -32,10 +32,10 @@ SIZES = {
 
 
 def _engine(model, impl: str, seqs: int, budget: int, policy: str = "sjf", max_wait: int | None = 64, **kw):
-    return LLMEngine(model, EngineConfig(SchedulerConfig(seqs, budget, policy, max_wait), impl, **kw))
+    return BatchingEngine(model, BatchingConfig(SchedulerConfig(seqs, budget, policy, max_wait), impl, **kw))
 
 
-def _warm(engine: LLMEngine) -> LLMEngine:
+def _warm(engine: BatchingEngine) -> BatchingEngine:
     """First-call costs (CUDA graphs of every decode bucket, Triton compiles and autotuning, the allocator)
     outside the timing, as a server pays them before taking requests."""
     if engine.runner.graphs is not None:

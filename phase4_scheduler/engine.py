@@ -1,11 +1,11 @@
 """The engine: scheduler + paged model runner + per-request sampling and text, one ``step`` at a time.
 
-``LLMEngine.step()`` = plan (scheduler) -> launch the forward pass and sampling on the device (runner)
+``BatchingEngine.step()`` = plan (scheduler) -> launch the forward pass and sampling on the device (runner)
 -> the tokens of a step (EOS, length, text and stop strings) -> events. ``generate`` runs it offline;
 ``engine_loop.EngineLoop`` runs it in a background thread for the server. The engine itself is
 single-threaded: callers on other threads go through the loop's inbox.
 
-**Overlapped steps** (``EngineConfig.overlap``, on by default; SGLang's overlap scheduler, vLLM's
+**Overlapped steps** (``BatchingConfig.overlap``, on by default; SGLang's overlap scheduler, vLLM's
 async scheduling). A decode step of a small model is ~1 ms of GPU work at batch 256, and the host's
 work around it — plan the step, read the tokens back, apply them, detokenize — is of the same order.
 Done in turn, the GPU idles half the time. So ``step`` launches step N, and only then reads back step
@@ -59,7 +59,7 @@ _output_ids = attrgetter("output_ids")
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class BatchingConfig:
     """``num_blocks=None``: enough KV for ``max_num_seqs`` requests of the full context.
 
     Preemption by swap (``scheduler.preemption="swap"``; vLLM's ``swap_space``): a pinned host pool of
@@ -190,8 +190,8 @@ class StepStats:
     num_sampled: int
 
 
-class LLMEngine:
-    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig(), *,
+class BatchingEngine:
+    def __init__(self, model: LoadedModel, config: BatchingConfig = BatchingConfig(), *,
                  weights: LlamaWeights | None = None, linear: Linear = F.linear, gemv: FusedLinear | None = fused_gemv,
                  gemv_rows: int = MAX_BATCH, rope: RopeFn | None = None):
         """``weights`` / ``linear`` / ``gemv``: another implementation of the projections, and ``rope`` of RoPE

@@ -25,7 +25,7 @@ from collections import deque
 from typing import Callable
 
 from phase0_prototype.errors import ModelError
-from phase4_scheduler.engine import Event, LLMEngine, describe_error
+from phase4_scheduler.engine import BatchingEngine, Event, describe_error
 from phase4_scheduler.request import Request
 
 
@@ -45,8 +45,8 @@ Callback = Callable[[Event], None]
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine, *, max_queue: int = 256,
-                 on_step: Callable[[LLMEngine, float], None] | None = None,
+    def __init__(self, engine: BatchingEngine, *, max_queue: int = 256,
+                 on_step: Callable[[BatchingEngine, float], None] | None = None,
                  on_death: Callable[[BaseException], None] | None = None):
         if not (isinstance(max_queue, int) and max_queue >= 1):
             raise ModelError(f"max_queue (--max-queue) must be an integer >= 1, got {max_queue}")

@@ -205,8 +205,8 @@ def main(args) -> None:
         summary = asyncio.run(run_http(args.url.rstrip("/"), args.model, w))
     else:
         from phase0_prototype.sources import load_model
-        from phase4_scheduler.engine import LLMEngine
+        from phase4_scheduler.engine import BatchingEngine
 
         dtype = "bf16" if args.device.startswith("cuda") else "fp32"
-        summary = run_offline(LLMEngine(load_model(args.model, dtype=dtype, device=args.device)), w)
+        summary = run_offline(BatchingEngine(load_model(args.model, dtype=dtype, device=args.device)), w)
     print(json.dumps(summary, indent=2))

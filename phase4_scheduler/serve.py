@@ -23,7 +23,7 @@ import uvicorn
 
 from phase0_prototype.errors import ModelError
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine, describe_error
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine, describe_error
 from phase4_scheduler.engine_loop import EngineLoop
 from phase4_scheduler.plan import SchedulerConfig
 from phase4_scheduler.server import create_app
@@ -38,10 +38,10 @@ def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str =
     """(app, engine loop) for ``model``; the loop's thread is started. ``swap_space`` (GiB) /
     ``num_cpu_blocks``: the host KV pool when ``scheduler.preemption == "swap"``."""
     scheduler = scheduler or SchedulerConfig()
-    config = EngineConfig(scheduler, scheduler_impl, num_blocks, block_size, swap_space=swap_space,
+    config = BatchingConfig(scheduler, scheduler_impl, num_blocks, block_size, swap_space=swap_space,
                           num_cpu_blocks=num_cpu_blocks)  # (checked before the model loads)
     loaded = load_model(model, dtype=dtype, device=device)
-    engine = LLMEngine(loaded, config)
+    engine = BatchingEngine(loaded, config)
     if warmup and engine.runner.graphs is not None:
         engine.runner.graphs.warmup()
     loop = EngineLoop(engine, max_queue=max_queue).start()

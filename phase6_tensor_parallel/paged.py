@@ -52,10 +52,10 @@ def check_layout(config: LlamaConfig, world: int, layout: str, group_size: int |
 
 def shard(model: LoadedModel, group: TPGroup, layout: str = "solution",
           weights: LlamaWeights | None = None) -> tuple[LoadedModel, LlamaWeights, object]:
-    """This rank's ``(model, weights, linear)`` for ``PagedModelRunner`` / phase 4's ``LLMEngine``.
+    """This rank's ``(model, weights, linear)`` for ``PagedModelRunner`` / phase 4's ``BatchingEngine``.
 
     ``weights``: the model in phase 0's fused layout with other projection objects (phase 5's INT4
-    ``paged_weights``); by default ``fuse(model.state)``. The returned model keeps the tokenizer and a config
+    ``int4_weights``); by default ``fuse(model.state)``. The returned model keeps the tokenizer and a config
     with this rank's head counts (``solution``), and no state dict but the embedding (the runner reads dtype
     and device from it)."""
     check_layout(model.config, group.world, layout)

@@ -9,7 +9,7 @@ Public contract (``shared.engine``)::
                                               # preset ("solution", "framework") or a module path with IMPLS
         device, dtype, seed, quant (None|rtn|awq|gptq), quant_group_size, tp, max_model_len,
         max_num_seqs, max_num_batched_tokens, block_size, num_blocks, policy, max_wait_steps,
-        compile (CUDA graphs), bs1_decode ("phase0" | "phase4": which engine decodes a lone request)
+        compile (CUDA graphs)
 
     class LLMEngine(config, *, model: LoadedModel | None = None):
         impls: dict[str, str]                 # what each phase runs, "auto" resolved for this device
@@ -17,18 +17,20 @@ Public contract (``shared.engine``)::
             -> list[RequestOutput]            # one prompt or a list: text, token ids or chat messages
         def stream(prompt, sampling=None, *, max_tokens=64, stop=(), ignore_eos=False, chat=False)
             -> Iterator[Delta]                # text increments of one request
-        def warmup(*, batched=False); def describe() -> str; last_run: RunStats
+        def warmup(); def describe() -> str; def close(); last_run: RunStats
 
     RequestOutput(prompt_ids, token_ids, text, finish_reason, ttft_s); Delta(text, token_ids, finish_reason)
 
-Where a request goes: one prompt -> phase 0's single-request engine (its Triton decode step in one CUDA
-graph on a GPU; phase 2's RoPE and phase 5's INT4 weights plug in there); several -> phase 4's
-continuous batching over phase 1's block manager and phase 3's paged attention; ``tp > 1`` -> phase 6.
+Where a request goes: always phase 4's continuous batching (one loop: a lone request is batch 1, whose
+decode step is phase 0's fused Triton step) over phase 1's block manager and phase 3's paged attention,
+with phase 2's RoPE, phase 5's INT4 layers and phase 6's ranks (``tp > 1``) plugged into the one model;
+``phase4=off``: phase 0's engine, one request at a time.
 
 Presets (``load_impl``): ``solution`` (every phase's solution: what ``make check-engine`` measures),
 ``framework`` (the seed's prototype: phase 0's framework, one request at a time), or a module path
 defining ``IMPLS``. The rest: ``cli`` (generate, chat, serve, bench, report, check, hardware), ``bench``
-and ``checks`` (E.1), ``impls`` (the ``--impl`` spec), ``quant`` (phase 5's hook), ``tp`` (phase 6's ranks).
+and ``checks`` (E.1, E.2), ``impls`` (the ``--impl`` spec), ``quant`` (phase 5's hook), ``tp_workers``
+(phase 6's ranks), ``batched``/``single`` (the two paths), ``outputs`` (what requests return).
 """
 
 from __future__ import annotations

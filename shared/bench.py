@@ -26,7 +26,6 @@ from module0_profiling.check import ROOT, report_stem
 from module0_profiling.hardware import detect_device, measured_peaks
 from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
 from phase0_prototype.bench import measure_generate, random_prompt
-from phase0_prototype.sampling import GREEDY
 from phase0_prototype.sources import load_model
 from phase0_prototype.weights import decode_bytes_per_token
 from phase4_scheduler.loadgen import Workload
@@ -116,19 +115,17 @@ class Context:
 
 def measure_engine(ctx: Context, name: str, link: str, spec, *, quant: str | None = None, slow: bool = False,
                    result: BenchResult | None = None) -> Row:
-    """One engine row; with ``result``, also the bs=1 path comparison and the report's trace."""
+    """One engine row; with ``result``, also the bs=1 yardstick (phase 0's engine) and the report's trace."""
     engine = ctx.engine(spec, quant)
-    batched = engine.route(2) == "batched"
-    engine.warmup(batched=batched)
+    batched = engine.route() == "batched"
+    engine.warmup()
     row = Row(name, link)
-    weight_bytes = getattr(engine.single, "weight_bytes", None) if quant else None
-    row.bytes_per_token = ctx.int4_bytes_per_token(weight_bytes()) if weight_bytes else None
+    row.bytes_per_token = ctx.int4_bytes_per_token(engine.quantized.linear_bytes()) if quant else None
     f = engine_latency(engine, ctx.prompt, ctx.s["new"], ctx.s["slow_repeats"] if slow else ctx.s["repeats"])
     row.decode_s, row.e2e_tok_s = f["decode_s_per_token"], f["e2e_tok_s"]
     row.mbu = ctx.mbu(row.decode_s, row.bytes_per_token) if (row.bytes_per_token or not quant) else None
-    row.mode = engine.path_name(engine.route(1))
+    row.mode = engine.path_name()
     if batched:
-        row.mode = f"bs=1: {row.mode}; many requests: {engine.path_name('batched')}"
         # one untimed run first: the kernels each step shape needs (prefill chunks, mixed steps: Triton
         # compiles per specialization, INT4's too) are built outside the timing
         row.throughput, row.kv_utilisation = engine_throughput(engine, ctx.prompts, ctx.lengths, warmup=1)
@@ -140,7 +137,7 @@ def measure_engine(ctx: Context, name: str, link: str, spec, *, quant: str | Non
         row.throughput_note = f"{len(ctx.sub_prompts)} requests one at a time"
         region = partial(engine.generate, [ctx.prompt[0].tolist()], max_tokens=32, ignore_eos=True)
     if result is not None:
-        bs1_paths(ctx, engine, f, result)
+        bs1_yardstick(ctx, engine, f, result)
         from module0_profiling.trace import profile_region
 
         result.trace = profile_region(region, iters=1, warmup=0)
@@ -154,26 +151,18 @@ def measure_engine(ctx: Context, name: str, link: str, spec, *, quant: str | Non
     return row
 
 
-def bs1_paths(ctx: Context, engine: LLMEngine, chosen: dict, result: BenchResult) -> None:
-    """The explicit bs=1 choice, checked: the engine's lone-request path, the other engine's, and phase 0's
-    engine called directly (what the engine layer itself costs: thread hand-off, text, stop strings)."""
-    if engine.route(2) != "batched":
+def bs1_yardstick(ctx: Context, engine: LLMEngine, through_engine: dict, result: BenchResult) -> None:
+    """The engine's bs=1 decode (phase 4's loop at batch 1) beside phase 0's engine called directly: the
+    single-request engine whose fused step the loop runs, without scheduler, paged KV or text."""
+    if engine.route() != "batched":
         return
-    from shared.batched import run_batched
-
     ids, n, repeats = ctx.prompt[0].tolist(), ctx.s["new"], ctx.s["repeats"]
-    via4 = measure_generate(lambda k: run_batched(engine.batched, [ids], [k], GREEDY, (), True), n, repeats)
     direct = measure_generate(lambda k: engine.single.generate(ids, k, stop_on_eos=False), n, repeats)
-    used = engine.config.bs1_decode
-    other = "phase4" if used == "phase0" else "phase0"
-    times = {used: chosen["decode_s_per_token"], other: (via4 if other == "phase4" else direct)["decode_s_per_token"]}
-    result.tables["bs=1 decode path: phase 0's engine vs phase 4's runner"] = path_table(
-        times, used, ctx.mbu, direct=direct["decode_s_per_token"])
-    note = (f"bs=1 decode path: the engine uses {used} ({times[used] * 1e3:.3f} ms/token); {other} took "
-            f"{times[other] * 1e3:.3f} ms/token here; phase 0's engine called directly {direct['decode_s_per_token'] * 1e3:.3f}")
-    if times[other] < times[used] and ctx.on_gpu:
-        note += f": {other} was faster on this GPU — revisit EngineConfig.bs1_decode"
-    result.notes.append(note)
+    loop, alone = through_engine["decode_s_per_token"], direct["decode_s_per_token"]
+    result.tables["bs=1 decode: the engine's loop vs phase 0's engine"] = path_table(
+        {"engine": loop, "phase0": alone}, ctx.mbu)
+    result.notes.append(f"bs=1 decode: the engine (phase 4's loop, batch 1) {loop * 1e3:.3f} ms/token; phase 0's "
+                        f"engine called directly {alone * 1e3:.3f} ms/token ({loop / alone:.2f}× its time)")
 
 
 def int4_row(ctx: Context) -> Row:

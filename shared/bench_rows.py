@@ -141,7 +141,7 @@ def cli_bench(args, config) -> int:
     from shared.engine import LLMEngine
 
     engine = LLMEngine(config)
-    engine.warmup(batched=True)
+    engine.warmup()
     w = Workload(args.num_requests, args.short_tokens, args.long_tokens)
     prompts, lengths = workload_requests(engine.tokenizer, w)
     print(f"[bench] {config.model} on {engine.device.type}: {args.num_requests} requests "
@@ -156,7 +156,7 @@ def cli_bench(args, config) -> int:
           f"| bs=1 decode | {lat['decode_s_per_token'] * 1e3:.2f} ms/token ({lat['decode_tok_s']:.1f} tok/s; "
           f"prompt {args.prompt_tokens}, {args.new_tokens} new) |\n"
           f"| bs=1 end to end | {lat['e2e_tok_s']:.1f} tok/s |")
-    print(f"[bench] engine: {engine.path_name(engine.route(1))}; the full comparison: make check-engine")
+    print(f"[bench] engine: {engine.path_name()}; the full comparison: make check-engine")
     return 0
 
 

@@ -34,17 +34,12 @@ def comparison_table(rows, on_gpu: bool, link_prefix: str = "../../") -> str:
     return "\n".join(lines) + "\n\n" + ROW_NOTE
 
 
-def path_table(paths: dict[str, float], chosen: str, mbu: Callable[[float], float | None], *,
-               direct: float | None = None) -> str:
-    names = {"phase0": "phase 0's engine: Triton GEMV step, one CUDA graph (eager on CPU)",
-             "phase4": "phase 4's runner: bucket-1 decode graph, cuBLAS GEMMs (eager on CPU)"}
-    lines = ["| bs=1 decode path | ms/token | tok/s | MBU | |", "|---|---|---|---|---|"]
-    for key, s in sorted(paths.items(), key=lambda kv: kv[1]):
-        used = "the engine's path (through `LLMEngine`)" if key == chosen else "the alternative"
-        lines.append(f"| {names[key]} | {s * 1e3:.3f} | {1 / s:.1f} | {_pct(mbu(s))} | {used} |")
-    if direct is not None:
-        lines.append(f"| phase 0's engine called directly (no `LLMEngine` layer) | {direct * 1e3:.3f} | {1 / direct:.1f} | "
-                     f"{_pct(mbu(direct))} | what the engine layer costs |")
+def path_table(paths: dict[str, float], mbu: Callable[[float], float | None]) -> str:
+    names = {"engine": "the engine (`LLMEngine`): phase 4's loop at batch 1, phase 0's fused step in its graph",
+             "phase0": "phase 0's engine called directly: static KV cache, one CUDA graph, no scheduler"}
+    lines = ["| bs=1 decode | ms/token | tok/s | MBU |", "|---|---|---|---|"]
+    for key, s in paths.items():
+        lines.append(f"| {names[key]} | {s * 1e3:.3f} | {1 / s:.1f} | {_pct(mbu(s))} |")
     return "\n".join(lines)
 
 

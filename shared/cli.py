@@ -8,7 +8,8 @@
 - ``check <phase>``: one phase's bench and targets (``make check-phaseN``); ``hardware``: peaks.
 
 Every engine command takes ``--model`` and ``--impl`` (``phase3=framework,phase1=reference``, or a preset
-``solution``/``framework``: see ``shared.impls``), ``--quant rtn|awq|gptq`` and ``--tp N``. The default
+``solution``/``framework``: see ``shared.impls``), ``--quant rtn|awq|gptq|DIR``, ``--tp N`` and
+``--rope cuda``; ``serve`` and ``bench`` add the scheduler's (``--max-num-seqs`` …). The default
 model is the bundled one, offline, on CPU when no GPU is visible. A user mistake prints one ``error:``
 line and exits 2.
 """
@@ -36,8 +37,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (phase 6: persistent workers under phase 4's batching)")
     ap.add_argument("--max-seq-len", type=int, default=None, help="context per request (default: the model's)")
     ap.add_argument("--no-compile", action="store_true", help="no CUDA graphs / compilation (eager)")
-    ap.add_argument("--bs1-decode", default="phase0", choices=["phase0", "phase4"],
-                    help="which engine decodes a lone request (default phase0: its Triton kernels in one CUDA graph)")
+    ap.add_argument("--rope", choices=["torch", "cuda"], default=None,
+                    help="cuda = phase 2's kernel (same as --impl phase2=solution); torch = phase 0's")
     if batching:
         ap.add_argument("--max-num-seqs", type=int, default=32)
         ap.add_argument("--max-num-batched-tokens", type=int, default=512)
@@ -59,18 +60,19 @@ def add_sampling_arguments(ap: argparse.ArgumentParser, max_new_tokens: int) -> 
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (a 64-bit signed integer)")
 
 
-def engine_config(args: argparse.Namespace, extra_impl: list[str] = ()):
+def engine_config(args: argparse.Namespace):
     from shared.engine import EngineConfig
 
-    kw = {}
+    rope = {"cuda": ["phase2=solution"], "torch": ["phase2=off"]}.get(args.rope, [])
+    kw = {"max_num_seqs": 1}  # generate and chat: one request at a time, KV blocks for one context
     if hasattr(args, "max_num_seqs"):
         kw = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                   num_blocks=args.num_blocks, block_size=args.block_size, policy=args.policy,
                   max_wait_steps=args.max_wait_steps or None, preemption=args.preemption,
                   swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks)
-    return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + list(extra_impl), device=args.device,
+    return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + rope, device=args.device,
                         dtype=args.dtype, quant=args.quant, quant_group_size=args.quant_group_size, tp=args.tp,
-                        max_model_len=args.max_seq_len, compile=not args.no_compile, bs1_decode=args.bs1_decode, **kw)
+                        max_model_len=args.max_seq_len, compile=not args.no_compile, **kw)
 
 
 def sampling_params(args: argparse.Namespace):
@@ -91,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(gen, 64)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    gen.add_argument("--rope", choices=["torch", "cuda"], default=None,
-                     help="cuda = phase 2's kernel (same as --impl phase2=solution); torch = phase 0's")
     chat = sub.add_parser("chat", help="interactive chat through the model's chat template (reads stdin)")
     add_engine_arguments(chat)
     add_sampling_arguments(chat, 128)
@@ -129,9 +129,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from phase0_prototype.weights import decode_bytes_per_token
     from shared.engine import LLMEngine
 
-    extra = {"cuda": ["phase2=solution"], "torch": ["phase2=off"]}.get(args.rope, [])
     sampling = sampling_params(args)  # a bad --seed / --temperature is refused before the model loads
-    engine = LLMEngine(engine_config(args, extra))
+    engine = LLMEngine(engine_config(args))
     device = engine.device.type
     shown = {k: v for k, v in engine.impls.items() if k != "phase6" or engine.config.tp > 1}
     print(f"[{args.model} · {device} {str(engine.model.dtype).replace('torch.', '')} · "
@@ -153,7 +152,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     t_end = time.perf_counter()
     print(file=sys.stdout)
-    route = engine.route(1)
     first = first or t_end
     stats = GenerateStats(len(ids), count, first - t0, t_end - first,
                           decode_bytes_per_token(engine.model.config, engine.model.dtype, len(ids) + count // 2))
@@ -161,7 +159,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         line = f"prompt {len(ids)} tokens, generated {count}; decode {stats.decode_tok_s:.1f} tokens/s (INT4 weights)"
     else:
         line = describe(stats, device)
-    print(f"[{engine.path_name(route)}] {line}", file=sys.stderr)
+    print(f"[{engine.path_name()}] {line}", file=sys.stderr)
     return 0
 
 

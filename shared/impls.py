@@ -33,13 +33,13 @@ class Component:
 
 
 COMPONENTS: dict[str, Component] = {
-    "phase0": Component("phase0_prototype", "single-request engine: static KV cache, decode step, CUDA graph",
+    "phase0": Component("phase0_prototype", "the model's fused small-batch decode step (phase4=off: the whole engine)",
                         ("framework", "solution")),
-    "phase1": Component("phase1_rust_memory", "KV block manager of the batched engine",
+    "phase1": Component("phase1_rust_memory", "KV block manager of the paged cache",
                         ("auto", "solution", "framework", "reference")),
-    "phase2": Component("phase2_rope_cuda", "RoPE in the single-request engine (off = phase 0's, fused in its kernels)",
+    "phase2": Component("phase2_rope_cuda", "RoPE (off = phase 0's, fused in its kernels)",
                         ("off", "solution", "framework", "reference")),
-    "phase3": Component("phase3_paged_attention", "paged attention of the batched runner",
+    "phase3": Component("phase3_paged_attention", "paged attention over the block manager's cache",
                         ("auto", "solution", "framework", "reference")),
     "phase4": Component("phase4_scheduler", "scheduler: continuous batching over paged KV (off = one request at a time)",
                         ("solution", "framework", "off")),

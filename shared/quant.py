@@ -4,9 +4,9 @@ module path exposing phase 5's ``quantize`` contract, or a directory saved by ``
 ``titaninfer quantize`` writes the quantized model once, as an AutoAWQ GEMM checkpoint (phase 5's
 ``awq_checkpoint``) with the tokenizer beside it; ``--model DIR`` then serves it alone (no float weights are
 ever loaded: embeddings and norms come from the checkpoint), or ``--model M --quant DIR`` beside M's.
-The model is quantized (or loaded) once and serves both paths: a lone request runs phase 5's
-``Int4Engine`` (phase 0's engine, static KV cache and CUDA graph, over W4A16 projections); several
-requests run phase 4's continuous batching with the same ``QuantLinear`` objects as its projections.
+The model is quantized (or loaded) once: phase 4's loop runs the ``QuantLinear`` objects as its projections
+(``int4_runner_options``), phase 0's engine (``phase4=off``) as phase 5's ``Int4Engine``, and tensor
+parallelism cuts them into shards.
 """
 
 from __future__ import annotations
@@ -40,11 +40,17 @@ def build_engine(model: LoadedModel, quantized, *, max_seq_len: int | None = Non
     return Int4Engine(model, quantized, max_seq_len=max_seq_len, compile=compile)
 
 
-def paged_weights(quantized):
-    """``(weights, linear)`` for phase 4's paged runner: the INT4 projections behind ``linear(x, w)``."""
-    from phase5_quantization.integration import call_linear, int4_weights
+# Decode-only steps up to this many rows run the fused step: the W4A16 kernels with the norm, residual and
+# SwiGLU fused serve 1-64 rows (GEMV, then the small-batch tensor-core kernel); larger steps run unfused.
+INT4_FUSED_ROWS = 64
 
-    return int4_weights(quantized), call_linear
+
+def int4_runner_options(quantized) -> dict:
+    """Phase 4's runner over ``quantized``'s projections: ``weights`` (phase 0's fused layout holding
+    ``QuantLinear`` objects), ``linear(x, w) = w(x)`` and the fused decode step's ``gemv`` (W4A16 kernels)."""
+    from phase5_quantization.integration import call_fused, call_linear, int4_weights
+
+    return dict(weights=int4_weights(quantized), linear=call_linear, gemv=call_fused, gemv_rows=INT4_FUSED_ROWS)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",

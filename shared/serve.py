@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, config) -> int:
               file=sys.stderr)
 
     def announce(url: str) -> None:
-        print(f"serving {config.model} on {url}/v1 ({engine.path_name('batched')}; SIGTERM or Ctrl-C drains "
+        print(f"serving {config.model} on {url}/v1 ({engine.path_name()}; SIGTERM or Ctrl-C drains "
               "and stops)", file=sys.stderr, flush=True)
 
     return run_foreground(app, host=args.host, port=args.port, drain_timeout=args.drain_timeout, announce=announce)

@@ -1,4 +1,6 @@
-"""Driving phase 0's single-request engine: one request's tokens into text, offline or streamed.
+"""Phase 0's single-request engine in the assembled one: ``phase4=off``'s path and the bs=1 yardstick.
+
+``build_single`` builds it over the engine's model (phase 2's RoPE, phase 5's INT4 projections when chosen).
 
 Phase 0's engines generate token ids in chunks (``on_tokens``); this module turns them into ``Delta``s with
 phase 4's ``TextStream`` (the one stop-string / EOS / held-back-text path of the project), ends the
@@ -11,13 +13,40 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
+from shared.outputs import Delta, RequestOutput
 from shared.streaming import token_chunks
+
+
+def build_single(engine):
+    """Phase 0's engine (``impls["phase0"]``) for ``shared.engine.LLMEngine`` ``engine``, warmed up."""
+    if engine.quant:
+        from shared.quant import build_engine
+
+        single = build_engine(engine.model, engine.quantized, max_seq_len=engine.max_model_len,
+                              compile=engine.config.compile)
+    else:
+        from phase0_prototype import load_impl
+
+        options = {}
+        if engine.impls["phase2"] != "off":
+            from phase2_rope_cuda.integration import phase0_rope_fn
+
+            options["rope_fn"] = phase0_rope_fn(engine.impls["phase2"])
+        if engine.impls["phase0"] == "solution" and engine.device.type == "cpu":
+            options["sync_every"] = 1  # no device to keep fed: hand every token over at once
+        single = load_impl(engine.impls["phase0"]).build(engine.model, max_seq_len=engine.max_model_len,
+                                                         compile=engine.config.compile, **options)
+        shared = engine.float_weights()
+        if shared is not None and hasattr(single, "weights"):  # one copy of the fused weights (before capture)
+            single.weights = shared
+    if hasattr(single, "warmup"):
+        single.warmup()
+    return single
 
 
 def text_feed(tokenizer, max_tokens: int, stop, ignore_eos: bool):
     """``feed(token ids) -> Delta``: stop strings, EOS and the length limit over one request's tokens."""
     from phase4_scheduler.text_stream import TextStream
-    from shared.engine import Delta
 
     eos = () if ignore_eos else tuple(tokenizer.eos_ids)
     text = TextStream(tokenizer, stop, eos)
@@ -53,8 +82,6 @@ def single_deltas(engine, tokenizer, ids, max_tokens, sampling, stop, ignore_eos
 def single_output(engine, tokenizer, ids, max_tokens, sampling, stop, ignore_eos):
     """Offline: the engine's own loop on this thread, text made in its chunk callback (a stop string ends
     the generation there). No worker thread: its hand-offs cost the bs=1 decode loop time (E.1a)."""
-    from shared.engine import RequestOutput
-
     feed = text_feed(tokenizer, max_tokens, stop, ignore_eos)
     t0, ttft, new, pieces, reason = time.perf_counter(), None, [], [], "length"
 

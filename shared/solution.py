@@ -1,7 +1,7 @@
 """The assembled engine: every phase's solution (``make check-engine`` measures this preset).
 
-- phase 0: static KV cache, fused projections, the decode step as Triton GEMV/attention kernels replayed
-  as one CUDA graph — the single-request (bs=1) decode path, the fastest one the phases have;
+- phase 0: the model with fused projections, and the small-batch decode step as Triton GEMV kernels —
+  what phase 4's loop replays for a lone request (its bucket-1 CUDA graph);
 - phase 1: the Rust block manager (``auto``: the Python reference, same answers, when the extension is
   not built — e.g. a GPU machine that runs from the source tree);
 - phase 2: ``off`` — phase 0's decode kernel applies RoPE inside its attention kernel (one launch fewer

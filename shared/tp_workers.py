@@ -1,6 +1,6 @@
 """Tensor parallelism under phase 4's continuous batching: ranks started once, serving every step.
 
-Rank 0 is the calling process: it runs phase 4's ``LLMEngine`` (scheduler, block manager, sampling, text)
+Rank 0 is the calling process: it runs phase 4's ``BatchingEngine`` (scheduler, block manager, sampling, text)
 over its shard (``phase6_tensor_parallel.paged``). ``tp - 1`` worker processes start once, join the
 process group (gloo on CPU, NCCL on GPUs, one GPU a rank), load the same checkpoint, keep their shard and a
 paged runner with the same KV blocks, and loop: a step's shape (section offsets and scalars, pickled
@@ -93,16 +93,27 @@ class RankSpec:
     block_size: int
     attention_impl: str | None
     int4: str | None = None  # rank 0's INT4 model (``LinearLlama.save``), loaded instead of ``model``
+    rope: str | None = None  # phase 2's RoPE implementation, None: the reference
 
 
-def start_engine(model: LoadedModel, config, *, tp: int, layout: str, seed: int, quantized=None):
-    """Rank 0's phase 4 ``LLMEngine`` (``config``: its ``EngineConfig``) over ``tp`` ranks:
+def _rope(name: str | None):
+    """The runner's ``rope``: phase 2's implementation ``name`` as phase 0's ``RopeFn``, or None."""
+    if name is None:
+        return None
+    from phase2_rope_cuda.integration import phase0_rope_fn
+
+    return phase0_rope_fn(name)
+
+
+def start_engine(model: LoadedModel, config, *, tp: int, layout: str, seed: int, quantized=None,
+                 rope: str | None = None):
+    """Rank 0's phase 4 ``BatchingEngine`` (``config``: its ``BatchingConfig``) over ``tp`` ranks:
     ``(engine, pool)``. ``quantized``: phase 5's INT4 ``LinearLlama`` of ``model`` to shard instead of its
-    float weights."""
-    from phase4_scheduler.engine import LLMEngine
+    float weights; ``rope``: phase 2's RoPE implementation on every rank."""
+    from phase4_scheduler.engine import BatchingEngine
+    from phase5_quantization.integration import int4_weights
     from phase6_tensor_parallel.dist_env import TPError, TPGroup
     from phase6_tensor_parallel.paged import shard
-    from shared.quant import paged_weights
 
     if config.scheduler.preemption == "swap":
         raise ModelError("preemption by swap with tensor parallelism is not built: "
@@ -110,18 +121,18 @@ def start_engine(model: LoadedModel, config, *, tp: int, layout: str, seed: int,
     if dist.is_initialized():
         raise ModelError("a tensor-parallel engine is already running in this process: close() it first")
     config = replace(config, cuda_graphs=False)  # a graph replay would not reach the on_forward hook
-    weights = paged_weights(quantized)[0] if quantized is not None else None
+    weights = int4_weights(quantized) if quantized is not None else None
     try:
         shard_model, weights, linear = shard(model, TPGroup(0, tp), layout, weights)
     except TPError as e:  # an INT4 checkpoint whose groups a shard would split
         raise ModelError(str(e)) from None
-    engine = LLMEngine(shard_model, config, weights=weights, linear=linear, gemv=None)
+    engine = BatchingEngine(shard_model, config, weights=weights, linear=linear, gemv=None, rope=_rope(rope))
     source = str(model.path) if model.path is not None else model.name  # random:* models: name and seed
     with tempfile.TemporaryDirectory(prefix="titaninfer-tp-int4-") if quantized is not None else nullcontext() as int4:
         if int4 is not None:
             quantized.save(int4)  # the workers load it while the pool starts; deleted once all are ready
         spec = RankSpec(source, str(model.dtype).removeprefix("torch."), model.device.type, seed, layout,
-                        engine.runner.num_blocks, engine.runner.block_size, config.attention_impl, int4)
+                        engine.runner.num_blocks, engine.runner.block_size, config.attention_impl, int4, rope)
         return engine, WorkerPool(engine.runner, spec, tp)
 
 
@@ -214,12 +225,11 @@ def _load(spec: RankSpec, device: torch.device) -> tuple[LoadedModel, object]:
 
         return load_model(spec.model, dtype=spec.dtype, device=device, seed=spec.seed), None
     from phase0_prototype.weights import parse_dtype
-    from phase5_quantization.integration import load_checkpoint, prepare
-    from shared.quant import paged_weights
+    from phase5_quantization.integration import int4_weights, load_checkpoint, prepare
 
     quantized = prepare(load_checkpoint(spec.int4), device, parse_dtype(spec.dtype))
     state = {"model.embed_tokens.weight": quantized.embed_tokens}
-    return LoadedModel(spec.model, quantized.config, state, None, None), paged_weights(quantized)[0]
+    return LoadedModel(spec.model, quantized.config, state, None, None), int4_weights(quantized)
 
 
 def _worker(rank: int, world: int, port: int, spec: RankSpec, conn) -> None:
@@ -240,7 +250,8 @@ def _worker(rank: int, world: int, port: int, spec: RankSpec, conn) -> None:
             del model, full  # the runner keeps this rank's shard only
             attention = load_attention(spec.attention_impl) if spec.attention_impl is not None else None
             runner = PagedModelRunner(shard_model, spec.num_blocks, spec.block_size, attention=attention,
-                                      cuda_graphs=False, weights=weights, linear=linear, gemv=None)
+                                      cuda_graphs=False, weights=weights, linear=linear, gemv=None,
+                                      rope=_rope(spec.rope))
         except Exception as e:
             lines = str(e).strip().splitlines()
             conn.send(("error", f"{type(e).__name__}: {lines[0] if lines else ''}"))

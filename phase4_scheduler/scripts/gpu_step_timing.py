@@ -15,7 +15,7 @@ import time
 import torch
 
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.loadgen import Workload, run_offline
 from phase4_scheduler.plan import SchedulerConfig
 
@@ -24,8 +24,8 @@ def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def engine_for(model, overlap: bool = True, impl: str = "solution", budget: int = 8192) -> LLMEngine:
-    e = LLMEngine(model, EngineConfig(SchedulerConfig(256, budget, "sjf", 64), impl, overlap=overlap))
+def engine_for(model, overlap: bool = True, impl: str = "solution", budget: int = 8192) -> BatchingEngine:
+    e = BatchingEngine(model, BatchingConfig(SchedulerConfig(256, budget, "sjf", 64), impl, overlap=overlap))
     t0 = time.perf_counter()
     e.runner.graphs.warmup()
     emit(what="graph warmup", seconds=round(time.perf_counter() - t0, 2), buckets=list(e.runner.graphs.batch_sizes))
@@ -33,7 +33,7 @@ def engine_for(model, overlap: bool = True, impl: str = "solution", budget: int 
     return e
 
 
-def replay_times(engine: LLMEngine) -> None:
+def replay_times(engine: BatchingEngine) -> None:
     g = engine.runner.graphs
     for b in (32, 64, 128, 256):
         graph = g._graphs[b][0]
@@ -47,7 +47,7 @@ def replay_times(engine: LLMEngine) -> None:
         emit(what="decode graph replay", bucket=b, ms=round(start.elapsed_time(end) / 20, 3))
 
 
-def offline(engine: LLMEngine, w: Workload, label: str) -> None:
+def offline(engine: BatchingEngine, w: Workload, label: str) -> None:
     host, steps = [], []
 
     def on_step(e):
@@ -67,7 +67,7 @@ def offline(engine: LLMEngine, w: Workload, label: str) -> None:
          decode_only_steps=sum(1 for s, h in zip(steps, host, strict=True) if s <= 256))
 
 
-def busy(engine: LLMEngine, requests: int = 256) -> None:
+def busy(engine: BatchingEngine, requests: int = 256) -> None:
     from module0_profiling.trace import profile_region
 
     t = profile_region(lambda: run_offline(engine, Workload(requests, long_tokens=64)), iters=1, warmup=0)
@@ -75,7 +75,7 @@ def busy(engine: LLMEngine, requests: int = 256) -> None:
          top=[(k.name[:60], k.calls, round(k.mean_s * 1e6, 1), round(k.share, 3)) for k in t.top(8)])
 
 
-def host_profile(engine: LLMEngine, w: Workload) -> None:
+def host_profile(engine: BatchingEngine, w: Workload) -> None:
     """cProfile of the engine's host side over an offline run (the GPU work is asynchronous)."""
     import cProfile
     import io

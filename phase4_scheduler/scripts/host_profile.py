@@ -16,7 +16,7 @@ import time
 import torch
 
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.loadgen import Workload
 from phase4_scheduler.plan import SchedulerConfig
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     model = load_model(args.model, dtype="fp32", device="meta" if False else "cpu") if args.model != "random:tinyllama" \
         else _meta_tinyllama()
-    engine = LLMEngine(model, EngineConfig(SchedulerConfig(256, 2048), num_blocks=256 * 128, cuda_graphs=False))
+    engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(256, 2048), num_blocks=256 * 128, cuda_graphs=False))
     stub_forward(engine.runner)
     tok = engine.tokenizer
     w = Workload(args.requests, long_tokens=args.long)

@@ -15,7 +15,7 @@ from p4_sim import EOS, expected_tokens, fake_token
 
 from phase0_prototype import load_model
 from phase4_scheduler import SchedulerConfig
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.request import PENDING
 from phase4_scheduler.step_inputs import HostStep
 from phase4_scheduler.table_rows import BlockTableRows
@@ -73,9 +73,9 @@ def check_device_step(inputs, want, sampled, host):
 
 def run_engine(model, overlap: bool, seed: int):
     rng = random.Random(seed)
-    cfg = EngineConfig(SchedulerConfig(max_num_seqs=rng.choice([3, 6]), max_num_batched_tokens=rng.choice([8, 24])),
+    cfg = BatchingConfig(SchedulerConfig(max_num_seqs=rng.choice([3, 6]), max_num_batched_tokens=rng.choice([8, 24])),
                        num_blocks=rng.choice([14, 40]), block_size=BS, overlap=overlap, cuda_graphs=False)
-    engine = LLMEngine(model, cfg)
+    engine = BatchingEngine(model, cfg)
     runner, vocab = engine.runner, model.config.vocab_size
     prompts = [[rng.randrange(3, vocab) for _ in range(rng.choice([1, 2, 5, 9, 17]))] for _ in range(10)]
     new = [rng.randrange(1, 14) for _ in prompts]
@@ -151,9 +151,9 @@ def test_the_random_workloads_preempt_and_mix_prefill_with_decodes(model):
     # (the same configurations and prompts as ``run_engine``'s seeds)
     for seed in range(6):
         rng = random.Random(seed)
-        cfg = EngineConfig(SchedulerConfig(max_num_seqs=rng.choice([3, 6]), max_num_batched_tokens=rng.choice([8, 24])),
+        cfg = BatchingConfig(SchedulerConfig(max_num_seqs=rng.choice([3, 6]), max_num_batched_tokens=rng.choice([8, 24])),
                            num_blocks=rng.choice([14, 40]), block_size=BS, cuda_graphs=False)
-        e = LLMEngine(model, cfg)
+        e = BatchingEngine(model, cfg)
         vocab = model.config.vocab_size
         prompts = [[rng.randrange(3, vocab) for _ in range(rng.choice([1, 2, 5, 9, 17]))] for _ in range(10)]
         new = [rng.randrange(1, 14) for _ in prompts]
@@ -192,7 +192,7 @@ def test_block_table_rows_follow_a_dict_of_lists():
 
 
 def test_events_are_built_only_when_read(model):
-    engine = LLMEngine(model, EngineConfig(SchedulerConfig(4, 32), block_size=BS, cuda_graphs=False))
+    engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(4, 32), block_size=BS, cuda_graphs=False))
     rng = random.Random(5)
     reqs = [engine.make_request([rng.randrange(3, 300) for _ in range(6)], 5, ignore_eos=True) for _ in range(3)]
     for r in reqs:

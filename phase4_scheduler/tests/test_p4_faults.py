@@ -17,7 +17,7 @@ from phase0_prototype.errors import ModelError
 from phase0_prototype.sampling import SEED_RANGE, SamplingParams
 from phase4_scheduler import SchedulerConfig
 from phase4_scheduler import sampler as sampler_module
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.engine_loop import EngineDead, EngineLoop, ShuttingDown
 from phase4_scheduler.text_stream import MAX_STOP_LENGTH, MAX_STOP_STRINGS
 
@@ -39,7 +39,7 @@ def reference(model):
 
 @pytest.fixture
 def engine(model):
-    return LLMEngine(model, EngineConfig(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64)))
+    return BatchingEngine(model, BatchingConfig(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64)))
 
 
 class Outcome:

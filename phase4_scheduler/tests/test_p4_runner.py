@@ -14,7 +14,7 @@ from phase0_prototype import load_model
 from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason
 from phase0_prototype.sampling import SamplingParams
 from phase4_scheduler import SchedulerConfig
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 
 
 @pytest.fixture(scope="module", params=["random:tiny", "kjv-llama-18m"])
@@ -35,9 +35,9 @@ def _random_prompts(model, lengths, seed):
 def test_concurrent_greedy_equals_one_at_a_time(model, sched):
     prompts = _random_prompts(model, [3, 21, 9, 40, 1], seed=len(model.name) + sched["max_num_batched_tokens"])
     new_tokens = [12, 6, 20, 9, 15]
-    cfg = EngineConfig(SchedulerConfig(sched["max_num_seqs"], sched["max_num_batched_tokens"]),
+    cfg = BatchingConfig(SchedulerConfig(sched["max_num_seqs"], sched["max_num_batched_tokens"]),
                        num_blocks=sched["num_blocks"], block_size=4)
-    engine = LLMEngine(model, cfg)
+    engine = BatchingEngine(model, cfg)
     requests = [engine.make_request(p, n, ignore_eos=True) for p, n in zip(prompts, new_tokens, strict=True)]
     preempted = []
     engine.generate(requests, on_step=lambda e: preempted.extend(e.last_step.plan.preempted))
@@ -53,7 +53,7 @@ def test_concurrent_greedy_equals_one_at_a_time(model, sched):
 @pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 def test_concurrent_greedy_equals_hf(model):
     prompts = _random_prompts(model, [5, 17, 2], seed=7)
-    engine = LLMEngine(model, EngineConfig(SchedulerConfig(4, 12), block_size=8))
+    engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(4, 12), block_size=8))
     requests = [engine.make_request(p, 10, ignore_eos=True) for p in prompts]
     engine.generate(requests)
     hf = build_hf(model)
@@ -94,7 +94,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():
     params = SamplingParams(temperature=0.9, top_k=40, top_p=0.9, seed=1234)
 
     def run(batch_with):
-        engine = LLMEngine(model, EngineConfig(SchedulerConfig(4, 32), block_size=8))
+        engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(4, 32), block_size=8))
         target = engine.make_request(prompt, 12, params, ignore_eos=True)
         others = [engine.make_request(model.tokenizer.encode(t), 8, SamplingParams(1.0, seed=i), ignore_eos=True)
                   for i, t in enumerate(batch_with)]
@@ -103,7 +103,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():
 
     alone, crowded = run([]), run(["In the beginning", "Jesus wept and"])
     assert alone == crowded
-    other_seed = LLMEngine(model, EngineConfig(SchedulerConfig(4, 32), block_size=8))
+    other_seed = BatchingEngine(model, BatchingConfig(SchedulerConfig(4, 32), block_size=8))
     r = other_seed.make_request(prompt, 12, SamplingParams(0.9, 40, 0.9, seed=99), ignore_eos=True)
     other_seed.generate([r])
     assert r.output_ids != alone, "a different seed should give a different continuation"
@@ -111,7 +111,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():
 
 def test_stop_string_ends_the_request_and_is_cut_from_the_text():
     model = load_model("kjv-llama-18m", dtype="fp32")
-    engine = LLMEngine(model, EngineConfig(SchedulerConfig(2, 32), block_size=8))
+    engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(2, 32), block_size=8))
     prompt = model.tokenizer.encode("In the beginning")
     free = engine.make_request(prompt, 30, ignore_eos=True)
     engine.generate([free])
@@ -138,7 +138,7 @@ def test_overlapped_steps_give_the_same_tokens_text_and_finish_as_one_step_at_a_
                "The LORD is my shepherd"]
     results = []
     for overlap in (False, True):
-        engine = LLMEngine(model, EngineConfig(SchedulerConfig(4, 16), num_blocks=11, block_size=4, overlap=overlap))
+        engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(4, 16), num_blocks=11, block_size=4, overlap=overlap))
         free = engine.make_request(tok.encode(prompts[0]), 16, ignore_eos=True)
         engine.generate([free])
         stop = engine.output_text(free)[6:10]
@@ -163,7 +163,7 @@ def test_overlapped_steps_give_the_same_tokens_text_and_finish_as_one_step_at_a_
 
 def test_eos_and_context_limit():
     model = load_model("random:tiny", dtype="fp32")
-    engine = LLMEngine(model, EngineConfig(SchedulerConfig(2, 32), block_size=8, max_model_len=64))
+    engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(2, 32), block_size=8, max_model_len=64))
     with pytest.raises(ValueError, match="exceeds the context limit of 64 tokens"):
         engine.make_request([5] * 40, 30)
     r = engine.make_request([5, 6, 7], 20, ignore_eos=True)
@@ -187,7 +187,7 @@ def test_cuda_graph_decode_equals_eager_on_gpu():
     prompts = _random_prompts(model, [3, 30, 9, 17, 1, 12], 5)
     outputs = []
     for graphs, fused, overlap in ((False, False, False), (True, True, True), (True, False, True)):
-        engine = LLMEngine(model, EngineConfig(SchedulerConfig(8, 64), block_size=16, cuda_graphs=graphs,
+        engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(8, 64), block_size=16, cuda_graphs=graphs,
                                                overlap=overlap))
         engine.runner.fused = fused
         requests = [engine.make_request(p, 24, ignore_eos=True) for p in prompts]

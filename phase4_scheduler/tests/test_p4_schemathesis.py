@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.engine_loop import EngineLoop
 from phase4_scheduler.plan import SchedulerConfig
 from phase4_scheduler.serve import ServerThread
@@ -35,8 +35,8 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 
 @pytest.fixture(scope="module")
 def server():
-    engine = LLMEngine(load_model(MODEL, dtype="fp32", device="cpu"),
-                       EngineConfig(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64), max_model_len=32))
+    engine = BatchingEngine(load_model(MODEL, dtype="fp32", device="cpu"),
+                       BatchingConfig(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64), max_model_len=32))
     with ServerThread(create_app(EngineLoop(engine).start(), MODEL)) as srv:
         yield srv
 

@@ -14,7 +14,7 @@ import pytest
 
 from phase0_prototype.errors import ModelError
 from phase0_prototype.sources import load_model
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.engine_loop import EngineDead, EngineLoop
 from phase4_scheduler.plan import SchedulerConfig
 from phase4_scheduler.server import MAX_CHARS_PER_TOKEN, create_app
@@ -30,7 +30,7 @@ def loaded():
 
 
 def engine_loop(loaded, cls=EngineLoop) -> EngineLoop:
-    engine = LLMEngine(loaded, EngineConfig(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64),
+    engine = BatchingEngine(loaded, BatchingConfig(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64),
                                             max_model_len=CONTEXT))
     return cls(engine)
 
@@ -229,7 +229,7 @@ def test_dead_engine_is_a_503_at_once_and_health_says_why(loaded, monkeypatch):
         steps.append(1)
         if len(steps) > 3:
             raise RuntimeError("device lost")
-        return LLMEngine.step(loop.engine)
+        return BatchingEngine.step(loop.engine)
 
     monkeypatch.setattr(loop.engine, "step", step)
     app = create_app(loop.start(), MODEL)

@@ -18,7 +18,7 @@ from p4_sim import build_workload, drive, expected_tokens, workloads
 from phase0_prototype import load_impl as phase0_impl
 from phase0_prototype import load_model
 from phase4_scheduler import SchedulerConfig
-from phase4_scheduler.engine import EngineConfig, LLMEngine
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.request import Status
 
 BS = 4
@@ -44,9 +44,9 @@ def alone(model, prompts):
 
 def run(model, prompts, *, preemption="recompute", num_cpu_blocks=None, overlap=True, num_blocks=14):
     """Generate ``prompts`` in one engine with a small KV pool; (outputs, engine, record)."""
-    cfg = EngineConfig(SchedulerConfig(5, 64, preemption=preemption), num_blocks=num_blocks, block_size=BS,
+    cfg = BatchingConfig(SchedulerConfig(5, 64, preemption=preemption), num_blocks=num_blocks, block_size=BS,
                        overlap=overlap, num_cpu_blocks=num_cpu_blocks)
-    engine = LLMEngine(model, cfg)
+    engine = BatchingEngine(model, cfg)
     record = dict(swapped=0, recomputed=0, checked_blocks=0, problems=[])
     sched, space = engine.scheduler, engine.runner.swap_space
     preempt = sched._preempt
@@ -116,16 +116,16 @@ def test_swap_configuration_errors_are_one_line():
     with pytest.raises(ValueError, match="preemption must be one of recompute, swap"):
         SchedulerConfig(preemption="spill")
     with pytest.raises(ValueError, match="needs a CPU pool"):
-        EngineConfig(SchedulerConfig(preemption="swap"), swap_space=0)
+        BatchingConfig(SchedulerConfig(preemption="swap"), swap_space=0)
     with pytest.raises(ValueError, match="swap_space must be >= 0"):
-        EngineConfig(swap_space=-1.0)
+        BatchingConfig(swap_space=-1.0)
     with pytest.raises(ValueError, match="num_cpu_blocks must be >= 0"):
-        EngineConfig(num_cpu_blocks=-3)
-    cfg = EngineConfig(SchedulerConfig(preemption="swap"), swap_space=1e-9)
+        BatchingConfig(num_cpu_blocks=-3)
+    cfg = BatchingConfig(SchedulerConfig(preemption="swap"), swap_space=1e-9)
     with pytest.raises(ValueError, match="holds no KV block"):
         cfg.cpu_blocks(4096)
-    assert EngineConfig(swap_space=4.0).cpu_blocks(4096) == 0, "recompute mode allocates no pool"
-    assert EngineConfig(SchedulerConfig(preemption="swap"), swap_space=1.0).cpu_blocks(2**20) == 1024
+    assert BatchingConfig(swap_space=4.0).cpu_blocks(4096) == 0, "recompute mode allocates no pool"
+    assert BatchingConfig(SchedulerConfig(preemption="swap"), swap_space=1.0).cpu_blocks(2**20) == 1024
 
 
 def test_serve_cli_rejects_a_bad_swap_space(capsys):

@@ -3,8 +3,8 @@
     PYTHONPATH=$PWD python3 -m shared.scripts.gpu_bs1
 
 Builds the engine as ``make check-engine`` does (SIZE=full: random:tinyllama bf16, prompt 512, 128 new tokens)
-and prints ms/token and MBU of ``LLMEngine.generate`` (what E.1a measures) and of ``engine.single.generate``
-(no engine layer: no text, no stop strings, no chunk callback), so the engine layer's own cost shows.
+and prints ms/token and MBU of ``LLMEngine.generate`` (what E.1a measures: phase 4's loop at batch 1) and of
+``engine.single.generate`` (phase 0's engine alone: no scheduler, paged KV or text), so the loop's own cost shows.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from shared.bench_rows import engine_latency
 def main() -> None:
     ctx = Context("full")
     engine = ctx.engine("solution")
-    engine.warmup(batched=engine.route(2) == "batched")
+    engine.warmup()
     ids, n = ctx.prompt[0].tolist(), ctx.s["new"]
     for label, fn in (("LLMEngine.generate (E.1a)", lambda: engine_latency(engine, ctx.prompt, n, 5)),
                       ("phase 0 engine directly", lambda: measure_generate(

@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_generate_streams_text_and_speed(capsys):
     code, out, err = cli(capsys, "generate", "--model", "random:tiny", "--prompt", "Hello", "--max-new-tokens", "12")
     assert code == 0 and out.startswith("Hello") and len(out.strip()) > len("Hello")
-    assert "tokens/s" in err and "GB/s" in err and "phase 0 solution" in err
+    assert "tokens/s" in err and "GB/s" in err and "phase 4 continuous batching" in err
 
 
 def test_generate_with_a_per_phase_impl_and_sampling(capsys):
@@ -35,7 +36,7 @@ def test_generate_with_a_per_phase_impl_and_sampling(capsys):
                        "--impl", "framework", "--chat", "--temperature", "0.8", "--top-k", "20", "--seed", "1")
     assert code == 0 and "no KV cache" in err
     code, _, err = cli(capsys, "generate", "--model", "random:tiny", "--max-new-tokens", "6",
-                       "--impl", "phase3=reference,phase1=reference", "--bs1-decode", "phase4")
+                       "--impl", "phase3=reference,phase1=reference")
     assert code == 0 and "phase 4 continuous batching" in err and "phase1=reference" in err
 
 
@@ -135,7 +136,8 @@ def test_chat_drops_the_oldest_exchanges_when_the_context_is_full():
 @pytest.mark.parametrize("quant", [None, "rtn"], ids=["bf16", "int4-rtn"])
 def test_serve_answers_like_the_engine(quant):
     """The server (phase 4's continuous batching, with phase 5's INT4 projections under ``quant``) returns the
-    greedy text of the single-request engine (phase 0's, or phase 5's ``Int4Engine``) on the same weights."""
+    greedy text of the seed's path on the same weights: phase 0's engine (phase 5's ``Int4Engine`` with INT4),
+    a static KV cache and no scheduler (``phase4=off``)."""
     import openai
 
     from phase4_scheduler.serve import ServerThread
@@ -144,9 +146,10 @@ def test_serve_answers_like_the_engine(quant):
 
     engine = LLMEngine(EngineConfig(model="kjv-llama-18m", impl="phase1=reference", quant=quant, max_num_seqs=4,
                                     max_num_batched_tokens=64))
+    seed_path = LLMEngine(replace(engine.config, impl="phase4=off"), model=engine.model)
     prompts = ["And God said", "In the beginning God created"]
-    expected = [engine.generate(p, max_tokens=10, ignore_eos=True)[0].text for p in prompts]
-    assert engine.last_run.path.startswith("phase 5 INT4" if quant else "phase 0")
+    expected = [seed_path.generate(p, max_tokens=10, ignore_eos=True)[0].text for p in prompts]
+    assert seed_path.last_run.path.startswith("phase 5 INT4" if quant else "phase 0")
     app, _ = build_app(engine.config, engine=engine)
     with ServerThread(app) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -1,5 +1,5 @@
-"""On a CUDA GPU: the compiled paths (phase 0's Triton step in a CUDA graph, phase 3's Triton kernels,
-phase 4's decode graphs, phase 2's CUDA RoPE) give HF's greedy tokens in fp32."""
+"""On a CUDA GPU: the compiled paths (phase 0's Triton step in phase 4's decode graphs and in its own engine,
+phase 3's Triton kernels, phase 2's CUDA RoPE) give HF's greedy tokens in fp32."""
 
 from __future__ import annotations
 
@@ -18,30 +18,31 @@ def kjv():
     return load_model("kjv-llama-18m", dtype="fp32", device="cuda")
 
 
-@pytest.mark.parametrize("spec,bs1", [("solution", "phase0"), ("solution", "phase4"), ("phase2=solution", "phase0"),
-                                      ("phase3=framework", "phase4")])
-def test_compiled_paths_equal_hf(kjv, spec, bs1):
+@pytest.mark.parametrize("spec", ["solution", "phase0=framework", "phase2=solution", "phase3=framework",
+                                  "phase4=off", "phase4=off,phase2=solution"])
+def test_compiled_paths_equal_hf(kjv, spec):
     prompts = random_prompts(kjv, [7, 30, 3], seed=31)
     new = [12, 5, 9]
     expected = reference_tokens(kjv, prompts, new)
-    e = LLMEngine(EngineConfig(model="kjv-llama-18m", impl=spec, bs1_decode=bs1, max_num_seqs=4,
-                               max_num_batched_tokens=32), model=kjv)
-    e.warmup(batched=True)
+    e = LLMEngine(EngineConfig(model="kjv-llama-18m", impl=spec, max_num_seqs=4, max_num_batched_tokens=32),
+                  model=kjv)
+    e.warmup()
     assert e.generate(prompts[:1], max_tokens=new[:1], ignore_eos=True)[0].token_ids == expected[0]
     assert [o.token_ids for o in e.generate(prompts, max_tokens=new, ignore_eos=True)] == expected
 
 
 def test_int4_under_continuous_batching_on_the_gpu():
     """Phase 5's W4A16 kernels inside phase 4's paged runner (decode graphs captured over them) against phase
-    5's single-request engine on the same INT4 weights (different kernels: row GEMV vs small-batch MMA, so
-    bf16 roundings differ and a late token may flip; the first tokens of every prompt must agree)."""
+    5's single-request engine on the same INT4 weights (batched, the kernels differ: row GEMV vs small-batch
+    MMA, so bf16 roundings differ and a late token may flip; the first tokens of every prompt must agree)."""
     model = load_model("kjv-llama-18m", dtype="bf16", device="cuda")
     prompts = random_prompts(model, [7, 30, 3, 12], seed=32)
     e = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", max_num_seqs=4, max_num_batched_tokens=32),
                   model=model)
-    e.warmup(batched=True)
-    alone = [e.generate([p], max_tokens=10, ignore_eos=True)[0].token_ids for p in prompts]
-    assert e.last_run.path.startswith("phase 5 INT4")
+    e.warmup()
+    alone = [e.single.generate(p, 10, stop_on_eos=False).sequences()[0] for p in prompts]  # phase 5's engine
+    loop_alone = [e.generate([p], max_tokens=10, ignore_eos=True)[0].token_ids for p in prompts]  # batch 1
+    assert all(a[:4] == b[:4] for a, b in zip(alone, loop_alone, strict=True)), (alone, loop_alone)
     batched = [o.token_ids for o in e.generate(prompts, max_tokens=10, ignore_eos=True)]
     assert "INT4 (rtn)" in e.last_run.path and e.batched.runner.graphs is not None
     assert all(a[:4] == b[:4] for a, b in zip(alone, batched, strict=True)), (alone, batched)

@@ -60,6 +60,14 @@ def test_batched_engine_equals_hf(model, cases, phase1, phase4):
     assert e.batched.blocks.num_free_gpu_blocks == e.batched.blocks.num_gpu_blocks  # every block returned
 
 
+def test_phase2_rope_in_the_loop_equals_hf(model, cases):
+    """Phase 2's RoPE (its PyTorch reference on a CPU) plugged into phase 4's runner: the one model's ``rope``."""
+    prompts, new, expected = cases["full"]
+    e = engine(model, "phase1=reference,phase2=reference,phase3=reference")
+    assert run(e, prompts, new) == expected
+    assert "phase 2 RoPE (reference)" in e.last_run.path
+
+
 @pytest.mark.parametrize("phase3", ["framework", "solution"])
 @pytest.mark.parametrize("phase4", ["solution", "framework"])
 def test_triton_attention_in_the_engine_equals_hf(model, cases, phase3, phase4):
@@ -73,12 +81,11 @@ def test_block_tables_of_each_manager_read_by_the_triton_kernel(model, cases, ph
     assert run(engine(model, f"phase1={phase1},phase3=solution"), prompts, new) == expected
 
 
-def test_lone_request_through_phase4_equals_phase0_path(model, cases):
+def test_lone_request_is_batch_1_of_the_loop(model, cases):
     prompts, new, expected = cases["full"]
-    via4 = engine(model, "solution", bs1_decode="phase4")
-    via0 = engine(model, "solution")
-    assert run(via4, prompts[:1], new[:1]) == expected[:1] == run(via0, prompts[:1], new[:1])
-    assert via4.last_run.path.startswith("phase 4") and via0.last_run.path.startswith("phase 0")
+    e = engine(model, "solution")
+    assert run(e, prompts[:1], new[:1]) == expected[:1]
+    assert e.last_run.path.startswith("phase 4") and e._single is None, "no second engine built"
 
 
 def test_framework_preset_is_the_seed_prototype(model, cases):
@@ -122,9 +129,9 @@ def test_eos_ends_a_request_like_phase0(model, cases):
             assert o.token_ids == cut, spec
 
 
-def test_both_engines_share_one_copy_of_the_fused_weights(model):
+def test_phase0_yardstick_shares_the_loops_fused_weights(model):
     e = engine(model, "solution")
-    e.warmup(batched=True)
+    e.warmup()
     assert e.single.weights is e.batched.runner.weights
 
 

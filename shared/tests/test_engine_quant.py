@@ -1,8 +1,8 @@
 """Phase 5 in the engine: with ``quant`` set, the engine decodes with phase 5's INT4 weights (quantized by the
 method asked for) and its greedy tokens are those of phase 5's own model run by recomputation
 (``LinearLlama.greedy``: no KV cache, no CUDA graph — a different decode path on the same weights), for a
-lone request (phase 0's engine) and under continuous batching (phase 4's paged runner over the same
-``QuantLinear`` objects); bad group sizes are one-line errors."""
+lone request and under continuous batching (phase 4's paged runner over the ``QuantLinear`` objects), and
+with ``phase4=off`` (phase 5's ``Int4Engine``: phase 0's engine over them); bad group sizes are one-line errors."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ def model():
     return tiny_model(device="cpu")  # phase 5's quantizers and its CPU path
 
 
-@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
-def test_int4_engine_equals_phase5_model(model, method):
+@pytest.mark.parametrize("method,impl", [("rtn", "solution"), ("gptq", "solution"), ("awq", "phase4=off")])
+def test_int4_engine_equals_phase5_model(model, method, impl):
     prompt = random_prompts(model, [9], seed=21)[0]
-    e = LLMEngine(EngineConfig(model="random:tiny", quant=method, quant_group_size=32), model=model)
+    e = LLMEngine(EngineConfig(model="random:tiny", impl=impl, quant=method, quant_group_size=32), model=model)
     got = e.generate([prompt], max_tokens=6, ignore_eos=True)[0].token_ids
-    quantized = e.single.quantized
+    quantized = e.quantized
     assert quantized.method == method
     assert got == quantized.greedy(prompt, 6)
-    assert e.last_run.path.startswith(f"phase 5 INT4 ({method})")
+    assert f"INT4 ({method})" in e.last_run.path
     # INT4 really changed the numbers: the float model's logits differ
     assert not bool((quantized.forward_logits([prompt]) == LinearLlama.from_loaded(model).forward_logits([prompt])).all())
 
@@ -68,7 +68,7 @@ def test_quantize_once_then_serve_the_checkpoint(tmp_path, capsys):
     fresh = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", **options), model=beside.model)
     alone = LLMEngine(EngineConfig(model=str(out), **options))  # no float model at all
     assert sorted(alone.model.state) == ["model.embed_tokens.weight", "model.norm.weight"]
-    for many in (False, True):  # one request: phase 0's INT4 engine; several: continuous batching
+    for many in (False, True):  # one request (batch 1 of the loop), several
         batch = prompts if many else prompts[:1]
         want = [o.token_ids for o in fresh.generate(batch, max_tokens=8, ignore_eos=True)]
         for engine in (beside, alone):

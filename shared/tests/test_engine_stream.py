@@ -1,5 +1,5 @@
-"""Streaming (``LLMEngine.stream``) gives the same tokens and text as offline ``generate`` on both
-single-request paths; stop strings cut the text like OpenAI's (the stop string excluded) whichever way
+"""Streaming (``LLMEngine.stream``) gives the same tokens and text as offline ``generate`` on both paths
+(phase 4's loop; phase 0's engine with ``phase4=off``); stop strings cut the text like OpenAI's (the stop string excluded) whichever way
 it arrives; leaving a stream early frees what the request held and leaves the engine usable."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ def kjv():
     return load_model("kjv-llama-18m", dtype="fp32")
 
 
-@pytest.fixture(scope="module", params=["phase0", "phase4"])
+@pytest.fixture(scope="module", params=["solution", "phase4=off"])
 def engine(request, kjv):
-    return LLMEngine(EngineConfig(model="kjv-llama-18m", bs1_decode=request.param, max_num_seqs=4,
+    return LLMEngine(EngineConfig(model="kjv-llama-18m", impl=request.param, max_num_seqs=4,
                                   max_num_batched_tokens=64), model=kjv)
 
 

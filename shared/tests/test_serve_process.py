@@ -171,12 +171,12 @@ def test_requests_outliving_the_drain_timeout_get_an_error_answer_not_a_cut():
 def test_a_dead_engine_stops_the_server_with_exit_1(capsys, monkeypatch):
     """The engine thread dies on the first step: the request in flight gets 503, the process exits 1
     with one line naming the cause (so that a supervisor restarts it)."""
-    from phase4_scheduler.engine import LLMEngine
+    from phase4_scheduler.engine import BatchingEngine
 
     def broken_step(self):
         raise RuntimeError("injected device fault")
 
-    monkeypatch.setattr(LLMEngine, "step", broken_step)
+    monkeypatch.setattr(BatchingEngine, "step", broken_step)
     code: list[int] = []
     runner = threading.Thread(target=lambda: code.append(main(["serve", "--model", MODEL, "--port", "0",
                                                                 "--max-num-seqs", "4"])))

@@ -104,3 +104,49 @@ def test_preemption_by_swap_is_refused_before_any_process_starts():
     with pytest.raises(ModelError, match="preemption by swap with tensor parallelism is not built"):
         engine.generate(PROMPTS[:2], max_tokens=4)
     assert engine.tp_workers is None and not dist.is_initialized()
+
+
+def test_serve_int4_awq_with_tp2_answers_like_tp1(tmp_path):
+    """Quantization and TP are two transforms of one model: an AWQ checkpoint written once
+    (``titaninfer quantize``) served with ``--tp 2`` (every rank cuts the INT4 layers, whole groups) answers
+    with the greedy text of the same checkpoint at tp=1, and of phase 5's own model (no KV cache)."""
+    from dataclasses import replace
+
+    import openai
+
+    from phase4_scheduler.serve import ServerThread
+    from shared.cli import main
+    from shared.serve import build_app
+
+    out = tmp_path / "kjv-awq"
+    assert main(["quantize", "--model", "kjv-llama-18m", "--method", "awq", "--out", str(out), "--device", "cpu"]) == 0
+    tp1 = LLMEngine(replace(config(1), model=str(out)))
+    expected = [tp1.generate(p, max_tokens=8, ignore_eos=True)[0] for p in PROMPTS[:2]]
+    assert [o.token_ids for o in expected] == [tp1.quantized.greedy(o.prompt_ids, 8) for o in expected]
+    engine = LLMEngine(replace(config(2), model=str(out)))
+    try:
+        app, _ = build_app(engine.config, engine=engine)
+        try:
+            with ServerThread(app) as srv:
+                client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+                for prompt, want in zip(PROMPTS[:2], expected, strict=True):
+                    answer = client.completions.create(model=str(out), prompt=prompt, max_tokens=8, temperature=0,
+                                                       extra_body={"ignore_eos": True})
+                    assert answer.choices[0].text == want.text
+                client.close()
+        finally:
+            app.state.loop.shutdown()
+        assert "INT4 (" in engine.path_name() and "tp=2" in engine.path_name()
+    finally:
+        engine.close()
+    assert not dist.is_initialized()
+
+
+def test_int4_group_split_by_a_shard_is_refused_before_any_process_starts():
+    from dataclasses import replace
+
+    # kjv: o_proj has 512 inputs, 256 a rank at tp=2; groups of 512 would be cut in half
+    with pytest.raises(ModelError, match="whole INT4 groups") as info:
+        LLMEngine(replace(config(2), quant="rtn", quant_group_size=512))
+    assert "\n" not in str(info.value)
+    assert not dist.is_initialized()
