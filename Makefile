@@ -101,7 +101,7 @@ check-phase5: setup ## P5.1–P5.3: INT4 weight-only quantization
 	$(CHECK) phase5
 check-phase6: setup ## P6.1–P6.4: tensor parallelism
 	$(CHECK) phase6
-check-engine: setup ## E.1: the assembled engine
+check-engine: setup ## E.1–E.2: the assembled engine (and INT4 under its continuous batching)
 	$(CHECK) engine
 
 check-all: setup ## every check that exists (continues past failures, fails at the end if any failed)
