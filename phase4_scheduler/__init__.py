@@ -27,7 +27,8 @@ phase 3's paged cache, CUDA graphs for bucketed decode batches on GPU), ``sample
 temperature / top-p / top-k / seed), ``engine.BatchingEngine`` (scheduler + runner + stop strings,
 offline ``generate`` and the background ``EngineLoop``), ``server`` (FastAPI: ``/v1/completions``,
 ``/v1/chat/completions`` with SSE streaming, ``/v1/models``, ``/health``, ``/metrics``),
-``loadgen`` (HTTP and offline load), ``bench``/``checks`` (P4.1–P4.5).
+``loadgen`` (HTTP and offline load), ``disagg`` (prefill/decode disaggregation: prefill and decode
+workers, KV transfer, router), ``bench``/``checks`` (P4.1–P4.7).
 Run the server: ``python -m phase4_scheduler serve --model kjv-llama-18m --port 8000``.
 """
 

@@ -1,6 +1,7 @@
 """Phase 4 benchmark: offline throughput (solution vs static batching vs HF ``generate_batch``), GPU
 busy under saturating load, HTTP TTFT/TPOT, SJF vs FCFS on short requests with aging's bound, and a
-10× overload of a live server — all in one process.
+10× overload of a live server, and prefill/decode disaggregation vs the colocated engine on a prefill-heavy
+Poisson load (P4.6, P4.7: GPU; SKIP on CPU, figures in a table) — all in one run.
 
 size "small" (CPU, bundled model, < 1 min): P4.4 and P4.5 measured for real; the GPU targets
 (P4.1 needs the HF peer on a GPU, P4.2 the GPU trace, P4.3 absolute latencies meant for a GPU) SKIP
@@ -17,6 +18,7 @@ from module0_profiling.targets import BenchResult, Comparison
 from module0_profiling.timing import time_region
 from phase0_prototype.sampling import SamplingParams
 from phase0_prototype.sources import load_model
+from phase4_scheduler.disagg.bench import measure_disaggregation
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.loadgen import Workload, run_http, run_offline
 from phase4_scheduler.plan import SchedulerConfig
@@ -179,6 +181,7 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
     measure_offline(result, model, impl, s)
     measure_policies(result, model, impl, s)
     measure_http(result, s["model"], s, impl)
+    measure_disaggregation(result, size)
     result.notes.append("Latencies are wall-clock through this process; the workload is 50 % short / 50 % long "
                         "outputs with ignore_eos, greedy.")
     return result

@@ -1,4 +1,4 @@
-"""Phase 4 acceptance targets (P4.1–P4.5), evaluated on ``bench.run``'s metrics."""
+"""Phase 4 acceptance targets (P4.1–P4.7), evaluated on ``bench.run``'s metrics."""
 
 from module0_profiling.targets import Target, pct, times
 
@@ -15,4 +15,8 @@ TARGETS = [
     Target("P4.5", "10× overload: accepted all complete, rejected get 429, KV all free after", "0 lost",
            ["overload_lost", "overload_rejected", "kv_free_after"], lambda lost, rej, free: lost == 0 and rej > 0 and free == 1.0,
            lambda lost, rej, free: f"{lost:.0f} lost, {rej:.0f} × 429, KV free {free * 100:.0f} %"),
+    Target("P4.6", "PD disaggregation: KV transfer bandwidth (read + write of the gather and scatter) vs the "
+           "measured copy bandwidth, one GPU", "≥ 50 %", ["p4_6_kv_transfer_vs_copy"], lambda r: r >= 0.5, pct),
+    Target("P4.7", "PD disaggregation: decode TPOT p99 under a prefill-heavy Poisson load vs the colocated engine",
+           "≤ 0.7×", ["p4_7_tpot_p99_ratio"], lambda r: r <= 0.7, times),
 ]

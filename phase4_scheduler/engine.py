@@ -31,7 +31,7 @@ itself (the batched forward pass) is not one request's: it propagates to the cal
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -216,6 +216,7 @@ class BatchingEngine:
         self._with_stop: set[int] = set()  # ids of unfinished requests with stop strings
         self.last_step: StepStats | None = None
         self._in_flight: PendingStep | None = None  # launched, tokens not read back yet (overlap)
+        self._imports: dict[int, Callable] = {}  # prefilled elsewhere, waiting for blocks to load their KV into
 
     @property
     def tokenizer(self):
@@ -253,6 +254,41 @@ class BatchingEngine:
             raise
         return request
 
+    def add_prefilled(self, request: Request, load_kv: Callable[[list, list[int]], None]) -> Request:
+        """Queue ``request`` whose prompt was computed elsewhere (prefill/decode disaggregation's decode side):
+        ``num_computed == len(prompt_ids)`` and its first token in ``output_ids``. The scheduler admits it
+        like any request whose context is cached (its next chunk is one decode); once admitted, before the
+        step's forward pass, ``load_kv(runner.kv, block_table)`` writes the prompt's K/V into its blocks.
+        A failing ``load_kv`` ends that request alone (``fail``)."""
+        if request.num_computed != len(request.prompt_ids) or len(request.output_ids) != 1:
+            raise ValueError("a prefilled request has its whole prompt computed and exactly its first token as "
+                             "output: set num_computed = len(prompt_ids) and output_ids = [first token]")
+        self.add(request)
+        stream = self.streams[request.request_id]
+        if stream.stop:  # its text so far, for the stop strings (the prefill side checked this token already)
+            stream.push(request.output_ids[0])
+        self._imports[request.request_id] = load_kv
+        return request
+
+    def _load_prefilled(self) -> list[Request]:
+        """Load the KV of the prefilled requests this step admitted (their blocks are allocated now); the
+        requests whose load failed, ended (their row in the step computes, its token is dropped)."""
+        failed = []
+        for rid in list(self._imports):
+            r = self.scheduler.by_id.get(rid)
+            if r is not None and r.status is Status.RUNNING:
+                load_kv = self._imports.pop(rid)
+                try:
+                    load_kv(self.runner.kv, self.blocks.block_table(rid))
+                except Exception as e:  # noqa: BLE001 - this request's KV alone, not the batch's
+                    failed.append(self.fail(r, e))
+        return failed
+
+    def release_kv(self, request_id: int) -> None:
+        """Free the blocks a finished ``keep_kv`` request kept (the prefill side, once they are sent)."""
+        if request_id in self.blocks and request_id not in self.scheduler.by_id:
+            self.blocks.free(request_id)
+
     def fail(self, request: Request, error: BaseException) -> Request:
         """End ``request`` alone because of ``error``: its KV blocks are freed, its finish reason is
         ``"error: <one line>"``; the other requests go on. Safe on a finished or never-added request."""
@@ -268,6 +304,7 @@ class BatchingEngine:
         return r
 
     def _forget(self, request_id: int) -> None:
+        self._imports.pop(request_id, None)
         self.streams.pop(request_id, None)
         self._with_stop.discard(request_id)
         self.sampler.forget(request_id)
@@ -280,9 +317,10 @@ class BatchingEngine:
         previous one when overlapping, this one otherwise)."""
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
+        failed = self._load_prefilled() if self._imports else []
         launched = self.runner.launch(plan, self.sampler)
         self.scheduler.advance(plan)
-        failed = [self.fail(r, e) for r, e in self.sampler.take_failures()]  # their tokens will be dropped
+        failed += [self.fail(r, e) for r, e in self.sampler.take_failures()]  # their tokens will be dropped
         if self.config.overlap:
             done, self._in_flight = self._in_flight, (launched if not plan.empty else None)
         else:

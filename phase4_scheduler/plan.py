@@ -261,7 +261,8 @@ class SchedulerBase:
         return list(requests), finished
 
     def finish(self, request: Request, reason: str) -> None:
-        """End ``request`` (EOS, length, a stop string, an abort) and return its KV blocks."""
+        """End ``request`` (EOS, length, a stop string, an abort) and return its KV blocks (unless it
+        ``keep_kv``: then its owner frees them, ``BatchingEngine.release_kv``)."""
         if request.status is Status.FINISHED:
             return
         if request.status is Status.RUNNING:
@@ -270,7 +271,7 @@ class SchedulerBase:
             self.swapped.remove(request)
         else:
             self.waiting.remove(request)
-        if request.request_id in self.blocks:
+        if request.request_id in self.blocks and not request.keep_kv:
             self.blocks.free(request.request_id)
         request.status, request.finish_reason = Status.FINISHED, reason
         request.num_in_flight = 0  # tokens still on their way are dropped

@@ -51,6 +51,9 @@ class Request:
     first_token_time: float | None = None
     finish_time: float | None = None
     text_stream: object = field(default=None, repr=False)  # the engine's ``TextStream`` for its output text
+    # Prefill/decode disaggregation's prefill side: its KV blocks outlive it (finished, they stay allocated
+    # until ``BatchingEngine.release_kv``) so they can be sent to the decode side first.
+    keep_kv: bool = False
     # The solution scheduler's bookkeeping while running (attributes, not dict lookups: read every step):
     # its block table, its row in ``BlockTableRows``, and the KV slots ``allocate`` reserved at admission.
     kv_table: list[int] | None = field(default=None, repr=False)
