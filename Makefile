@@ -22,7 +22,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
         check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
-        notebooks lab serve clean chat bench report lock
+        notebooks lab serve serve-ray clean chat bench report lock
 
 help: ## list the targets
 	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
@@ -63,6 +63,9 @@ run: setup ## generate text offline with the bundled model (CPU is fine)
 
 serve: setup ## the OpenAI-compatible server on http://127.0.0.1:8000/v1 with the bundled model (phase 4)
 	$(BIN)/titaninfer serve --model kjv-llama-18m --port 8000
+
+serve-ray: setup ## the same API from 2 engine replicas on Ray Serve (local Ray cluster)
+	$(BIN)/titaninfer serve --ray --replicas 2 --model kjv-llama-18m --port 8000
 
 chat: setup ## talk to the bundled model through its chat template (CPU is fine; Ctrl-D ends)
 	$(BIN)/titaninfer chat

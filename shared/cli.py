@@ -2,7 +2,8 @@
 
 - ``generate``: stream a continuation to the terminal, then tokens/s and achieved GB/s (MBU on a GPU);
 - ``chat``: an interactive conversation through the chat template (stdin lines; Ctrl-D / Ctrl-C ends it);
-- ``serve``: phase 4's OpenAI-compatible server over the engine's continuous batching;
+- ``serve``: phase 4's OpenAI-compatible server over the engine's continuous batching (``--ray``: engine
+  replicas on Ray Serve behind one OpenAI ingress, ``shared.ray_serve``);
 - ``bench``: offline throughput (mixed short/long requests) and bs=1 decode latency of the engine;
 - ``report``: every phase's check, one after another, regenerating ``reports/`` (with progress);
 - ``check <phase>``: one phase's bench and targets (``make check-phaseN``); ``hardware``: peaks.
@@ -82,7 +83,7 @@ def sampling_params(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shared import serve
+    from shared import ray_serve, serve
     from shared.engine import DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="the OpenAI-compatible server (phase 4) over the engine")
     add_engine_arguments(srv, batching=True)
     serve.add_arguments(srv)
+    ray_serve.add_arguments(srv)
     quant = sub.add_parser("quantize", help="write INT4 weights once (AutoAWQ format) for --model DIR")
     quant.add_argument("--model", default=DEFAULT_MODEL, help="the float model to quantize")
     quant.add_argument("--method", default="awq", choices=["rtn", "awq", "gptq"])
@@ -199,8 +201,10 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "chat":
         return cmd_chat(args)
     if args.command == "serve":
-        from shared import serve
+        from shared import ray_serve, serve
 
+        if ray_serve.wanted(args):  # engine replicas on Ray Serve behind one OpenAI ingress
+            return ray_serve.run(args, engine_config(args))
         return serve.run(args, engine_config(args))
     if args.command == "quantize":
         return cmd_quantize(args)
