@@ -58,26 +58,31 @@ def test_workers_serve_many_calls_like_tp1_and_end_on_close(tp1):
     assert not workers[0].is_alive() and workers[0].exitcode == 0  # left its loop, not terminated
 
 
-def test_serve_with_tp2_answers_like_tp1(tp1):
+def served_texts(engine: LLMEngine, prompts: list[str], max_tokens: int) -> list[str]:
+    """Greedy completions of ``prompts`` from ``titaninfer serve``'s app over ``engine``, by the openai client."""
     import openai
 
     from phase4_scheduler.serve import ServerThread
     from shared.serve import build_app
 
+    app, _ = build_app(engine.config, engine=engine)
+    try:
+        with ServerThread(app) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            texts = [client.completions.create(model=engine.config.model, prompt=p, max_tokens=max_tokens,
+                                               temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+                     for p in prompts]
+            client.close()
+            return texts
+    finally:
+        app.state.loop.shutdown()
+
+
+def test_serve_with_tp2_answers_like_tp1(tp1):
     expected = [tp1.generate(p, max_tokens=10, ignore_eos=True)[0].text for p in PROMPTS[:2]]
     engine = LLMEngine(config(2))
     try:
-        app, _ = build_app(engine.config, engine=engine)
-        try:
-            with ServerThread(app) as srv:
-                client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-                for prompt, want in zip(PROMPTS[:2], expected, strict=True):
-                    answer = client.completions.create(model="kjv-llama-18m", prompt=prompt, max_tokens=10,
-                                                       temperature=0, extra_body={"ignore_eos": True})
-                    assert answer.choices[0].text == want
-                client.close()
-        finally:
-            app.state.loop.shutdown()
+        assert served_texts(engine, PROMPTS[:2], 10) == expected
     finally:
         engine.close()
     assert not dist.is_initialized()
@@ -112,11 +117,7 @@ def test_serve_int4_awq_with_tp2_answers_like_tp1(tmp_path):
     with the greedy text of the same checkpoint at tp=1, and of phase 5's own model (no KV cache)."""
     from dataclasses import replace
 
-    import openai
-
-    from phase4_scheduler.serve import ServerThread
     from shared.cli import main
-    from shared.serve import build_app
 
     out = tmp_path / "kjv-awq"
     assert main(["quantize", "--model", "kjv-llama-18m", "--method", "awq", "--out", str(out), "--device", "cpu"]) == 0
@@ -125,17 +126,7 @@ def test_serve_int4_awq_with_tp2_answers_like_tp1(tmp_path):
     assert [o.token_ids for o in expected] == [tp1.quantized.greedy(o.prompt_ids, 8) for o in expected]
     engine = LLMEngine(replace(config(2), model=str(out)))
     try:
-        app, _ = build_app(engine.config, engine=engine)
-        try:
-            with ServerThread(app) as srv:
-                client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-                for prompt, want in zip(PROMPTS[:2], expected, strict=True):
-                    answer = client.completions.create(model=str(out), prompt=prompt, max_tokens=8, temperature=0,
-                                                       extra_body={"ignore_eos": True})
-                    assert answer.choices[0].text == want.text
-                client.close()
-        finally:
-            app.state.loop.shutdown()
+        assert served_texts(engine, PROMPTS[:2], 8) == [o.text for o in expected]
         assert "INT4 (" in engine.path_name() and "tp=2" in engine.path_name()
     finally:
         engine.close()
