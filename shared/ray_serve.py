@@ -87,11 +87,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-replicas", type=int, default=None, help="--ray: autoscaling upper bound")
     ap.add_argument("--ray-config", default=None, metavar="FILE",
                     help="--ray: replicas and engine overrides as YAML/JSON (keys: see shared/ray_serve.py)")
+    ap.add_argument("--pd", action="store_true", help="--ray: prefill/decode disaggregation, a prefill and a "
+                    "decode deployment of the replicas each (shared/ray_pd.py)")
 
 
 def wanted(args: argparse.Namespace) -> bool:
     """Whether the command line asks for Ray (``run`` then refuses Ray flags without ``--ray``)."""
-    return bool(getattr(args, "ray", False) or getattr(args, "ray_config", None)
+    return bool(getattr(args, "ray", False) or getattr(args, "ray_config", None) or getattr(args, "pd", False)
                 or any(getattr(args, f, None) is not None for f in FLAGS))
 
 
@@ -99,6 +101,7 @@ def spec_from_args(args: argparse.Namespace, config):
     """(``RaySpec``, ``EngineConfig``) from the flags, or from ``--ray-config`` over ``config``."""
     given = [f"--{f.replace('_', '-')}" for f in FLAGS if getattr(args, f, None) is not None]
     if not args.ray:
+        given += ["--pd"] if getattr(args, "pd", False) else []
         raise ModelError(f"{(given or ['--ray-config'])[0]} applies to Ray Serve: add --ray")
     if args.ray_config is not None:
         if given:
@@ -193,17 +196,21 @@ def check_resources(config, spec: RaySpec, resources: dict, device: str) -> None
 
 
 def deploy(config, spec: RaySpec, *, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 256,
-           api_key: str | None = None, drain_timeout: float = 30.0) -> str:
+           api_key: str | None = None, drain_timeout: float = 30.0, pd: bool = False) -> str:
     """Start Ray (if needed) and Serve on ``host:port``, deploy, wait for every replica: the base URL."""
     import torch
     from ray import serve
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     resources = start_ray()
-    check_resources(config, spec, resources, device)
+    check_resources(config, spec if not pd else dataclasses.replace(spec, replicas=2 * spec.most, max_replicas=None),
+                    resources, device)  # (PD: each replica twice, a prefill and a decode one)
     serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
-    app = build_application(config, spec, device=device, cpus=resources.get("CPU", 1), max_queue=max_queue,
-                            api_key=api_key, drain_timeout=drain_timeout)
+    build = build_application
+    if pd:
+        from shared.ray_pd import build_pd_application as build
+    app = build(config, spec, device=device, cpus=resources.get("CPU", 1), max_queue=max_queue,
+              api_key=api_key, drain_timeout=drain_timeout)
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_LOGS)
     except RuntimeError as e:  # Serve gave up on the replicas: their own error is the user's one line
@@ -267,7 +274,7 @@ def run(args: argparse.Namespace, config) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         url = deploy(config, spec, host=args.host, port=listening_port(args.host, args.port), max_queue=args.max_queue, api_key=args.api_key,
-                     drain_timeout=args.drain_timeout)
+                     drain_timeout=args.drain_timeout, pd=args.pd)
         count = f"{spec.replicas}" if spec.replicas is not None else f"{spec.min_replicas}-{spec.max_replicas}"
         print(f"serving {config.model} on {url}/v1 (Ray Serve: {count} engine replicas; SIGTERM or Ctrl-C "
               "drains and stops)", file=sys.stderr, flush=True)
