@@ -6,6 +6,8 @@ is missing, phase 0's framework (no KV cache: a different code path from every e
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from phase0_prototype import load_impl, load_model
@@ -21,6 +23,17 @@ def tiny_model(dtype: str = "fp32", device: str = DEVICE):
 def random_prompts(model, lengths, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+WORDS = ("the LORD God said unto Moses and Israel king people land house son father heaven earth light "
+         "day night water spirit word children behold came went spake shall").split()
+
+
+def fresh_text_prompts(n: int) -> tuple[list[str], int]:
+    """``n`` fresh prompts in the bundled model's vocabulary, and the seed that made them (for the message)."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))).capitalize() for _ in range(n)], seed
 
 
 def reference_tokens(model, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 import ray
+from engine_helpers import fresh_text_prompts
 from ray import serve
 
 from shared import ray_serve
@@ -20,8 +21,6 @@ from shared.ray_pd import build_pd_application
 MODEL = "kjv-llama-18m"
 CONFIG = EngineConfig(model=MODEL, max_num_seqs=4, max_num_batched_tokens=256)
 APP = "titaninfer-pd"
-WORDS = ("the LORD God said unto Moses and Israel king people land house son father heaven earth light "
-         "day night water spirit word children behold came went spake shall").split()
 TIMEOUT_S = 120  # a client's bound: a request that hangs fails the test instead of blocking it
 
 
@@ -43,12 +42,6 @@ def reference():
     return LLMEngine(CONFIG)
 
 
-def fresh_prompts(n: int) -> tuple[list[str], int]:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))).capitalize() for _ in range(n)], seed
-
-
 @ray.remote(num_cpus=0)
 def _kv_free(side: str) -> tuple[int, int]:
     return serve.get_deployment_handle(side, app_name=APP).kv_free.remote().result(timeout_s=TIMEOUT_S)
@@ -61,7 +54,7 @@ def kv_free(side: str) -> tuple[int, int]:
 
 
 def test_openai_client_gets_the_colocated_greedy_text(cluster, reference):
-    (first, second), seed = fresh_prompts(2)
+    (first, second), seed = fresh_text_prompts(2)
     tokens = random.randint(8, 24)
     client = openai.OpenAI(base_url=cluster + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
     greedy = {"max_tokens": tokens, "temperature": 0, "extra_body": {"ignore_eos": True}}
@@ -92,7 +85,7 @@ def test_openai_client_gets_the_colocated_greedy_text(cluster, reference):
 
 
 def test_sampled_requests_run_to_their_length_and_repeat_with_their_seed(cluster):
-    prompts, seed = fresh_prompts(2)
+    prompts, seed = fresh_text_prompts(2)
     tokens = random.randint(8, 24)
     client = openai.OpenAI(base_url=cluster + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
     for prompt in prompts:

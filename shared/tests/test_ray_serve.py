@@ -23,6 +23,7 @@ import httpx
 import openai
 import pytest
 import ray
+from engine_helpers import fresh_text_prompts
 from ray import serve
 
 from phase0_prototype.errors import ModelError
@@ -33,8 +34,6 @@ from shared.ray_deploy import REPLICA_HEADER, TRIED_HEADER
 
 MODEL = "kjv-llama-18m"
 CONFIG = EngineConfig(model=MODEL, max_num_seqs=8, max_num_batched_tokens=256)
-WORDS = ("the LORD God said unto Moses and Israel king people land house son father heaven earth light "
-         "day night water spirit word children behold came went spake shall").split()
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120  # a client's bound: a request that hangs fails the test instead of blocking it
 
@@ -53,12 +52,6 @@ def reference():
     return LLMEngine(CONFIG)
 
 
-def fresh_prompts(n: int) -> tuple[list[str], int]:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))).capitalize() for _ in range(n)], seed
-
-
 def replicas() -> set[str]:
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#EngineServer#" in a["name"]}
 
@@ -69,7 +62,7 @@ def complete(url: str, prompt: str, tokens: int) -> httpx.Response:
 
 
 def test_openai_client_gets_the_engines_greedy_text(cluster, reference):
-    (first, second), seed = fresh_prompts(2)
+    (first, second), seed = fresh_text_prompts(2)
     tokens = random.randint(8, 24)
     client = openai.OpenAI(base_url=cluster + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
     greedy = {"max_tokens": tokens, "temperature": 0, "extra_body": {"ignore_eos": True}}
@@ -93,7 +86,7 @@ def test_ray_answers_like_the_direct_server(cluster):
     """The same bytes of text as ``titaninfer serve``'s own app (build_app + uvicorn) on the same config."""
     from phase4_scheduler.serve import ServerThread
 
-    prompts, seed = fresh_prompts(2)
+    prompts, seed = fresh_text_prompts(2)
     app, _ = plain_serve.build_app(CONFIG)
     with ServerThread(app) as direct:
         for prompt in prompts:
@@ -102,7 +95,7 @@ def test_ray_answers_like_the_direct_server(cluster):
 
 
 def test_requests_spread_over_both_replicas(cluster):
-    prompts, _ = fresh_prompts(8)
+    prompts, _ = fresh_text_prompts(8)
     with ThreadPoolExecutor(len(prompts)) as pool:
         answers = list(pool.map(lambda p: complete(cluster, p, 48), prompts))
     assert all(r.status_code == 200 for r in answers)
@@ -125,7 +118,7 @@ def _stream(url: str, prompt: str, tokens: int, started: threading.Event, out: d
 
 
 def test_a_killed_replica_is_replaced_and_its_requests_retried_or_ended_clearly(cluster, reference):
-    prompts, seed = fresh_prompts(4)
+    prompts, seed = fresh_text_prompts(4)
     tokens = 440  # (of the 512-token context: long enough to be under way when the replica dies)
     want = dict(zip(prompts, (o.text for o in reference.generate(prompts, max_tokens=tokens, ignore_eos=True)),
                     strict=True))
@@ -177,7 +170,7 @@ def test_a_killed_replica_is_replaced_and_its_requests_retried_or_ended_clearly(
         time.sleep(0.5)
     newcomer = replicas() - before
     assert len(newcomer) == 1
-    prompts, _ = fresh_prompts(8)
+    prompts, _ = fresh_text_prompts(8)
     with ThreadPoolExecutor(len(prompts)) as pool:
         served = {r.headers[REPLICA_HEADER] for r in pool.map(lambda p: complete(cluster, p, 48), prompts)}
     assert newcomer <= served
