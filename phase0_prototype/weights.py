@@ -132,9 +132,14 @@ def load_safetensors_dir(path: str | Path, config: LlamaConfig, dtype: torch.dty
                     f"{tuple(tensor.shape)} but config.json implies {shapes[name]}: the weights belong to "
                     "another config; re-download the checkpoint")
             state[name] = tensor.to(dtype)
+    return complete_state(state, shapes, config, path, "is this a complete Llama checkpoint? re-download it")
+
+
+def complete_state(state: dict, shapes: dict, config: LlamaConfig, source, fix: str) -> dict:
+    """``state`` with every tensor of ``shapes`` (else one ``ModelError`` naming ``source`` and ``fix``), and the
+    lm_head tied to the embedding when the config says so."""
     missing = sorted(shapes.keys() - state.keys())
-    require(not missing, path, f"{len(missing)} tensors missing (first: {missing[0] if missing else ''}): "
-            "is this a complete Llama checkpoint? re-download it")
+    require(not missing, source, f"{len(missing)} tensors missing (first: {missing[0] if missing else ''}): {fix}")
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     return state
