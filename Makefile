@@ -101,7 +101,7 @@ check-phase2: setup ## P2.1–P2.4: RoPE CUDA kernels
 	$(CHECK) phase2
 check-phase3: setup ## P3.1–P3.4: Triton paged attention and FA-2 prefill
 	$(CHECK) phase3
-check-phase4: setup ## P4.1–P4.5: continuous batching and the server
+check-phase4: setup ## P4.1–P4.7: continuous batching, the server, prefill/decode disaggregation
 	$(CHECK) phase4
 check-phase5: setup ## P5.1–P5.3: INT4 weight-only quantization
 	$(CHECK) phase5

@@ -41,3 +41,16 @@ def hf_generate(hf, prompt: torch.Tensor, max_new_tokens: int, *, static_cache: 
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
                           min_new_tokens=max_new_tokens, do_sample=False, **kwargs)
     return out[:, prompt.shape[1]:]
+
+
+def greedy_reference(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
+    """The tests' oracle: greedy continuations one request at a time by HF transformers on the same weights, or,
+    without transformers, by phase 0's framework (no KV cache: a code path apart from every engine under test)."""
+    if missing_reason() is None:
+        hf = build_hf(model)
+        return [hf_generate(hf, torch.tensor([p], device=model.device), n)[0].tolist()
+                for p, n in zip(prompts, max_tokens, strict=True)]
+    from phase0_prototype import load_impl
+
+    ref = load_impl("framework").build(model)
+    return [ref.generate(p, n, stop_on_eos=False).sequences()[0] for p, n in zip(prompts, max_tokens, strict=True)]

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from module0_profiling.targets import BenchResult
-from phase0_prototype import load_impl as load_phase0
 from phase0_prototype import load_model
 from phase0_prototype.errors import ModelError
-from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason
+from phase0_prototype.hf_peer import greedy_reference
 from phase4_scheduler.disagg import bench
 from phase4_scheduler.disagg.copy_kernel import copy_blocks
 from phase4_scheduler.disagg.kv_transfer import export_kv, import_kv
@@ -41,15 +40,6 @@ def model():
 def _prompts(model, lengths, seed):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
-
-
-def _reference(model, prompts, max_tokens):
-    """Greedy continuations one request at a time: HF transformers, or phase 0's framework without it."""
-    if missing_reason() is None:
-        hf = build_hf(model)
-        return [hf_generate(hf, torch.tensor([p]), n)[0].tolist() for p, n in zip(prompts, max_tokens, strict=True)]
-    ref = load_phase0("framework").build(model)
-    return [ref.generate(p, n, stop_on_eos=False).sequences()[0] for p, n in zip(prompts, max_tokens, strict=True)]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -125,7 +115,7 @@ def test_prefilled_admission_continues_like_the_colocated_engine(model, impl, ov
     decode.generate([])
     colocated = generate_colocated(BatchingEngine(model, _config(impl, overlap)), prompts, lengths, ignore_eos=True)
     assert len(loads) == len(prompts)
-    assert [d.output_ids for d in decoded] == [c.output_ids for c in colocated] == _reference(model, prompts, lengths)
+    assert [d.output_ids for d in decoded] == [c.output_ids for c in colocated] == greedy_reference(model, prompts, lengths)
     assert all(d.finish_reason == "length" for d in decoded)
     for engine in (prefill, decode):
         assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
@@ -147,7 +137,7 @@ def test_prefilled_admission_checks_the_request_and_fails_it_alone(model):
     good = engine.make_request(q, 3, ignore_eos=True)
     engine.generate([good])
     assert bad.finish_reason == "error: RuntimeError: the KV never arrived"
-    assert good.output_ids == _reference(model, [q], [3])[0]
+    assert good.output_ids == greedy_reference(model, [q], [3])[0]
     assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
 
 
@@ -162,7 +152,7 @@ def test_disaggregated_tokens_equal_colocated_and_hf(model, disagg):
     arrivals = [0.0, 0.001, 0.001, 0.004, 0.01, 0.02]
     split = disagg.generate(prompts, lengths, arrivals=arrivals, ignore_eos=True)
     colocated = generate_colocated(BatchingEngine(model, _config()), prompts, lengths, ignore_eos=True)
-    assert [c.output_ids for c in split] == [c.output_ids for c in colocated] == _reference(model, prompts, lengths)
+    assert [c.output_ids for c in split] == [c.output_ids for c in colocated] == greedy_reference(model, prompts, lengths)
     assert all(c.finish_reason == "length" and c.ttft >= 0 for c in split)
     bs, per_token = 8, 2 * model.config.num_hidden_layers * model.config.num_key_value_heads * model.config.head_dim * 4
     assert [c.kv_bytes for c in split] == [0 if n == 1 else math.ceil(len(p) / bs) * bs * per_token
@@ -184,7 +174,7 @@ def test_disaggregated_stop_strings_end_like_the_colocated_engine(model, disagg)
 def test_disaggregated_request_error_is_its_own(model, disagg):
     ok, too_long = _prompts(model, [6, 400], seed=9)  # over the 48 × 8-token pool
     out = disagg.generate([ok, too_long], [4, 4], ignore_eos=True)
-    assert out[0].output_ids == _reference(model, [ok], [4])[0]
+    assert out[0].output_ids == greedy_reference(model, [ok], [4])[0]
     assert out[1].finish_reason.startswith("error: ") and "\n" not in out[1].finish_reason
 
 
@@ -213,11 +203,8 @@ def test_bench_metrics_at_a_tiny_size():
     s = dict(bench.SIZES["small"], requests=4, prompt=(20, 40), output=3, rate=200.0, seqs=4, budget=16, block_size=8)
     m = bench.run(s=s)
     assert m["greedy_equal"] == 1.0
-    assert m["p4_6_kv_transfer_vs_copy"] is None and m["copy_gbps"] is None  # CPU
-    assert m["p4_7_tpot_p99_ratio"] == m["disagg_tpot_p99"] / m["colocated_tpot_p99"] > 0
-    prompts, _ = bench.workload(s, load_model(MODEL, dtype="fp32").config.vocab_size)
+    assert m["p4_6_kv_transfer_vs_copy"] is None and m["copy_gbps"] is None  # CPU: no copy-bandwidth peak
     cfg = load_model(MODEL, dtype="fp32").config
-    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
-    assert m["kv_bytes"] == sum(math.ceil(len(p) / 8) * 8 * per_token for p in prompts)
-    assert m["kv_transfer_gbps"] == 4 * m["kv_bytes"] / m["kv_transfer_s"] / 1e9
-    assert 0 <= m["disagg_slo_met"] <= 1 and m["disagg_goodput"] >= 0
+    prompts, _ = bench.workload(s, cfg.vocab_size)
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4  # K and V, fp32
+    assert m["kv_bytes"] == sum(math.ceil(len(p) / 8) * 8 * per_token for p in prompts)  # whole blocks of 8

@@ -1,7 +1,6 @@
-"""Shared pieces of the engine tests: a tiny model, fresh random prompts, and the independent oracle.
+"""Shared pieces of the engine tests: a tiny model and fresh random prompts (token ids or text).
 
-The oracle is HF transformers on the same fp32 weights (``phase0_prototype.hf_peer``); where transformers
-is missing, phase 0's framework (no KV cache: a different code path from every engine under test).
+The oracle the tests compare with is ``phase0_prototype.hf_peer.greedy_reference`` (HF transformers).
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ import random
 
 import torch
 
-from phase0_prototype import load_impl, load_model
-from phase0_prototype.hf_peer import build_hf, hf_generate, missing_reason
+from phase0_prototype import load_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU runs the Triton kernels compiled, not interpreted
 
@@ -34,13 +32,3 @@ def fresh_text_prompts(n: int) -> tuple[list[str], int]:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))).capitalize() for _ in range(n)], seed
-
-
-def reference_tokens(model, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
-    """Greedy continuations, one request at a time, by HF (or phase 0's framework without transformers)."""
-    if missing_reason() is None:
-        hf = build_hf(model)
-        return [hf_generate(hf, torch.tensor([p], device=model.device), n)[0].tolist()
-                for p, n in zip(prompts, max_tokens, strict=True)]
-    ref = load_impl("framework").build(model)
-    return [ref.generate(p, n, stop_on_eos=False).sequences()[0] for p, n in zip(prompts, max_tokens, strict=True)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import random_prompts, reference_tokens
+from engine_helpers import random_prompts
 
 from phase0_prototype import load_model
+from phase0_prototype.hf_peer import greedy_reference
 from shared.engine import EngineConfig, LLMEngine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -23,7 +24,7 @@ def kjv():
 def test_compiled_paths_equal_hf(kjv, spec):
     prompts = random_prompts(kjv, [7, 30, 3], seed=31)
     new = [12, 5, 9]
-    expected = reference_tokens(kjv, prompts, new)
+    expected = greedy_reference(kjv, prompts, new)
     e = LLMEngine(EngineConfig(model="kjv-llama-18m", impl=spec, max_num_seqs=4, max_num_batched_tokens=32),
                   model=kjv)
     e.warmup()

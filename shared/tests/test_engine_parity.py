@@ -6,9 +6,10 @@ manager × attention kernels (the tables the kernels read). Phase 3's Triton ker
 from __future__ import annotations
 
 import pytest
-from engine_helpers import random_prompts, reference_tokens, tiny_model
+from engine_helpers import random_prompts, tiny_model
 
 import phase1_rust_memory
+from phase0_prototype.hf_peer import greedy_reference
 from shared.engine import EngineConfig, LLMEngine
 
 NATIVE = phase1_rust_memory.native_available()
@@ -26,8 +27,8 @@ def model():
 def cases(model):
     prompts = random_prompts(model, LENGTHS, seed=11)
     short = random_prompts(model, SHORT_LENGTHS, seed=12)
-    return {"full": (prompts, NEW, reference_tokens(model, prompts, NEW)),
-            "short": (short, SHORT_NEW, reference_tokens(model, short, SHORT_NEW))}
+    return {"full": (prompts, NEW, greedy_reference(model, prompts, NEW)),
+            "short": (short, SHORT_NEW, greedy_reference(model, short, SHORT_NEW))}
 
 
 def engine(model, spec: str, **kw) -> LLMEngine:
@@ -139,7 +140,7 @@ def test_batched_engine_preempting_by_swap_equals_hf(model):
     """A KV pool too small for the batch: victims go to the host pool and come back; tokens still equal HF's."""
     prompts = random_prompts(model, [9, 11, 7, 10], seed=13)
     new = [12, 10, 14, 9]
-    expected = reference_tokens(model, prompts, new)
+    expected = greedy_reference(model, prompts, new)
     e = engine(model, "phase1=reference,phase3=reference,phase4=solution", max_num_seqs=4, num_blocks=14,
                preemption="swap", num_cpu_blocks=32)
     assert run(e, prompts, new) == expected
