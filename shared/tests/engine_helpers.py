@@ -32,3 +32,16 @@ def fresh_text_prompts(n: int) -> tuple[list[str], int]:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))).capitalize() for _ in range(n)], seed
+
+
+def check_stream_and_chat(client, reference, model: str, prompts: tuple[str, str], want: list[str], greedy: dict,
+                          seed: int) -> None:
+    """Through an OpenAI ``client``: a streamed completion of ``prompts[1]`` (several chunks) is ``want[1]``, and
+    a chat completion of ``prompts[0]`` is ``reference``'s (an ``LLMEngine``) greedy chat text."""
+    chunks = [c.choices[0].text for c in client.completions.create(model=model, prompt=prompts[1], stream=True,
+                                                                   **greedy)]
+    assert len(chunks) > 1 and "".join(chunks) == want[1], seed
+    messages = [{"role": "user", "content": prompts[0]}]
+    chat = reference.generate(messages, max_tokens=greedy["max_tokens"], ignore_eos=True)[0].text
+    answer = client.chat.completions.create(model=model, messages=messages, **greedy)
+    assert answer.choices[0].message.content == chat and chat != want[0], seed

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 import ray
-from engine_helpers import fresh_text_prompts
+from engine_helpers import check_stream_and_chat, fresh_text_prompts
 from ray import serve
 
 from shared import ray_serve
@@ -63,13 +63,7 @@ def test_openai_client_gets_the_colocated_greedy_text(cluster, reference):
         answers = list(pool.map(lambda p: client.completions.create(model=MODEL, prompt=p, **greedy), (first, second)))
     for answer, text in zip(answers, want, strict=True):
         assert answer.choices[0].text == text and answer.usage.completion_tokens == tokens, seed
-    stream = client.completions.create(model=MODEL, prompt=second, stream=True, **greedy)
-    chunks = [c.choices[0].text for c in stream]
-    assert len(chunks) > 1 and "".join(chunks) == want[1], seed
-    messages = [{"role": "user", "content": first}]
-    chat = reference.generate(messages, max_tokens=tokens, ignore_eos=True)[0].text
-    answer = client.chat.completions.create(model=MODEL, messages=messages, **greedy)
-    assert answer.choices[0].message.content == chat and chat != want[0], seed
+    check_stream_and_chat(client, reference, MODEL, (first, second), want, greedy, seed)
     # a stop string inside the text (the first token's text comes from the decode side's own matcher),
     # and one token (the request ends at prefill)
     stop = want[0][len(want[0]) // 2:][:3]

@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 import ray
-from engine_helpers import fresh_text_prompts
+from engine_helpers import check_stream_and_chat, fresh_text_prompts
 from ray import serve
 
 from phase0_prototype.errors import ModelError
@@ -69,13 +69,7 @@ def test_openai_client_gets_the_engines_greedy_text(cluster, reference):
     want = [o.text for o in reference.generate([first, second], max_tokens=tokens, ignore_eos=True)]
     for prompt, text in zip((first, second), want, strict=True):
         assert client.completions.create(model=MODEL, prompt=prompt, **greedy).choices[0].text == text, seed
-    stream = client.completions.create(model=MODEL, prompt=second, stream=True, **greedy)
-    chunks = [c.choices[0].text for c in stream]
-    assert len(chunks) > 1 and "".join(chunks) == want[1], seed
-    messages = [{"role": "user", "content": first}]
-    chat = reference.generate(messages, max_tokens=tokens, ignore_eos=True)[0].text
-    answer = client.chat.completions.create(model=MODEL, messages=messages, **greedy)
-    assert answer.choices[0].message.content == chat and chat != want[0], seed
+    check_stream_and_chat(client, reference, MODEL, (first, second), want, greedy, seed)
     assert [m.id for m in client.models.list()] == [MODEL]
     assert httpx.get(cluster + "/health", timeout=TIMEOUT_S).json() == {"status": "ok"}
     refused = httpx.post(cluster + "/v1/completions", json={"model": "other", "prompt": "x"}, timeout=TIMEOUT_S)
