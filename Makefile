@@ -13,7 +13,8 @@ IMPL    ?= solution
 SIZE    ?=
 CHECK    = $(PYTHON) -m module0_profiling.check --impl $(IMPL) $(if $(SIZE),--size $(SIZE),)
 PHASE_DIRS := module0_profiling phase0_prototype phase1_rust_memory phase2_rope_cuda \
-              phase3_paged_attention phase4_scheduler phase5_quantization phase6_tensor_parallel shared
+              phase3_paged_attention phase4_scheduler phase5_quantization phase6_tensor_parallel \
+              phase7_dit_parallel shared
 NOTEBOOKS = $(wildcard $(addsuffix /notebook.ipynb,$(PHASE_DIRS)))
 # Without a GPU, Triton kernels run in the interpreter (process-wide: set before triton is imported).
 INTERPRET := $(if $(TRITON_INTERPRET),,$(shell nvidia-smi -L >/dev/null 2>&1 || echo TRITON_INTERPRET=1))
@@ -21,7 +22,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-python test-rust test-notebooks check-module0 check-phase0 check-phase1 \
-        check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-engine check-all \
+        check-phase2 check-phase3 check-phase4 check-phase5 check-phase6 check-phase7 check-engine check-all \
         notebooks lab serve serve-ray smollm2 clean chat bench report lock
 
 help: ## list the targets
@@ -84,6 +85,12 @@ test: setup test-rust test-python test-notebooks ## what CI runs: Rust tests, CP
 test-python: setup
 	$(INTERPRET) $(PYTHON) -m pytest -q $(wildcard $(addsuffix /tests,$(PHASE_DIRS)))
 
+# One phase's CPU tests: `make test-phase7`; IMPL=phase7_dit_parallel.mine runs them on your module (phase 7's
+# tests take the switch; without IMPL they test the framework and the solution).
+test-phase%: setup
+	$(if $(filter command line environment,$(origin IMPL)),IMPL=$(IMPL)) $(INTERPRET) $(PYTHON) -m pytest -q \
+	  $(wildcard phase$*_*/tests)
+
 test-rust:
 	@if command -v cargo >/dev/null; then cargo test -q --manifest-path $(RUST)/Cargo.toml; \
 	else echo "note: cargo not found: the Rust tests are not run (install Rust from https://rustup.rs)"; fi
@@ -107,6 +114,8 @@ check-phase5: setup ## P5.1–P5.3: INT4 weight-only quantization
 	$(CHECK) phase5
 check-phase6: setup ## P6.1–P6.4: tensor parallelism
 	$(CHECK) phase6
+check-phase7: setup ## P7.1–P7.4: DiT inference, torch.compile, sequence parallelism (Ulysses, ring)
+	$(CHECK) phase7
 check-engine: setup ## E.1–E.2: the assembled engine (and INT4 under its continuous batching)
 	$(CHECK) engine
 

@@ -33,6 +33,7 @@ PHASES = [
     "phase4_scheduler",
     "phase5_quantization",
     "phase6_tensor_parallel",
+    "phase7_dit_parallel",
     "shared",
 ]
 ALIASES = {"module0": "module0_profiling", "engine": "shared"}
@@ -134,7 +135,7 @@ def run_check(phase_name: str, impl: str = "solution", size: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m module0_profiling.check",
                                  description="Run a phase's bench and targets.")
-    ap.add_argument("phase", help="module0, phase0 … phase6, engine (or the directory name)")
+    ap.add_argument("phase", help="module0, phase0 … phase7, engine (or the directory name)")
     ap.add_argument("--impl", default="solution",
                     help="framework, solution, or a module path (default: solution)")
     ap.add_argument("--size", choices=["small", "full"], default=None,
