@@ -63,6 +63,8 @@ def _build(spec: WorkerSpec) -> BatchingEngine:
     from phase0_prototype.sources import load_model
 
     device = torch.device(spec.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # set_device needs an index
     if device.type == "cuda":
         torch.cuda.set_device(device)  # Triton launches on the current device
     else:

@@ -15,6 +15,15 @@ from phase7_dit_parallel.weights import random_weights
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_compile_workers():
+    """torch.compile starts inductor's compile-worker pool and its timer thread: end them with the module."""
+    yield
+    from torch._inductor.async_compile import shutdown_compile_workers
+
+    shutdown_compile_workers()
+
+
 def test_compiled_solution_matches_float64_and_keeps_its_outputs():
     config = PRESETS["s2"]
     weights = random_weights(config, seed=21, dtype=torch.bfloat16, device="cuda")

@@ -32,20 +32,30 @@ def test_compiled_paths_equal_hf(kjv, spec):
     assert [o.token_ids for o in e.generate(prompts, max_tokens=new, ignore_eos=True)] == expected
 
 
+def assert_near_greedy(reference, prompt: list[int], tokens: list[int], rel: float = 0.03) -> None:
+    """Every generated token is the reference's argmax, or within ``rel`` of the row's largest |logit| of it
+    (a bf16 near-tie that another kernel's rounding may flip); a wrong kernel picks tokens far below."""
+    ids = torch.tensor([prompt + tokens[:-1]], device="cuda")
+    logits = reference.forward_logits(ids)[0, len(prompt) - 1:].float()
+    chosen = logits.gather(-1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0]
+    gap = logits.max(-1).values - chosen
+    assert (gap <= rel * logits.abs().max(-1).values).all(), (tokens, gap.tolist())
+
+
 def test_int4_under_continuous_batching_on_the_gpu():
-    """Phase 5's W4A16 kernels inside phase 4's paged runner (decode graphs captured over them) against phase
-    5's single-request engine on the same INT4 weights (batched, the kernels differ: row GEMV vs small-batch
-    MMA, so bf16 roundings differ and a late token may flip; the first tokens of every prompt must agree)."""
+    """Phase 5's W4A16 kernels inside phase 4's paged runner (decode graphs captured over them), at batch 1
+    (phase 0's fused step over the INT4 GEMVs) and batched, against phase 5's single-request engine on the
+    same INT4 weights, teacher-forced: the kernels differ (row GEMV vs small-batch MMA, paged vs contiguous
+    attention), so bf16 roundings differ and a near-tie may flip; every token must be a near-argmax."""
     model = load_model("kjv-llama-18m", dtype="bf16", device="cuda")
     prompts = random_prompts(model, [7, 30, 3, 12], seed=32)
     e = LLMEngine(EngineConfig(model="kjv-llama-18m", quant="rtn", max_num_seqs=4, max_num_batched_tokens=32),
                   model=model)
     e.warmup()
-    alone = [e.single.generate(p, 10, stop_on_eos=False).sequences()[0] for p in prompts]  # phase 5's engine
-    loop_alone = [e.generate([p], max_tokens=10, ignore_eos=True)[0].token_ids for p in prompts]  # batch 1
-    assert all(a[:4] == b[:4] for a, b in zip(alone, loop_alone, strict=True)), (alone, loop_alone)
+    for p in prompts:  # batch 1 through the loop
+        assert_near_greedy(e.single, p, e.generate([p], max_tokens=10, ignore_eos=True)[0].token_ids)
     batched = [o.token_ids for o in e.generate(prompts, max_tokens=10, ignore_eos=True)]
     assert "INT4 (rtn)" in e.last_run.path and e.batched.runner.graphs is not None
-    assert all(a[:4] == b[:4] for a, b in zip(alone, batched, strict=True)), (alone, batched)
-    agree = sum(x == y for a, b in zip(alone, batched, strict=True) for x, y in zip(a, b, strict=True))
-    assert agree >= 0.9 * 40, (alone, batched)
+    for p, tokens in zip(prompts, batched, strict=True):
+        assert len(tokens) == 10
+        assert_near_greedy(e.single, p, tokens)
