@@ -13,7 +13,7 @@ vocabulary by the server (the vocabulary is the model's, not the protocol's).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
@@ -73,11 +73,46 @@ Stop = Annotated[
                   custom_error_message="give a string or a list of strings")]
 
 
+def unsupported(*accepted: Any, fix: str) -> Any:
+    """A field this server does not serve: its neutral values (``accepted``) pass, anything else is a 400
+    naming the field — a client that asks for it learns so, instead of a silent different answer."""
+
+    def check(value: Any) -> Any:
+        if any(value == a and type(value) is type(a) or value is a for a in accepted):
+            return value
+        raise PydanticCustomError("unsupported", f"not supported by this server: {fix}")
+
+    return Annotated[Any, BeforeValidator(check)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False  # one last chunk with no choices and the request's usage
+
+
 class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: Annotated[str, Field(max_length=MAX_MODEL_NAME), BeforeValidator(_utf8)]
     max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)  # chat's newer name; wins
+    stream_options: StreamOptions | None = None
+    # Sent by real clients, not served (yet): refused by name unless neutral.
+    logprobs: unsupported(None, False, 0, fix="omit it (log-probabilities are not returned)") = None
+    top_logprobs: unsupported(None, 0, fix="omit it (log-probabilities are not returned)") = None
+    echo: unsupported(None, False, fix="omit it, or send false") = None
+    best_of: unsupported(None, 1, fix="omit it, or send 1") = None
+    logit_bias: unsupported(None, {}, fix="omit it") = None
+    presence_penalty: unsupported(None, 0, 0.0, fix="omit it, or send 0") = None
+    frequency_penalty: unsupported(None, 0, 0.0, fix="omit it, or send 0") = None
+    repetition_penalty: unsupported(None, 1, 1.0, fix="omit it, or send 1") = None
+    min_tokens: unsupported(None, 0, fix="omit it, or send 0") = None
+    tools: unsupported(None, [], fix="omit it (no tool calling)") = None
+    tool_choice: unsupported(None, "none", fix="omit it (no tool calling)") = None
+    functions: unsupported(None, [], fix="omit it (no function calling)") = None
+    function_call: unsupported(None, "none", fix="omit it (no function calling)") = None
+    response_format: unsupported(None, {"type": "text"}, fix='omit it, or send {"type": "text"}') = None
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, le=INT32_MAX)  # an extension (vLLM's): 0 = off
@@ -98,16 +133,33 @@ class CompletionRequest(SamplingFields):
     prompt: Prompt
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]  # image and audio parts: this is a text model
+    text: Text
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: Text
+    """A chat turn. ``developer`` (OpenAI's newer name for ``system``) and ``tool`` (a tool's result, given to
+    the model as a user turn: no tool calling here) become roles the chat templates know; a content given as
+    a list of text parts is their concatenation."""
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: Union[Text, Annotated[list[TextPart], Field(min_length=1)]]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def for_template(self) -> dict[str, str]:
+        return {"role": {"developer": "system", "tool": "user"}.get(self.role, self.role), "content": self.text()}
 
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-_FIELDS = {name for m in (CompletionRequest, ChatRequest, ChatMessage) for name in m.model_fields}
+# (A text part's own ``text`` is left out: it is also the tag of the string branch of ``prompt`` and ``stop``.)
+_FIELDS = {name for m in (CompletionRequest, ChatRequest, ChatMessage, StreamOptions) for name in m.model_fields}
+_FIELDS.add("type")
 
 
 # ---------------------------------------------------------------------- answers (documentation only)

@@ -50,8 +50,9 @@ def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str =
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, app, loop: EngineLoop, *, host: str = "127.0.0.1", port: int = 0,
-                 drain_timeout: float = 30.0):
-        super().__init__(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                 drain_timeout: float = 30.0, log_level: str = "warning"):
+        # uvicorn's access log (one line per request) shows at "info" and below.
+        super().__init__(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                         timeout_graceful_shutdown=drain_timeout + ANSWER_GRACE_S))
         self.loop, self.drain_timeout = loop, drain_timeout
         self.death: BaseException | None = None
@@ -97,11 +98,12 @@ class DrainingServer(uvicorn.Server):
 
 
 def run_foreground(app, *, host: str, port: int, drain_timeout: float = 30.0,
-                   announce: Callable[[str], None] | None = None) -> int:
+                   announce: Callable[[str], None] | None = None, log_level: str = "warning") -> int:
     """Serve ``app`` (over ``app.state.loop``) on this thread until SIGTERM / Ctrl-C — drained, 0 — or
     the engine's death — 1, with one line on stderr naming the cause. ``announce(url)`` once the port
     is bound (with port 0, the free port taken)."""
-    server = DrainingServer(app, app.state.loop, host=host, port=port, drain_timeout=drain_timeout)
+    server = DrainingServer(app, app.state.loop, host=host, port=port, drain_timeout=drain_timeout,
+                            log_level=log_level)
     sock = server.bind()
     if announce is not None:
         announce(f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}")

@@ -201,12 +201,15 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             log.exception("tokenizing the %s failed", param)
             raise ApiError(500, f"tokenizing the {param} failed ({describe_error(e)})") from None
 
-    def make(body: SamplingFields, prompt_ids: list[int], param: str):
+    def make(body: SamplingFields, prompt_ids: list[int], param: str, chat: bool):
         """The engine request (ApiError when it cannot be made)."""
         if not prompt_ids:
             raise ApiError(400, f"the {param} is empty: give at least one token", param=param)
-        limit = engine.context_limit()
-        max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, max(limit - len(prompt_ids), 1))
+        limit, asked = engine.context_limit(), body.max_completion_tokens or body.max_tokens
+        room = max(limit - len(prompt_ids), 1)
+        # No max_tokens: a chat answers until the context is full (as vLLM does), a completion stops at 16
+        # tokens (OpenAI's default for the legacy endpoint).
+        max_tokens = asked or (room if chat else min(DEFAULT_MAX_TOKENS, room))
         try:
             sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
             return engine.make_request(prompt_ids, max_tokens, sampling, stop=body.stop_strings(),
@@ -214,14 +217,15 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         except ModelError as e:
             raise ApiError(400, describe_error(e)) from None
         except ValueError as e:
-            raise ApiError(400, describe_error(e), param="max_tokens" if body.max_tokens else param,
+            field = ("max_completion_tokens" if body.max_completion_tokens else "max_tokens") if asked else param
+            raise ApiError(400, describe_error(e), param=field,
                            code="context_length_exceeded") from None
         except Exception as e:
             log.exception("making the request failed")
             raise ApiError(500, f"preparing the request failed ({describe_error(e)})") from None
 
     async def run(http: HttpRequest, body: SamplingFields, prompt_ids: list[int], param: str, chat: bool):
-        r = make(body, prompt_ids, param)
+        r = make(body, prompt_ids, param, chat)
         events: asyncio.Queue = asyncio.Queue()
         aloop = asyncio.get_running_loop()
 
@@ -239,7 +243,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             raise ApiError(503, str(e)) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
-            return StreamingResponse(stream(r, events, rid, chat), media_type="text/event-stream")
+            with_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(stream(r, events, rid, chat, with_usage), media_type="text/event-stream")
         return await complete(http, r, events, rid, chat)
 
     async def next_event(r, events: asyncio.Queue, http: HttpRequest | None = None) -> tuple[str, bool] | None:
@@ -286,7 +291,7 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model_name, "choices": [choice], "usage": usage(r)}
 
-    async def stream(r, events: asyncio.Queue, rid: str, chat: bool):
+    async def stream(r, events: asyncio.Queue, rid: str, chat: bool, with_usage: bool):
         obj = "chat.completion.chunk" if chat else "text_completion"
         created_at = int(time.time())
 
@@ -315,6 +320,9 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         finally:
             if not finished:  # failed, or the client went away (the response was cancelled): free its KV blocks
                 loop.abort(r.request_id)
+        if with_usage and finished:  # stream_options.include_usage: OpenAI's last chunk, no choices
+            yield "data: " + json.dumps({"id": rid, "object": obj, "created": created_at, "model": model_name,
+                                          "choices": [], "usage": usage(r)}) + "\n\n"
         yield "data: [DONE]\n\n"
 
     @app.post("/v1/completions", responses={200: {"model": Completion, "content": STREAM}, **GENERATION_RESPONSES})
@@ -339,8 +347,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
               responses={200: {"model": ChatCompletion, "content": STREAM}, **GENERATION_RESPONSES})
     async def chat_completions(http: HttpRequest, body: ChatRequest):
         check_ready(body)
-        check_length(sum(len(m.content) for m in body.messages), "characters", "messages")
-        ids = await tokenize(engine.tokenizer.encode_chat, [m.model_dump() for m in body.messages], "messages")
+        check_length(sum(len(m.text()) for m in body.messages), "characters", "messages")
+        ids = await tokenize(engine.tokenizer.encode_chat, [m.for_template() for m in body.messages], "messages")
         return await run(http, body, ids, "messages", chat=True)
 
     return app

@@ -24,6 +24,21 @@ import time
 COMMANDS = ("generate", "chat", "serve", "quantize", "bench", "report", "check", "hardware")
 
 
+# (max_num_seqs, max_num_batched_tokens) when not given: a GPU batches like vLLM (hundreds of sequences,
+# thousands of tokens a step, or the card idles on a 1 B model); a CPU stays small.
+BATCH_DEFAULTS = {"cuda": (256, 4096), "cpu": (32, 512)}
+DTYPE_NAMES = {"auto": None, "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16",
+               "fp32": "fp32", "float32": "fp32", "float": "fp32"}
+
+
+def dtype_name(text: str) -> str | None:
+    """``--dtype``: ours (bf16, fp16, fp32) or vLLM's spellings; ``auto`` = the device's default."""
+    if text not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}: choose auto, bf16/bfloat16, fp16/float16 or "
+                                         "fp32/float32")
+    return DTYPE_NAMES[text]
+
+
 def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False) -> None:
     from shared.engine import DEFAULT_MODEL
 
@@ -33,20 +48,27 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
     ap.add_argument("--impl", action="append", default=None, metavar="SPEC",
                     help="phaseN=NAME[,…] or a preset (solution, framework); repeatable; default: solution")
     ap.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda when available")
-    ap.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--dtype", default=None, type=dtype_name, metavar="{auto,bf16,fp16,fp32}",
+                    help="also vLLM's bfloat16, float16, float32; default (auto): bf16 on cuda, fp32 on cpu")
     ap.add_argument("--quant", default=None, help="INT4 weights (phase 5): rtn, awq, gptq")
     ap.add_argument("--quant-group-size", type=int, default=128, help="input columns per INT4 scale")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (phase 6: persistent workers under phase 4's batching)")
-    ap.add_argument("--max-seq-len", type=int, default=None, help="context per request (default: the model's)")
+    ap.add_argument("--tp", "--tensor-parallel-size", "-tp", dest="tp", type=int, default=1,
+                    help="tensor-parallel ranks (phase 6: persistent workers under phase 4's batching)")
+    ap.add_argument("--max-seq-len", "--max-model-len", dest="max_seq_len", type=int, default=None,
+                    help="context per request (default: the model's)")
     ap.add_argument("--no-compile", action="store_true", help="no CUDA graphs / compilation (eager)")
     ap.add_argument("--rope", choices=["torch", "cuda"], default=None,
                     help="cuda = phase 2's kernel (same as --impl phase2=solution); torch = phase 0's")
     if batching:
-        ap.add_argument("--max-num-seqs", type=int, default=32)
-        ap.add_argument("--max-num-batched-tokens", type=int, default=512)
-        ap.add_argument("--num-blocks", type=int, default=None)
-        ap.add_argument("--block-size", type=int, default=16)
-        ap.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"])
+        ap.add_argument("--max-num-seqs", type=int, default=None,
+                        help=f"sequences per step (default: {BATCH_DEFAULTS['cuda'][0]} on cuda, "
+                             f"{BATCH_DEFAULTS['cpu'][0]} on cpu)")
+        ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help=f"tokens per step (default: {BATCH_DEFAULTS['cuda'][1]} on cuda, "
+                             f"{BATCH_DEFAULTS['cpu'][1]} on cpu)")
+        ap.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: sized by the engine)")
+        ap.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+        ap.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"], help="scheduling order")
         ap.add_argument("--max-wait-steps", type=int, default=64, help="aging bound in steps (0: no aging)")
         ap.add_argument("--preemption", default="recompute", choices=["recompute", "swap"],
                         help="when KV blocks run out: recompute the victim later, or swap its blocks to host memory")
@@ -68,7 +90,11 @@ def engine_config(args: argparse.Namespace):
     rope = {"cuda": ["phase2=solution"], "torch": ["phase2=off"]}.get(args.rope, [])
     kw = {"max_num_seqs": 1}  # generate and chat: one request at a time, KV blocks for one context
     if hasattr(args, "max_num_seqs"):
-        kw = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        seqs, tokens = BATCH_DEFAULTS[device]
+        kw = dict(max_num_seqs=args.max_num_seqs or seqs, max_num_batched_tokens=args.max_num_batched_tokens or tokens,
                   num_blocks=args.num_blocks, block_size=args.block_size, policy=args.policy,
                   max_wait_steps=args.max_wait_steps or None, preemption=args.preemption,
                   swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks)
@@ -83,12 +109,31 @@ def sampling_params(args: argparse.Namespace):
     return SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
 
 
+class DefaultsParser(argparse.ArgumentParser):
+    """A subcommand's parser whose ``--help`` shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("titaninfer")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shared import ray_serve, serve
     from shared.engine import DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}",
+                            parser_class=DefaultsParser)
     gen = sub.add_parser("generate", help="stream text, then tokens/s and GB/s")
     add_engine_arguments(gen)
     gen.add_argument("--prompt", default="And God said,")

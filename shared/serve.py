@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import sys
 
 
@@ -27,9 +28,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--drain-timeout", type=float, default=30.0,
                     help="seconds the accepted requests get to finish after SIGTERM / Ctrl-C")
     ap.add_argument("--api-key", default=None, help="clients must send 'Authorization: Bearer KEY'")
+    ap.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
+    ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                    help="the server's log level (info adds one access line per request)")
 
 
-def build_app(config, *, max_queue: int = 256, engine=None, api_key: str | None = None):
+def build_app(config, *, max_queue: int = 256, engine=None, api_key: str | None = None,
+              served_model_name: str | None = None):
     """``(app, engine)``: phase 4's app over the engine's batched path; its loop thread is started."""
     from phase0_prototype.errors import ModelError
     from phase4_scheduler.engine_loop import EngineLoop
@@ -43,7 +48,8 @@ def build_app(config, *, max_queue: int = 256, engine=None, api_key: str | None 
     if batched.runner.graphs is not None:
         batched.runner.graphs.warmup()
     extra = {"api_key": api_key} if api_key is not None else {}
-    return create_app(EngineLoop(batched, max_queue=max_queue).start(), engine.config.model, **extra), engine
+    name = served_model_name or engine.config.model
+    return create_app(EngineLoop(batched, max_queue=max_queue).start(), name, **extra), engine
 
 
 def is_loopback(host: str) -> bool:
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace, config) -> int:
 
     if not args.drain_timeout >= 0:
         raise ModelError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
-    app, engine = build_app(config, max_queue=args.max_queue, api_key=args.api_key)
+    app, engine = build_app(config, max_queue=args.max_queue, api_key=args.api_key,
+                            served_model_name=args.served_model_name)
     if args.api_key is None and not is_loopback(args.host):
         print(f"warning: serving on {args.host} without --api-key: anyone who reaches the port can use it",
               file=sys.stderr)
@@ -70,4 +77,6 @@ def run(args: argparse.Namespace, config) -> int:
         print(f"serving {config.model} on {url}/v1 ({engine.path_name()}; SIGTERM or Ctrl-C drains "
               "and stops)", file=sys.stderr, flush=True)
 
-    return run_foreground(app, host=args.host, port=args.port, drain_timeout=args.drain_timeout, announce=announce)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_foreground(app, host=args.host, port=args.port, drain_timeout=args.drain_timeout, announce=announce,
+                          log_level=args.log_level)

@@ -1,0 +1,95 @@
+"""The OpenAI fields real clients send, through the official ``openai`` client against a live server (the
+bundled model on CPU): served ones give the reference's text; unserved ones are a 400 naming the field,
+never silently ignored."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from phase0_prototype import load_impl as phase0_impl
+from phase4_scheduler import SchedulerConfig
+from phase4_scheduler.serve import ServerThread, build_app
+
+MODEL = "kjv-llama-18m"
+
+
+@pytest.fixture(scope="module")
+def server():
+    app, loop = build_app(MODEL, scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64), max_queue=16)
+    with ServerThread(app) as srv:
+        srv.loop = loop
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _reference(loop, messages: list[dict], n: int) -> str:
+    tok = loop.engine.tokenizer
+    out = phase0_impl("solution").build(loop.engine.model, compile=False).generate(tok.encode_chat(messages), n)
+    return tok.decode([t for t in out.sequences()[0] if t not in tok.eos_ids])
+
+
+def test_content_parts_developer_role_and_max_completion_tokens(server, client):
+    """Text parts are concatenated, ``developer`` is the system turn, ``max_completion_tokens`` bounds the
+    answer: the same text as the plain-string request phase 0 generates from."""
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Answer "}, {"type": "text", "text": "briefly."}]},
+             {"role": "user", "content": [{"type": "text", "text": "Who made the light?"}]}]
+    plain = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Who made the light?"}]
+    r = client.chat.completions.create(model=MODEL, messages=parts, max_completion_tokens=9, temperature=0)
+    assert r.usage.completion_tokens <= 9
+    assert r.choices[0].message.content == _reference(server.loop, plain, 9)
+
+
+def test_chat_without_max_tokens_runs_past_sixteen_tokens(client):
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "And God said"}],
+                                       temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens > 16 and r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens + r.usage.completion_tokens == 512  # the context, filled
+
+
+def test_stream_options_include_usage_ends_with_the_usage_chunk(client):
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "In the beginning"}], max_tokens=6, temperature=0,
+        stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+    text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
+    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "In the beginning"}],
+                                           max_tokens=6, temperature=0)
+    assert text == plain.choices[0].message.content
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"42": 5}), ("presence_penalty", 0.5),
+    ("frequency_penalty", 1.0), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("response_format", {"type": "json_object"}), ("n", 2),
+])
+def test_unserved_chat_fields_are_refused_by_name(client, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       **{field: value})
+    assert e.value.body["param"] == field and field in e.value.body["message"]
+
+
+@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 2), ("logprobs", 2)])
+def test_unserved_completion_fields_are_refused_by_name(client, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2, **{field: value})
+    assert e.value.body["param"] == field
+
+
+def test_neutral_values_of_unserved_fields_pass(client):
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       logprobs=False, presence_penalty=0, frequency_penalty=0.0, n=1,
+                                       response_format={"type": "text"})
+    assert r.usage.completion_tokens <= 2
+
+
+def test_image_parts_are_refused_naming_the_part(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+    assert e.value.body["param"].startswith("messages.0.content")

@@ -1,0 +1,62 @@
+"""vLLM's spellings of the common flags reach the same engine settings as ours; defaults batch by device and
+show in ``--help``; ``--version``; ``--served-model-name`` is the name clients see."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from shared.cli import BATCH_DEFAULTS, build_parser, engine_config, main
+
+
+def config_of(*argv: str):
+    return engine_config(build_parser().parse_args(["serve", "--device", "cpu", *argv]))
+
+
+def test_vllm_spellings_equal_ours():
+    ours = config_of("--max-seq-len", "256", "--tp", "2", "--dtype", "bf16")
+    vllm = config_of("--max-model-len", "256", "--tensor-parallel-size", "2", "--dtype", "bfloat16")
+    short = config_of("--max-model-len", "256", "-tp", "2", "--dtype", "bfloat16")
+    assert ours == vllm == short
+    assert (ours.max_model_len, ours.tp, ours.dtype) == (256, 2, "bf16")
+    assert config_of("--dtype", "float32").dtype == "fp32" and config_of("--dtype", "auto").dtype is None
+
+
+def test_batching_defaults_follow_the_device_and_flags_win():
+    c = config_of()
+    assert (c.max_num_seqs, c.max_num_batched_tokens) == BATCH_DEFAULTS["cpu"]
+    c = config_of("--max-num-seqs", "7", "--max-num-batched-tokens", "99")
+    assert (c.max_num_seqs, c.max_num_batched_tokens) == (7, 99)
+    gpu = engine_config(build_parser().parse_args(["serve", "--device", "cuda"]))
+    assert (gpu.max_num_seqs, gpu.max_num_batched_tokens) == BATCH_DEFAULTS["cuda"]
+
+
+def test_help_shows_defaults_and_version_prints(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max-model-len" in out and "(default: 8000)" in out and "(default: warning)" in out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("titaninfer ")
+
+
+def test_unknown_dtype_is_refused_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--dtype", "int3"])
+    assert e.value.code == 2 and "bfloat16" in capsys.readouterr().err
+
+
+def test_served_model_name_is_what_clients_see():
+    from phase4_scheduler.serve import ServerThread
+    from shared.serve import build_app
+
+    app, _ = build_app(config_of("--model", "kjv-llama-18m", "--no-compile"), served_model_name="my-llama")
+    with ServerThread(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == ["my-llama"]
+        r = client.completions.create(model="my-llama", prompt="In the beginning", max_tokens=3, temperature=0)
+        assert r.model == "my-llama" and r.usage.completion_tokens <= 3
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="kjv-llama-18m", prompt="x", max_tokens=1)
