@@ -20,7 +20,8 @@ The contract (every implementation — ``framework``, ``solution``, ``reference`
   same tensors are returned for chaining.
 
 Implementations: ``framework`` (``kernels/rope_v1_naive.cu``: a thread per element, correct, slow),
-``solution`` (``kernels/rope_v2_vectorized.cu``: bandwidth-bound, head_dim 64/128), ``reference``
+``phase2_rope_cuda.staged`` (``kernels/rope_v2_shared.cu``: a block per token and head tile, cos/sin
+in shared memory, in place, still scalar accesses), ``solution`` (``kernels/rope_v3_vectorized.cu``: bandwidth-bound, head_dim 64/128), ``reference``
 (PyTorch, any device: the oracle). The CUDA ones raise ``RopeDeviceError`` on CPU tensors.
 ``integration.phase0_rope_fn(impl)`` adapts any of them to phase 0's ``RopeFn``.
 """

@@ -1,9 +1,11 @@
-"""Phase 2 bench: framework vs solution vs eager / torch.compile / liger-kernel vs the copy roofline.
+"""Phase 2 bench: framework (v1) vs v2 vs solution (v3) vs eager / torch.compile / liger / FlashInfer vs the copy roofline.
 
 ``run(impl, size)`` (the check runner's entry point) measures in ONE process:
-- P2.1 correctness of the CUDA kernels (framework and ``impl``) against the PyTorch reference;
+- P2.1 correctness of the CUDA kernels (framework, v2 ``staged`` and ``impl``) against the PyTorch reference;
+- P2.5's precondition: ``impl``'s output equals FlashInfer's on the main shape's inputs (a mismatch
+  is a FAIL note and fails P2.5; the timing still runs, labelled);
 - the main shape (16384 tokens, q 32 heads, k 4 heads, head_dim 64, bf16, random positions):
-  time of ``impl``, framework and the peers, rotating among input sets ≥ 3× L2 so DRAM is measured;
+  time of ``impl``, framework, v2 and the peers, rotating among input sets ≥ 3× L2 so DRAM is measured;
 - a token sweep 1…65536 and a launch-configuration sweep of the solution kernel;
 - a torch.profiler trace of ``impl``, CuPy's kernel attributes, and ncu metrics when ncu is present.
 On CPU only the reference is checked and timed; every GPU metric is skipped with the reason.
@@ -23,7 +25,14 @@ from module0_profiling.timing import time_fn
 from module0_profiling.trace import ncu_status, profile_region, run_ncu
 from phase2_rope_cuda import load_impl, reference
 from phase2_rope_cuda.bench_tables import correctness_table, kernel_attribute_table
-from phase2_rope_cuda.peers import compiled_peer, eager_peer, liger_peer, prepare_liger
+from phase2_rope_cuda.peers import (
+    compiled_peer,
+    eager_peer,
+    flashinfer_agreement,
+    flashinfer_peers,
+    liger_peer,
+    prepare_liger,
+)
 from phase2_rope_cuda.workload import (
     TOLERANCE,
     RopeShape,
@@ -41,8 +50,9 @@ SWEEP_TOKENS_FULL = (1, 17, 256, 1000, 4097, 16384, 65536)
 SWEEP_TOKENS_SMALL = (1, 1000, 4097)
 GPU_METRICS = [
     "p2_1_max_err_ratio", "p2_2_speedup_vs_framework", "p2_3_fraction_of_copy",
-    "p2_4_speedup_vs_compile", "p2_4_speedup_vs_liger",
+    "p2_4_speedup_vs_compile", "p2_4_speedup_vs_liger", "p2_5_fraction_of_flashinfer", "p2_5_flashinfer_err_ratio",
 ]
+FLASHINFER_METRICS = ("p2_5_fraction_of_flashinfer", "p2_5_flashinfer_err_ratio")
 
 
 def reference_self_check(device: str) -> float:
@@ -122,17 +132,24 @@ def run(impl: str = "solution", size: str = "full") -> BenchResult:
 
     _ncu(result, impl)  # first, while this process has run nothing but the peak measurement
     rows: list = []
-    impls = {"framework": framework} if impl == "framework" else {"framework": framework, impl: module}
+    staged = load_impl("phase2_rope_cuda.staged")
+    impls = {"framework": framework, "v2 shared": staged}
+    impls.setdefault(impl, module)
     result.metrics["p2_1_max_err_ratio"] = kernel_correctness(impls, rows)
     result.tables["P2.1 correctness (error / tolerance, ≤ 1 passes)"] = correctness_table(rows)
 
     peers, reasons = {}, {}
+    if staged is not module:
+        peers["v2 shared"] = lambda x: staged.apply_rope_(*x.args)
     for name, builder in (("eager", eager_peer), ("torch.compile", compiled_peer), ("liger", liger_peer)):
         fn, why = builder()
         if fn is None:
             reasons[name] = why
         else:
             peers[name] = fn
+    fi_peers, fi_reason = flashinfer_peers()
+    peers.update(fi_peers)
+    _flashinfer_agreement(result, module, fi_peers, fi_reason, shape)
     t = measure_versions(module, framework, shape, l2_bytes, peers)
     nbytes, flops = t.pop("bytes"), counted_flops(shape)
     gbps = {name: nbytes / s / 1e9 for name, s in t.items()}
@@ -149,6 +166,9 @@ def run(impl: str = "solution", size: str = "full") -> BenchResult:
             result.metrics[metric] = t[peer] / t["impl"]
         else:
             result.skip(metric, reasons.get(peer, f"{peer} was not measured"))
+    fi_times = [t[n] for n in fi_peers if n in t]
+    if fi_times:  # the faster of FlashInfer's two calls is the yardstick
+        result.metrics["p2_5_fraction_of_flashinfer"] = min(fi_times) / t["impl"]
     result.context["bytes_counted"] = f"{nbytes / 1e6:.1f} MB per call (q,k read+write, cos/sin rows of distinct positions)"
 
     _sweeps(result, module, framework, peers, shape, size, l2_bytes, impl)
@@ -184,13 +204,13 @@ def _host_table(module, framework, peers) -> str:
     from phase2_rope_cuda.cuda_launch import VECTORIZED_FILE, get_kernel
 
     x = make_inputs(RopeShape(tokens=1, max_position=4096), "cuda", seed=1)
-    kernel = get_kernel(VECTORIZED_FILE, "rope_v2_bf16_hd64_pos64", x.q.device)
+    kernel = get_kernel(VECTORIZED_FILE, "rope_v3_bf16_hd64_pos64", x.q.device)
     raw_args = (x.q.data_ptr(), x.k.data_ptr(), x.positions.data_ptr(), x.cache.data_ptr(),
                 np.int32(1), np.int32(32), np.int32(4), np.int64(2048), np.int64(64), np.int64(256), np.int64(64))
     versions = {
         "module.apply_rope_ (impl)": lambda x: module.apply_rope_(*x.args),
         "framework.apply_rope_": lambda x: framework.apply_rope_(*x.args),
-        "cudac.launch of the v2 kernel alone": lambda x: launch(kernel, (1,), (72, 4), raw_args),
+        "cudac.launch of the v3 kernel alone": lambda x: launch(kernel, (1,), (72, 4), raw_args),
         **{name: fn for name, fn in peers.items()},
     }
     if "liger" in peers:
@@ -203,6 +223,19 @@ def _profile(result, module, shape, impl) -> None:
     result.trace = profile_region(lambda: module.apply_rope_(*x.args), iters=20, warmup=3)
     result.trace_region = f"20 calls of {impl}.apply_rope_ on {shape.describe()}"
     result.tables["Kernel attributes (CuPy / NVRTC)"] = kernel_attribute_table()
+
+
+def _flashinfer_agreement(result: BenchResult, module, fi_peers: dict, reason: str, shape: RopeShape) -> None:
+    """P2.5's precondition, before any timing: ``impl`` and FlashInfer give the same q, k on one input set."""
+    if not fi_peers:
+        for metric in FLASHINFER_METRICS:
+            result.skip(metric, reason)
+        return
+    ratio = flashinfer_agreement(module.apply_rope_, fi_peers["flashinfer"], make_inputs(shape, "cuda", seed=11))
+    result.metrics["p2_5_flashinfer_err_ratio"] = ratio
+    if ratio > 1:
+        result.notes.append(f"FAIL: our RoPE and FlashInfer's disagree on the main shape ({ratio:.3g} × tolerance); "
+                            "the FlashInfer timings below compare different outputs.")
 
 
 def _ncu(result, impl: str) -> None:

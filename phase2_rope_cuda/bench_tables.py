@@ -26,7 +26,8 @@ def correctness_table(rows: list) -> str:
 
 
 def token_sweep_table(lines: list[tuple[int, dict]], impl: str) -> str:
-    names = [n for n in ("impl", "framework", "eager", "torch.compile", "liger") if n in lines[0][1]]
+    names = [n for n in ("impl", "framework", "v2 shared", "eager", "torch.compile", "liger", "flashinfer",
+                         "flashinfer in-place") if n in lines[0][1]]
     header = ["tokens", "MB counted"] + [impl if n == "impl" else n for n in names] + [f"{impl} time"]
     body = []
     for tokens, t in lines:
@@ -58,12 +59,19 @@ def launch_sweep_table(module, shape, l2_bytes: float) -> str:
 
 def kernel_attribute_table() -> str:
     """Registers and local memory per thread as the driver reports them for the compiled kernels."""
-    from phase2_rope_cuda.cuda_launch import NAIVE_FILE, VECTORIZED_FILE, get_kernel, kernel_attributes
+    from phase2_rope_cuda.cuda_launch import (
+        NAIVE_FILE,
+        SHARED_FILE,
+        VECTORIZED_FILE,
+        get_kernel,
+        kernel_attributes,
+    )
 
     body = []
     device = torch.device("cuda", torch.cuda.current_device())
-    for file_name, name in ((NAIVE_FILE, "rope_v1_bf16_pos64"), (VECTORIZED_FILE, "rope_v2_bf16_hd64_pos64"),
-                            (VECTORIZED_FILE, "rope_v2_bf16_hd128_pos64"), (VECTORIZED_FILE, "rope_v2_f32_hd64_pos64")):
+    for file_name, name in ((NAIVE_FILE, "rope_v1_bf16_pos64"), (SHARED_FILE, "rope_v2_bf16_pos64"),
+                            (VECTORIZED_FILE, "rope_v3_bf16_hd64_pos64"), (VECTORIZED_FILE, "rope_v3_bf16_hd128_pos64"),
+                            (VECTORIZED_FILE, "rope_v3_f32_hd64_pos64")):
         try:
             attrs = kernel_attributes(get_kernel(file_name, name, device))
         except Exception as e:

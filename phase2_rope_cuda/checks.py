@@ -1,4 +1,4 @@
-"""Phase 2 acceptance targets (P2.1–P2.4), evaluated on ``bench.run``'s metrics.
+"""Phase 2 acceptance targets (P2.1–P2.5), evaluated on ``bench.run``'s metrics.
 
 All are ratios measured in one run: error over the dtype's tolerance, time over time, bandwidth over
 the copy bandwidth measured on the same device. ``P2.1·ref`` checks the PyTorch reference itself
@@ -63,5 +63,14 @@ TARGETS: list[Target] = [
         metrics=["p2_4_speedup_vs_liger"],
         passes=lambda s: s > 1.0,
         show=times,
+    ),
+    Target(
+        id="P2.5",
+        description="solution throughput / FlashInfer's apply_rope_with_cos_sin_cache (vLLM's rotary contract; "
+        "the faster of its out-of-place and in-place calls), main shape, same run; outputs must agree first",
+        threshold="≥ 80 % (aim: faster), outputs within tol",
+        metrics=["p2_5_fraction_of_flashinfer", "p2_5_flashinfer_err_ratio"],
+        passes=lambda f, err: f >= 0.8 and err <= 1.0,
+        show=lambda f, err: f"{pct(f)} (outputs {err:.3g} of tol)",
     ),
 ]

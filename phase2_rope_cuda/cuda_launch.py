@@ -1,7 +1,7 @@
 """Build the phase's ``.cu`` files with NVRTC (through module0's ``cudac``) and pick kernels by dtype.
 
 Each ``.cu`` file instantiates its kernel once per (dtype, position dtype[, head_dim]) under a plain
-``extern "C"`` name such as ``rope_v2_bf16_hd64_pos64``; ``kernel_names`` lists them, so the CPU
+``extern "C"`` name such as ``rope_v3_bf16_hd64_pos64``; ``kernel_names`` lists them, so the CPU
 compile checks and the GPU loader agree on what a file must provide. Torch tensors reach the kernels
 as raw device pointers (``data_ptr()``, no copy) and kernels run on torch's current stream.
 """
@@ -20,8 +20,11 @@ DTYPE_TAG = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 POSITION_TAG = {torch.int64: "pos64", torch.int32: "pos32"}
 ELEMENT_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 
-NAIVE_FILE = "rope_v1_naive.cu"
-VECTORIZED_FILE = "rope_v2_vectorized.cu"
+# The versions, numbered as the lesson builds them (llm.c's dev/cuda style: one file per step).
+NAIVE_FILE = "rope_v1_naive.cu"  # a thread per element: the framework
+SHARED_FILE = "rope_v2_shared.cu"  # a block per (token, head tile), cos/sin staged in shared memory
+VECTORIZED_FILE = "rope_v3_vectorized.cu"  # 128-bit accesses, cos/sin in registers: the solution
+SHARED_MAX_HEAD_DIM = 256  # MAX_HEAD_DIM of rope_v2_shared.cu (its shared-memory row)
 VECTORIZED_HEAD_DIMS = (64, 128)
 
 
@@ -36,8 +39,10 @@ def kernel_names(file_name: str) -> list[str]:
         for dt in DTYPE_TAG.values():
             if file_name == NAIVE_FILE:
                 names.append(f"rope_v1_{dt}_{pos}")
+            elif file_name == SHARED_FILE:
+                names.append(f"rope_v2_{dt}_{pos}")
             elif file_name == VECTORIZED_FILE:
-                names += [f"rope_v2_{dt}_hd{d}_{pos}" for d in VECTORIZED_HEAD_DIMS]
+                names += [f"rope_v3_{dt}_hd{d}_{pos}" for d in VECTORIZED_HEAD_DIMS]
             else:
                 raise ValueError(f"unknown kernel file {file_name}")
     return names

@@ -1,4 +1,4 @@
-"""RoPE solution: ``kernels/rope_v2_vectorized.cu``, in place, q and k in one launch.
+"""RoPE solution: ``kernels/rope_v3_vectorized.cu``, in place, q and k in one launch.
 
 The limit it approaches is DRAM bandwidth: RoPE does ~3 FLOPs per 4 bytes moved (bf16 read + write),
 two orders of magnitude left of the ridge point, so the only question is how close the kernel gets
@@ -117,7 +117,7 @@ def _make_plan(q, k, positions, cos_sin_cache, config) -> _Plan | None:
         raise RopeInputError("positions and cos_sin_cache must be contiguous; pass .contiguous()")
     num_kv_heads = k.shape[1]
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    name = f"rope_v2_{DTYPE_TAG[q.dtype]}_hd{head_dim}_{POSITION_TAG[positions.dtype]}"
+    name = f"rope_v3_{DTYPE_TAG[q.dtype]}_hd{head_dim}_{POSITION_TAG[positions.dtype]}"
     grid, block = launch_shape(tokens, num_q_heads + num_kv_heads, head_dim, q.dtype, config)
     scalars = (np.int32(tokens), np.int32(num_q_heads), np.int32(num_kv_heads),
                np.int64(q.stride(0)), np.int64(q.stride(1)), np.int64(k.stride(0)), np.int64(k.stride(1)))

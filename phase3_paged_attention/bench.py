@@ -8,6 +8,9 @@
   the measured copy bandwidth. Dense SDPA on contiguous KV is the upper peer (no paging, no gather).
 - P3.4: causal prefill 8 × 2048 vs SDPA's flash backend, TFLOP/s from the counted causal FLOPs.
 - P3.5 (the sweeps): block sizes 16/32/64/128 and batch × context, solution vs baseline in every cell.
+- P3.6: FlashInfer (``peers.py``) in the same run: its outputs vs the float32 reference first (P3.1's ragged
+  batch, every block size: this checks the page-list conversion), then its batch decode at 64 × 4096 and over
+  the batch × context sweep, and its ragged causal prefill at 8 × 2048, against ``impl``. No FlashInfer: SKIP.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from module0_profiling.roofline import attention_decode_bytes, attention_decode_
 from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
 from module0_profiling.timing import capture_cuda_graph, time_fn
 from phase3_paged_attention import load_impl, tolerance
+from phase3_paged_attention.peers import (
+    DECODE_VARIANTS,
+    FlashInferPeer,
+    build_peer,
+    error_over_tolerance,
+    try_build,
+)
 from phase3_paged_attention.reference import dense_decode_attention
 from phase3_paged_attention.workloads import DecodeInputs, decode_inputs, prefill_inputs
 
@@ -29,8 +39,10 @@ PREFILL = dict(batch=8, seqlen=2048)
 SWEEP_BLOCKS = [16, 32, 64, 128]
 SWEEP_BATCH_CONTEXT = [(1, 512), (1, 4096), (1, 16384), (8, 512), (8, 4096), (8, 16384), (64, 512), (64, 4096),
                        (64, 16384)]
+FLASHINFER_METRICS = ["p3_6_decode_fraction_of_flashinfer", "p3_6_prefill_fraction_of_flashinfer",
+                      "p3_6_flashinfer_error_over_tolerance", "p3_6_sweep_min_decode_fraction_of_flashinfer"]
 GPU_METRICS = ["decode_speedup_vs_paged_baseline", "decode_copy_bw_fraction", "prefill_tflops_vs_sdpa_flash",
-               "sweep_min_speedup_vs_paged_baseline"]
+               "sweep_min_speedup_vs_paged_baseline", *FLASHINFER_METRICS]
 
 
 def _worst_error(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> float:
@@ -228,8 +240,10 @@ def _tuned_splits(batch: int, context: int) -> str:
     return "—"
 
 
-def bench_sweeps(res: BenchResult, impls: dict, impl_name: str, dtype: torch.dtype, copy_gbps: float) -> None:
-    """P3.5: block size at batch 64 × 4096, then batch × context at block 16; speed-up vs baseline in every cell."""
+def bench_sweeps(res: BenchResult, impls: dict, impl_name: str, dtype: torch.dtype, copy_gbps: float,
+                 flashinfer: tuple[FlashInferPeer, list[bool]] | None = None) -> None:
+    """P3.5: block size at batch 64 × 4096, then batch × context at block 16; speed-up vs baseline in every cell,
+    and vs FlashInfer's faster decode variant when ``flashinfer`` = (peer, use_tensor_cores values that built)."""
     heads, ref, impl = HEADS["full"], load_impl("reference"), impls[impl_name]
     speedups = []
     rows = []
@@ -248,7 +262,7 @@ def bench_sweeps(res: BenchResult, impls: dict, impl_name: str, dtype: torch.dty
     res.tables["P3.5a Block-size sweep (decode, batch 64, context 4096)"] = (
         f"| block size | {head} (eager) | {impl_name} GB/s (graph) | % of copy BW (graph) | baseline GB/s | "
         f"{impl_name} vs baseline (eager) |\n|---|{'---|' * len(impls)}---|---|---|---|\n" + "\n".join(rows))
-    rows = []
+    rows, fractions = [], []
     for batch, context in SWEEP_BATCH_CONTEXT:
         d = decode_inputs([context] * batch, block_size=16, dtype=dtype, device="cuda", seed=batch + context,
                           spare_blocks=0, **heads)
@@ -258,14 +272,91 @@ def bench_sweeps(res: BenchResult, impls: dict, impl_name: str, dtype: torch.dty
         t_ref = time_decode(ref, [d], iters=10)
         t_dense = time_dense([d], iters=10, graphed=True)
         speedups.append(t_ref / t_impl)
+        fi_cells = ""
+        if flashinfer is not None:
+            peer, variants = flashinfer
+            t_fi = min(time_fn(peer.decode(d, tc), warmup=3, iters=10).median for tc in variants)
+            fractions.append(t_fi / t_impl)
+            fi_cells = f" {nbytes / t_fi / 1e9:.0f} | {100 * t_fi / t_impl:.0f} % |"
         rows.append(f"| {batch} | {context} | {_tuned_splits(batch, context)} | {t_impl * 1e6:.1f} | "
                     f"{t_graph * 1e6:.1f} | {nbytes / t_graph / 1e9:.0f} | {100 * nbytes / t_graph / 1e9 / copy_gbps:.1f} % | "
-                    f"{nbytes / t_ref / 1e9:.0f} | {nbytes / t_dense / 1e9:.0f} | {t_ref / t_impl:.2f}× |")
+                    f"{nbytes / t_ref / 1e9:.0f} | {nbytes / t_dense / 1e9:.0f} | {t_ref / t_impl:.2f}× |{fi_cells}")
+    fi_head, fi_rule = (" FlashInfer GB/s (eager, faster variant) | vs FlashInfer (eager) |", "---|---|") if fractions else ("", "")
     res.tables["P3.5b Batch × context sweep (decode, block 16)"] = (
         f"| batch | context | splits (solution, tuned) | {impl_name} µs eager | µs graph | GB/s graph | "
-        "% copy BW | baseline GB/s (eager) | dense SDPA GB/s (graph) | vs baseline (eager) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+        f"% copy BW | baseline GB/s (eager) | dense SDPA GB/s (graph) | vs baseline (eager) |{fi_head}\n"
+        f"|---|---|---|---|---|---|---|---|---|---|{fi_rule}\n" + "\n".join(rows))
     res.metrics["sweep_min_speedup_vs_paged_baseline"] = min(speedups)
+    if fractions:
+        res.metrics["p3_6_sweep_min_decode_fraction_of_flashinfer"] = min(fractions)
+
+
+def bench_flashinfer(res: BenchResult, impl, dtype: torch.dtype) -> tuple[FlashInferPeer, list[bool]] | None:
+    """P3.6: FlashInfer's outputs against the float32 reference, then its decode and prefill against ``impl``."""
+    peer, reason = build_peer()
+    if peer is None:
+        for metric in FLASHINFER_METRICS:
+            res.skip(metric, reason)
+        return None
+    ref, heads, failures, errors = load_impl("reference"), HEADS["full"], {}, []
+    variants, label = list(DECODE_VARIANTS.values()), {tc: name for name, tc in DECODE_VARIANTS.items()}
+    lengths, blocks = CORRECTNESS["full"]
+    for i, block_size in enumerate(blocks):  # P3.1's ragged batch: pages, partial last pages, every block size
+        d = decode_inputs(lengths, block_size=block_size, dtype=dtype, device="cuda", seed=200 + i, **heads)
+        expected = ref.paged_decode_attention(*d.args(), upcast=True)
+        for tc in list(variants):
+            call, why = try_build(peer.decode, d, tc)
+            if call is None:
+                variants.remove(tc)
+                failures[label[tc]] = why
+            else:
+                errors.append(error_over_tolerance(call(), expected))
+    batch, context = DECODE["batch"], DECODE["context"]
+    sets = [decode_inputs([context] * batch, block_size=DECODE["block_size"], dtype=dtype, device="cuda", seed=s,
+                          spare_blocks=0, **heads) for s in range(4)]
+    nbytes = decode_bytes(batch, context, heads)
+    flops = attention_decode_flops(batch, heads["num_q_heads"], heads["head_dim"], context)
+    t_impl = time_decode(impl, sets)
+    t_fi = {tc: time_fn(lambda c: c(), inputs=[peer.decode(d, tc) for d in sets], warmup=3, iters=20).median
+            for tc in variants}
+    for tc, t in t_fi.items():
+        res.comparisons.append(Comparison(label[tc], t, nbytes, flops, "peer, eager, planned once"))
+        res.roofline.append(RooflinePoint(label[tc], flops, nbytes, t))
+    if t_fi:
+        res.metrics["p3_6_decode_fraction_of_flashinfer"] = min(t_fi.values()) / t_impl
+    else:
+        res.skip("p3_6_decode_fraction_of_flashinfer", "; ".join(failures.values()))
+
+    seqlen, pbatch = PREFILL["seqlen"], PREFILL["batch"]
+    p = prefill_inputs([seqlen] * pbatch, block_size=DECODE["block_size"], dtype=dtype, device="cuda", seed=1, **heads)
+    call, why = try_build(peer.prefill, p)
+    if call is None:
+        res.skip("p3_6_prefill_fraction_of_flashinfer", why)
+        failures["flashinfer ragged prefill"] = why
+    else:
+        errors.append(error_over_tolerance(call(), ref.varlen_prefill_attention(
+            p.q, p.k, p.v, p.cu_seqlens, p.max_seqlen, upcast=True)))
+        out = torch.empty_like(p.q)
+        t_ours = time_fn(lambda: impl.varlen_prefill_attention(p.q, p.k, p.v, p.cu_seqlens, p.max_seqlen, out=out),
+                         warmup=3, iters=20).median
+        t_peer = time_fn(call, warmup=3, iters=20).median
+        pflops = attention_prefill_flops(pbatch, heads["num_q_heads"], heads["head_dim"], seqlen, causal=True)
+        io_bytes = (p.q.numel() * 2 + p.k.numel() * 2 + p.v.numel() * 2) * p.q.element_size()
+        res.metrics["p3_6_prefill_fraction_of_flashinfer"] = t_peer / t_ours
+        res.comparisons.append(Comparison("prefill, attention only (no cache write)", t_ours, io_bytes, pflops,
+                                          "P3.6's side of the comparison"))
+        res.comparisons.append(Comparison("prefill flashinfer (ragged, causal)", t_peer, io_bytes, pflops, "peer"))
+        res.roofline.append(RooflinePoint("prefill flashinfer", pflops, io_bytes, t_peer))
+    if errors:
+        res.metrics["p3_6_flashinfer_error_over_tolerance"] = max(errors)
+    else:
+        res.skip("p3_6_flashinfer_error_over_tolerance", "no FlashInfer kernel built, so none was checked")
+    if errors and max(errors) > 1:
+        res.notes.append(f"FAIL: FlashInfer's outputs are {max(errors):.3g} × tolerance from the float32 reference; "
+                         "the page-list conversion (peers.to_flashinfer_layout) or the call is wrong: P3.6 fails.")
+    res.context["P3.6 FlashInfer"] = "; ".join([f"decode timed with: {', '.join(label[tc] for tc in t_fi) or 'none'}",
+                                                *(f"{what} absent: {why}" for what, why in failures.items())])
+    return (peer, variants) if variants else None
 
 
 def run(impl: str = "solution", size: str = "full") -> BenchResult:
@@ -297,7 +388,8 @@ def run(impl: str = "solution", size: str = "full") -> BenchResult:
     impls.setdefault(impl, candidate)
     bench_decode(res, impls, impl, dtype, copy_gbps)
     bench_prefill(res, impls, impl, dtype)
-    bench_sweeps(res, impls, impl, dtype, copy_gbps)
+    flashinfer = bench_flashinfer(res, impls[impl], dtype)
+    bench_sweeps(res, impls, impl, dtype, copy_gbps, flashinfer)
     res.notes.append("Decode bytes are counted (K and V of every token once, q read, out written); the PyTorch "
                      "baseline also copies the gathered pages, which is why it cannot approach the copy bandwidth.")
     return res

@@ -1,4 +1,4 @@
-"""Phase 3 targets (P3.1–P3.4, and P3.5: the block-size and batch × context sweeps), on bench.py's metrics."""
+"""Phase 3 targets (P3.1–P3.4, P3.5: the block-size and batch × context sweeps, P3.6: FlashInfer), on bench.py's metrics."""
 
 from module0_profiling.targets import Target, pct, times
 
@@ -43,5 +43,16 @@ TARGETS = [
         metrics=["sweep_min_speedup_vs_paged_baseline"],
         passes=lambda x: x >= 1.0,
         show=times,
+    ),
+    Target(
+        id="P3.6",
+        description="vs FlashInfer, same run: BatchDecodeWithPagedKVCacheWrapper (faster of CUDA-core / tensor-core "
+                    "kernels) at bs=64 ctx=4096, and its ragged causal prefill at 8×2048 (attention only); "
+                    "FlashInfer's outputs within tolerance of the float32 reference first",
+        threshold="decode ≥ 80 % (aim ≥ 100 %), prefill ≥ 70 % of its throughput",
+        metrics=["p3_6_decode_fraction_of_flashinfer", "p3_6_prefill_fraction_of_flashinfer",
+                 "p3_6_flashinfer_error_over_tolerance"],
+        passes=lambda decode, prefill, err: decode >= 0.8 and prefill >= 0.7 and err <= 1.0,
+        show=lambda decode, prefill, err: f"decode {pct(decode)}, prefill {pct(prefill)} (FlashInfer err {err:.2f})",
     ),
 ]

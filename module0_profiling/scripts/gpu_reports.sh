@@ -19,6 +19,10 @@ if [ -n "${SWEEP:-}" ]; then  # phase 5's W4A16 GEMV sweep first: its table (ker
   mkdir -p "$R/tuned" && cp phase5_quantization/kernels/tuned/*.json "$R/tuned/" 2>/dev/null
 fi
 for p in ${PHASES:-module0 phase2 phase0}; do
+  if [ "$p" = phase3 ]; then  # FlashInfer's kernels JIT-build for minutes at first use: before the check's timeout
+    echo "=== FlashInfer (P3.6's peer) kernels"
+    timeout 540 python3 -m phase3_paged_attention.peers 2>&1 | tail -3
+  fi
   echo "=== check $p"
   timeout "${CHECK_TIMEOUT:-300}" python3 -m module0_profiling.check "$p" --out "$R" 2>&1 | grep -v -e USDT -e _warn_once -e "Profiler clears"
 done

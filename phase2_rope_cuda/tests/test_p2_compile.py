@@ -10,10 +10,17 @@ import shutil
 import pytest
 
 from module0_profiling import cudac
-from phase2_rope_cuda.cuda_launch import KERNEL_DIR, NAIVE_FILE, NVRTC_OPTIONS, VECTORIZED_FILE, kernel_names
+from phase2_rope_cuda.cuda_launch import (
+    KERNEL_DIR,
+    NAIVE_FILE,
+    NVRTC_OPTIONS,
+    SHARED_FILE,
+    VECTORIZED_FILE,
+    kernel_names,
+)
 
-SHIPPED = [NAIVE_FILE, VECTORIZED_FILE]
-FILES = sorted({p.name for p in KERNEL_DIR.glob("*.cu")} | set(SHIPPED))  # a learner's rope_v3_*.cu is checked too
+SHIPPED = [NAIVE_FILE, SHARED_FILE, VECTORIZED_FILE]
+FILES = sorted({p.name for p in KERNEL_DIR.glob("*.cu")} | set(SHIPPED))  # a learner's rope_v4_*.cu is checked too
 ARCHS = ["sm_80", "sm_90"]
 
 
@@ -27,12 +34,19 @@ def test_nvrtc_compiles_every_instantiation(file_name, arch):
         return
     entries = set(re.findall(r"\.entry\s+(\w+)\(", result.ptx))
     assert entries == set(kernel_names(file_name))
-    # 128-bit global accesses are the point of v2; v1 must not have them (it is the scalar baseline).
+    # 128-bit global accesses are the point of v3; v1 and v2 must not have them (the scalar steps).
     vector_loads = len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.u32", result.ptx))
     if file_name == VECTORIZED_FILE:
         assert vector_loads >= 2 * len(entries)
     else:
         assert vector_loads == 0
+    # v2's point is the shared-memory row: one static array, a barrier, and reads of it in every kernel.
+    shared_loads = len(re.findall(r"ld\.shared(?:\.\w+)*\.f32", result.ptx))
+    if file_name == SHARED_FILE:
+        assert ".shared .align 4 .b8" in result.ptx and result.ptx.count("bar.sync") >= len(entries)
+        assert shared_loads >= 2 * len(entries)
+    else:
+        assert shared_loads == 0
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (NVRTC checks above still run)")

@@ -36,7 +36,7 @@ def assert_rope_matches(impl, q, k, positions, cache, **kwargs):
     assert not torch.equal(q, q_in) and not torch.equal(k, k_in)  # something really happened
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", ["framework", "phase2_rope_cuda.staged", "solution"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("tokens,hq,hkv", [(1, 32, 4), (7, 32, 4), (1001, 8, 8), (4097, 32, 4)])
@@ -46,7 +46,7 @@ def test_kernel_matches_reference(impl, dtype, head_dim, tokens, hq, hkv):
     assert_rope_matches(impl, q, k, positions, cache)
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", ["framework", "phase2_rope_cuda.staged", "solution"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("pos_dtype", [torch.int32, torch.int64])
 def test_fused_qkv_views_and_int32_positions(impl, dtype, pos_dtype):
@@ -68,6 +68,8 @@ def test_framework_handles_other_head_dims_solution_refuses():
     cache = build_cos_sin_cache(96, MAX_POSITION, device="cuda")
     q, k, positions, _ = make_inputs(45, 6, 2, 96, torch.bfloat16, seed=3)
     assert_rope_matches("framework", q, k, positions, cache)
+    q2, k2, _, _ = make_inputs(45, 6, 2, 96, torch.bfloat16, seed=4)
+    assert_rope_matches("phase2_rope_cuda.staged", q2, k2, positions, cache)  # v2 takes any even head_dim ≤ 256
     with pytest.raises(RopeInputError, match="head_dim"):
         load_impl("solution").apply_rope_(q, k, positions, cache)
 
@@ -85,7 +87,7 @@ def test_zero_tokens_is_a_no_op():
     cache = build_cos_sin_cache(64, 16, device="cuda")
     q = torch.empty(0, 4, 64, device="cuda", dtype=torch.bfloat16)
     k = torch.empty(0, 2, 64, device="cuda", dtype=torch.bfloat16)
-    for impl in ("framework", "solution"):
+    for impl in ("framework", "phase2_rope_cuda.staged", "solution"):
         load_impl(impl).apply_rope_(q, k, torch.empty(0, dtype=torch.int64, device="cuda"), cache)
 
 

@@ -34,3 +34,15 @@ def test_counted_bytes_tinyllama_shape():
     shape = RopeShape(tokens=16384, q_heads=32, kv_heads=4, head_dim=64, dtype=torch.bfloat16)
     qk = 16384 * 36 * 64 * 2
     assert counted_bytes(shape, distinct_positions=1000) == 2 * qk + 1000 * 64 * 4
+
+
+@pytest.mark.parametrize("heads", [1, 5, 36, 520])
+@pytest.mark.parametrize("head_dim", [2, 64, 96, 128, 256])
+def test_v2_shared_grid_covers_every_pair_of_every_head_once(heads, head_dim):
+    from phase2_rope_cuda.staged import launch_shape as staged_launch
+
+    (tokens, tiles), (pairs, heads_per_block) = staged_launch(11, heads, head_dim)
+    assert tokens == 11 and pairs == head_dim // 2 and pairs * heads_per_block <= 1024
+    covered = [t * heads_per_block + y for t in range(tiles) for y in range(heads_per_block)]
+    assert sorted(h for h in covered if h < heads) == list(range(heads))  # each head in exactly one tile
+    assert tiles <= 65535 and len(covered) - heads < heads_per_block  # at most one partial tile

@@ -47,6 +47,17 @@ print("block 5:", k_cache[5, :, 0].tolist())
 print("block 1:", k_cache[1, :, 0].tolist())
 """)
 md(r"""
+FlashInfer (the peer of target P3.6) keeps the same `[pages, page_size, kv_heads, head_dim]` tensors ("NHD") but
+lists pages in CSR form: sequence `b` owns `indices[indptr[b]:indptr[b+1]]`, and its last page holds
+`last_page_len[b]` tokens. `peers.to_flashinfer_layout` converts a block table; only the first
+`ceil(len / block_size)` entries of each row are pages.
+""")
+code(r"""
+from phase3_paged_attention.peers import to_flashinfer_layout
+layout = to_flashinfer_layout(block_tables, torch.tensor([6, 3], dtype=torch.int32), block_size)
+print("indptr:", layout.indptr.tolist(), " indices:", layout.indices.tolist(), " last_page_len:", layout.last_page_len.tolist())
+""")
+md(r"""
 ## 2. Run the framework: correct, and slow by construction
 
 The framework kernel gives each (sequence, q head) its own program, writes the whole score row to
@@ -124,7 +135,8 @@ md(r"""
 Decode: 4·Hq·D FLOPs per cached token against 2·Hkv·D·2 bytes (bf16 K and V) → intensity Hq / Hkv =
 **8 FLOP/byte** here (1 without GQA). An H100's ridge point is ~989 TFLOP/s ÷ 3.35 TB/s ≈ 295 FLOP/byte: decode is deep in the memory-bound
 region, so the only figure of merit is bytes/s against the copy bandwidth (target P3.3: ≥ 85 %). Causal prefill
-over S tokens does ~S/2 × more work per byte: compute-bound, judged against SDPA's flash kernel (P3.4).
+over S tokens does ~S/2 × more work per byte: compute-bound, judged against SDPA's flash kernel (P3.4). Both are
+also measured against FlashInfer, the kernels vLLM and SGLang serve with (P3.6: decode ≥ 80 %, prefill ≥ 70 %).
 """)
 code(r"""
 from module0_profiling.roofline import attention_decode_bytes, attention_decode_flops, attention_prefill_flops
@@ -160,7 +172,8 @@ for block_size in (16, 32, 64, 128):
 md(r"""
 ## 7. Profile and check
 
-`make check-phase3` runs `bench.py` (framework, solution, PyTorch baseline and dense SDPA in one process)
+`make check-phase3` runs `bench.py` (framework, solution, PyTorch baseline, dense SDPA and — when it imports —
+FlashInfer, in one process)
 and writes `reports/phase3_paged_attention/<device>.md`. On a CPU only P3.1 (correctness, interpreter,
 tiny shapes) is measured and the GPU targets print SKIP with the reason.
 """)

@@ -1,6 +1,7 @@
-// RoPE version 2 (the solution): a block per token group, cos/sin once per token, 128-bit accesses.
+// RoPE version 3 (the solution): a block per token group, cos/sin once per token, 128-bit accesses.
 //
-// Same math as v1 (HF / GPT-NeoX rotate-half, fp32 arithmetic), reorganised around memory traffic:
+// Same math as v1 and v2 (HF / GPT-NeoX rotate-half, fp32 arithmetic); where v2 still moves 2 bytes per
+// load and re-reads cos/sin per block, v3 is reorganised around memory traffic:
 //   - thread layout: blockDim.x = CHUNKS x lanes, blockDim.y = tokens per block. A "chunk" is VEC
 //     consecutive elements of the first half of a head (VEC x element = 16 bytes) together with the
 //     matching VEC elements of the second half: the rotate-half partners. CHUNKS = (D/2) / VEC threads
@@ -103,15 +104,15 @@ __device__ void rope_vectorized(typename T::storage* __restrict__ q,   // [token
                                     k_head_stride);                                                    \
     }
 
-ROPE_VECTORIZED(rope_v2_f32_hd64_pos64, F32, 64, long long)
-ROPE_VECTORIZED(rope_v2_bf16_hd64_pos64, BF16, 64, long long)
-ROPE_VECTORIZED(rope_v2_f16_hd64_pos64, F16, 64, long long)
-ROPE_VECTORIZED(rope_v2_f32_hd128_pos64, F32, 128, long long)
-ROPE_VECTORIZED(rope_v2_bf16_hd128_pos64, BF16, 128, long long)
-ROPE_VECTORIZED(rope_v2_f16_hd128_pos64, F16, 128, long long)
-ROPE_VECTORIZED(rope_v2_f32_hd64_pos32, F32, 64, int)
-ROPE_VECTORIZED(rope_v2_bf16_hd64_pos32, BF16, 64, int)
-ROPE_VECTORIZED(rope_v2_f16_hd64_pos32, F16, 64, int)
-ROPE_VECTORIZED(rope_v2_f32_hd128_pos32, F32, 128, int)
-ROPE_VECTORIZED(rope_v2_bf16_hd128_pos32, BF16, 128, int)
-ROPE_VECTORIZED(rope_v2_f16_hd128_pos32, F16, 128, int)
+ROPE_VECTORIZED(rope_v3_f32_hd64_pos64, F32, 64, long long)
+ROPE_VECTORIZED(rope_v3_bf16_hd64_pos64, BF16, 64, long long)
+ROPE_VECTORIZED(rope_v3_f16_hd64_pos64, F16, 64, long long)
+ROPE_VECTORIZED(rope_v3_f32_hd128_pos64, F32, 128, long long)
+ROPE_VECTORIZED(rope_v3_bf16_hd128_pos64, BF16, 128, long long)
+ROPE_VECTORIZED(rope_v3_f16_hd128_pos64, F16, 128, long long)
+ROPE_VECTORIZED(rope_v3_f32_hd64_pos32, F32, 64, int)
+ROPE_VECTORIZED(rope_v3_bf16_hd64_pos32, BF16, 64, int)
+ROPE_VECTORIZED(rope_v3_f16_hd64_pos32, F16, 64, int)
+ROPE_VECTORIZED(rope_v3_f32_hd128_pos32, F32, 128, int)
+ROPE_VECTORIZED(rope_v3_bf16_hd128_pos32, BF16, 128, int)
+ROPE_VECTORIZED(rope_v3_f16_hd128_pos32, F16, 128, int)
