@@ -240,6 +240,19 @@ def tokenizer_files(meta: dict, path: Path) -> tuple[str, dict]:
     return bpe.to_str(), config
 
 
+def _write_tokenizer(meta: dict, path: Path, folder: Path) -> None:
+    tokenizer_json, tokenizer_config = tokenizer_files(meta, path)
+    (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+
+
+def write_tokenizer(path: str | Path, folder: str | Path) -> None:
+    """The GGUF's tokenizer and chat template as a Hugging Face tokenizer folder (``tokenizer.json``,
+    ``tokenizer_config.json``): what a checkpoint quantized from the file needs beside its weights."""
+    path = Path(path).expanduser()
+    _write_tokenizer(_metadata(_open(path), path), path, Path(folder))
+
+
 def load_gguf(path: str | Path, *, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu") -> LoadedModel:
     """The GGUF at ``path`` dequantized to ``dtype`` on ``device``, with its own tokenizer and chat template."""
     path = Path(path).expanduser()
@@ -249,11 +262,9 @@ def load_gguf(path: str | Path, *, dtype: str | torch.dtype = "bf16", device: st
     meta = _metadata(reader, path)
     config = gguf_config(meta, {t.name for t in reader.tensors}, path)
     state = _state_dict(reader, config, path, dtype, device)
-    tokenizer_json, tokenizer_config = tokenizer_files(meta, path)
     # phase 0's tokenizer reads a Hugging Face tokenizer folder: write one for the moment it takes to load.
     with tempfile.TemporaryDirectory(prefix="titaninfer-gguf-tokenizer-") as folder:
-        (Path(folder) / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+        _write_tokenizer(meta, path, Path(folder))
         tokenizer = load_tokenizer(folder, vocab_size=config.vocab_size, bos_id=config.bos_token_id,
                                    eos_ids=config.eos_token_id)
     return LoadedModel(path.name, config, state, tokenizer, path)

@@ -13,6 +13,13 @@ importer and scored by the same evaluation.
 
 ``size="small"``: 4 k held-out tokens, speed targets SKIP (no GPU); ``size="full"`` (GPU): 32 k tokens, plus
 ``bench_speed`` — P5.2 at TinyLlama's shapes and P5.3 on random:tinyllama.
+
+SmolLM2-135M-Instruct (``smollm2_accuracy``, a table, no target): its base is llama.cpp's Q4_1 file dequantized
+(already 4-bit); beside it the Q4_1 blocks imported as INT4 (``gguf_int4``) and RTN / AWQ / GPTQ re-quantized
+from that base at group 32 (576 input features take no group of 128), scored on the same held-out text by
+perplexity and top-1 agreement with the base's argmax. ``size="full"`` fetches the file (~98 MB; a note if it
+cannot) and runs every row; ``small`` never fetches: with the file cached it runs the base and the import over
+1 k tokens, else a note.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ HELDOUT = HERE.parent / "models" / "kjv-llama-18m" / "heldout.txt"
 MODEL = "kjv-llama-18m"
 GPTQ = "phase5_quantization.gptq"
 SIZES = {"small": dict(eval_tokens=4096), "full": dict(eval_tokens=32768)}
+SMOLLM2 = {"small": dict(eval_tokens=1024, methods=()), "full": dict(eval_tokens=8192, methods=("rtn", "awq", "gptq"))}
+SMOLLM2_GROUP = 32  # llama.cpp's Q4_1 block; SmolLM2's hidden size 576 is not a multiple of 128
 SPEED_METRICS = ("p5_2_kernel_vs_linear_m1", "p5_2_kernel_vs_linear_m16", "p5_2_kernel_vs_int4pack",
                  "p5_3_decode_speedup", "p5_3_weight_memory_ratio")
 
@@ -65,6 +74,72 @@ def accuracy_table(impl: str = "solution", eval_tokens: int = 4096,
 def score(model, held: list[int], bos_id: int) -> dict[str, float]:
     r = evaluate_ids(model.forward_logits, held, window=256, bos_id=bos_id, device=model.embed_tokens.device)
     return {"ppl": r.perplexity, "acc": r.accuracy, "tokens": float(r.scored_tokens)}
+
+
+def smollm2_accuracy(eval_tokens: int = 8192, device: str = "cpu", methods: tuple = ("rtn", "awq", "gptq"),
+                     window: int = 256) -> dict[str, dict[str, float]]:
+    """``{row: {"ppl", "acc", "agree", "bits", "quant_s", "tokens"}}`` of SmolLM2 (module docstring) over the
+    first ``eval_tokens`` held-out tokens in disjoint windows of ``window`` (no BOS: SmolLM2 is trained without
+    one); the INT4 models run as served (``QuantLinear``)."""
+    from phase0_prototype.gguf_model import fetch_smollm2
+    from phase5_quantization import load_impl
+    from phase5_quantization.gguf_int4 import load_gguf_int4
+    from phase5_quantization.integration import METHODS
+    from phase5_quantization.model import LinearLlama
+
+    model, imported = load_gguf_int4(fetch_smollm2(), device=device)
+    base = LinearLlama.from_loaded(model)
+    held = model.tokenizer.encode(HELDOUT.read_text(), add_special_tokens=False)[:eval_tokens]
+    windows = torch.tensor(held[:len(held) // window * window], device=device).view(-1, window)
+    reference = [base.forward_logits(w[None])[0, :-1].argmax(-1) for w in windows]
+
+    def scored(q, quant_s: float) -> dict[str, float]:
+        nll = correct = agree = 0.0
+        for w, ref in zip(windows, reference, strict=True):
+            logits = q.forward_logits(w[None])[0, :-1]
+            nll += float(torch.nn.functional.cross_entropy(logits.double(), w[1:], reduction="sum"))
+            correct += float((logits.argmax(-1) == w[1:]).sum())
+            agree += float((logits.argmax(-1) == ref).sum())
+        n = windows.numel() - len(windows)
+        weights = sum(lin.shape[0] * lin.shape[1] for layer in q.linears for lin in layer.values())
+        return {"ppl": math.exp(nll / n), "acc": correct / n, "agree": agree / n, "tokens": float(n),
+                "bits": 8 * q.linear_bytes() / weights, "quant_s": quant_s}
+
+    rows = {"base: Q4_1 dequantized (fp32)": scored(base, math.nan),
+            "Q4_1 blocks imported as INT4 (g32, float zero-points)": scored(imported, math.nan)}
+    cal = model.tokenizer.encode(CALIBRATION.read_text(), add_special_tokens=False)
+    for name in methods:
+        t0 = time.perf_counter()
+        q = load_impl(METHODS[name]).quantize(base, None if name == "rtn" else cal, group_size=SMOLLM2_GROUP)
+        rows[f"{name.upper()} g{SMOLLM2_GROUP} from the base"] = scored(q, time.perf_counter() - t0)
+    return rows
+
+
+def smollm2_section(res: BenchResult, size: str, device: str) -> None:
+    """The SmolLM2 table in ``res`` (module docstring), or a note saying why it is not there."""
+    from phase0_prototype.errors import ModelError
+    from phase0_prototype.gguf_model import DEFAULT_CACHE, SMOLLM2_FILE, fetch_smollm2
+
+    if size == "small" and not (DEFAULT_CACHE.expanduser() / SMOLLM2_FILE).is_file():
+        res.context.update(smollm2="SKIP: SIZE=small never fetches SmolLM2 (~98 MB); SIZE=full does, or "
+                                   "fetch it once with make smollm2")
+        return
+    try:
+        fetch_smollm2()
+    except ModelError as e:  # e.g. a GPU machine with no network: copy the cached file there
+        res.context.update(smollm2=f"SKIP: {e}")
+        return
+    rows = smollm2_accuracy(SMOLLM2[size]["eval_tokens"], device, SMOLLM2[size]["methods"])
+    lines = ["| SmolLM2-135M-Instruct (the base is already 4-bit) | bits / projection weight | perplexity | "
+             "top-1 agreement with the base | top-1 accuracy | quantize (s) |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        q_s = "—" if math.isnan(r["quant_s"]) else f"{r['quant_s']:.1f}"
+        bits = "32 (fp32)" if name.startswith("base") else f"{r['bits']:.2f}"
+        lines.append(f"| {name} | {bits} | {r['ppl']:.3f} | {100 * r['agree']:.2f} % | {100 * r['acc']:.2f} % | {q_s} |")
+    tokens = int(next(iter(rows.values()))["tokens"])
+    res.tables[f"SmolLM2 against its dequantized-Q4_1 base ({tokens} held-out tokens, {device})"] = "\n".join(lines)
+    if size == "small":
+        res.context.update(smollm2="SIZE=small: base and Q4_1 import only; RTN/AWQ/GPTQ rows run with SIZE=full")
 
 
 def autoawq_ppl(held: list[int], device: str) -> float:
@@ -118,6 +193,7 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
     res.context.update(model=f"{MODEL} fp32 (accuracy)", eval_tokens=int(fp["tokens"]), group_size=128,
                        calibration="calibration_kjv.txt (28 chapters of the training text)", impl=impl,
                        device=dev_info.name)
+    smollm2_section(res, size, device)
     if size == "full":
         from phase5_quantization.bench_speed import decode_speed, kernel_speed
 

@@ -76,6 +76,10 @@ def save_quantized(model: LoadedModel, method: str, out: str | Path, *, group_si
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_awq_gemm(quantized, staging)
+        if model.path is not None and model.path.suffix == ".gguf":  # the tokenizer lives in the file's metadata
+            from phase0_prototype.gguf_model import write_tokenizer
+
+            write_tokenizer(model.path, staging)
         for name in TOKENIZER_FILES if model.path is not None else ():
             if (model.path / name).is_file():
                 shutil.copy2(model.path / name, staging / name)

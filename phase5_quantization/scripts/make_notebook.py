@@ -141,6 +141,53 @@ for name, model in models.items():
     print(f"{name:5s} perplexity {r['ppl']:7.3f}  top-1 {100 * r['acc']:5.2f} %  projections {model.linear_bytes() / 1e6:6.2f} MB")
 """)
 md(r"""
+## 4b. A real model's 4 bits: llama.cpp's Q4_1 next to AutoAWQ's layout
+
+SmolLM2-135M-Instruct reaches us as llama.cpp's Q4_1 (`make smollm2`). Both formats are asymmetric 4-bit
+codes per group of one row's input features; they differ in what a group stores:
+
+| | weights per group | per group | weight | bits per weight |
+|---|---|---|---|---|
+| llama.cpp Q4_1 (block) | 32 | fp16 scale `d`, fp16 min `m` | `d·q + m` | 4 + 2·16/32 = 5.0 |
+| AutoAWQ GEMM, g128 | 128 | fp16 scale `s`, 4-bit zero `z` (8 per int32) | `s·(q − z)` | 4 + (16 + 4)/128 ≈ 4.16 |
+| ours (`packing`), g128 | 128 | fp16 scale, uint8 zero | `s·(q − z)` | 4 + (16 + 8)/128 ≈ 4.19 |
+
+`gguf_int4` maps a Q4_1 block to a group of 32 with `s = d`, `z = −m/d` and the codes unchanged. Our zero-points
+are integers and `−m/d` is not, so the import keeps `z` as a float32 (5.5 bits per weight as held): exact
+to fp32 rounding. Rounding `z` instead would move a whole block by up to `d/2` — the cell measures it.
+The W4A16 kernels take groups of 128 with integer zero-points, and SmolLM2's 576 input features take no
+group of 128 at all, so these layers run the dequantize + `F.linear` path.
+""")
+code(r"""
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
+from phase5_quantization.gguf_int4 import q4_1_weight
+w = np.random.default_rng(0).normal(0, 0.02, (64, 256)).astype(np.float32)
+blocks = gguf_quantize(w, T.Q4_1)  # llama.cpp's encoder: [64, 256/32 · 20] bytes
+ref = torch.from_numpy(gguf_dequantize(blocks, T.Q4_1))
+qw = q4_1_weight(blocks, w.shape)
+print("Q4_1 bits/weight in the file:", 8 * blocks.nbytes / w.size, "| imported (float32 zeros):", 8 * qw.nbytes() / w.size)
+print("import vs llama.cpp's d·q + m: max |diff|", float((qw.dequantize() - ref).abs().max()))
+rounded = qw.zeros.round().clamp(0, 15).to(torch.uint8)
+from phase5_quantization.packing import dequantize
+err = (dequantize(qw.codes(), qw.scales, rounded, 32) - ref).abs().mean() / (torch.from_numpy(w) - ref).abs().mean()
+print(f"integer zero-points instead: a further error {float(err):.2f}× Q4_1's own rounding error (mean |·|)")
+""")
+md(r"""
+The SmolLM2 rows of `bench.py` (`smollm2_accuracy`; NOTES.md has the CPU figures) score the import and RTN / AWQ /
+GPTQ re-quantized at group 32 against the dequantized-Q4_1 base: perplexity and top-1 agreement with the
+base's argmax on the held-out text. The base is already 4-bit, so this measures re-quantization, not a distance
+to the bf16 original. Downstream tasks need datasets from the Hugging Face hub, which this workbook does
+not reach; online, EleutherAI's harness scores the original model (not run here):
+
+```bash
+pip install lm-eval
+lm_eval --model hf --model_args pretrained=HuggingFaceTB/SmolLM2-135M-Instruct \
+        --tasks hellaswag,arc_easy,piqa,winogrande,boolq --batch_size 16
+```
+""")
+md(r"""
 ## 5. The kernel: dequantize in registers
 
 `kernels/w4a16_rows.py` and `kernels/w4a16.py` never write a float weight. The codes are repacked once: each
