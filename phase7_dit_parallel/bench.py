@@ -174,6 +174,8 @@ def ulysses_two_gpus(impl: str, shapes: dict, result: BenchResult) -> None:
 
 def run(impl: str, size: str) -> BenchResult:
     info = detect_device()
+    if size == "full" and not info.is_cuda:
+        raise SystemExit("SIZE=full times DiT-XL/2 up to 16,384 tokens and needs a CUDA GPU: use SIZE=small")
     shapes = SHAPES[size]
     device = "cuda" if info.is_cuda else "cpu"
     gpus = torch.cuda.device_count() if info.is_cuda else 0
