@@ -87,7 +87,7 @@ test-python: setup
 
 # One phase's CPU tests: `make test-phase7`; IMPL=phase7_dit_parallel.mine runs them on your module (phase 7's
 # tests take the switch; without IMPL they test the framework and the solution).
-test-phase%: setup
+test-phase%: setup ## one phase's CPU tests: make test-phase7 (IMPL=module.path: phase 7's run on your module)
 	$(if $(filter command line environment,$(origin IMPL)),IMPL=$(IMPL)) $(INTERPRET) $(PYTHON) -m pytest -q \
 	  $(wildcard phase$*_*/tests)
 
@@ -104,9 +104,9 @@ check-phase0: setup ## P0.1–P0.5: TinyLlama prototype, KV cache, compile + gra
 	$(CHECK) phase0
 check-phase1: setup ## P1.1–P1.3: Rust block allocators and block manager
 	$(CHECK) phase1
-check-phase2: setup ## P2.1–P2.4: RoPE CUDA kernels
+check-phase2: setup ## P2.1–P2.5: RoPE CUDA kernels (P2.5: vs FlashInfer)
 	$(CHECK) phase2
-check-phase3: setup ## P3.1–P3.4: Triton paged attention and FA-2 prefill
+check-phase3: setup ## P3.1–P3.6: Triton paged attention and FA-2 prefill (P3.6: vs FlashInfer)
 	$(CHECK) phase3
 check-phase4: setup ## P4.1–P4.7: continuous batching, the server, prefill/decode disaggregation
 	$(CHECK) phase4

@@ -3,7 +3,7 @@
 - M0.1: a fresh device-to-device copy measurement against the datasheet bandwidth.
 - M0.2: the same region (100 graph-replayed GEMVs, the GPU never idle) timed two ways — the
   profiler's union of kernel intervals and a pair of CUDA events — must agree.
-- M0.3: the seed's loop, ``Linear(4096, 4096)`` at batch 1 with a sync per step, vs the same work
+- M0.3: the lesson's loop, ``Linear(4096, 4096)`` at batch 1 with a sync per step, vs the same work
   replayed from a CUDA graph (or ``--impl``'s loop).
 """
 

@@ -1,6 +1,6 @@
 """Module 0 lesson, framework: a batch-1 ``Linear(4096, 4096)`` loop that synchronises every step.
 
-This is the seed's §0.3 test script. It is correct and it is slow on purpose:
+This is the loop the lesson traces. It is correct and it is slow on purpose:
 
 - at batch 1 the layer is a matrix-vector product: 2 FLOPs per weight read, far left of the ridge
   point, so even a perfect kernel is bound by HBM bandwidth (a 4096² bf16 weight is 32 MiB);
@@ -26,7 +26,7 @@ def make_loop(layer: torch.nn.Linear, x: torch.Tensor, steps: int) -> Callable[[
         with torch.no_grad():
             for _ in range(steps):
                 y = layer(x)
-                synchronize(x.device)  # the seed's per-step torch.cuda.synchronize()
+                synchronize(x.device)  # a host round trip every step: the idle gaps the trace shows
         return y
 
     return loop

@@ -1,6 +1,6 @@
 """Fill a phase's PROFILING_TEMPLATE.md from one bench run: ``reports/<phase>/<device>.md/.json/.png``.
 
-The template is Markdown with ``{{field}}`` placeholders (the seed's Module 0 checklist: macro,
+The template is Markdown with ``{{field}}`` placeholders (Module 0's profiling checklist: macro,
 micro, roofline, before/after, targets). Every field is filled with a measured value or with
 "n/a: <reason>" — a report with a blank is a bug (the tests check it).
 """

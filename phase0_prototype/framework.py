@@ -1,4 +1,4 @@
-"""The slow, correct engine: the seed's ~100-line TinyLlama forward, made right.
+"""The slow, correct engine: a ~100-line TinyLlama forward, made right.
 
 What it does right: RMSNorm with HF's casts, residual connections around attention and the MLP,
 grouped-query attention (32 query heads share 4 key/value heads), rotary embeddings, SwiGLU.
@@ -12,7 +12,7 @@ What is slow, on purpose, and why:
   RoPE as a handful of elementwise ops, no fusion: at short lengths the CPU's launch rate sets the pace.
 - **A host synchronisation per token** (the EOS test reads a flag back), so the CPU never runs ahead.
 
-The engine reads the checkpoint's HF-named state dict directly, like the seed.
+The engine reads the checkpoint's HF-named state dict directly, with no conversion step.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Framework: the seed's starting point — a LIFO free list (in Rust) under a block manager in Python.
+"""Framework: the lesson's starting point — a LIFO free list (in Rust) under a block manager in Python.
 
-- ``LifoBlockAllocator`` is the Rust free list of the seed's skeleton (``rust/src/lifo.rs``): a
+- ``LifoBlockAllocator`` is the Rust free list of the lesson's starting skeleton (``rust/src/lifo.rs``): a
   stack of block ids, O(1) pop and push.
 - ``BlockManager`` is the Python reference manager (``reference_block_manager.py``) running over that
   Rust free list. It is correct; it is slow because every generated token of every sequence runs a

@@ -32,7 +32,7 @@ def aligned_pieces(start: int, n: int, max_order: int) -> Iterator[tuple[int, in
 
 
 class LifoBlockAllocator:
-    """The seed's free list: a stack of block ids. O(1); no contiguous runs (``allocate(n > 1)``
+    """The starting free list: a stack of block ids. O(1); no contiguous runs (``allocate(n > 1)``
     raises NotImplementedError)."""
 
     def __init__(self, num_blocks: int):

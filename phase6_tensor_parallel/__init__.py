@@ -15,7 +15,7 @@ Public contract (``framework``, ``solution`` and a learner's module provide)::
 
 - ``layers``: ``ColumnParallelLinear`` (optionally gathering), ``RowParallelLinear`` (all-reduce of partial sums),
   ``VocabParallelEmbedding`` (masked lookup + all-reduce), ``ParallelLMHead`` (column-parallel + all-gather).
-- ``framework``: every linear column-parallel + all-gather (the seed's version, replicated activations);
+- ``framework``: every linear column-parallel + all-gather (the starting version, replicated activations);
   ``solution``: Megatron pairing (qkv, gate/up column; o_proj, down row: two all-reduces per layer), KV heads
   sharded, the two half batches alternating compute and async all-reduce. Each is a ``shard_weights`` of
   phase 0's fused weights (matrices or phase 5's INT4 layers); every layer runs phase 0's ``decoder_layer``.

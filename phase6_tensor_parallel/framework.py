@@ -1,4 +1,4 @@
-"""Phase 6 framework: the seed's tensor parallelism — every linear is column-parallel and all-gathers its output.
+"""Phase 6 framework: the starting tensor parallelism — every linear is column-parallel and all-gathers its output.
 
 Correct, and slow for a reason worth seeing: each rank computes only its slice of each projection's
 outputs, but then all-gathers the slices so the activations are replicated again. Per layer that is FOUR

@@ -11,7 +11,7 @@ input columns — whole quantization groups (``check_layout`` refuses a ``--tp``
   intermediate slice), o_proj and down row-parallel, each all-reducing its output — 2 all-reduces a layer.
   The shard model's config has Hq/N and Hkv/N heads, so the runner's KV cache holds this rank's kv heads only.
 - ``framework``: every projection column-parallel with its output all-gathered (4 collectives a layer);
-  activations and the KV cache replicated — the seed's layout.
+  activations and the KV cache replicated — the starting layout.
 
 Limit: the embedding, the norms and the lm_head stay whole on every rank (each rank computes the full
 logits, rank 0 alone uses them): the simplest correct choice, at vocab × hidden of memory per rank.

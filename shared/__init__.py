@@ -27,7 +27,7 @@ with phase 2's RoPE, phase 5's INT4 layers and phase 6's ranks (``tp > 1``) plug
 ``phase4=off``: phase 0's engine, one request at a time.
 
 Presets (``load_impl``): ``solution`` (every phase's solution: what ``make check-engine`` measures),
-``framework`` (the seed's prototype: phase 0's framework, one request at a time), or a module path
+``framework`` (the prototype: phase 0's framework, one request at a time), or a module path
 defining ``IMPLS``. The rest: ``cli`` (generate, chat, serve, bench, report, check, hardware), ``bench``
 and ``checks`` (E.1, E.2), ``impls`` (the ``--impl`` spec), ``quant`` (phase 5's hook), ``tp_workers``
 (phase 6's ranks), ``batched``/``single`` (the two paths), ``outputs`` (what requests return).

@@ -10,7 +10,7 @@ fused Triton step over the paged cache. The phases plug into the one model (``ph
 - ``tp > 1``: phase 6's shards of those layers (float or INT4) on every rank, the same engine on rank 0
   driving the others each step (``shared.tp_workers``: workers started once, ended by ``close``).
 
-``phase4=off`` is the seed's prototype: phase 0's engine, one request at a time (``shared.single``); the
+``phase4=off`` is the prototype: phase 0's engine, one request at a time (``shared.single``); the
 same engine is ``single``, the yardstick ``make check-engine`` compares the loop's bs=1 decode with
 (``reports/shared/``).
 """

@@ -1,4 +1,4 @@
-"""The seed's starting point: phase 0's prototype serving one request at a time.
+"""The engine's starting point: phase 0's prototype serving one request at a time.
 
 - phase 0: the framework engine — no KV cache (every token re-runs the whole sequence), one kernel per
   operation launched from Python, a host synchronisation per token;

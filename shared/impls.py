@@ -4,7 +4,7 @@ A spec is a comma-separated list (or several ``--impl`` flags) of
 
 - ``phaseN=NAME``: that phase's implementation — ``framework``, ``solution``, a phase-specific name
   (``reference``, ``off``, ``auto``, ``rtn``/``awq``/``gptq``) or a module path (``phase3_paged_attention.mine``);
-- a preset: ``solution`` (every phase's solution), ``framework`` (the seed's prototype), or a module
+- a preset: ``solution`` (every phase's solution), ``framework`` (the prototype), or a module
   path exposing ``IMPLS`` (a learner's ``shared.mine``).
 
 Presets apply first, in order, then the ``phaseN=`` items over them. Anything else is a one-line

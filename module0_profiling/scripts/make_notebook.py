@@ -13,9 +13,9 @@ md(r"""
 Every phase of TitanInfer is judged by numbers measured on *your* machine. This notebook builds the
 habits: know the two ceilings of your GPU, place a kernel on the roofline, read a trace, and know
 what Nsight Compute's metrics say. It runs on a CPU too (small shapes, GPU cells explain what they
-would show); on a GPU it uses the seed's shapes.
+would show); on a GPU it uses the full shapes (`Linear(4096, 4096)`, 100 steps).
 
-Seed §0.2–0.4: roofline, Nsight Systems, Nsight Compute. The timeline here comes from
+The topics: the roofline, Nsight Systems, Nsight Compute. The timeline here comes from
 `torch.profiler` (the same CUPTI data Nsight Systems shows) via `module0_profiling.trace`.
 """)
 code(r"""
@@ -37,7 +37,7 @@ Attainable FLOP/s = min(peak FLOP/s, AI × bandwidth), with arithmetic intensity
 moved through DRAM. The *ridge point* peak / bandwidth is the AI where a kernel stops being
 memory-bound.
 
-A correction to the seed: it plots an RTX 4090 with "82.6 TFLOPS FP16". 82.6 TFLOP/s is the 4090's
+A common mistake: plotting an RTX 4090 with "82.6 TFLOPS FP16". 82.6 TFLOP/s is the 4090's
 **FP32** (non-tensor) rate; its dense bf16/fp16 tensor-core rate is about **165 TFLOP/s**
 (330 with sparsity). With 1008 GB/s the ridge is at ~164 FLOP/byte, not 82. On an H100 SXM
 (989 dense bf16 TFLOP/s, 3350 GB/s) it is ~295 FLOP/byte. We use *measured* ceilings for targets:
@@ -74,7 +74,7 @@ for b in [1, 8, 64, 256, 1024, 4096]:
     print(f"{b:>6} {ai:>8.1f} {bound:>14} {h100.attainable_tflops(ai):>19.1f}")
 """)
 md(r"""
-## 3. Reading a trace: the seed's `Linear(4096, 4096)` loop
+## 3. Reading a trace: the batch-1 `Linear(4096, 4096)` loop
 
 The framework runs 100 steps at batch 1 with `torch.cuda.synchronize()` after each. Each step costs
 a Python call, a kernel launch (~5 µs of CPU) and a host round trip: the GPU idles between short

@@ -1,7 +1,7 @@
 """Every phase's check at SIZE=small: the bench runs, the table prints, the report has every field.
 
-DESIGN.md: `make test` includes "a smoke run of every phase's check at SIZE=small that asserts the
-report is produced with every field filled". GPU targets are SKIP with a reason on CPU, never PASS.
+`make test` includes a smoke run of every phase's check at SIZE=small that asserts the report is
+produced with every field filled. GPU targets are SKIP with a reason on CPU, never PASS.
 """
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CUDA basics, the seed's trio: vector add, coalesced vs strided copy, naive vs shared-memory-tiled matmul.
+"""CUDA basics, three first kernels: vector add, coalesced vs strided copy, naive vs shared-memory-tiled matmul.
 
 The kernels are plain ``.cu`` files beside this module, compiled by NVRTC through CuPy
 (``module0_profiling.cudac.load_kernels``) and launched on PyTorch's stream on torch tensors; every result

@@ -45,7 +45,7 @@ print("row partials, summed == full:      ", torch.allclose(sum(partials), F.lin
 md(r"""
 ## 2. Megatron pairing: what each layer communicates
 
-The seed's framework makes *every* linear column-parallel and all-gathers its output (activations replicated,
+The framework makes *every* linear column-parallel and all-gathers its output (activations replicated,
 attention over all heads on every rank). Megatron pairs a column-parallel layer that does **not** gather with a
 row-parallel layer that takes exactly that slice: qkv → attention on the rank's own heads → o_proj, and
 gate/up → SwiGLU → down. One all-reduce closes each pair: two per layer. Bytes each rank receives per decode

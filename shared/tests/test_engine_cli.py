@@ -136,7 +136,7 @@ def test_chat_drops_the_oldest_exchanges_when_the_context_is_full():
 @pytest.mark.parametrize("quant", [None, "rtn"], ids=["bf16", "int4-rtn"])
 def test_serve_answers_like_the_engine(quant):
     """The server (phase 4's continuous batching, with phase 5's INT4 projections under ``quant``) returns the
-    greedy text of the seed's path on the same weights: phase 0's engine (phase 5's ``Int4Engine`` with INT4),
+    greedy text of the prototype's path on the same weights: phase 0's engine (phase 5's ``Int4Engine`` with INT4),
     a static KV cache and no scheduler (``phase4=off``)."""
     import openai
 
@@ -146,10 +146,10 @@ def test_serve_answers_like_the_engine(quant):
 
     engine = LLMEngine(EngineConfig(model="kjv-llama-18m", impl="phase1=reference", quant=quant, max_num_seqs=4,
                                     max_num_batched_tokens=64))
-    seed_path = LLMEngine(replace(engine.config, impl="phase4=off"), model=engine.model)
+    prototype_path = LLMEngine(replace(engine.config, impl="phase4=off"), model=engine.model)
     prompts = ["And God said", "In the beginning God created"]
-    expected = [seed_path.generate(p, max_tokens=10, ignore_eos=True)[0].text for p in prompts]
-    assert seed_path.last_run.path.startswith("phase 5 INT4" if quant else "phase 0")
+    expected = [prototype_path.generate(p, max_tokens=10, ignore_eos=True)[0].text for p in prompts]
+    assert prototype_path.last_run.path.startswith("phase 5 INT4" if quant else "phase 0")
     app, _ = build_app(engine.config, engine=engine)
     with ServerThread(app) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -1,4 +1,4 @@
-//! The seed's free-list allocator: a stack of free block ids, `pop` to allocate, `push` to free.
+//! The starting skeleton's free-list allocator: a stack of free block ids, `pop` to allocate, `push` to free.
 //!
 //! O(1) and as simple as it gets, which is why vLLM's v0 block manager used it. What it cannot do:
 //! hand out a contiguous run of blocks (the stack remembers no adjacency), so it has no answer to

@@ -180,7 +180,7 @@ macro_rules! allocator_class {
 allocator_class!(
     LifoBlockAllocator,
     CoreLifo,
-    "The seed's free-list allocator: O(1) single blocks, no contiguous runs."
+    "The starting skeleton's free-list allocator: O(1) single blocks, no contiguous runs."
 );
 allocator_class!(
     BuddyAllocator,
