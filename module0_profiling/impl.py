@@ -8,6 +8,7 @@ imported as a module path (a learner's ``phase2_rope_cuda.mine``).
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 BUILTIN_IMPLS = ("framework", "solution")
@@ -28,3 +29,10 @@ def load_impl(phase_package: str, name: str) -> ModuleType:
             f"IMPL '{name}' does not import ({module_name}: {e}); "
             f"choose one of: {', '.join(BUILTIN_IMPLS)}, or a module path such as {phase_package}.mine"
         ) from None
+
+
+def impls_under_test(default: list[str]) -> list[str]:
+    """The implementations a phase's tests check: ``IMPL`` from the environment when set (``make test-phaseN
+    IMPL=phaseN_x.mine``: the tests take the same switch as the checks), else ``default``."""
+    chosen = os.environ.get("IMPL", "").strip()
+    return [chosen] if chosen else list(default)

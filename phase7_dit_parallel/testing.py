@@ -3,16 +3,15 @@ and the sequence-parallel ranks.
 
 ``sp_rank`` and ``sp_parts_rank`` run on each spawned process (``phase6_tensor_parallel.dist_env.spawn``):
 every rank builds the same seeded weights itself (nothing large crosses the process boundary).
-``tested_impls``: the tests take the same switch as the checks — ``IMPL=phase7_dit_parallel.mine make
-test-phase7`` runs them on a learner's module; without ``IMPL``, on the framework and the solution.
+``sp_impls_under_test``: the tests take the same switch as the checks (``IMPL=phase7_dit_parallel.mine``),
+the sequence-parallel ones the solution by default (the framework is one device by design).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from module0_profiling.impl import impls_under_test
 from phase6_tensor_parallel.dist_env import TPGroup, local_device
 from phase7_dit_parallel import PRESETS, load_impl, model
 from phase7_dit_parallel.config import DiTConfig
@@ -22,12 +21,8 @@ from phase7_dit_parallel.weights import random_weights
 SP_MODES = ("ulysses", "ring")
 
 
-def tested_impls(*, sequence_parallel: bool = False) -> list[str]:
-    """``IMPL`` when set, else framework and solution (only the solution when ``sequence_parallel``: the
-    framework is one device by design)."""
-    if os.environ.get("IMPL"):
-        return [os.environ["IMPL"]]
-    return ["solution"] if sequence_parallel else ["framework", "solution"]
+def sp_impls_under_test() -> list[str]:
+    return impls_under_test(["solution"])
 
 
 def random_inputs(config: DiTConfig, batch: int, latent: int, *, seed: int, device: str = "cpu",

@@ -17,6 +17,7 @@ import pytest
 import torch
 from p0_helpers import hf_greedy
 
+from module0_profiling.impl import impls_under_test
 from phase0_prototype import load_impl, load_model
 from phase0_prototype.evaluate import evaluate_ids, unigram_perplexity
 from phase0_prototype.sources import MODELS_DIR, REPO_ROOT, bundled_models
@@ -57,7 +58,7 @@ def test_short_name_resolves_to_the_directory(ours, hf):
     assert ours.path == MODEL_DIR and ours.config.num_parameters() == sum(p.numel() for p in hf.parameters())
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "solution"]))
 def test_greedy_tokens_equal_transformers(hf, ours, impl):
     ids = ours.tokenizer.encode(PROMPT)
     expected = hf_greedy(hf, ids, 32)

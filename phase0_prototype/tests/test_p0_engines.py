@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from module0_profiling.impl import impls_under_test
 from phase0_prototype import SamplingParams, apply_rope, load_impl, load_model
 from phase0_prototype.config import TINY, LlamaConfig
 from phase0_prototype.model import rope_cache
@@ -63,7 +64,7 @@ def test_batched_greedy_agrees_and_batch_rows_are_independent(tiny):
     assert torch.equal(single.tokens[0], so.tokens[1])
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "solution"]))
 def test_eos_stops_and_pads(tiny, impl):
     engine = load_impl(impl).build(tiny, max_batch_size=2, max_seq_len=64)
     prompts = random_prompts(2, 8, 1)
@@ -77,7 +78,7 @@ def test_eos_stops_and_pads(tiny, impl):
         assert (out.tokens[b, out.lengths[b]:] == eos).all()
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "solution"]))
 def test_streaming_chunks_concatenate_to_the_output(tiny, impl):
     engine = load_impl(impl).build(tiny, max_seq_len=128)
     chunks = []
@@ -86,7 +87,7 @@ def test_streaming_chunks_concatenate_to_the_output(tiny, impl):
     assert chunks[0].shape[1] == 1  # the first token is streamed as soon as the prompt is processed
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "solution"]))
 def test_on_tokens_returning_true_ends_the_generation_there(tiny, impl):
     engine = load_impl(impl).build(tiny, max_seq_len=128)
     prompt = random_prompts(1, 5, 4)

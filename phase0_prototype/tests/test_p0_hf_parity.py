@@ -8,11 +8,12 @@ import pytest
 import torch
 from p0_helpers import hf_greedy, rel_err, save_hf_checkpoint
 
+from module0_profiling.impl import impls_under_test
 from phase0_prototype import load_impl, load_model
 from phase0_prototype.config import LlamaConfig
 
 torch.set_num_threads(1)  # the tiny shapes gain nothing from threads; contention makes timings erratic
-IMPLS = ["framework", "solution"]
+IMPLS = impls_under_test(["framework", "solution"])
 
 
 @pytest.fixture(scope="module")

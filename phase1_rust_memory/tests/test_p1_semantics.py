@@ -9,9 +9,10 @@ import random
 
 import pytest
 
+from module0_profiling.impl import impls_under_test
 from phase1_rust_memory import OutOfBlocks, native_available
 
-IMPLS = ["reference"] + (["solution", "framework"] if native_available() else [])
+IMPLS = impls_under_test(["reference"] + (["solution", "framework"] if native_available() else []))
 
 
 def module(name):

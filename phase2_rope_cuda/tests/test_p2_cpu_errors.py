@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from module0_profiling.impl import ImplError
+from module0_profiling.impl import ImplError, impls_under_test
 from phase2_rope_cuda import RopeDeviceError, build_cos_sin_cache, load_impl
 
 
-@pytest.mark.parametrize("impl", ["framework", "phase2_rope_cuda.staged", "solution"])
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "phase2_rope_cuda.staged", "solution"]))
 def test_cuda_impl_on_cpu_points_to_reference(impl):
     q, k = torch.randn(3, 4, 64), torch.randn(3, 2, 64)
     with pytest.raises(RopeDeviceError, match=r"phase2_rope_cuda\.reference\.apply_rope_"):

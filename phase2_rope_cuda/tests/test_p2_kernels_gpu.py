@@ -3,11 +3,13 @@
 import pytest
 import torch
 
+from module0_profiling.impl import impls_under_test
 from phase2_rope_cuda import RopeInputError, build_cos_sin_cache, load_impl, reference
 from phase2_rope_cuda.integration import phase0_rope_fn
 from phase2_rope_cuda.solution import LaunchConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+IMPLS = impls_under_test(["framework", "phase2_rope_cuda.staged", "solution"])
 
 TOL = {torch.float32: (1e-5, 1.3e-6), torch.bfloat16: (1e-5, 1.6e-2), torch.float16: (1e-5, 1e-3)}
 MAX_POSITION = 5000
@@ -36,7 +38,7 @@ def assert_rope_matches(impl, q, k, positions, cache, **kwargs):
     assert not torch.equal(q, q_in) and not torch.equal(k, k_in)  # something really happened
 
 
-@pytest.mark.parametrize("impl", ["framework", "phase2_rope_cuda.staged", "solution"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("tokens,hq,hkv", [(1, 32, 4), (7, 32, 4), (1001, 8, 8), (4097, 32, 4)])
@@ -46,7 +48,7 @@ def test_kernel_matches_reference(impl, dtype, head_dim, tokens, hq, hkv):
     assert_rope_matches(impl, q, k, positions, cache)
 
 
-@pytest.mark.parametrize("impl", ["framework", "phase2_rope_cuda.staged", "solution"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("pos_dtype", [torch.int32, torch.int64])
 def test_fused_qkv_views_and_int32_positions(impl, dtype, pos_dtype):

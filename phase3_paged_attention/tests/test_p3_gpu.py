@@ -8,6 +8,7 @@ import pytest
 import torch
 from oracle_p3 import assert_close
 
+from module0_profiling.impl import impls_under_test
 from phase3_paged_attention import load_impl, tolerance
 from phase3_paged_attention.workloads import decode_inputs, prefill_inputs
 
@@ -18,7 +19,7 @@ LENGTHS = [1, 17, 100, 1000, 4097]
 HEADS = dict(num_q_heads=32, num_kv_heads=4, head_dim=64)
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "solution"]))
 @pytest.mark.parametrize("block_size", [16, 32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_decode_sweep(impl, block_size, dtype):

@@ -8,11 +8,12 @@ import pytest
 import torch
 from oracle_p3 import assert_close
 
+from module0_profiling.impl import impls_under_test
 from phase3_paged_attention import PagedAttentionInputError, load_impl, tolerance
 from phase3_paged_attention.workloads import decode_inputs, prefill_inputs
 
 ref = load_impl("reference")
-IMPLS = ["framework", "solution"]
+IMPLS = impls_under_test(["framework", "solution"])
 LENGTHS = [1, 17, 100]
 
 

@@ -12,6 +12,7 @@ from diffusers import DDIMScheduler
 from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
 from torch.utils.flop_counter import FlopCounterMode
 
+from module0_profiling.impl import impls_under_test
 from phase6_tensor_parallel.dist_env import TPError, TPGroup
 from phase7_dit_parallel import framework, load_impl, solution
 from phase7_dit_parallel.config import PRESETS
@@ -27,7 +28,6 @@ from phase7_dit_parallel.model import (
 )
 from phase7_dit_parallel.oracle import to_diffusers
 from phase7_dit_parallel.sampler import sample
-from phase7_dit_parallel.testing import tested_impls
 from phase7_dit_parallel.weights import random_weights
 
 CFG = PRESETS["tiny"]
@@ -41,7 +41,7 @@ def _inputs(seed: int, batch: int, height: int, width: int):
     return latents, timesteps, labels
 
 
-@pytest.mark.parametrize("impl", tested_impls())
+@pytest.mark.parametrize("impl", impls_under_test(["framework", "solution"]))
 @pytest.mark.parametrize("latent_size", [8, 6])  # a 4x4 and an odd 3x3 patch grid
 def test_matches_diffusers_dit(impl, latent_size):
     w = random_weights(CFG, seed=latent_size)

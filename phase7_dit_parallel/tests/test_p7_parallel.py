@@ -24,12 +24,12 @@ from phase7_dit_parallel.sequence_parallel import (
     ulysses_attention,
 )
 from phase7_dit_parallel.sp_cost import crossover_table, link_from_fit, predict
-from phase7_dit_parallel.testing import SP_MODES, sp_parts_rank, tested_impls
+from phase7_dit_parallel.testing import SP_MODES, sp_impls_under_test, sp_parts_rank
 from phase7_dit_parallel.weights import random_weights
 
 WEIGHT_SEED = 11
 PARALLEL = SP_MODES
-SP_IMPLS = tested_impls(sequence_parallel=True)
+SP_IMPLS = sp_impls_under_test()
 
 
 def _fresh(*shape, seed):
