@@ -101,12 +101,15 @@ def test_world_one_is_plain_attention():
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_sp_forward_equals_one_device_model(ranks, reference, parallel):
     world, outs = ranks
+    refused = {impl: why for impl in SP_IMPLS if isinstance(why := outs[0][f"{impl}_{parallel}"], str)}
     for rank, out in enumerate(outs):
-        for key in (parallel, *(f"{impl}_{parallel}" for impl in SP_IMPLS)):
+        for key in (parallel, *(f"{impl}_{parallel}" for impl in SP_IMPLS if impl not in refused)):
             torch.testing.assert_close(out[key], reference, rtol=1e-4, atol=1e-5,
                                        msg=lambda m, key=key, rank=rank: f"{key} N={world} rank {rank}: {m}")
         assert torch.equal(out[parallel], outs[0][parallel]), f"{parallel} N={world}: ranks disagree"
     assert reference.shape == (2, PRESETS["tiny"].out_channels, 8, 8)
+    if refused:  # sp_forward itself was checked above; the implementation runs on one device only
+        pytest.skip("; ".join(f"{impl}: {why}" for impl, why in refused.items()))
 
 
 def test_refusals_are_one_line_and_name_the_limit(inputs):
