@@ -118,12 +118,21 @@ def test_swap_round_trip(impl):
     assert info.value.device in ("gpu", "cpu")
 
 
-@pytest.mark.parametrize("name", [n for n in IMPLS if n != "framework"])
+def task_or_skip(fn, *args):
+    """``fn(*args)``, or skip: an implementation without this phase's task yet (the framework, a learner's
+    unmodified copy) raises NotImplementedError naming it."""
+    try:
+        return fn(*args)
+    except NotImplementedError as e:
+        pytest.skip(str(e).splitlines()[0])
+
+
+@pytest.mark.parametrize("name", IMPLS)
 def test_fork_shares_then_copies_on_write(name):
     m = module(name).BlockManager(32, 4)
     m.allocate(1, 6)  # blocks [a, b], b half full
     a, b = m.block_table(1)
-    m.fork(1, 2)
+    task_or_skip(m.fork, 1, 2)
     m.fork(2, 3)
     assert m.ref_count(a) == m.ref_count(b) == 3
     res = m.step([1, 2, 3])
@@ -150,14 +159,14 @@ def test_framework_has_no_fork_and_no_buddy():
         fw.LifoBlockAllocator(8).allocate(2)
 
 
-@pytest.mark.parametrize("name", [n for n in IMPLS if n != "framework"])
+@pytest.mark.parametrize("name", IMPLS)
 @pytest.mark.parametrize("seed", range(3))
 def test_buddy_against_brute_force(name, seed):
     """Every run is aligned to its power-of-two size, in range and disjoint; a request is refused only
     when no aligned free window of that size exists (checked by scanning a bitmap); all merges back."""
     rng = random.Random(seed)
     total = rng.randint(33, 300)
-    a = module(name).BuddyAllocator(total)
+    a = task_or_skip(module(name).BuddyAllocator, total)
     owned = [False] * total
     held = []
     for _ in range(400):
