@@ -36,7 +36,8 @@ setup: $(STAMP) $(if $(wildcard $(RUST)/Cargo.toml),$(RUST_STAMP),) ## create .v
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) pip
-	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	# (the pinned pip resumes a large wheel (torch's CUDA libraries) whose download a flaky network cut)
+	$(PYTHON) -m pip install -q --resume-retries 20 -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
 
 # Without cargo, phase 1's Python reference block manager stands in for the Rust one (same interface).
