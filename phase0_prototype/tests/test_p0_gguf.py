@@ -26,20 +26,13 @@ QUESTIONS = ("Write one sentence about {}.", "What is a {} used for?", "Name thr
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """A 135 M model on a 2-core CI machine: two torch threads for this module, then as it was."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+def _two_threads(two_threads):
+    """(the shared ``two_threads`` fixture of the repository's conftest, for every test here)"""
 
 
 @pytest.fixture(scope="module")
-def gguf_file():
-    try:
-        return gguf_model.fetch_smollm2()
-    except ModelError as e:
-        pytest.skip(f"SmolLM2 could not be fetched: {e}")
+def gguf_file(smollm2_gguf):
+    return smollm2_gguf
 
 
 @pytest.fixture(scope="module")

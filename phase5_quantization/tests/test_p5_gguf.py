@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from phase0_prototype import gguf_model
 from phase0_prototype.errors import ModelError
 from phase5_quantization.gguf_int4 import PROJECTIONS, load_gguf_int4, q4_1_weight
 from phase5_quantization.model import LinearLlama, QuantLinear
@@ -74,21 +73,9 @@ def test_other_tensor_types_refused_in_one_line(tmp_path, kind):
 
 
 # ------------------------------------------------------------------------------------------- SmolLM2 (cached)
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """A 135 M model on a 2-core CI machine: two torch threads for this module, then as it was."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def smollm2():
-    try:
-        path = gguf_model.fetch_smollm2()
-    except ModelError as e:
-        pytest.skip(f"SmolLM2 could not be fetched: {e}")
+def smollm2(smollm2_gguf, two_threads):
+    path = smollm2_gguf
     model, quantized = load_gguf_int4(path)  # model: phase 0's load_gguf at fp32, the float reference
     return path, model, quantized, LinearLlama.from_loaded(model)
 

@@ -7,18 +7,13 @@ import random
 
 import pytest
 
-from phase0_prototype import gguf_model, load_model
-from phase0_prototype.errors import ModelError
+from phase0_prototype import load_model
 from phase0_prototype.tokenizer import load_tokenizer
 from shared.quant import save_quantized
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    try:
-        gguf_model.fetch_smollm2()
-    except ModelError as e:
-        pytest.skip(f"SmolLM2 could not be fetched: {e}")
+def smollm2(smollm2_gguf, two_threads):
     return load_model("smollm2", dtype="fp32", device="cpu")
 
 
