@@ -7,7 +7,8 @@ Routing (``kernel_for``; ``config["KERNEL"]`` forces a kernel), for the row layo
     1      row GEMV (``w4a16_rows``)                          configs.row_gemv_config (fixed)
     2-64   Gluon wgmma kernel (``w4a16_wgmma``) on Hopper     configs.wgmma_config (fixed)
            else the Triton small-batch kernel (``w4a16_rows_mma``)  configs.mma_config (fixed)
-    > 64   tensor-core GEMM (``w4a16._gemm_kernel``)          autotuned; PREFILL_CONFIG when compiled
+    65-DEQUANT_MIN_ROWS-1   tensor-core GEMM (``w4a16._gemm_kernel``)   autotuned; PREFILL_CONFIG when compiled
+    more   ``dequantize_rows`` + cuBLAS (``F.linear``)        compute-bound: cuBLAS's GEMM, one float temporary
 
 ``wgmma_reason`` says when the Gluon kernel cannot run (then the Triton one does); the products in
 ``WGMMA_ONE_ROW`` take it at one row too. A ``config`` with ``BLOCK_KW`` sends 2–8 rows to the row GEMV (its
@@ -18,11 +19,13 @@ row and the GEMM above, both autotuned. Why each choice won: ``phase5_quantizati
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 
 from phase0_prototype.errors import ModelError
 from phase0_prototype.kernels import gemv as phase0_gemv
 from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
+from phase0_prototype.model import rms_norm
 from phase5_quantization.kernels import w4a16_wgmma
 from phase5_quantization.kernels.configs import (
     INTERPRETER_GEMM,
@@ -37,6 +40,7 @@ from phase5_quantization.kernels.configs import (
     row_gemv_config,
     wgmma_config,
 )
+from phase5_quantization.kernels.dequant import dequantize_rows
 from phase5_quantization.kernels.layout import KernelWeight
 from phase5_quantization.kernels.w4a16 import NIBBLE_MASKS, NONE, RESIDUAL, SWIGLU
 from phase5_quantization.kernels.w4a16_rows import _row_gemv_kernel
@@ -56,6 +60,9 @@ def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 ROW_GEMV_MAX_ROWS = 8  # the row GEMV's batched form (with a BLOCK_KW config) takes up to this many rows
 MMA_MIN_ROWS = 2  # the small-batch tensor-core kernel from this many rows (the row GEMV below) ...
 MMA_MAX_ROWS = 64  # ... up to this many (the GEMM above: prefill)
+# From this many rows a product is compute-bound and cuBLAS's bf16 GEMM beats a GEMM that dequantizes in its
+# inner loop; writing the float matrix once costs a small share of it (``kernels.dequant``).
+DEQUANT_MIN_ROWS = 256
 # (n, k, epilogue) products that take the Gluon kernel at one row instead of the row GEMV: the plain down
 # projection (K = 5632 over few rows: the row GEMV has few programs unless it splits K). With the residual
 # fused, as the decode step calls it, the row GEMV stays: the whole step is faster with it (NOTES.md).
@@ -151,7 +158,20 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
         SPLIT_K=split, PREFETCH=True, TAIL_KW=tail if tail < bkw else 0, **extra, **launch_options(pdl))
 
 
-KERNELS = ("row", "mma", "wgmma", "gemv", "gemm")
+def _dequant_matmul(x2, w: KernelWeight, out2, res2, norm_weight, eps: float, swiglu: bool) -> None:
+    """The float matrix (``dequantize_rows``), then cuBLAS; the fusions in PyTorch. ``res2``: None or the
+    residual."""
+    h = rms_norm(x2, norm_weight, eps) if norm_weight is not None else x2
+    y = F.linear(h, dequantize_rows(w, x2.dtype))
+    if swiglu:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    if res2 is not None:
+        y = y + res2
+    out2.copy_(y)
+
+
+KERNELS = ("row", "mma", "wgmma", "gemv", "gemm", "dequant")
 
 
 def kernel_for(m: int, row_major: bool, config: dict | None = None) -> str:
@@ -162,7 +182,9 @@ def kernel_for(m: int, row_major: bool, config: dict | None = None) -> str:
         return "gemv" if m == 1 else "gemm"
     if m < MMA_MIN_ROWS or (m <= ROW_GEMV_MAX_ROWS and config and "BLOCK_KW" in config):
         return "row"
-    return "mma" if m <= MMA_MAX_ROWS else "gemm"
+    if m <= MMA_MAX_ROWS:
+        return "mma"
+    return "dequant" if m >= DEQUANT_MIN_ROWS and not interpreting() else "gemm"
 
 
 def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor | None = None,
@@ -220,10 +242,12 @@ def w4a16_linear(x: torch.Tensor, w: KernelWeight, *, norm_weight: torch.Tensor 
             which = "wgmma"
     if which == "wgmma" and (why := wgmma_reason(x2, w, norm_weight is not None, swiglu)):
         raise ModelError(f"W4A16 linear: KERNEL='wgmma' cannot run here: {why}")
-    if which != "gemm" and (which in ("row", "mma", "wgmma")) != w.row_major:
+    if which != "gemm" and (which in ("row", "mma", "wgmma", "dequant")) != w.row_major:
         raise ModelError(f"W4A16 linear: KERNEL={which!r} does not read this weight's "
                          f"{'row' if w.row_major else 'col'} layout")
-    if which == "row":
+    if which == "dequant":
+        _dequant_matmul(x2, w, out2, res2 if residual is not None else None, norm_weight, eps, swiglu)
+    elif which == "row":
         _row_gemv(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)
     elif which == "mma":
         _row_mma(x2, w, out2, res2, nw, eps, epilogue, norm_weight is not None, config)

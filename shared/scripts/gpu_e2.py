@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python3 -m shared.scripts.gpu_e2 [--kernels-only]
 
 1. The projections alone, TinyLlama's four shapes at M rows (the rows of a batched step): bf16 ``F.linear``,
-   ``w4a16_linear`` as routed, and ``dequantize_rows`` + ``F.linear`` (each call in one CUDA graph, weights
+   ``w4a16_linear`` as routed, its Triton GEMM forced, and ``dequantize_rows`` + ``F.linear`` (each call in one CUDA graph, weights
    rotated past the L2), µs per call.
 2. The two engines as ``make check-engine`` builds them: 16 streams of 128 tokens (E.2b's setting) — host
    seconds per step (plan + launch + read back) beside wall seconds per step, GPU busy and kernels per step —
@@ -27,7 +27,8 @@ def kernel_sweep() -> None:
     from phase5_quantization.kernels.dequant import dequantize_rows
 
     F = torch.nn.functional
-    print("| shape | M | bf16 F.linear µs | W4A16 µs | dequant µs | dequant + F.linear µs |", flush=True)
+    print("| shape | M | bf16 F.linear µs | W4A16 as routed µs | Triton W4A16 GEMM µs | dequant µs | "
+          "dequant + F.linear µs |", flush=True)
     for k, n, name in SHAPES:
         copies = 4
         kws = [to_kernel_layout(_random_int4(n, k, s), "cuda") for s in range(copies)]
@@ -37,11 +38,13 @@ def kernel_sweep() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = graphed_seconds([lambda w=w, x=x: F.linear(x, w) for w in dense], calls=8)
             t_int4 = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w) for w in kws], calls=8)
+            t_gemm = graphed_seconds([lambda w=w, x=x: w4a16_linear(x, w, config={"KERNEL": "gemm"}) for w in kws],
+                                     calls=8) if m > 64 else float("nan")
             t_deq = graphed_seconds([lambda w=w, s=scratch: dequantize_rows(w, torch.bfloat16, s) for w in kws],
                                     calls=8)
             t_both = graphed_seconds([lambda w=w, x=x, s=scratch: F.linear(x, dequantize_rows(w, torch.bfloat16, s))
                                       for w in kws], calls=8)
-            print(f"| {name} {k}->{n} | {m} | {t_bf16 * 1e6:.1f} | {t_int4 * 1e6:.1f} | {t_deq * 1e6:.1f} | "
+            print(f"| {name} {k}->{n} | {m} | {t_bf16 * 1e6:.1f} | {t_int4 * 1e6:.1f} | {t_gemm * 1e6:.1f} | {t_deq * 1e6:.1f} | "
                   f"{t_both * 1e6:.1f} |", flush=True)
 
 
