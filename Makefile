@@ -99,7 +99,7 @@ test-rust:
 test-notebooks: setup
 	@if [ -n "$(NOTEBOOKS)" ]; then $(INTERPRET) $(PYTHON) -m pytest -q -p no:randomly --nbval-lax $(NOTEBOOKS); else echo "no notebooks yet"; fi
 
-check-module0: setup ## M0.1–M0.3: the measuring layer and the CUDA-graph lesson
+check-module0: setup ## M0.1–M0.4: the measuring layer and the CUDA-graph lesson
 	$(CHECK) module0
 check-phase0: setup ## P0.1–P0.5: TinyLlama prototype, KV cache, compile + graphs, CUDA basics
 	$(CHECK) phase0

@@ -14,5 +14,5 @@ One copy of each helper for the whole project (it sits at the bottom of the laye
 
 Module 0's own lesson (the roofline, Nsight Systems, Nsight Compute) is ``framework.py`` (a batch-1 ``Linear(4096, 4096)`` loop that
 synchronises every step) vs ``solution.py`` (the same loop captured in one CUDA graph), measured by
-``bench.py`` and judged by ``checks.py`` (M0.1–M0.3).
+``bench.py`` and judged by ``checks.py`` (M0.1–M0.4).
 """

@@ -62,6 +62,10 @@ def run(impl: str = "solution", size: str = "full") -> BenchResult:
     framework = load_impl("module0_profiling", "framework").make_loop(layer, x, steps)
     candidate = load_impl("module0_profiling", impl).make_loop(layer, x, steps)
 
+    # M0.4 — a fast loop must still compute layer(x): its last output against the framework's
+    with torch.no_grad():
+        want, got = framework().float(), candidate().float()
+    res.metrics["loop_output_error"] = ((got - want).abs().max() / want.abs().max()).item()
     t_fw = time_region(framework, repeats=5).median / steps
     t_c = time_region(candidate, repeats=5).median / steps
     work_b, work_f = gemv_bytes(dim, dim, 1, elem, elem), gemv_flops(dim, dim, 1)

@@ -1,4 +1,4 @@
-"""Module 0 targets (M0.1–M0.3): thresholds and how each is judged from ``bench.run``'s metrics."""
+"""Module 0 targets (M0.1–M0.4): thresholds and how each is judged from ``bench.run``'s metrics."""
 
 from module0_profiling.targets import Target, pct, times
 
@@ -10,4 +10,6 @@ TARGETS = [
            lambda e: f"{100 * e:.1f} % apart"),
     Target("M0.3", "Linear(4096,4096) bs=1 loop: CUDA graph vs eager with sync", "≥ 2×",
            ["graph_speedup"], lambda s: s >= 2.0, times),
+    Target("M0.4", "the loop's last output vs the framework's (max |diff| / max |framework|)", "≤ 1e-2",
+           ["loop_output_error"], lambda e: e <= 1e-2, lambda e: f"{e:.1e}"),
 ]

@@ -1,9 +1,11 @@
 """Build the phase's ``.cu`` files with NVRTC (through module0's ``cudac``) and pick kernels by dtype.
 
 Each ``.cu`` file instantiates its kernel once per (dtype, position dtype[, head_dim]) under a plain
-``extern "C"`` name such as ``rope_v3_bf16_hd64_pos64``; ``kernel_names`` lists them, so the CPU
-compile checks and the GPU loader agree on what a file must provide. Torch tensors reach the kernels
-as raw device pointers (``data_ptr()``, no copy) and kernels run on torch's current stream.
+``extern "C"`` name such as ``rope_v3_bf16_hd64_pos64``; ``kernel_names`` lists them for the shipped
+files, so the CPU compile checks and the GPU loader agree on what a file must provide. A learner's file
+in ``kernels/`` (``rope_v4_yours.cu``) loads too: ``get_kernel`` then builds it for the one kernel
+named. Torch tensors reach the kernels as raw device pointers (``data_ptr()``, no copy) and kernels
+run on torch's current stream.
 """
 
 from __future__ import annotations
@@ -58,8 +60,14 @@ def require_cuda(impl: str, *tensors: torch.Tensor) -> None:
         )
 
 
+def _file_kernels(file_name: str, name: str) -> tuple[str, ...]:
+    """What to build from ``file_name``: a shipped file's every kernel (one compile serves them all), a
+    learner's file only ``name`` (its instantiations are the learner's to choose)."""
+    return tuple(kernel_names(file_name)) if file_name in (NAIVE_FILE, SHARED_FILE, VECTORIZED_FILE) else (name,)
+
+
 @lru_cache(maxsize=None)
-def _load_file(file_name: str, device_index: int) -> dict:
+def _load_file(file_name: str, device_index: int, names: tuple[str, ...]) -> dict:
     from module0_profiling.cudac import load_kernels
 
     try:
@@ -70,13 +78,13 @@ def _load_file(file_name: str, device_index: int) -> dict:
             "without it use the PyTorch reference: phase2_rope_cuda.reference.apply_rope_"
         ) from e
     with cupy.cuda.Device(device_index):
-        return load_kernels(KERNEL_DIR / file_name, kernel_names(file_name), NVRTC_OPTIONS)
+        return load_kernels(KERNEL_DIR / file_name, list(names), NVRTC_OPTIONS)
 
 
 def get_kernel(file_name: str, name: str, device: torch.device):
     """The compiled kernel ``name`` of ``file_name`` for ``device`` (compiled once, then cached)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return _load_file(file_name, index)[name]
+    return _load_file(file_name, index, _file_kernels(file_name, name))[name]
 
 
 def launch_on(device: torch.device, kernel, grid: tuple, block: tuple, args: tuple) -> None:
@@ -127,7 +135,7 @@ def driver_function(file_name: str, name: str, device_index: int):
     import cupy
 
     with cupy.cuda.Device(device_index):
-        return _load_file(file_name, device_index)[name].kernel
+        return _load_file(file_name, device_index, _file_kernels(file_name, name))[name].kernel
 
 
 def kernel_attributes(kernel) -> dict:

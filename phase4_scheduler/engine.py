@@ -210,7 +210,8 @@ class BatchingEngine:
         self.runner = PagedModelRunner(model, num_blocks, config.block_size, attention=attention,
                                        cuda_graphs=config.cuda_graphs, graph_batch_sizes=graph_sizes_for(seqs),
                                        max_num_seqs=seqs, num_cpu_blocks=num_cpu_blocks, weights=weights,
-                                       linear=linear, gemv=gemv, gemv_rows=gemv_rows, rope=rope)
+                                       linear=linear, gemv=gemv, gemv_rows=gemv_rows, rope=rope,
+                                       max_model_len=self.max_model_len)
         self.sampler = Sampler(model.device)
         self.streams: dict[int, TextStream] = {}
         self._with_stop: set[int] = set()  # ids of unfinished requests with stop strings

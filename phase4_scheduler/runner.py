@@ -122,8 +122,11 @@ class PagedModelRunner:
                  cuda_graphs: bool = True, graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES,
                  max_num_seqs: int = 0, fused: bool | None = None, num_cpu_blocks: int = 0,
                  weights: LlamaWeights | None = None, linear: Linear = F.linear, gemv: FusedLinear | None = fused_gemv,
-                 gemv_rows: int = MAX_BATCH, rope: RopeFn | None = None):
+                 gemv_rows: int = MAX_BATCH, rope: RopeFn | None = None, max_model_len: int | None = None):
         cfg = self.config = model.config
+        # The longest context a request may reach: the graphs' block-table width, and the length phase 3's
+        # decode kernel splits for (a graph cannot know the step's real longest context).
+        self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.model, self.device, self.dtype = model, model.device, model.dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         self.weights: LlamaWeights = weights if weights is not None else fuse(model.state, cfg)
@@ -176,8 +179,8 @@ class PagedModelRunner:
 
     @property
     def max_blocks_per_seq(self) -> int:
-        """Block-table width of a graph bucket: the whole context, rounded to ``WIDTH_ALIGN``."""
-        blocks = -(-self.config.max_position_embeddings // self.block_size)
+        """Block-table width of a graph bucket: the longest context, rounded to ``WIDTH_ALIGN``."""
+        blocks = -(-self.max_model_len // self.block_size)
         return -(-blocks // WIDTH_ALIGN) * WIDTH_ALIGN
 
     # ------------------------------------------------------------------ one step

@@ -55,3 +55,10 @@ def test_nvrtc_compiles_every_instantiation(file_name, arch):
 def test_nvcc_compiles(file_name, arch):
     result = cudac.nvcc_check(KERNEL_DIR / file_name, arch)
     assert result.ok, result.log
+
+
+def test_a_learners_kernel_file_is_built_for_the_kernel_asked():
+    from phase2_rope_cuda.cuda_launch import VECTORIZED_FILE, _file_kernels, kernel_names
+
+    assert _file_kernels("rope_v4_yours.cu", "rope_v4_bf16_pos64") == ("rope_v4_bf16_pos64",)
+    assert set(_file_kernels(VECTORIZED_FILE, "rope_v3_bf16_hd64_pos64")) == set(kernel_names(VECTORIZED_FILE))
