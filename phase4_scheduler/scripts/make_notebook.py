@@ -88,7 +88,6 @@ from module0_profiling.notebook_env import import_phases_as_packages
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import importlib.util
 import random
-import torch
 import matplotlib.pyplot as plt
 
 from phase0_prototype import load_model
@@ -105,7 +104,6 @@ HAVE_MINE = importlib.util.find_spec("phase4_scheduler.mine") is not None
 YOURS = "phase4_scheduler.mine" if HAVE_MINE else "framework"  # the framework until mine.py exists
 print("\nyour module:", YOURS if HAVE_MINE else "not there yet (the cells below use the framework): "
       "cp phase4_scheduler/framework.py phase4_scheduler/mine.py")
-torch.manual_seed(0)
 model = load_model("kjv-llama-18m", dtype="fp32")  # the bundled model, on the CPU
 tok = model.tokenizer
 """)
@@ -117,8 +115,8 @@ into a pool too small for four full-length requests at once (4 seats, a budget o
 chunks that start at `num_computed` within the request's blocks; at the end: the right tokens and every block free.
 """)
 code(r"""
-def drive(impl, seed=0, seqs=4, budget=16, num_blocks=16, block_size=4, show=0):
-    rng = random.Random(seed)
+def drive(impl, draw=0, seqs=4, budget=16, num_blocks=16, block_size=4, show=0):
+    rng = random.Random(draw)
     sched = load_impl(impl).build(SchedulerConfig(seqs, budget), make_block_manager(num_blocks, block_size))
     work = sorted(((rng.randrange(4), Request(list(range(5, 5 + rng.randint(1, 20))), rng.randint(1, 16)))
                    for _ in range(12)), key=lambda x: x[0])

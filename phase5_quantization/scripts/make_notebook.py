@@ -297,8 +297,8 @@ lm_eval --model hf --model_args pretrained=HuggingFaceTB/SmolLM2-135M-Instruct \
 
 **Your turn (SmolLM2).** Your quantizer on a real pretrained model: re-quantize SmolLM2's base at group 32 and
 score it beside the Q4_1 import over 512 held-out tokens — perplexity and top-1 agreement with the base's argmax.
-The cell says so and stops when the file is not cached (`make smollm2` fetches it once). An AWQ or GPTQ search over
-30 layers takes minutes on a CPU; RTN takes a second.
+The cell says so and stops when the file is not cached (`make smollm2` fetches it once). On a CPU, RTN takes a
+second over SmolLM2's 30 layers, GPTQ tens of seconds, and an AWQ search at full settings can take minutes.
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
