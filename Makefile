@@ -27,7 +27,7 @@ RUST_SRC  = $(wildcard $(RUST)/Cargo.toml $(RUST)/pyproject.toml $(RUST)/src/*.r
 
 help: ## list the targets
 	@echo "TitanInfer — make targets (IMPL=framework|solution|module.path, SIZE=small|full):"
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup: $(STAMP) $(if $(wildcard $(RUST)/Cargo.toml),$(RUST_STAMP),) ## create .venv, install the project (+dev) and build the Rust extension
 
@@ -119,6 +119,9 @@ check-phase7: setup ## P7.1–P7.4: DiT inference, torch.compile, sequence paral
 	$(CHECK) phase7
 check-engine: setup ## E.1–E.2: the assembled engine (and INT4 under its continuous batching)
 	$(CHECK) engine
+
+check-milestone%: setup ## a milestone gate: check-milestone1 (module 0, phases 0-2), 2 (phases 3-4), 3 (phases 5-6)
+	$(PYTHON) -m module0_profiling.milestone $* $(if $(SIZE),--size $(SIZE),)
 
 check-all: setup ## every check that exists (continues past failures, fails at the end if any failed)
 	@rc=0; for p in $(PHASE_DIRS); do \
