@@ -63,22 +63,19 @@ def fits(compiled, arch: int) -> str | None:
     return None
 
 
-def compile_in_child(module: str, function: str, *args, env: dict | None = None, timeout: float = 600) -> object:
-    """``module.function(*args)`` (JSON in, JSON out) in a fresh interpreter, run from the repository root
-    with ``env`` added, and Triton's compiled path on: ``TRITON_INTERPRET`` is ``0``, so neither Triton nor a
-    package that turns the interpreter on when no GPU is present (phase 3's ``kernels``) interprets there.
-    ``module`` may be a file path."""
+def compile_in_child(path: str | Path, function: str, *args, env: dict | None = None,
+                     timeout: float = 600) -> object:
+    """``function(*args)`` of the Python file ``path`` (JSON in, JSON out) in a fresh interpreter, run from
+    the repository root with ``env`` added and Triton's compiled path on: ``TRITON_INTERPRET`` is ``0``, so
+    neither Triton nor a package that turns the interpreter on when no GPU is present (phase 3's
+    ``kernels``) interprets there."""
     env = dict(os.environ, **(env or {}), TRITON_INTERPRET="0")
     code = ("import importlib.util, json, sys\n"
-            "path, fn, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
-            "if path.endswith('.py'):\n"
-            "    spec = importlib.util.spec_from_file_location('_portable_child', path)\n"
-            "    mod = importlib.util.module_from_spec(spec)\n"
-            "    spec.loader.exec_module(mod)\n"
-            "else:\n"
-            "    mod = importlib.import_module(path)\n"
-            "print(json.dumps(getattr(mod, fn)(*args)))\n")
-    done = subprocess.run([sys.executable, "-c", code, module, function, json.dumps(list(args))],
+            "spec = importlib.util.spec_from_file_location('_portable_child', sys.argv[1])\n"
+            "mod = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(mod)\n"
+            "print(json.dumps(getattr(mod, sys.argv[2])(*json.loads(sys.argv[3]))))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), function, json.dumps(list(args))],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"compiling in a child process failed: {done.stderr[-3000:]}")

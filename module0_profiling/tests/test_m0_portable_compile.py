@@ -12,7 +12,6 @@ sm_90-only by design: it is not compiled here, its routing is tested instead. It
 
 from __future__ import annotations
 
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -89,7 +88,7 @@ def _p3_flash_decode():
     from phase3_paged_attention.kernels import decode_flash as m
 
     block_n, warps, stages, heads_first = m.DEFAULT_CONFIG
-    consts = dict(GROUP=HEADS // KV_HEADS, GROUP_PAD=16, NUM_KV_HEADS=KV_HEADS, HEAD_DIM=HEAD_DIM,
+    consts = dict(GROUP=HEADS // KV_HEADS, GROUP_PAD=max(16, _p2(HEADS // KV_HEADS)), NUM_KV_HEADS=KV_HEADS, HEAD_DIM=HEAD_DIM,
                   BLOCK_D=HEAD_DIM, PAGE_SIZE=PAGE, SPLIT=True, BLOCK_N=block_n, UPCAST_DOT=False,
                   HEADS_FIRST=heads_first)
     types = dict(Q=BF16, K_cache=BF16, V_cache=BF16, Block_tables="*i32", Context_lens="*i32", Out=BF16,
@@ -100,7 +99,8 @@ def _p3_flash_decode():
 def _p3_combine_splits():
     from phase3_paged_attention.kernels import decode_flash as m
 
-    consts = dict(SPLITS_PAD=8, HEAD_DIM=HEAD_DIM, BLOCK_D=HEAD_DIM)
+    splits = m.choose_num_splits(1, KV_HEADS, MAX_SEQ, 108)  # one sequence on an A100's 108 SMs
+    consts = dict(SPLITS_PAD=_p2(splits), HEAD_DIM=HEAD_DIM, BLOCK_D=HEAD_DIM)
     types = dict(Part_out="*fp32", Part_lse="*fp32", Out=BF16)
     return m._combine_splits_kernel, consts, types, dict(num_warps=1)
 
@@ -255,9 +255,9 @@ def compile_all(arch: int) -> dict[str, dict]:
             kernel, consts, types, options = case()
             compiled = compile_for(kernel, arch, consts, types, **options)
         except Exception as e:  # reported per case: ptxas's first error line, else the message's last line
-            lines = [line for line in traceback.format_exception_only(e)[-1].splitlines() if line.strip()]
-            errors = [line for line in lines if "error" in line]
-            results[name] = dict(error=(errors or lines or [type(e).__name__])[-1 if not errors else 0])
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            errors = [line for line in lines if "; error" in line] or lines[-1:]
+            results[name] = dict(error=f"{type(e).__name__}: {errors[0] if errors else ''}")
             continue
         ptx = compiled.asm["ptx"]
         target = next(line.split()[1] for line in ptx.splitlines() if line.startswith(".target"))
@@ -315,7 +315,7 @@ def test_wgmma_only_on_hopper(monkeypatch, capability):
         assert reason == "wgmma needs a Hopper GPU (sm_90)"
 
 
-@pytest.mark.parametrize("rows, expect", [(1, "row"), (16, "mma"), (64, "mma")])
+@pytest.mark.parametrize("rows, expect", [(1, "gemv"), (16, "mma"), (64, "mma")])
 def test_launcher_routes_to_triton_when_wgmma_cannot_run(monkeypatch, rows, expect):
     """``w4a16_linear`` takes the Gluon kernel only when ``wgmma_reason`` is ``None``: with a reason (sm_8x),
     the Triton kernels; without one (the control), the Gluon kernel. No kernel runs: the launches are
@@ -324,7 +324,7 @@ def test_launcher_routes_to_triton_when_wgmma_cannot_run(monkeypatch, rows, expe
     from phase5_quantization.kernels import launch, to_kernel_layout
 
     taken = []
-    for kernel in ("row", "mma", "wgmma"):
+    for kernel in ("gemv", "mma", "wgmma"):
         monkeypatch.setattr(launch, f"_row_{kernel}", lambda *a, kernel=kernel, **k: taken.append(kernel))
     monkeypatch.setattr(launch, "interpreting", lambda: True)  # CPU tensors reach the routing
     n, k = 2048, 5632  # the one-row product of WGMMA_ONE_ROW
