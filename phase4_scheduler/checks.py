@@ -2,8 +2,11 @@
 
 P4.1 compares continuous batching with the phase's own static batching (the framework) on the same requests
 and seats — the gain the lesson is about; HF ``generate_batch``'s ratio (``throughput_vs_hf``, GPU) is
-reported in the before/after and offline tables, not judged. P4.4 counts engine steps, so its verdict is
-the same on every machine.
+reported in the before/after and offline tables, not judged. The engine-steps ratio is shown beside it: with
+every seat's request fitting the KV pool, it is at most about 2 · 200 / (10 + 200) ≈ 1.9× on this workload
+(static batching pays each batch's long request; continuous batching, the tokens spread over the seats), so
+the bar is 1.5×, not 2×.
+P4.4 counts engine steps, so its verdict is the same on every machine.
 """
 
 from module0_profiling.targets import Target, pct, times
@@ -11,7 +14,8 @@ from module0_profiling.targets import Target, pct, times
 TARGETS = [
     Target("P4.1", "offline throughput, mixed 50 % 10-token / 50 % 200-token outputs: continuous batching vs "
            "static batching (the framework), same requests and max_num_seqs, one run (HF generate_batch reported)",
-           "≥ 2×", ["throughput_vs_static"], lambda r: r >= 2.0, times),
+           "≥ 1.5×", ["throughput_vs_static", "steps_vs_static"], lambda r, _steps: r >= 1.5,
+           lambda r, steps: f"{r:.2f}× (steps {steps:.2f}×)"),
     Target("P4.2", "GPU busy under saturating load", "≥ 80 %", ["gpu_busy"], lambda b: b >= 0.8, pct),
     Target("P4.3", "TTFT p50 via HTTP streaming at light load; inter-token p50 at 32 streams", "< 100 ms; < 20 ms",
            ["ttft_p50_light", "tpot_p50_32_streams"], lambda a, b: a < 0.1 and b < 0.02,

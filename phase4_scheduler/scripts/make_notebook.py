@@ -54,10 +54,12 @@ Make it:
 
 The targets (the next cell prints them from `checks.py`, so they are the ones the check applies):
 
-- **P4.1** offline throughput on a mixed 10 / 200-token workload against HF transformers' `generate_batch` (GPU).
+- **P4.1** offline throughput on a mixed 10 / 200-token workload against the phase's own static batching (the
+  framework), same requests and seats; HF transformers' `generate_batch` is reported beside it (GPU).
 - **P4.2** GPU busy under saturating load (GPU).
 - **P4.3** TTFT at light load and the inter-token time at 32 streams, through the HTTP server (GPU).
-- **P4.4** SJF against FCFS on the short requests' mean latency, and the long job's wait with aging: bounded.
+- **P4.4** SJF against FCFS on the short requests' mean latency in engine steps, and the long job's wait with
+  aging: bounded (steps, so the same on every machine).
 - **P4.5** a 10× overload of a live server: every accepted request completes, the rest get 429, the KV is free after.
 - **P4.6, P4.7** prefill/decode disaggregation (`disagg/`, section 6): the KV transfer's bandwidth against the copy
   bandwidth, and the decode side's TPOT p99 against the colocated engine's (GPU). They measure the phase's
@@ -76,8 +78,8 @@ after a recompute, 0 while its last token is in flight); `self._chunk(r, n)` mak
 | what | command | where |
 |---|---|---|
 | all targets and the report | `make check-phase4 IMPL=phase4_scheduler.mine` | a GPU |
-| the CPU part (P4.4, P4.5 measured; the GPU targets print SKIP with the reason) | `make check-phase4 IMPL=phase4_scheduler.mine SIZE=small` | any machine, under a minute |
-| the phase's tests (on the framework and the solution: they do not take `IMPL` yet) | `make test-phase4` | any machine |
+| the CPU part (P4.1, P4.4, P4.5 measured; the GPU targets print SKIP with the reason) | `make check-phase4 IMPL=phase4_scheduler.mine SIZE=small` | any machine, under a minute |
+| the phase's tests (the scheduler contract on your module) | `make test-phase4 IMPL=phase4_scheduler.mine` | any machine |
 | the server on your scheduler | `python -m phase4_scheduler serve --model kjv-llama-18m --port 8000` | any machine |
 
 The check writes a report: `reports/phase4_scheduler/<device>.md` for the solution on a GPU,
@@ -95,6 +97,7 @@ from phase4_scheduler import Request, SchedulerConfig, load_impl
 from phase4_scheduler.blocks import make_block_manager
 from phase4_scheduler.checks import TARGETS
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
+from phase4_scheduler.bench import latency_in_steps
 from phase4_scheduler.loadgen import Workload, run_offline
 
 for t in TARGETS:
@@ -235,14 +238,14 @@ print("long job waited", long_job_wait(None), "steps without aging,", long_job_w
 """)
 md(r"""
 **Your turn (P4.4, in small).** The check's two halves on your scheduler: the mean latency of the short requests
-under FCFS and under SJF (8 requests, half 10 and half 40 tokens, 2 seats; the check runs 16 requests of 10 and
-60 tokens on 4 seats and asks for ≥ 2×), and the long job's wait with `max_wait_steps=16` against the check's
+under FCFS and under SJF in engine steps (8 requests, half 10 and half 40 tokens, 2 seats; the check runs 16
+requests of 10 and 60 tokens on 4 seats and asks for ≥ 2×), and the long job's wait with `max_wait_steps=16` against the check's
 bound (the age limit + one short job in the seat + admission = 21 steps). Static batching ignores the policy.
 """)
 code(r"""
 small = Workload(8, short_tokens=10, long_tokens=40)
-short = {policy: run_offline(BatchingEngine(model, BatchingConfig(SchedulerConfig(2, 128, policy, None), YOURS)),
-                             small)["short_latency_mean"] for policy in ("fcfs", "sjf")}
+short = {policy: latency_in_steps(BatchingEngine(model, BatchingConfig(SchedulerConfig(2, 128, policy, None), YOURS)),
+                                  small)["short_mean_steps"] for policy in ("fcfs", "sjf")}
 wait = long_job_wait(16, YOURS)
 print(f"{YOURS}: short requests {short['fcfs'] / short['sjf']:.2f}× faster under SJF than FCFS; "
       f"long job's wait with aging {wait} steps (bound 21: {'within' if wait <= 21 else 'over'})")
@@ -361,10 +364,10 @@ md(r"""
 ## 7. Check
 
 `make check-phase4 IMPL=phase4_scheduler.mine SIZE=small` (or `python -m module0_profiling.check phase4_scheduler
---impl phase4_scheduler.mine --size small`) measures P4.4 (SJF vs FCFS, aging's bound) and P4.5 (10× overload:
+--impl phase4_scheduler.mine --size small`) measures P4.1 (against static batching), P4.4 (SJF vs FCFS in steps, aging's bound) and P4.5 (10× overload:
 429s, nothing lost, KV free) on a CPU in under a minute (run it from a terminal: sections 3 and 5 ran its two
-measurements in small); the GPU targets P4.1–P4.3
-(vs HF `generate_batch`, GPU busy, TTFT/TPOT) and P4.6–P4.7 (disaggregation) need a CUDA GPU and are SKIP there.
+measurements in small); the GPU targets P4.2–P4.3
+(GPU busy, TTFT/TPOT) and P4.6–P4.7 (disaggregation) need a CUDA GPU and are SKIP there.
 
 The report asks you to explain your figures:
 

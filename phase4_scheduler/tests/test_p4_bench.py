@@ -12,12 +12,13 @@ def test_small_bench_measures_p44_p45_and_skips_gpu_targets():
     check's verdict on a quiet machine): on a shared CI core only the direction is asserted."""
     result = bench.run("solution", "small")
     outcomes = {t.id: t.evaluate(result) for t in checks.TARGETS}
+    # P4.4 and P4.5 count steps and requests, so they must pass; P4.1 (vs static batching) is measured on the
+    # CPU too (wall clock: its verdict is not asserted, its step count is); the GPU targets SKIP with a reason.
     assert outcomes["P4.5"].status == PASS, outcomes["P4.5"]
-    assert result.metrics["aged_max_wait"] <= result.metrics["wait_bound"], outcomes["P4.4"]
-    assert result.metrics["short_latency_speedup"] > 1.0, "SJF should serve the short requests sooner than FCFS"
-    for gpu_target in ("P4.1", "P4.2", "P4.3", "P4.6", "P4.7"):
+    assert outcomes["P4.4"].status == PASS, outcomes["P4.4"]
+    for gpu_target in ("P4.2", "P4.3", "P4.6", "P4.7"):
         assert outcomes[gpu_target].status == SKIP and outcomes[gpu_target].reason
-    assert result.metrics["throughput_vs_static"] > 1.0, "continuous batching should beat static batching"
+    assert outcomes["P4.1"].status != SKIP and result.metrics["steps_vs_static"] > 1.5
 
 
 def test_cli_reports_a_bad_model_in_one_line(capsys):
