@@ -49,6 +49,7 @@ from phase3_paged_attention import load_impl as load_attention
 from phase4_scheduler import load_impl
 from phase4_scheduler.blocks import check_size, host_memory_bytes, make_block_manager
 from phase4_scheduler.kv_swap import KVSwapSpace
+from phase4_scheduler.logits_processing import LogitsProcessing
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
 from phase4_scheduler.request import Request, Status
 from phase4_scheduler.runner import Linear, PagedModelRunner, PendingStep, graph_sizes_for
@@ -227,9 +228,10 @@ class BatchingEngine:
         return min(self.max_model_len, self.scheduler.max_request_tokens())
 
     def make_request(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams = GREEDY, *,
-                     stop: tuple[str, ...] = (), priority: int = 0, ignore_eos: bool = False) -> Request:
+                     stop: tuple[str, ...] = (), priority: int = 0, ignore_eos: bool = False,
+                     processing: LogitsProcessing | None = None) -> Request:
         """A checked request (ValueError naming the limit when it cannot fit or its stop strings are
-        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``)."""
+        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``). ``processing``: penalties, logit bias, min_tokens."""
         stop = check_stop(stop)
         vocab = self.model.config.vocab_size
         if not all(0 <= t < vocab for t in prompt_ids):
@@ -238,8 +240,13 @@ class BatchingEngine:
         if len(prompt_ids) + max_tokens > limit:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
                              f"limit of {limit} tokens: shorten the prompt or lower max_tokens")
+        if processing is not None:
+            processing.check_vocab(vocab)
+            if processing.min_tokens > max_tokens:
+                raise ModelError(f"min_tokens ({processing.min_tokens}) exceeds max_tokens ({max_tokens})")
         eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
-        return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=stop)
+        return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=stop,
+                       processing=processing if processing is not None and processing.active else None)
 
     def add(self, request: Request) -> Request:
         """Queue ``request``; if any part of that fails, it is not left half-added (then re-raised)."""

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
 from phase0_prototype.sampling import SEED_RANGE
+from phase4_scheduler.logits_processing import LogitsProcessing
 from phase4_scheduler.text_stream import MAX_STOP_LENGTH, MAX_STOP_STRINGS
 
 # Integer bounds are written as exclusive powers of two (lt=2**63, not le=2**63 - 1): FastAPI's OpenAPI
@@ -29,6 +30,7 @@ INT64 = (-2**63, 2**63)  # [min, max)
 INT32_MAX = 2**31 - 1  # max_tokens, top_k: far above any context; the engine's context check is the precise one
 MAX_PROMPT_TOKEN_IDS = 1 << 20  # a token-id prompt; the server's context check is the precise one
 MAX_MODEL_NAME = 256
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 
 def _utf8(text):
@@ -103,11 +105,13 @@ class SamplingFields(BaseModel):
     top_logprobs: unsupported(None, 0, fix="omit it (log-probabilities are not returned)") = None
     echo: unsupported(None, False, fix="omit it, or send false") = None
     best_of: unsupported(None, 1, fix="omit it, or send 1") = None
-    logit_bias: unsupported(None, {}, fix="omit it") = None
-    presence_penalty: unsupported(None, 0, 0.0, fix="omit it, or send 0") = None
-    frequency_penalty: unsupported(None, 0, 0.0, fix="omit it, or send 0") = None
-    repetition_penalty: unsupported(None, 1, 1.0, fix="omit it, or send 1") = None
-    min_tokens: unsupported(None, 0, fix="omit it, or send 0") = None
+    # Logits processing (``logits_processing``): OpenAI's penalties and bias, vLLM's repetition_penalty, min_tokens.
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=INT32_MAX)
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None = \
+        Field(default=None, max_length=MAX_LOGIT_BIAS)
+    min_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
     tools: unsupported(None, [], fix="omit it (no tool calling)") = None
     tool_choice: unsupported(None, "none", fix="omit it (no tool calling)") = None
     functions: unsupported(None, [], fix="omit it (no function calling)") = None
@@ -122,6 +126,11 @@ class SamplingFields(BaseModel):
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
     priority: int = Field(default=0, ge=INT64[0], lt=INT64[1])  # an extension: lower is served first
     ignore_eos: bool = False  # an extension for benchmarks: run to max_tokens
+
+    def processing(self) -> LogitsProcessing:
+        bias = tuple((int(t), b) for t, b in (self.logit_bias or {}).items())
+        return LogitsProcessing(self.presence_penalty, self.frequency_penalty, self.repetition_penalty, bias,
+                                self.min_tokens)
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

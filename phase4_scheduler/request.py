@@ -38,6 +38,7 @@ class Request:
     priority: int = 0
     eos_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
+    processing: object = None  # ``logits_processing.LogitsProcessing`` (penalties, bias, min_tokens) or None
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0

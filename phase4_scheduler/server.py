@@ -213,7 +213,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         try:
             sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
             return engine.make_request(prompt_ids, max_tokens, sampling, stop=body.stop_strings(),
-                                       priority=body.priority, ignore_eos=body.ignore_eos)
+                                       priority=body.priority, ignore_eos=body.ignore_eos,
+                                       processing=body.processing())
         except ModelError as e:
             raise ApiError(400, describe_error(e)) from None
         except ValueError as e:

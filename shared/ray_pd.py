@@ -34,7 +34,7 @@ from shared.ray_deploy import EngineServer
 def _spec(r) -> dict:
     """What a PD side needs to rebuild the front's request with its own engine's ``make_request``."""
     return {"prompt_ids": list(r.prompt_ids), "max_tokens": r.max_tokens, "sampling": r.sampling, "stop": r.stop,
-            "priority": r.priority, "ignore_eos": not r.eos_ids}
+            "priority": r.priority, "ignore_eos": not r.eos_ids, "processing": r.processing}
 
 
 class PDEngine:

@@ -155,7 +155,8 @@ def test_module0_on_cpu_skips_gpu_targets_with_reasons(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this test covers the CPU path")
     assert code == 0
-    assert [o.status for o in outcomes] == [SKIP, SKIP, SKIP]
-    assert all(o.reason for o in outcomes)
+    # M0.1-M0.3 need a GPU; M0.4 (the loop's output) is judged on any machine
+    assert [o.status for o in outcomes] == [SKIP, SKIP, SKIP, PASS]
+    assert all(o.reason for o in outcomes[:3])
     md = written[0].read_text()
     assert not PLACEHOLDER.search(md)

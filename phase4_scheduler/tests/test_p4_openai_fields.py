@@ -63,8 +63,7 @@ def test_stream_options_include_usage_ends_with_the_usage_chunk(client):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"42": 5}), ("presence_penalty", 0.5),
-    ("frequency_penalty", 1.0), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("response_format", {"type": "json_object"}), ("n", 2),
 ])
 def test_unserved_chat_fields_are_refused_by_name(client, field, value):
@@ -93,3 +92,40 @@ def test_image_parts_are_refused_naming_the_part(client):
         client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
     assert e.value.body["param"].startswith("messages.0.content")
+
+
+def test_logit_bias_and_min_tokens_shape_the_answer(server, client):
+    """A +100 bias makes one token win every step; ``min_tokens`` holds EOS back that many tokens even when a
+    bias would pick it first (then EOS ends the answer at once)."""
+    tok = server.loop.engine.tokenizer
+    word = tok.encode("light")[-1]
+    r = client.completions.create(model=MODEL, prompt="And God said", max_tokens=5, temperature=0,
+                                  logit_bias={str(word): 100})
+    assert r.usage.completion_tokens == 5 and r.choices[0].text == tok.decode([word] * 5)
+    eos = tok.eos_ids[0]
+    r = client.completions.create(model=MODEL, prompt="And God said", max_tokens=12, temperature=0,
+                                  logit_bias={str(eos): 100}, extra_body={"min_tokens": 4})
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == 5  # 4 tokens, then EOS
+
+
+def test_penalties_are_served(client):
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "In the beginning"}],
+                                       max_tokens=8, temperature=0, presence_penalty=1.5, frequency_penalty=1.0,
+                                       extra_body={"repetition_penalty": 1.3, "ignore_eos": True})
+    assert r.usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize("field, value", [("logit_bias", {"hello": 1}), ("logit_bias", {"5": 101}),
+                                          ("presence_penalty", 2.5), ("frequency_penalty", -3),
+                                          ("repetition_penalty", 0)])
+def test_bad_penalty_values_are_refused_by_name(client, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_body={field: value})
+    assert e.value.body["param"].startswith(field)
+
+
+def test_a_bias_outside_the_vocabulary_or_min_tokens_past_max_tokens_is_refused(client):
+    for extra, word in (({"logit_bias": {"999999999": 1}}, "logit_bias"), ({"min_tokens": 9}, "min_tokens")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_body=extra)
+        assert word in e.value.body["message"]
