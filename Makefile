@@ -87,7 +87,7 @@ test-python: setup
 	$(INTERPRET) $(PYTHON) -m pytest -q $(wildcard $(addsuffix /tests,$(PHASE_DIRS)))
 
 # One phase's CPU tests: `make test-phase7`; IMPL=phase7_dit_parallel.mine runs them on your module (the tests
-# of phases 0-4 and 7 take the switch; without IMPL they test the framework and the solution).
+# of phases 0-5 and 7 take the switch; without IMPL they test the framework and the solution).
 test-phase%: setup ## one phase's CPU tests: make test-phase7 (IMPL=module.path: on your module)
 	$(if $(filter command line environment,$(origin IMPL)),IMPL=$(IMPL)) $(INTERPRET) $(PYTHON) -m pytest -q \
 	  $(wildcard phase$*_*/tests)

@@ -72,7 +72,7 @@ float model on the *output*, not on the weights: `x · Ŵᵀ` vs `x · Wᵀ`.
 |---|---|---|
 | all targets and the report | `make check-phase5 IMPL=phase5_quantization.mine` | a GPU (P5.1b needs `autoawq`) |
 | the CPU part (P5.1 on 4 k held-out tokens; the GPU targets print SKIP with the reason) | `make check-phase5 IMPL=phase5_quantization.mine SIZE=small` | any machine, minutes (it quantizes with RTN, AWQ, GPTQ and yours) |
-| the phase's tests (on the phase's quantizers: they do not take `IMPL` yet) | `make test-phase5` | any machine |
+| the phase's tests (the quantizer contract on your module) | `make test-phase5 IMPL=phase5_quantization.mine` | any machine |
 | SmolLM2's Q4_1 file, once (~98 MB) | `make smollm2` | a machine with network |
 
 The check writes a report: `reports/phase5_quantization/<device>.md` for the solution on a GPU,
