@@ -25,6 +25,27 @@ def host_memory_bytes() -> int:
         return 0
 
 
+def step_activation_bytes(cfg, dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int) -> int:
+    """A bound on one step's live activations: per token the residual, its normed copy, q|k|v, attention's
+    output and [gate; up] with SwiGLU's output (the widest moment), plus fp32 logits (and a processed copy)
+    for every sampled row. A bound, not a profile: vLLM measures the peak of a dummy step instead."""
+    per_token = 3 * cfg.hidden_size + cfg.q_size + 2 * cfg.kv_size + 3 * cfg.intermediate_size
+    return max_num_batched_tokens * per_token * dtype_bytes + 2 * max_num_seqs * cfg.vocab_size * 4
+
+
+def blocks_for_memory(utilization: float, total: int, in_use: int, activation_bytes: int, block_bytes: int) -> int:
+    """vLLM's ``--gpu-memory-utilization``: the engine may use ``utilization`` of the GPU's ``total`` memory;
+    the KV pool gets what the memory already ``in_use`` (the weights) and a step's activations leave."""
+    if not (isinstance(utilization, float | int) and 0 < utilization <= 1):
+        raise ModelError(f"gpu_memory_utilization (--gpu-memory-utilization) must be in (0, 1], got {utilization}")
+    blocks = int((utilization * total - in_use - activation_bytes) // block_bytes)
+    if blocks < 1:
+        raise ModelError(f"--gpu-memory-utilization {utilization}: {utilization * total / 2**30:.1f} GiB of the GPU's "
+                         f"{total / 2**30:.1f} GiB leave no room for KV blocks after {in_use / 2**30:.1f} GiB in use and "
+                         f"~{activation_bytes / 2**30:.1f} GiB of activations: raise it or lower --max-num-batched-tokens")
+    return blocks
+
+
 def check_size(spec, name: str, value) -> None:
     """``value`` within phase 1's ``spec`` (``limits.IntSpec``), or a ``ModelError`` naming the CLI flag."""
     if not (isinstance(value, Integral) and spec.lo <= value <= spec.hi):

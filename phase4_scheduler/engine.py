@@ -47,7 +47,13 @@ from phase0_prototype.sources import LoadedModel
 from phase0_prototype.weights import LlamaWeights
 from phase3_paged_attention import load_impl as load_attention
 from phase4_scheduler import load_impl
-from phase4_scheduler.blocks import check_size, host_memory_bytes, make_block_manager
+from phase4_scheduler.blocks import (
+    blocks_for_memory,
+    check_size,
+    host_memory_bytes,
+    make_block_manager,
+    step_activation_bytes,
+)
 from phase4_scheduler.kv_swap import KVSwapSpace
 from phase4_scheduler.logits_processing import LogitsProcessing
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
@@ -81,6 +87,7 @@ class BatchingConfig:
     num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
     block_manager_impl: str | None = None  # phase 1's: "solution" (Rust), "reference", a module path; None: best
     attention_impl: str | None = None  # phase 3's: "solution" (Triton), "reference", ...; None: per device
+    gpu_memory_utilization: float | None = None  # num_blocks=None on CUDA: the pool from free memory (vLLM's)
 
     def __post_init__(self) -> None:
         from phase1_rust_memory import limits
@@ -200,7 +207,7 @@ class BatchingEngine:
         self.model, self.config = model, config
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        num_blocks = config.num_blocks if config.num_blocks is not None else config.scheduler.max_num_seqs * -(-self.max_model_len // config.block_size)
+        num_blocks = config.num_blocks if config.num_blocks is not None else self._default_blocks(model)
         num_cpu_blocks = config.cpu_blocks(KVSwapSpace.bytes_per_block(
             cfg.num_hidden_layers, config.block_size, cfg.num_key_value_heads, cfg.head_dim, model.dtype))
         self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark,
@@ -219,6 +226,21 @@ class BatchingEngine:
         self.last_step: StepStats | None = None
         self._in_flight: PendingStep | None = None  # launched, tokens not read back yet (overlap)
         self._imports: dict[int, Callable] = {}  # prefilled elsewhere, waiting for blocks to load their KV into
+
+    def _default_blocks(self, model: LoadedModel) -> int:
+        """``max_num_seqs`` whole contexts, or (``gpu_memory_utilization``) what that share of the GPU leaves."""
+        c, cfg = self.config, model.config
+        if c.gpu_memory_utilization is None:
+            return c.scheduler.max_num_seqs * -(-self.max_model_len // c.block_size)
+        if model.device.type != "cuda":
+            raise ModelError("--gpu-memory-utilization sizes the KV pool from GPU memory: on a CPU use --num-blocks")
+        block_bytes = KVSwapSpace.bytes_per_block(cfg.num_hidden_layers, c.block_size, cfg.num_key_value_heads,
+                                                  cfg.head_dim, model.dtype)
+        activations = step_activation_bytes(cfg, model.dtype.itemsize, c.scheduler.max_num_batched_tokens,
+                                            c.scheduler.max_num_seqs)
+        total = torch.cuda.get_device_properties(model.device).total_memory
+        return blocks_for_memory(c.gpu_memory_utilization, total, torch.cuda.memory_reserved(model.device),
+                                 activations, block_bytes)
 
     @property
     def tokenizer(self):

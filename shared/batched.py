@@ -28,7 +28,8 @@ def build_batched(engine):
     try:
         config = BatchingConfig(SchedulerConfig(c.max_num_seqs, c.max_num_batched_tokens, c.policy, c.max_wait_steps,
                                                 preemption=c.preemption),
-                                impls["phase4"], c.num_blocks, c.block_size, cuda_graphs=c.compile,
+                                impls["phase4"], c.num_blocks, block_size=c.block_size, cuda_graphs=c.compile,
+                                gpu_memory_utilization=c.gpu_memory_utilization,
                                 max_model_len=engine.max_model_len, swap_space=c.swap_space,
                                 num_cpu_blocks=c.num_cpu_blocks, block_manager_impl=impls["phase1"],
                                 attention_impl=impls["phase3"])

@@ -67,6 +67,9 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
                         help=f"tokens per step (default: {BATCH_DEFAULTS['cuda'][1]} on cuda, "
                              f"{BATCH_DEFAULTS['cpu'][1]} on cpu)")
         ap.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: sized by the engine)")
+        ap.add_argument("--gpu-memory-utilization", type=float, default=None, metavar="FRACTION",
+                        help="size the KV pool so the engine uses this share of the GPU's memory (vLLM's flag; "
+                             "default: --max-num-seqs whole contexts)")
         ap.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
         ap.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"], help="scheduling order")
         ap.add_argument("--max-wait-steps", type=int, default=64, help="aging bound in steps (0: no aging)")
@@ -95,7 +98,8 @@ def engine_config(args: argparse.Namespace):
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         seqs, tokens = BATCH_DEFAULTS[device]
         kw = dict(max_num_seqs=args.max_num_seqs or seqs, max_num_batched_tokens=args.max_num_batched_tokens or tokens,
-                  num_blocks=args.num_blocks, block_size=args.block_size, policy=args.policy,
+                  num_blocks=args.num_blocks, gpu_memory_utilization=args.gpu_memory_utilization,
+                  block_size=args.block_size, policy=args.policy,
                   max_wait_steps=args.max_wait_steps or None, preemption=args.preemption,
                   swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks)
     return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + rope, device=args.device,

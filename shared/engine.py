@@ -51,6 +51,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     block_size: int = 16
     num_blocks: int | None = None  # default: max_num_seqs requests of max_model_len
+    gpu_memory_utilization: float | None = None  # CUDA, num_blocks unset: the KV pool from this share of memory
     policy: str = "sjf"
     max_wait_steps: int | None = 64
     preemption: str = "recompute"  # or "swap": victims' KV blocks go to a host pool (phase 4)
