@@ -57,6 +57,25 @@ def render_chat_template(template: str, messages: list[dict], *, add_generation_
         raise ModelError(f"chat template failed: {e}") from None
 
 
+def read_chat_template(spec: str) -> str:
+    """A chat template given by the user (vLLM's ``--chat-template``): a Jinja file's path or the template
+    itself; checked by rendering one user turn, so a broken one fails at start, not on the first request."""
+    from pathlib import Path
+
+    path = Path(spec)
+    if path.is_file():
+        template = path.read_text()
+    elif "{{" in spec or "{%" in spec:
+        template = spec
+    else:
+        raise ModelError(f"--chat-template {spec}: no such file; give a Jinja file or the template itself")
+    try:
+        render_chat_template(template, [{"role": "user", "content": "hi"}])
+    except ModelError as e:
+        raise ModelError(f"--chat-template: {e}") from None
+    return template
+
+
 class Tokenizer:
     """The interface both tokenizers share."""
 

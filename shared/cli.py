@@ -57,6 +57,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
     ap.add_argument("--max-seq-len", "--max-model-len", dest="max_seq_len", type=int, default=None,
                     help="context per request (default: the model's)")
     ap.add_argument("--no-compile", action="store_true", help="no CUDA graphs / compilation (eager)")
+    ap.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                    help="a Jinja chat template (a file, or the template itself) instead of the model's")
     ap.add_argument("--rope", choices=["torch", "cuda"], default=None,
                     help="cuda = phase 2's kernel (same as --impl phase2=solution); torch = phase 0's")
     if batching:
@@ -104,7 +106,8 @@ def engine_config(args: argparse.Namespace):
                   swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks)
     return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + rope, device=args.device,
                         dtype=args.dtype, quant=args.quant, quant_group_size=args.quant_group_size, tp=args.tp,
-                        max_model_len=args.max_seq_len, compile=not args.no_compile, **kw)
+                        max_model_len=args.max_seq_len, compile=not args.no_compile,
+                        chat_template=args.chat_template, **kw)
 
 
 def sampling_params(args: argparse.Namespace):

@@ -26,6 +26,7 @@ import torch
 from phase0_prototype.errors import ModelError
 from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel, load_model
+from phase0_prototype.tokenizer import read_chat_template
 from phase0_prototype.weights import LlamaWeights
 from shared import impls as impl_spec
 from shared.batched import build_batched, run_batched, stream_batched
@@ -58,6 +59,7 @@ class EngineConfig:
     swap_space: float = 4.0  # GiB of host KV blocks for preemption="swap"
     num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
     compile: bool = True  # CUDA graphs on CUDA
+    chat_template: str | None = None  # a Jinja file or template in place of the model's (vLLM's --chat-template)
 
 
 class LLMEngine:
@@ -84,6 +86,8 @@ class LLMEngine:
         else:
             self.model = model if model is not None else load_model(config.model, dtype=dtype, device=device,
                                                                     seed=config.seed)
+        if config.chat_template is not None:
+            self.model.tokenizer.chat_template = read_chat_template(config.chat_template)
         self.device = self.model.device
         limit = self.model.config.max_position_embeddings
         self.max_model_len = min(config.max_model_len or limit, limit)

@@ -60,3 +60,28 @@ def test_served_model_name_is_what_clients_see():
         assert r.model == "my-llama" and r.usage.completion_tokens <= 3
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="kjv-llama-18m", prompt="x", max_tokens=1)
+
+
+def test_chat_template_flag_replaces_the_models_template(tmp_path):
+    """``--chat-template FILE`` (vLLM's flag): the engine's chats render with it — compared with jinja2 itself."""
+    import random
+
+    import jinja2
+
+    from shared.engine import LLMEngine
+
+    tag = f"turn{random.randrange(10**6)}"
+    template = "{% for m in messages %}<" + tag + ">{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    (tmp_path / "t.jinja").write_text(template)
+    engine = LLMEngine(config_of("--chat-template", str(tmp_path / "t.jinja")))
+    messages = [{"role": "user", "content": f"hello {tag}"}]
+    want = jinja2.Template(template).render(messages=messages)
+    assert engine.tokenizer.apply_chat_template(messages) == want
+    assert engine.encode(messages, chat=True) == engine.tokenizer.encode(want, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("value, words", [("no/such/file.jinja", "no such file"), ("{% for %}", "chat template")])
+def test_a_bad_chat_template_is_one_line_at_start(capsys, value, words):
+    assert main(["generate", "--device", "cpu", "--chat-template", value, "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --chat-template") and words in err and "\n" not in err
