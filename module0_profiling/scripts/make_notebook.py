@@ -68,22 +68,14 @@ The check writes `reports/module0_profiling/<device>.md` for the solution at ful
 `<device>.module0_profiling.mine.<size>.md` beside it for your module.
 """)
 code(r"""
-from module0_profiling.notebook_env import import_phases_as_packages
+from module0_profiling.notebook_env import import_phases_as_packages, your_module
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package of transformers
-import importlib.util
 import torch
-from module0_profiling.checks import TARGETS
 from module0_profiling.hardware import detect_device, measured_peaks
 from module0_profiling.impl import load_impl
 
-for t in TARGETS:
-    print(f"{t.id}  {t.threshold:18s} {t.description}")
-
-HAVE_MINE = importlib.util.find_spec("module0_profiling.mine") is not None
-LEARNER = "module0_profiling.mine" if HAVE_MINE else "framework"
+LEARNER, HAVE_MINE = your_module("module0_profiling")
 learner = load_impl("module0_profiling", LEARNER)
-print("\nyour module:", LEARNER if HAVE_MINE else
-      "not there yet: cp module0_profiling/framework.py module0_profiling/mine.py (the cells below use the framework)")
 
 device = detect_device()
 peaks = measured_peaks(device)

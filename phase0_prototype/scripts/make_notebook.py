@@ -75,21 +75,14 @@ The check writes a report: `reports/phase0_prototype/<device>.md` for the soluti
 `<device>.phase0_prototype.mine.<size>.md` beside it for your module; it asks the questions of section 10.
 """)
 code(r"""
-from module0_profiling.notebook_env import import_phases_as_packages
+from module0_profiling.notebook_env import import_phases_as_packages, your_module
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package of transformers
-import importlib.util
 import torch
 from phase0_prototype import PRESETS, load_impl, load_model
 from phase0_prototype.checks import TARGETS
 
-for t in TARGETS:
-    print(f"{t.id}  {t.threshold:26s} {t.description}")
-
-HAVE_MINE = importlib.util.find_spec("phase0_prototype.mine") is not None
-YOURS = "phase0_prototype.mine" if HAVE_MINE else "framework"
+YOURS, HAVE_MINE = your_module("phase0_prototype")
 yours_impl = load_impl(YOURS)  # the framework until mine.py exists
-print("\nyour module:", YOURS if HAVE_MINE else "not there yet (the cells below use the framework): "
-      "cp phase0_prototype/framework.py phase0_prototype/mine.py")
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT

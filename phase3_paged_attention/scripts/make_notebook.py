@@ -72,23 +72,15 @@ The check writes a report: `reports/phase3_paged_attention/<device>.md` for the 
 `<device>.phase3_paged_attention.mine.<size>.md` beside it for your module; it asks the questions of section 9.
 """)
 code(r"""
-from module0_profiling.notebook_env import import_phases_as_packages
+from module0_profiling.notebook_env import import_phases_as_packages, your_module
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
-import importlib.util
 import torch  # importing the phase's kernels turns on TRITON_INTERPRET=1 when there is no GPU
 from phase3_paged_attention import load_impl, allocate_kv_cache, slot_mapping_for, tolerance
-from phase3_paged_attention.checks import TARGETS
 from phase3_paged_attention.workloads import decode_inputs, prefill_inputs
 
-for t in TARGETS:
-    print(f"{t.id}  {t.threshold:60s} {t.description}")
-
 reference, framework, solution = load_impl("reference"), load_impl("framework"), load_impl("solution")
-HAVE_MINE = importlib.util.find_spec("phase3_paged_attention.mine") is not None
-YOURS = "phase3_paged_attention.mine" if HAVE_MINE else "framework"
+YOURS, HAVE_MINE = your_module("phase3_paged_attention")
 yours = load_impl(YOURS)  # the framework until mine.py exists
-print("\nyour module:", YOURS if HAVE_MINE else "not there yet (the cells below use the framework): "
-      "cp phase3_paged_attention/framework.py phase3_paged_attention/mine.py")
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 print("device:", DEVICE)

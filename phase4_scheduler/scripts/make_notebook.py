@@ -86,27 +86,19 @@ The check writes a report: `reports/phase4_scheduler/<device>.md` for the soluti
 `<device>.phase4_scheduler.mine.<size>.md` beside it for your module; it asks the questions of section 7.
 """)
 code(r"""
-from module0_profiling.notebook_env import import_phases_as_packages
+from module0_profiling.notebook_env import import_phases_as_packages, your_module
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
-import importlib.util
 import random
 import matplotlib.pyplot as plt
 
 from phase0_prototype import load_model
 from phase4_scheduler import Request, SchedulerConfig, load_impl
 from phase4_scheduler.blocks import make_block_manager
-from phase4_scheduler.checks import TARGETS
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.bench import latency_in_steps
 from phase4_scheduler.loadgen import Workload, run_offline
 
-for t in TARGETS:
-    print(f"{t.id}  {t.threshold:20s} {t.description}")
-
-HAVE_MINE = importlib.util.find_spec("phase4_scheduler.mine") is not None
-YOURS = "phase4_scheduler.mine" if HAVE_MINE else "framework"  # the framework until mine.py exists
-print("\nyour module:", YOURS if HAVE_MINE else "not there yet (the cells below use the framework): "
-      "cp phase4_scheduler/framework.py phase4_scheduler/mine.py")
+YOURS, HAVE_MINE = your_module("phase4_scheduler")  # the framework until mine.py exists
 model = load_model("kjv-llama-18m", dtype="fp32")  # the bundled model, on the CPU
 tok = model.tokenizer
 """)

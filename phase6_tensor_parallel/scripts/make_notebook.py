@@ -77,22 +77,14 @@ The check writes a report: `reports/phase6_tensor_parallel/<device>.md` for the 
 `<device>.phase6_tensor_parallel.mine.<size>.md` beside it for your module; it asks the questions of section 9.
 """)
 code(r"""
-from module0_profiling.notebook_env import import_phases_as_packages
+from module0_profiling.notebook_env import import_phases_as_packages, your_module
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
-import importlib.util
 import torch, torch.nn.functional as F
 from phase0_prototype import PRESETS, load_model
 from phase6_tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPGroup, load_impl, spawn
-from phase6_tensor_parallel.checks import TARGETS
 
-for t in TARGETS:
-    print(f"{t.id}  {t.threshold:26s} {t.description}")
-
-HAVE_MINE = importlib.util.find_spec("phase6_tensor_parallel.mine") is not None
-YOURS = "phase6_tensor_parallel.mine" if HAVE_MINE else "framework"
+YOURS, HAVE_MINE = your_module("phase6_tensor_parallel")
 yours_impl = load_impl(YOURS)  # the framework until mine.py exists; the gloo ranks import it by this name
-print("\nyour module:", YOURS if HAVE_MINE else "not there yet (the cells below use the framework): "
-      "cp phase6_tensor_parallel/framework.py phase6_tensor_parallel/mine.py")
 """)
 md(r"""
 **Your turn (P6.1).** What the check runs: your module at TP=1 in this process, then at TP=2 on two spawned gloo
