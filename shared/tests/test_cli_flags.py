@@ -85,3 +85,18 @@ def test_a_bad_chat_template_is_one_line_at_start(capsys, value, words):
     assert main(["generate", "--device", "cpu", "--chat-template", value, "--max-new-tokens", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --chat-template") and words in err and "\n" not in err
+
+
+def test_python_m_titaninfer_is_the_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "titaninfer", "--version"], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("titaninfer ")
+    from shared.engine import EngineConfig as Config
+    from shared.engine import LLMEngine as Engine
+    from titaninfer import EngineConfig, LLMEngine
+    assert (LLMEngine, EngineConfig) == (Engine, Config)
