@@ -251,9 +251,10 @@ class BatchingEngine:
 
     def make_request(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams = GREEDY, *,
                      stop: tuple[str, ...] = (), priority: int = 0, ignore_eos: bool = False,
-                     processing: LogitsProcessing | None = None) -> Request:
+                     processing: LogitsProcessing | None = None, logprobs: int | None = None) -> Request:
         """A checked request (ValueError naming the limit when it cannot fit or its stop strings are
-        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``). ``processing``: penalties, logit bias, min_tokens."""
+        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``). ``processing``: penalties, logit bias, min_tokens;
+        ``logprobs``: k to return each token's log-probability and the k most likely (None: none)."""
         stop = check_stop(stop)
         vocab = self.model.config.vocab_size
         if not all(0 <= t < vocab for t in prompt_ids):
@@ -267,8 +268,11 @@ class BatchingEngine:
             if processing.min_tokens > max_tokens:
                 raise ModelError(f"min_tokens ({processing.min_tokens}) exceeds max_tokens ({max_tokens})")
         eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
+        if logprobs is not None and not 0 <= logprobs <= vocab:
+            raise ModelError(f"logprobs must be in [0, {vocab}], got {logprobs}")
         return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=stop,
-                       processing=processing if processing is not None and processing.active else None)
+                       processing=processing if processing is not None and processing.active else None,
+                       logprobs=logprobs)
 
     def add(self, request: Request) -> Request:
         """Queue ``request``; if any part of that fails, it is not left half-added (then re-raised)."""
@@ -367,6 +371,11 @@ class BatchingEngine:
             return StepEvents.EMPTY
         # A request finished (EOS, stop string, abort) while its token was in flight drops the token.
         live, finished = self.scheduler.apply_rows(requests, step.tokens()) if requests else ([], [])
+        logprobs = step.logprobs() if step is not None else {}
+        if logprobs:
+            for r in live:
+                if r.request_id in logprobs:
+                    r.token_logprobs.append(logprobs[r.request_id])
         texts = None
         if self._with_stop:  # stop strings need the text now, to end the request
             texts = {}

@@ -31,6 +31,7 @@ INT32_MAX = 2**31 - 1  # max_tokens, top_k: far above any context; the engine's 
 MAX_PROMPT_TOKEN_IDS = 1 << 20  # a token-id prompt; the server's context check is the precise one
 MAX_MODEL_NAME = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 
 
 def _utf8(text):
@@ -101,8 +102,6 @@ class SamplingFields(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)  # chat's newer name; wins
     stream_options: StreamOptions | None = None
     # Sent by real clients, not served (yet): refused by name unless neutral.
-    logprobs: unsupported(None, False, 0, fix="omit it (log-probabilities are not returned)") = None
-    top_logprobs: unsupported(None, 0, fix="omit it (log-probabilities are not returned)") = None
     echo: unsupported(None, False, fix="omit it, or send false") = None
     best_of: unsupported(None, 1, fix="omit it, or send 1") = None
     # Logits processing (``logits_processing``): OpenAI's penalties and bias, vLLM's repetition_penalty, min_tokens.
@@ -140,6 +139,10 @@ class SamplingFields(BaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: Prompt
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # each token's, and the k most likely
+
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
 
 class TextPart(BaseModel):
@@ -164,6 +167,11 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 # (A text part's own ``text`` is left out: it is also the tag of the string branch of ``prompt`` and ``stop``.)
@@ -182,7 +190,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None
+    logprobs: dict | None = None
 
 
 class Completion(BaseModel):
@@ -203,7 +211,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None
+    logprobs: dict | None = None
 
 
 class ChatCompletion(BaseModel):

@@ -39,6 +39,8 @@ class Request:
     eos_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
     processing: object = None  # ``logits_processing.LogitsProcessing`` (penalties, bias, min_tokens) or None
+    logprobs: int | None = None  # None: not asked; k: each token's log-probability and the k most likely
+    token_logprobs: list = field(default_factory=list)  # per output token: (logprob, [(token id, logprob), ...])
     request_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0

@@ -97,8 +97,18 @@ class PendingStep:
     """A launched step: which requests sample (in row order) and their tokens once the copy lands."""
 
     def __init__(self, plan: StepPlan, sampled: list[Request], host_tokens: torch.Tensor | None,
-                 event: torch.cuda.Event | None):
+                 event: torch.cuda.Event | None, logprobs: dict | None = None):
         self.plan, self.sampled, self._host, self._event = plan, sampled, host_tokens, event
+        self._logprobs = logprobs or {}  # request id -> device (chosen, top) of the rows that asked
+
+    def logprobs(self) -> dict[int, tuple[float, list[tuple[int, float]]]]:
+        """Request id -> (the sampled token's logprob, [(token id, logprob)] of the top k): call after
+        ``tokens`` (the step has finished then, so these small reads do not wait)."""
+        out = {}
+        for rid, (chosen, top) in self._logprobs.items():
+            pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+            out[rid] = (float(chosen), pairs)
+        return out
 
 
     def tokens(self) -> list[int]:
@@ -224,7 +234,7 @@ class PagedModelRunner:
             if ns:
                 torch.argmax(logits, dim=-1, out=self.last_tokens[:ns])
         sampler.sample_rows(host.sampled, logits, self.last_tokens)
-        pending = PendingStep(plan, host.sampled, *self._read_back(ns))
+        pending = PendingStep(plan, host.sampled, *self._read_back(ns), logprobs=sampler.take_logprobs())
         self.prev_rows = RowsById(host.sampled)
         seats = host.sampled_seats
         self._seat_rows_valid = seats is not None  # else the next step looks its rows up by request id

@@ -2,7 +2,9 @@
 by the runner, inside the decode graph when there is one), the others one by one with phase 0's sampler
 (temperature, top-k, top-p; no host sync) and the request's own seeded generator, so a request's
 tokens do not depend on which other requests share its batch. A request with penalties, a logit bias or
-``min_tokens`` (``logits_processing``) has its row processed first, greedy or not. A row whose sampling
+``min_tokens`` (``logits_processing``) has its row processed first, greedy or not. A request that asks for
+log-probabilities gets its token's and the top k of the model's distribution (raw logits, as vLLM's default),
+computed on the device and read back with the step's tokens (``take_logprobs``). A row whose sampling
 fails keeps its argmax and is reported by ``take_failures`` (the engine ends that request alone)."""
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Sampler:
         self._tracking, self._random = False, set()  # ``track``: ids of the tracked non-argmax requests
         self._states: dict[int, RowState] = {}  # request id -> its logits processing's history
         self._failures: list[tuple[Request, Exception]] = []
+        self._logprobs: dict[int, tuple] = {}  # request id -> (chosen logprob, top values, top ids), on device
 
     def forget(self, request_id: int) -> None:
         self._generators.pop(request_id, None)
@@ -36,7 +39,7 @@ class Sampler:
         """Say that ``r`` will be sampled here (the engine does, on add; ``forget`` ends it). While every
         tracked request is greedy, ``sample_rows`` has nothing to do and skips its per-row loop."""
         self._tracking = True
-        if r.sampling.temperature or r.processing is not None:
+        if r.sampling.temperature or r.processing is not None or r.logprobs is not None:
             self._random.add(r.request_id)
 
     def sample_rows(self, requests: list[Request], logits: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -53,6 +56,16 @@ class Sampler:
                         state.record(tokens[row:row + 1])
                 except Exception as e:  # this request's parameters or generator: not the batch's fault
                     self._failures.append((r, e))
+            if r.logprobs is not None:
+                lp = torch.log_softmax(logits[row].float(), dim=-1)
+                top = lp.topk(r.logprobs) if r.logprobs else None
+                self._logprobs[r.request_id] = (lp[tokens[row]], top)
+
+    def take_logprobs(self) -> dict[int, tuple]:
+        """The logprobs of the rows sampled since the last call (device tensors: read them once the step's
+        tokens are on the host)."""
+        out, self._logprobs = self._logprobs, {}
+        return out
 
     def _state(self, r: Request, vocab: int) -> RowState | None:
         if r.processing is None:

@@ -205,6 +205,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         """The engine request (ApiError when it cannot be made)."""
         if not prompt_ids:
             raise ApiError(400, f"the {param} is empty: give at least one token", param=param)
+        if chat and body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         limit, asked = engine.context_limit(), body.max_completion_tokens or body.max_tokens
         room = max(limit - len(prompt_ids), 1)
         # No max_tokens: a chat answers until the context is full (as vLLM does), a completion stops at 16
@@ -214,7 +216,7 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
             return engine.make_request(prompt_ids, max_tokens, sampling, stop=body.stop_strings(),
                                        priority=body.priority, ignore_eos=body.ignore_eos,
-                                       processing=body.processing())
+                                       processing=body.processing(), logprobs=body.logprobs_k())
         except ModelError as e:
             raise ApiError(400, describe_error(e)) from None
         except ValueError as e:
@@ -287,7 +289,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             if not finished:  # failed or left: free its KV blocks
                 loop.abort(r.request_id)
         text = "".join(parts)
-        choice = {"index": 0, "finish_reason": r.finish_reason, "logprobs": None}
+        choice = {"index": 0, "finish_reason": r.finish_reason,
+                  "logprobs": logprobs_body(engine.tokenizer, r, 0, chat) if r.logprobs is not None else None}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model_name, "choices": [choice], "usage": usage(r)}
@@ -296,12 +299,18 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         obj = "chat.completion.chunk" if chat else "text_completion"
         created_at = int(time.time())
 
+        sent = [0]  # token logprobs already sent
+
         def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+            lp = None
+            if r.logprobs is not None and not first:
+                upto = len(r.token_logprobs)
+                lp, sent[0] = logprobs_body(engine.tokenizer, r, sent[0], chat, upto), upto
             if chat:
                 delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}
             else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
             return "data: " + json.dumps({"id": rid, "object": obj, "created": created_at, "model": model_name,
                                           "choices": [choice]}) + "\n\n"
 
@@ -372,6 +381,28 @@ def _openapi(app: FastAPI, *, secured: bool) -> dict:
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def logprobs_body(tok, r, start: int, chat: bool, end: int | None = None) -> dict:
+    """OpenAI's ``logprobs`` of ``r``'s output tokens ``[start, end)`` (EOS left out, as from the text): chat's
+    ``{"content": [{token, logprob, bytes, top_logprobs}]}`` or completions' ``{tokens, token_logprobs,
+    top_logprobs, text_offset}``. A token's string is its own decode."""
+    entries = [(t, e) for t, e in zip(r.output_ids[start:end], r.token_logprobs[start:end], strict=False)
+               if t not in r.eos_ids]
+
+    def text(t: int) -> str:
+        return tok.decode([t])
+
+    if chat:
+        return {"content": [{"token": text(t), "logprob": lp, "bytes": list(text(t).encode()),
+                             "top_logprobs": [{"token": text(i), "logprob": v, "bytes": list(text(i).encode())}
+                                              for i, v in top]} for t, (lp, top) in entries]}
+    offsets, at = [], 0
+    for t, _ in entries:
+        offsets.append(at)
+        at += len(text(t))
+    return {"tokens": [text(t) for t, _ in entries], "token_logprobs": [lp for _, (lp, _) in entries],
+            "top_logprobs": [{text(i): v for i, v in top} for _, (_, top) in entries], "text_offset": offsets}
 
 
 def usage(r) -> dict:

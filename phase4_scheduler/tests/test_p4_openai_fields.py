@@ -63,7 +63,7 @@ def test_stream_options_include_usage_ends_with_the_usage_chunk(client):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("response_format", {"type": "json_object"}), ("n", 2),
 ])
 def test_unserved_chat_fields_are_refused_by_name(client, field, value):
@@ -73,7 +73,7 @@ def test_unserved_chat_fields_are_refused_by_name(client, field, value):
     assert e.value.body["param"] == field and field in e.value.body["message"]
 
 
-@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 2), ("logprobs", 2)])
+@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 2)])
 def test_unserved_completion_fields_are_refused_by_name(client, field, value):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="hi", max_tokens=2, **{field: value})
@@ -129,3 +129,49 @@ def test_a_bias_outside_the_vocabulary_or_min_tokens_past_max_tokens_is_refused(
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_body=extra)
         assert word in e.value.body["message"]
+
+
+def _reference_logprobs(loop, prompt_ids: list[int], n: int):
+    """Phase 0's no-cache model: the greedy ids and, per step, log_softmax of its logits (float64)."""
+    import torch
+
+    model = phase0_impl("framework").build(loop.engine.model)
+    ids, steps = list(prompt_ids), []
+    for _ in range(n):
+        lp = torch.log_softmax(model.forward_logits(torch.tensor([ids]))[0, -1].double(), dim=-1)
+        steps.append(lp)
+        ids.append(int(lp.argmax()))
+    return ids[len(prompt_ids):], steps
+
+
+def test_completion_logprobs_equal_the_models_log_softmax(server, client):
+    tok = server.loop.engine.tokenizer
+    prompt = tok.encode("And the evening and the morning were", add_special_tokens=True)
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0, logprobs=2,
+                                  extra_body={"ignore_eos": True})
+    ids, steps = _reference_logprobs(server.loop, prompt, 5)
+    lp = r.choices[0].logprobs
+    assert lp.tokens == [tok.decode([t]) for t in ids]
+    for got, top, step, t in zip(lp.token_logprobs, lp.top_logprobs, steps, ids, strict=True):
+        assert abs(got - float(step[t])) < 1e-3
+        best = step.topk(2).indices.tolist()
+        assert set(top) == {tok.decode([i]) for i in best}
+    assert lp.text_offset[0] == 0 and "".join(lp.tokens) == r.choices[0].text
+
+
+def test_chat_logprobs_streamed_equal_the_whole_answer(client):
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Who made the light?"}], max_tokens=6,
+              temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    whole = client.chat.completions.create(**kw).choices[0].logprobs.content
+    assert len(whole) == 6 and all(len(e.top_logprobs) == 3 for e in whole)
+    assert all(e.logprob == max(t.logprob for t in e.top_logprobs) for e in whole)  # greedy: the top one
+    streamed = [e for c in client.chat.completions.create(stream=True, **kw) if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 5)) for e in streamed] == [(e.token, round(e.logprob, 5)) for e in whole]
+
+
+def test_top_logprobs_without_logprobs_is_refused(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       top_logprobs=2)
+    assert e.value.body["param"] == "top_logprobs"
