@@ -140,6 +140,7 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     prompt: Prompt
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # each token's, and the k most likely
+    echo: bool = False  # the answer's text starts with the prompt's
 
     def logprobs_k(self) -> int | None:
         return self.logprobs

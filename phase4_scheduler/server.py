@@ -227,7 +227,9 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             log.exception("making the request failed")
             raise ApiError(500, f"preparing the request failed ({describe_error(e)})") from None
 
-    async def run(http: HttpRequest, body: SamplingFields, prompt_ids: list[int], param: str, chat: bool):
+    async def run(http: HttpRequest, body: SamplingFields, prompt_ids: list[int], param: str, chat: bool,
+                  echo: str = ""):
+        """``echo``: text the answer starts with (completions' ``echo``: the prompt)."""
         r = make(body, prompt_ids, param, chat)
         events: asyncio.Queue = asyncio.Queue()
         aloop = asyncio.get_running_loop()
@@ -247,8 +249,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             with_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(stream(r, events, rid, chat, with_usage), media_type="text/event-stream")
-        return await complete(http, r, events, rid, chat)
+            return StreamingResponse(stream(r, events, rid, chat, with_usage, echo), media_type="text/event-stream")
+        return await complete(http, r, events, rid, chat, echo)
 
     async def next_event(r, events: asyncio.Queue, http: HttpRequest | None = None) -> tuple[str, bool] | None:
         """(new text, finished) of ``r``'s next event; None when ``http``'s client left; ApiError when the
@@ -276,8 +278,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             raise ApiError(status, reason.removeprefix("error: "))
         return text, ev.finished
 
-    async def complete(http: HttpRequest, r, events: asyncio.Queue, rid: str, chat: bool):
-        parts, finished = [], False
+    async def complete(http: HttpRequest, r, events: asyncio.Queue, rid: str, chat: bool, echo: str = ""):
+        parts, finished = [echo], False
         try:
             while not finished:
                 got = await next_event(r, events, http)
@@ -295,7 +297,7 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model_name, "choices": [choice], "usage": usage(r)}
 
-    async def stream(r, events: asyncio.Queue, rid: str, chat: bool, with_usage: bool):
+    async def stream(r, events: asyncio.Queue, rid: str, chat: bool, with_usage: bool, echo: str = ""):
         obj = "chat.completion.chunk" if chat else "text_completion"
         created_at = int(time.time())
 
@@ -318,6 +320,8 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         try:
             if chat:
                 yield chunk("", None, first=True)
+            if echo:
+                yield chunk(echo, None, first=True)
             while not finished:
                 text, finished = await next_event(r, events)
                 if text or finished:
@@ -347,11 +351,15 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
                 raise ApiError(400, f"prompt token id {p[bad]} is outside the vocabulary: give ids in [0, {vocab})",
                                param=f"prompt.{bad}")
             ids = list(p)
+            text = engine.tokenizer.decode(ids) if body.echo else ""
         else:
             text = p if isinstance(p, str) else p[0]
             check_length(len(text), "characters", "prompt")
             ids = await tokenize(engine.tokenizer.encode, text, "prompt")
-        return await run(http, body, ids, "prompt", chat=False)
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs: the prompt's log-probabilities are not returned; drop one",
+                           param="echo")
+        return await run(http, body, ids, "prompt", chat=False, echo=text if body.echo else "")
 
     @app.post("/v1/chat/completions",
               responses={200: {"model": ChatCompletion, "content": STREAM}, **GENERATION_RESPONSES})

@@ -73,7 +73,7 @@ def test_unserved_chat_fields_are_refused_by_name(client, field, value):
     assert e.value.body["param"] == field and field in e.value.body["message"]
 
 
-@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 2)])
+@pytest.mark.parametrize("field, value", [("best_of", 2)])
 def test_unserved_completion_fields_are_refused_by_name(client, field, value):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="hi", max_tokens=2, **{field: value})
@@ -175,3 +175,25 @@ def test_top_logprobs_without_logprobs_is_refused(client):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                        top_logprobs=2)
     assert e.value.body["param"] == "top_logprobs"
+
+
+@pytest.mark.parametrize("prompt_as_ids", [False, True])
+def test_echo_starts_the_answer_with_the_prompt(server, client, prompt_as_ids):
+    tok = server.loop.engine.tokenizer
+    text = "And God saw the light"
+    prompt = tok.encode(text, add_special_tokens=False) if prompt_as_ids else text
+    kw = dict(model=MODEL, prompt=prompt, max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
+    plain = client.completions.create(**kw).choices[0].text
+    shown = tok.decode(prompt) if prompt_as_ids else text
+    assert client.completions.create(echo=True, **kw).choices[0].text == shown + plain
+    assert "".join(c.choices[0].text for c in client.completions.create(echo=True, stream=True, **kw)) == shown + plain
+
+
+def test_echo_with_logprobs_and_chat_echo_are_refused_by_name(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2, echo=True, logprobs=1)
+    assert e.value.body["param"] == "echo"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       extra_body={"echo": True})
+    assert e.value.body["param"] == "echo"
