@@ -16,7 +16,7 @@ from typing import Any
 
 from module0_profiling.hardware import DeviceInfo, Peaks
 from module0_profiling.roofline import Ceiling, plot_roofline, position
-from module0_profiling.targets import BenchResult, Outcome
+from module0_profiling.targets import SKIP, BenchResult, Outcome
 from module0_profiling.timing import format_seconds
 
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
@@ -183,6 +183,9 @@ def build_fields(
     f["tables"] = ("\n\n".join(f"### {title}\n\n{body}" for title, body in result.tables.items())
                    or na("no extra tables"))
     f["notes"] = "\n".join(f"- {n}" for n in result.notes) or na("no notes")
+    judged = [o for o in outcomes if o.status != SKIP]
+    f["headline"] = ("\n".join(f"- **{o.target.id}** {o.target.description}: **{o.measured}** ({o.status}; wants "
+                               f"{o.target.threshold})" for o in judged) or na("every target was SKIP on this machine"))
     return f
 
 
@@ -229,6 +232,13 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def post_template(phase: str) -> str:
+    """The phase's ``POST_TEMPLATE.md`` (a write-up skeleton), else module 0's generic one."""
+    root = Path(__file__).resolve().parent.parent
+    own = root / phase / "POST_TEMPLATE.md"
+    return (own if own.exists() else root / "module0_profiling" / "POST_TEMPLATE.md").read_text()
+
+
 def write_report(
     *,
     out_dir: Path,
@@ -242,7 +252,8 @@ def write_report(
     result: BenchResult,
     outcomes: list[Outcome],
 ) -> list[Path]:
-    """Write ``<stem>.md``, ``<stem>.json`` and ``<stem>.roofline.png`` (when there are points)."""
+    """Write ``<stem>.md``, ``<stem>.json``, ``<stem>.roofline.png`` (when there are points) and
+    ``<stem>.post.md`` (``post_template``: a blog post's skeleton with the same figures)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     png = None
@@ -256,6 +267,8 @@ def write_report(
                           outcomes=outcomes, roofline_png=png)
     md = out_dir / f"{stem}.md"
     md.write_text(render(template, fields))
+    post = out_dir / f"{stem}.post.md"  # the blog post's skeleton, filled with the same run's figures
+    post.write_text(render(post_template(phase), fields))
     data = {
         "phase": phase, "impl": impl, "size": size, "device": _jsonable(device),
         "peaks": _jsonable(peaks), "metrics": _jsonable(result.metrics), "skipped": result.skipped,
@@ -268,4 +281,4 @@ def write_report(
     }
     js = out_dir / f"{stem}.json"
     js.write_text(json.dumps(data, indent=2))
-    return [md, js] + written
+    return [md, js] + written + [post]

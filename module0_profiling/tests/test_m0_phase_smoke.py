@@ -23,6 +23,8 @@ def test_phase_check_small(phase, tmp_path):
     assert outcomes, f"{phase} defines no targets"
     md = written[0].read_text()
     assert not PLACEHOLDER.search(md)
+    post = next(p for p in written if p.name.endswith(".post.md")).read_text()  # the write-up skeleton
+    assert not PLACEHOLDER.search(post) and "n/a: no field" not in post
     assert "n/a: no field" not in md
     assert (tmp_path / phase / (written[0].stem + ".json")).exists()
     for o in outcomes:

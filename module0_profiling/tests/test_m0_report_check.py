@@ -158,5 +158,7 @@ def test_module0_on_cpu_skips_gpu_targets_with_reasons(tmp_path, capsys):
     # M0.1-M0.3 need a GPU; M0.4 (the loop's output) is judged on any machine
     assert [o.status for o in outcomes] == [SKIP, SKIP, SKIP, PASS]
     assert all(o.reason for o in outcomes[:3])
+    post = next(p for p in written if p.name.endswith(".post.md")).read_text()
+    assert "**M0.4**" in post and "Write:" in post  # the judged target heads the write-up skeleton
     md = written[0].read_text()
     assert not PLACEHOLDER.search(md)
