@@ -50,8 +50,10 @@ def nvrtc_available() -> bool:
     return _nvrtc_paths()[0] is not None
 
 
-def compile_check(path: str | Path, arch: str = "sm_90", options: tuple[str, ...] = ()) -> CompileResult:
-    """Compile ``path`` to PTX for ``arch`` with NVRTC; no GPU needed."""
+def compile_check(path: str | Path, arch: str = "sm_90", options: tuple[str, ...] = (),
+                  cubin: bool = False) -> CompileResult:
+    """Compile ``path`` to PTX for ``arch`` with NVRTC; no GPU needed. ``cubin``: for the real ``arch`` instead
+    (NVRTC runs ptxas, so inline PTX is checked too; ``log`` then holds ptxas's ``-v`` report, ``ptx`` is empty)."""
     lib_path, include = _nvrtc_paths()
     if lib_path is None:
         raise RuntimeError("NVRTC not found: install torch's CUDA wheel or a CUDA toolkit (CUDA_HOME)")
@@ -59,8 +61,8 @@ def compile_check(path: str | Path, arch: str = "sm_90", options: tuple[str, ...
     source = Path(path).read_bytes()
     prog = ctypes.c_void_p()
     _check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, str(path).encode(), 0, None, None))
-    arch_flag = arch.replace("sm_", "compute_") if arch.startswith("sm_") else arch
-    opts = [f"--gpu-architecture={arch_flag}", "--std=c++17", *options]
+    arch_flag = arch if cubin or not arch.startswith("sm_") else arch.replace("sm_", "compute_")
+    opts = [f"--gpu-architecture={arch_flag}", "--std=c++17", *(["--ptxas-options=-v"] if cubin else []), *options]
     if include:
         opts.append(f"--include-path={include}")
     opt_array = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
@@ -70,7 +72,11 @@ def compile_check(path: str | Path, arch: str = "sm_90", options: tuple[str, ...
     log = ctypes.create_string_buffer(log_size.value)
     nvrtc.nvrtcGetProgramLog(prog, log)
     ptx = ""
-    if status == 0:
+    if status == 0 and cubin:  # a failed assembly returns an error status; an empty cubin counts as one too
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size))
+        status = 0 if size.value > 0 else -1
+    elif status == 0:
         size = ctypes.c_size_t()
         nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
         buf = ctypes.create_string_buffer(size.value)

@@ -11,7 +11,6 @@ one. Limit: registers per block and occupancy depend on the launch and are not c
 
 from __future__ import annotations
 
-import ctypes
 import re
 from pathlib import Path
 
@@ -41,26 +40,9 @@ pytestmark = pytest.mark.skipif(not cudac.nvrtc_available(),
 
 
 def nvrtc_cubin(path: Path, arch: str, options: tuple[str, ...] = ()) -> tuple[bool, str]:
-    """NVRTC for the real ``arch`` (``sm_89``): PTX assembled by NVRTC's ptxas into a cubin. ``(ok, log)``;
-    the log holds ptxas's per-kernel report (``--ptxas-options=-v``)."""
-    lib_path, include = cudac._nvrtc_paths()
-    nvrtc = ctypes.CDLL(lib_path)
-    prog = ctypes.c_void_p()
-    cudac._check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), path.read_bytes(), str(path).encode(), 0,
-                                                 None, None))
-    opts = [f"--gpu-architecture={arch}", "--std=c++17", "--ptxas-options=-v", *options]
-    if include:
-        opts.append(f"--include-path={include}")
-    status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts]))
-    size = ctypes.c_size_t()
-    nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetProgramLog(prog, log)
-    if status == 0:  # the cubin is there (a failed assembly returns an error status instead)
-        nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size))
-        status = 0 if size.value > 0 else -1
-    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-    return status == 0, log.value.decode(errors="replace")
+    """``(ok, ptxas log)`` of NVRTC building ``path`` for the real ``arch`` (``cudac.compile_check(cubin=True)``)."""
+    r = cudac.compile_check(path, arch, options, cubin=True)
+    return r.ok, r.log
 
 
 def kernel_shared(log: str) -> dict[str, int]:

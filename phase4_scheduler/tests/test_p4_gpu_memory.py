@@ -5,9 +5,8 @@ import random
 
 import pytest
 
-from phase0_prototype.config import PRESETS
 from phase0_prototype.errors import ModelError
-from phase4_scheduler.blocks import blocks_for_memory, step_activation_bytes
+from phase4_scheduler.blocks import blocks_for_memory
 
 
 def test_blocks_fill_the_share_left_by_weights_and_activations():
@@ -27,13 +26,6 @@ def test_blocks_fill_the_share_left_by_weights_and_activations():
 def test_a_share_outside_0_1_is_refused(bad):
     with pytest.raises(ModelError, match=r"must be in \(0, 1\]"):
         blocks_for_memory(bad, 2**34, 0, 0, 2**20)
-
-
-def test_activation_bound_counts_the_widest_moment_and_the_logits():
-    cfg = PRESETS["tinyllama"]
-    t, s = random.randrange(1, 8192), random.randrange(1, 512)
-    per_token = 3 * cfg.hidden_size + cfg.q_size + 2 * cfg.kv_size + 3 * cfg.intermediate_size
-    assert step_activation_bytes(cfg, 2, t, s) == 2 * t * per_token + 8 * s * cfg.vocab_size
 
 
 def test_cpu_engine_refuses_the_flag_by_name():
