@@ -28,7 +28,7 @@ from phase0_prototype.model import swiglu as swiglu_fn
 from phase5_quantization.packing import PACK, QuantizedWeight
 
 
-def _unfused(y_fn, x: torch.Tensor, norm_weight, eps, residual, swiglu, out) -> torch.Tensor:
+def unfused(y_fn, x: torch.Tensor, norm_weight, eps, residual, swiglu, out) -> torch.Tensor:
     """The fusions in plain PyTorch, with the kernels' roundings (projection in the activation dtype)."""
     h = rms_norm(x, norm_weight, eps) if norm_weight is not None else x
     y = y_fn(h)
@@ -55,7 +55,7 @@ class DenseLinear:
             from phase0_prototype.kernels.gemv import fused_gemv  # phase 0's bandwidth-bound GEMV (lm_head)
 
             return fused_gemv(x, self.weight, norm_weight=norm_weight, eps=eps, residual=residual, swiglu=swiglu, out=out)
-        return _unfused(lambda h: F.linear(h, self.weight.to(h.dtype)), x, norm_weight, eps, residual, swiglu, out)
+        return unfused(lambda h: F.linear(h, self.weight.to(h.dtype)), x, norm_weight, eps, residual, swiglu, out)
 
     def dense(self) -> torch.Tensor:
         return self.weight
@@ -126,7 +126,7 @@ class QuantLinear:
 
             return w4a16_linear(x, self.kernel_weight(x.device), norm_weight=norm_weight, eps=eps, residual=residual,
                                 swiglu=swiglu, out=out)
-        return _unfused(lambda h: F.linear(h, self.qw.dequantize(h.dtype).to(h.device)), x, norm_weight, eps,
+        return unfused(lambda h: F.linear(h, self.qw.dequantize(h.dtype).to(h.device)), x, norm_weight, eps,
                         residual, swiglu, out)
 
     def dense(self) -> torch.Tensor:

@@ -25,7 +25,6 @@ import triton
 from phase0_prototype.errors import ModelError
 from phase0_prototype.kernels import gemv as phase0_gemv
 from phase0_prototype.kernels.gemv import launch_options, pdl_enabled
-from phase0_prototype.model import rms_norm
 from phase5_quantization.kernels import w4a16_wgmma
 from phase5_quantization.kernels.configs import (
     INTERPRETER_GEMM,
@@ -60,8 +59,9 @@ def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 ROW_GEMV_MAX_ROWS = 8  # the row GEMV's batched form (with a BLOCK_KW config) takes up to this many rows
 MMA_MIN_ROWS = 2  # the small-batch tensor-core kernel from this many rows (the row GEMV below) ...
 MMA_MAX_ROWS = 64  # ... up to this many (the GEMM above: prefill)
-# From this many rows a product is compute-bound and cuBLAS's bf16 GEMM beats a GEMM that dequantizes in its
-# inner loop; writing the float matrix once costs a small share of it (``kernels.dequant``).
+# From this many rows a product is compute-bound, where cuBLAS's bf16 GEMM should beat a GEMM that dequantizes
+# in its inner loop and writing the float matrix once costs a small share (vLLM's AWQ layer turns at 256 too).
+# Not yet measured here: ``shared/scripts/gpu_e2.py`` times both (phase 5's NOTES.md).
 DEQUANT_MIN_ROWS = 256
 # (n, k, epilogue) products that take the Gluon kernel at one row instead of the row GEMV: the plain down
 # projection (K = 5632 over few rows: the row GEMV has few programs unless it splits K). With the residual
@@ -159,16 +159,11 @@ def _row_gemv(x2, w: KernelWeight, out2, res2, nw, eps, epilogue: int, norm: boo
 
 
 def _dequant_matmul(x2, w: KernelWeight, out2, res2, norm_weight, eps: float, swiglu: bool) -> None:
-    """The float matrix (``dequantize_rows``), then cuBLAS; the fusions in PyTorch. ``res2``: None or the
-    residual."""
-    h = rms_norm(x2, norm_weight, eps) if norm_weight is not None else x2
-    y = F.linear(h, dequantize_rows(w, x2.dtype))
-    if swiglu:
-        gate, up = y.chunk(2, dim=-1)
-        y = F.silu(gate) * up
-    if res2 is not None:
-        y = y + res2
-    out2.copy_(y)
+    """The float matrix (``dequantize_rows``), then cuBLAS, with the fusions as ``QuantLinear``'s fallback
+    applies them (``linear.unfused``). ``res2``: None or the residual."""
+    from phase5_quantization.linear import unfused
+
+    unfused(lambda h: F.linear(h, dequantize_rows(w, h.dtype)), x2, norm_weight, eps, res2, swiglu, out2)
 
 
 KERNELS = ("row", "mma", "wgmma", "gemv", "gemm", "dequant")
