@@ -101,7 +101,7 @@ test-notebooks: setup
 
 check-module0: setup ## M0.1–M0.4: the measuring layer and the CUDA-graph lesson
 	$(CHECK) module0
-check-phase0: setup ## P0.1–P0.5: TinyLlama prototype, KV cache, compile + graphs, CUDA basics
+check-phase0: setup ## P0.1–P0.5, P0.7: TinyLlama prototype, KV cache crossover, torch.compile + graphs, CUDA basics, speculative decoding
 	$(CHECK) phase0
 check-phase1: setup ## P1.1–P1.3: Rust block allocators and block manager
 	$(CHECK) phase1
@@ -109,7 +109,7 @@ check-phase2: setup ## P2.1–P2.5: RoPE CUDA kernels (P2.5: vs FlashInfer)
 	$(CHECK) phase2
 check-phase3: setup ## P3.1–P3.6: Triton paged attention and FA-2 prefill (P3.6: vs FlashInfer)
 	$(CHECK) phase3
-check-phase4: setup ## P4.1–P4.7: continuous batching, the server, prefill/decode disaggregation
+check-phase4: setup ## P4.1–P4.10: continuous batching, the server, PD disaggregation, prefix caching, roofline
 	$(CHECK) phase4
 check-phase5: setup ## P5.1–P5.3: INT4 weight-only quantization
 	$(CHECK) phase5

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import sys
 import time
@@ -24,6 +25,8 @@ from module0_profiling.report import write_report
 from module0_profiling.targets import FAIL, PASS, SKIP, BenchResult, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
+# The engine's package: the checkout's ``shared/``, installed from a wheel as ``titaninfer``.
+ENGINE = "shared" if (ROOT / "shared").is_dir() else "titaninfer"
 PHASES = [
     "module0_profiling",
     "phase0_prototype",
@@ -34,9 +37,9 @@ PHASES = [
     "phase5_quantization",
     "phase6_tensor_parallel",
     "phase7_dit_parallel",
-    "shared",
+    ENGINE,
 ]
-ALIASES = {"module0": "module0_profiling", "engine": "shared"}
+ALIASES = {"module0": "module0_profiling", "engine": ENGINE}
 
 
 class UsageError(Exception):
@@ -57,13 +60,21 @@ def resolve_phase(name: str) -> str:
     raise UsageError(f"unknown phase '{name}'; choose one of: {', '.join(names)}")
 
 
+def phase_module(phase: str) -> str:
+    """The import name of ``phase``: its directory's, but for the engine where ``shared`` is not importable (a
+    notebook's kernel, anywhere but the checkout's root): pyproject installs ``shared/`` as ``titaninfer``."""
+    if phase == "shared" and importlib.util.find_spec("shared") is None:
+        return "titaninfer"
+    return phase
+
+
 def load_phase(phase: str):
     for part in ("bench", "checks"):
         if not (ROOT / phase / f"{part}.py").exists():
             raise UsageError(f"{phase} has no {part}.py yet: its issue has not landed, so there is nothing "
                              "to check")
-    bench = importlib.import_module(f"{phase}.bench")
-    checks = importlib.import_module(f"{phase}.checks")
+    bench = importlib.import_module(f"{phase_module(phase)}.bench")
+    checks = importlib.import_module(f"{phase_module(phase)}.checks")
     if not hasattr(bench, "run") or not hasattr(checks, "TARGETS"):
         raise UsageError(f"{phase}: bench.py must define run(impl, size) and checks.py TARGETS")
     return bench, checks

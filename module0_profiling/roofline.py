@@ -81,6 +81,11 @@ class Ceiling:
     def attainable_tflops(self, intensity: float) -> float:
         return min(self.tflops, intensity * self.gbps * 1e9 / 1e12)
 
+    def min_seconds(self, flops: float, nbytes: float) -> float:
+        """The least time work of ``flops`` moving ``nbytes`` can take under these roofs: whichever of
+        the memory time and the compute time is longer (a step's floor; the two overlap at best)."""
+        return max(nbytes / (self.gbps * 1e9), flops / (self.tflops * 1e12))
+
 
 def position(point: RooflinePoint, ceiling: Ceiling) -> dict:
     """Where a measured point sits: bound, attainable rate and the fraction of it achieved."""

@@ -1,10 +1,12 @@
-"""Phase 0 measurements for P0.1–P0.5, all in one process (``module0_profiling.targets`` contract).
+"""Phase 0 measurements for P0.1–P0.5 and P0.7, all in one process (``module0_profiling.targets`` contract).
 
-``size="full"`` (GPU): ``random:tinyllama`` in bf16, batch 1, prompt 512, 128 new tokens —
-the no-KV-cache framework, the implementation under test eager and compiled, HF transformers' static-cache
-generate (compiled by transformers) as the peer; P0.1 in fp32; the CUDA basics at 4096².
-``size="small"`` (CPU, seconds): ``random:tiny`` with short lengths; P0.1 is measured, the speed targets
-(defined at TinyLlama shapes on a GPU) are SKIP with the reason and their CPU figures are in the table.
+``size="full"`` (GPU): ``random:tinyllama`` in bf16, batch 1, prompt 512, 128 new tokens — the no-KV-cache
+framework, the implementation under test eager and compiled, the PyTorch step under torch.compile + CUDA
+graph (P0.3), HF transformers' static-cache generate (compiled by transformers) as the peer; the eager
+cache against no cache over a sweep of contexts (P0.2's crossover); P0.1 in fp32; the CUDA basics at
+4096²; speculative decoding on the bundled trained model (P0.7). ``size="small"`` (CPU, seconds):
+``random:tiny`` with short lengths; P0.1 is measured, the speed targets (defined on a GPU) are SKIP with
+the reason and their CPU figures are in the tables.
 
 Decode speed = (time of ``generate(n)`` − time of ``generate(1)``) / (n − 1): the prompt and the first
 token are taken out, so the figure is the steady per-token cost MBU is about.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -24,9 +27,17 @@ from phase0_prototype import hf_peer, load_impl, load_model
 from phase0_prototype.weights import decode_bytes_per_token
 
 SHAPES = {
-    "full": dict(model="random:tinyllama", prompt=512, new=128, parity_prompt=32, repeats=7),
-    "small": dict(model="random:tiny", prompt=64, new=32, parity_prompt=16, repeats=2),
+    "full": dict(model="random:tinyllama", prompt=512, new=128, parity_prompt=32, repeats=7,
+                 contexts=(256, 512, 1024, 2048, 4096, 8192), spec_new=128),
+    "small": dict(model="random:tiny", prompt=64, new=32, parity_prompt=16, repeats=2,
+                  contexts=(16, 64, 256, 1024), spec_new=48),
 }
+SWEEP_NEW = 8  # tokens per generate in the context sweep: the framework pays a whole forward for each
+INDUCTOR_ROW = "solution PyTorch step, torch.compile + CUDA graph"
+SPEED_METRICS = ("p0_2_long_context_speedup", "p0_2_crossover_tokens", "p0_2_kv_cache_speedup",
+                 "p0_3_compile_speedup", "p0_3_triton_step_speedup", "p0_4_decode_mbu", "p0_4_vs_hf_static")
+SPECULATIVE_MODEL = "kjv-llama-18m"  # P0.7 needs a trained model: a random one predicts nothing drafts can
+SPECULATIVE_K = 8  # drafts per verify: at batch 1 a forward of 9 positions costs about what one of 1 does
 PARITY_TOKENS = 64
 
 
@@ -69,6 +80,11 @@ def measure_generate(generate, n_new: int, repeats: int) -> dict:
     e2e, prefill = sorted(fulls)[len(fulls) // 2], sorted(firsts)[len(firsts) // 2]
     return {"e2e_s": e2e, "e2e_tok_s": n_new / e2e, "prefill_s": prefill,
             "decode_s_per_token": decode_s, "decode_tok_s": 1.0 / decode_s}
+
+
+def generate_speed(engine, prompt, n_new: int, repeats: int) -> dict:
+    """``measure_generate`` of ``engine.generate`` (EOS ignored) continuing ``prompt``."""
+    return measure_generate(lambda k: engine.generate(prompt, k, stop_on_eos=False), n_new, repeats)
 
 
 def graph_us(fn) -> float:
@@ -121,9 +137,52 @@ def engine_speed(impl: str, model, prompt: torch.Tensor, shapes: dict,
     engine = load_impl(impl).build(model, max_seq_len=prompt.shape[1] + shapes["new"], compile=compile)
     if hasattr(engine, "warmup"):
         engine.warmup()
-    figures = measure_generate(lambda k: engine.generate(prompt, k, stop_on_eos=False), shapes["new"],
-                               shapes["repeats"])
-    return figures, engine.mode, engine
+    return generate_speed(engine, prompt, shapes["new"], shapes["repeats"]), engine.mode, engine
+
+
+def inductor_speed(model, prompt: torch.Tensor, shapes: dict) -> dict:
+    """P0.3's torch.compile row: the solution's PyTorch decode step compiled by inductor and captured in a
+    CUDA graph (``dev.InductorStepEngine``), freed before the Triton step is captured."""
+    from phase0_prototype.dev import InductorStepEngine
+
+    progress("solution PyTorch step under torch.compile + CUDA graph")
+    engine = InductorStepEngine(model, max_seq_len=prompt.shape[1] + shapes["new"], compile=True)
+    engine.warmup()
+    figures = generate_speed(engine, prompt, shapes["new"], shapes["repeats"])
+    del engine
+    torch.cuda.empty_cache()
+    return figures
+
+
+def context_sweep(impl: str, model, shapes: dict) -> list[tuple[int, float, float]]:
+    """P0.2's crossover: ``(context, no-cache s/token, eager-cache s/token)`` at each of ``shapes["contexts"]``,
+    both engines eager, decode time per token by ``measure_generate`` over ``SWEEP_NEW`` tokens.
+
+    The sweep runs past TinyLlama's 2048 positions (on an H100 the eager cache is launch-bound and wins
+    only beyond them): the model is random, so raising the position limit changes no speed, only the
+    RoPE table's length. Each engine is built for its context, so the cache scores no extra slots.
+    """
+    need = shapes["contexts"][-1] + SWEEP_NEW
+    if need > model.config.max_position_embeddings:
+        model = replace(model, config=model.config.with_(max_position_embeddings=need))
+    rows = []
+    for context in shapes["contexts"]:
+        progress(f"P0.2 sweep: context {context}")
+        prompt = random_prompt(context, model.config.vocab_size, model.device, seed=context)
+        per_token = []
+        for name in ("framework", impl):
+            engine = load_impl(name).build(model, max_seq_len=context + SWEEP_NEW, compile=False)
+            per_token.append(generate_speed(engine, prompt, SWEEP_NEW, min(shapes["repeats"], 3))
+                             ["decode_s_per_token"])
+        rows.append((context, per_token[0], per_token[1]))
+    return rows
+
+
+def sweep_table(rows: list[tuple[int, float, float]]) -> str:
+    lines = ["| context (tokens) | no cache ms/token | eager KV cache ms/token | cache speed-up |",
+             "|---|---|---|---|"]
+    lines += [f"| {c} | {fw * 1e3:.3f} | {cached * 1e3:.3f} | {fw / cached:.2f}× |" for c, fw, cached in rows]
+    return "\n".join(lines)
 
 
 def hf_speed(model, prompt: torch.Tensor, shapes: dict, static: bool) -> dict:
@@ -176,6 +235,8 @@ def _run(impl: str, size: str) -> BenchResult:
             runs["HF transformers, static cache (compiled)"] = hf_speed(model, prompt, shapes, static=True)
     compiled_engine = None
     if on_gpu:
+        if impl == "solution":  # P0.3: torch.compile's own gain, before the hand-written kernels
+            runs[INDUCTOR_ROW] = inductor_speed(model, prompt, shapes)
         runs[f"{impl} compiled"], compiled_mode, compiled_engine = engine_speed(impl, model, prompt, shapes,
                                                                                 compile=True)
 
@@ -190,31 +251,43 @@ def _run(impl: str, size: str) -> BenchResult:
 
     base = runs["framework (no KV cache)"]
     eager = runs[f"{impl} eager"]
+    sweep = context_sweep(impl, model, shapes)
+    result.tables["Eager KV cache vs no cache by context (batch 1, per decode token)"] = sweep_table(sweep)
+    crossover = next((c for c, fw, cached in sweep if cached < fw), 0)
+    longest, fw_long, cached_long = sweep[-1]
+    result.notes.append(f"P0.2 {impl} eager: the KV cache starts to win at "
+                        + (f"{crossover} tokens of context" if crossover else f"no context ≤ {longest}")
+                        + f"; {fw_long / cached_long:.2f}× at {longest}; "
+                        f"{eager['e2e_tok_s'] / base['e2e_tok_s']:.2f}× end to end at prompt {shapes['prompt']}")
     if on_gpu and size == "full":
         best = runs[f"{impl} compiled"]
-        result.metrics["p0_2_kv_cache_speedup"] = best["e2e_tok_s"] / base["e2e_tok_s"]
-        result.metrics["p0_3_compile_speedup"] = best["decode_tok_s"] / eager["decode_tok_s"]
+        compiled_step = runs.get(INDUCTOR_ROW, best)  # another module: its own compile=True is its step 4
+        result.metrics["p0_2_long_context_speedup"] = fw_long / cached_long
+        result.metrics["p0_2_crossover_tokens"] = float(crossover)
+        result.metrics["p0_2_kv_cache_speedup"] = eager["e2e_tok_s"] / base["e2e_tok_s"]
+        result.metrics["p0_3_compile_speedup"] = compiled_step["decode_tok_s"] / eager["decode_tok_s"]
+        result.metrics["p0_3_triton_step_speedup"] = best["decode_tok_s"] / eager["decode_tok_s"]
         result.metrics["p0_4_decode_mbu"] = bytes_per_token * best["decode_tok_s"] / (peaks.copy_gbps * 1e9)
         hf_static = runs.get("HF transformers, static cache (compiled)")
         if hf_static:
             result.metrics["p0_4_vs_hf_static"] = best["decode_tok_s"] / hf_static["decode_tok_s"]
         else:
             result.skip("p0_4_vs_hf_static", reason or "HF static-cache run missing")
-        result.notes.append(f"{impl}: eager = {eager_mode}; compiled = {compiled_mode}; "
-                            f"eager KV cache vs no cache: {eager['e2e_tok_s'] / base['e2e_tok_s']:.2f}×")
+        result.notes.append(f"{impl}: eager = {eager_mode}; compiled = {compiled_mode}"
+                            + ("" if INDUCTOR_ROW in runs else
+                               "; P0.3's torch.compile figure is this module's compile=True engine"))
     else:
         why = ("SIZE=small: the speed targets are defined at TinyLlama shapes on a GPU; CPU figures are in "
-               "the table"
+               "the tables"
                if not on_gpu else "SIZE=small: the speed targets are defined at TinyLlama shapes (SIZE=full)")
-        for m in ("p0_2_kv_cache_speedup", "p0_3_compile_speedup", "p0_4_decode_mbu", "p0_4_vs_hf_static"):
+        for m in SPEED_METRICS:
             result.skip(m, why)
-        ratio = eager["e2e_tok_s"] / base["e2e_tok_s"]
-        result.notes.append(f"CPU small: eager KV cache vs no cache {ratio:.2f}× end to end")
 
     trace_engine = compiled_engine or load_impl(impl).build(
         model, max_seq_len=prompt.shape[1] + shapes["new"], compile=False)
     trace_decode(result, trace_engine, prompt)
     cuda_basics_metrics(result, size)
+    speculative_metrics(result, impl, size, device, dtype)
     return result
 
 
@@ -259,3 +332,65 @@ def cuda_basics_metrics(result: BenchResult, size: str) -> None:
     result.tables["Occupancy (theoretical, CUDA occupancy API)"] = figures["occupancy_table"]
     result.roofline.extend(figures["roofline"])
     result.notes.extend(figures["notes"])
+
+
+def edit_prompt(model, passage_tokens: int) -> list[int]:
+    """P0.7's lookup-friendly prompt: a held-out passage of the bundled model's text, then its opening words
+    again — the model is to go on from there, as when editing a given text."""
+    ids = model.tokenizer.encode((model.path / "heldout.txt").read_text()[:20_000])
+    return ids[:passage_tokens] + ids[1:9]
+
+
+def speculative_speed(device: str, dtype: str, new: int, repeats: int, impl: str = "solution") -> dict:
+    """P0.7: plain vs speculative greedy decode tok/s (``measure_generate``) of ``impl``'s compiled engine on
+    ``SPECULATIVE_MODEL``, an editing prompt and random tokens; ``None`` figures when ``impl`` does not
+    build a ``SolutionEngine`` (the decoder drives its cache and graphs)."""
+    from phase0_prototype.solution import SolutionEngine
+    from phase0_prototype.speculative import SpeculativeDecoder
+
+    model = load_model(SPECULATIVE_MODEL, dtype=dtype, device=device)
+    engine = load_impl(impl).build(model, compile=True)
+    if not isinstance(engine, SolutionEngine):
+        return {}
+    passage = model.config.max_position_embeddings - new - SPECULATIVE_K - 16
+    prompts = {"edit": edit_prompt(model, min(passage, 256)),
+               "random": random_prompt(264, model.config.vocab_size, device, seed=7)[0].tolist()}
+    decoder = SpeculativeDecoder(engine, SPECULATIVE_K)
+    engine.warmup()
+    decoder.warmup()
+    figures = {}
+    for name, prompt in prompts.items():
+        progress(f"P0.7 speculative decoding: {name} prompt")
+        plain, fast = (generate_speed(x, prompt, new, repeats) for x in (engine, decoder))
+        same = torch.equal(decoder.generate(prompt, new, stop_on_eos=False).tokens,
+                           engine.generate(prompt, new, stop_on_eos=False).tokens)
+        figures[name] = dict(plain=plain["decode_tok_s"], speculative=fast["decode_tok_s"],
+                             stats=decoder.stats, same=same)  # stats of the last speculative run
+    return figures
+
+
+def speculative_metrics(result: BenchResult, impl: str, size: str, device: str, dtype: str) -> None:
+    shapes = SHAPES[size]
+    figures = speculative_speed(device, dtype, shapes["spec_new"], min(shapes["repeats"], 3), impl)
+    names = ("p0_7_lookup_speedup", "p0_7_random_speedup", "p0_7_lookup_acceptance")
+    if not figures:
+        for m in names:
+            result.skip(m, f"speculative.SpeculativeDecoder drives a SolutionEngine; {impl} builds another engine")
+        return
+    lines = ["| prompt | plain tok/s | speculative tok/s | speed-up | drafts accepted | tokens per verify | "
+             "plain tokens | same tokens |", "|---|---|---|---|---|---|---|---|"]
+    for name, f in figures.items():
+        s = f["stats"]
+        per_verify = (s.accepted + s.verifies) / s.verifies if s.verifies else 0.0
+        lines.append(f"| {name} | {f['plain']:.1f} | {f['speculative']:.1f} | {f['speculative'] / f['plain']:.2f}× | "
+                     f"{100 * s.acceptance:.1f} % of {s.drafted} | {per_verify:.2f} | {s.plain_tokens} | "
+                     f"{f['same']} |")
+    result.tables[f"Speculative decoding, prompt lookup, k = {SPECULATIVE_K} ({SPECULATIVE_MODEL}, "
+                  f"{shapes['spec_new']} new tokens)"] = "\n".join(lines)
+    if device == "cuda" and size == "full":
+        result.metrics["p0_7_lookup_speedup"] = figures["edit"]["speculative"] / figures["edit"]["plain"]
+        result.metrics["p0_7_random_speedup"] = figures["random"]["speculative"] / figures["random"]["plain"]
+        result.metrics["p0_7_lookup_acceptance"] = figures["edit"]["stats"].acceptance
+    else:
+        for m in names:
+            result.skip(m, "SIZE=small: P0.7 is defined on a GPU (graphs); CPU figures are in the tables")

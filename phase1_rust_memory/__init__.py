@@ -4,7 +4,7 @@ The contract (what phase 4's scheduler and model runner use). Every implementati
 ``solution``, ``reference``, or a learner's module — exposes these names with these signatures:
 
 ``BlockManager(num_gpu_blocks, block_size=16, *, num_cpu_blocks=0, watermark=0.01, policy="refuse",
-allocator="buddy")``
+allocator="buddy", prefix_caching=False)``
     Sequence id (0 <= id < 2**64) -> block table over a pool of ``num_gpu_blocks`` KV blocks of
     ``block_size`` token slots (and ``num_cpu_blocks`` CPU blocks for swapping). Slot ``s`` of the KV
     cache is block ``s // block_size``, offset ``s % block_size``.
@@ -29,6 +29,14 @@ allocator="buddy")``
       ``ref_count(block)``, ``num_free_gpu_blocks``, ``num_free_cpu_blocks``, ``watermark_blocks``,
       ``stats() -> dict`` (free/used blocks, stored tokens, unused slots, fragmentation, contiguity,
       copy-on-write, preemption and swap counters), ``check_invariants() -> list[str]``.
+    - Prefix caching (``prefix_caching=True``; otherwise both calls raise ``ValueError``):
+      ``allocate_cached(seq_id, token_ids) -> (table, num_cached_tokens)`` reuses the longest chain of
+      cached full blocks of ``token_ids`` (never the block of the last token) and allocates the rest;
+      ``cache_full_blocks(seq_id, token_ids) -> int`` registers the sequence's full blocks of its computed
+      ``token_ids`` (chained content hash). A cached block nobody references stays allocated but
+      *evictable* (counted in ``num_free_gpu_blocks``), evicted least recently released first; ``stats()``
+      adds ``prefix_queries``/``prefix_hits`` (tokens), ``prefix_hit_rate``, ``cached_blocks``,
+      ``evictable_blocks``, ``evictions``.
 
     Exhaustion policy: ``"refuse"`` raises ``OutOfBlocks`` (attributes ``needed``, ``free``,
     ``device``) and changes nothing; ``"preempt"`` frees the most recently admitted running

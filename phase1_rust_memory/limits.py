@@ -54,6 +54,7 @@ SEQ_IDS = IntSpec("each of seq_ids", 0, U64_MAX, _SEQ, argument=False)
 PARENT_ID = IntSpec("parent_id", 0, U64_MAX, _SEQ)
 CHILD_ID = IntSpec("child_id", 0, U64_MAX, _SEQ)
 NUM_TOKENS = IntSpec("num_tokens", 0, U64_MAX, "a token count is an unsigned 64-bit integer")
+TOKEN_IDS = IntSpec("each of token_ids", 0, U32_MAX, "token ids are unsigned 32-bit integers", argument=False)
 BLOCK = IntSpec("block", 0, U32_MAX, _BLOCK)
 START = IntSpec("start", 0, U32_MAX, _BLOCK)
 RUN_LENGTH = IntSpec("n", 0, U64_MAX, "a run length is an unsigned 64-bit integer")
@@ -63,3 +64,9 @@ def check_ids(seq_ids) -> list[int]:
     """A batch of sequence ids as a list, each checked (any iterable, as the Rust binding takes)."""
     check = SEQ_IDS.check
     return [check(s) for s in seq_ids]
+
+
+def check_tokens(token_ids) -> list[int]:
+    """Token ids (prefix caching's block contents) as a list, each checked."""
+    check = TOKEN_IDS.check
+    return [check(t) for t in token_ids]

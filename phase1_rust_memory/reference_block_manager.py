@@ -4,7 +4,8 @@ Same answers as the Rust ``BlockManager`` (block ids, slots, copy pairs, victims
 types and messages), which the differential test checks on random operation sequences. It is the
 baseline of P1.1: per generated token it runs a dict lookup, a few attribute reads, an allocator
 call and a list append, all on boxed Python integers. Integer arguments are checked against
-``limits`` first, in order, as the Rust binding extracts them.
+``limits`` first, in order, as the Rust binding extracts them. Prefix caching (``prefix_caching=True``)
+is the ``PrefixCaching`` half in ``reference_prefix_cache.py`` (``block_manager/prefix.rs``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from . import limits as lim
 from .errors import out_of_blocks
 from .reference_allocators import BuddyAllocator, LifoBlockAllocator, check_range
+from .reference_prefix_cache import PrefixCache, PrefixCaching
 
 ALLOCATORS = {"lifo": LifoBlockAllocator, "buddy": BuddyAllocator}
 POLICIES = ("refuse", "preempt")
@@ -32,14 +34,17 @@ class StepResult:
 
 
 class _Sequence:
-    __slots__ = ("table", "num_tokens", "on_gpu", "admitted")
+    __slots__ = ("table", "num_tokens", "on_gpu", "admitted", "hashes")
 
     def __init__(self, table: list[int], num_tokens: int, admitted: int):
         self.table, self.num_tokens, self.on_gpu, self.admitted = table, num_tokens, True, admitted
+        self.hashes: list[int] = []  # prefix caching: chained hashes of its leading full blocks
 
 
-class BlockManager:
+class BlockManager(PrefixCaching):
     """Sequence -> block table over a GPU pool and a CPU pool (see the phase contract)."""
+
+    _new_seq = _Sequence
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class BlockManager:
         watermark: float = 0.01,
         policy: str = "refuse",
         allocator: str = "buddy",
+        prefix_caching: bool = False,
     ):
         num_gpu_blocks = lim.NUM_GPU_BLOCKS.check(num_gpu_blocks)
         block_size = lim.BLOCK_SIZE.check(block_size)
@@ -71,6 +77,7 @@ class BlockManager:
         self._running: dict[int, int] = {}  # admission number -> seq id; the last is the victim
         self._next_admission = 0
         self._cow_copies = self._preemptions = self._swapped_out = self._swapped_in = 0
+        self._prefix = PrefixCache(num_gpu_blocks) if prefix_caching else None
 
     def _make_allocator(self, name: str, num_blocks: int):
         return ALLOCATORS[name](num_blocks)
@@ -82,10 +89,6 @@ class BlockManager:
     @property
     def num_cpu_blocks(self) -> int:
         return self._cpu.num_blocks
-
-    @property
-    def num_free_gpu_blocks(self) -> int:
-        return self._gpu.num_free_blocks
 
     @property
     def num_free_cpu_blocks(self) -> int:
@@ -133,15 +136,23 @@ class BlockManager:
 
     def can_allocate(self, num_tokens: int) -> bool:
         num_tokens = lim.NUM_TOKENS.check(num_tokens)
-        return self._gpu.num_free_blocks - self._blocks_for(num_tokens) >= self.watermark_blocks
+        return self.num_free_gpu_blocks - self._blocks_for(num_tokens) >= self.watermark_blocks
 
     def allocate(self, seq_id: int, num_tokens: int) -> list[int]:
         seq_id, num_tokens = lim.SEQ_ID.check(seq_id), lim.NUM_TOKENS.check(num_tokens)
         self._check_new_id(seq_id)
         needed = self._blocks_for(num_tokens)
-        free = self._gpu.num_free_blocks
+        free = self.num_free_gpu_blocks
         if needed > free:
             raise out_of_blocks(needed, free, "gpu")
+        table = self._take_runs(needed)
+        self._seqs[seq_id] = _Sequence(table, num_tokens, self._admit(seq_id))
+        return list(table)
+
+    def _take_runs(self, needed: int) -> list[int]:
+        """``needed`` blocks as the longest contiguous runs (evicting cached blocks first if short)."""
+        if self._prefix is not None:
+            self._evict_for(needed)
         table: list[int] = []
         remaining = needed
         while remaining > 0:
@@ -151,8 +162,7 @@ class BlockManager:
                 self._gpu_refs[b] = 1
                 table.append(b)
             remaining -= run
-        self._seqs[seq_id] = _Sequence(table, num_tokens, self._admit(seq_id))
-        return list(table)
+        return table
 
     def _blocks_needed(self, seq_ids: list[int]) -> int:
         copying: dict[int, int] = {}
@@ -175,14 +185,14 @@ class BlockManager:
         t = seq.num_tokens
         new_block = copy = None
         if t == len(seq.table) * bs:
-            b = self._gpu.allocate(1)
+            b = self._take_block()
             self._gpu_refs[b] = 1
             seq.table.append(b)
             new_block = b
         else:
             last = seq.table[-1]
             if self._gpu_refs[last] > 1:  # copy-on-write of a shared, partly filled block
-                dst = self._gpu.allocate(1)
+                dst = self._take_block()
                 self._gpu_refs[last] -= 1
                 self._gpu_refs[dst] = 1
                 seq.table[-1] = dst
@@ -195,21 +205,21 @@ class BlockManager:
         seq_id = lim.SEQ_ID.check(seq_id)
         self._gpu_seq(seq_id)
         needed = self._blocks_needed([seq_id])
-        free = self._gpu.num_free_blocks
+        free = self.num_free_gpu_blocks
         if needed > free:
             raise out_of_blocks(needed, free, "gpu")
         slot, _, copy = self._append_one(seq_id)
         return slot, copy
 
     def can_append(self, seq_ids: list[int]) -> bool:
-        return self._blocks_needed(self._check_group(seq_ids, swapped=False)) <= self._gpu.num_free_blocks
+        return self._blocks_needed(self._check_group(seq_ids, swapped=False)) <= self.num_free_gpu_blocks
 
     def step(self, seq_ids: list[int]) -> StepResult:
         live = self._check_group(seq_ids, swapped=False)
         out = StepResult()
         while True:
             needed = self._blocks_needed(live)
-            free = self._gpu.num_free_blocks
+            free = self.num_free_gpu_blocks
             if needed <= free:
                 break
             if self._policy != "preempt" or not self._running:
@@ -234,8 +244,9 @@ class BlockManager:
         self._check_new_id(child_id)
         for b in table:
             self._gpu_refs[b] += 1
-        num_tokens = self._seqs[parent_id].num_tokens
-        self._seqs[child_id] = _Sequence(table, num_tokens, self._admit(child_id))
+        parent = self._seqs[parent_id]
+        child = self._seqs[child_id] = _Sequence(table, parent.num_tokens, self._admit(child_id))
+        child.hashes = list(parent.hashes)
 
     def free(self, seq_id: int) -> None:
         seq_id = lim.SEQ_ID.check(seq_id)
@@ -246,13 +257,13 @@ class BlockManager:
         seq = self._seqs.pop(seq_id)
         if seq.on_gpu:
             del self._running[seq.admitted]
-            pool, refs = self._gpu, self._gpu_refs
+            refs, release = self._gpu_refs, self._release_block
         else:
-            pool, refs = self._cpu, self._cpu_refs
+            refs, release = self._cpu_refs, self._cpu.free
         for b in reversed(seq.table):  # last block first: a LIFO pool reissues the table in order
             refs[b] -= 1
             if refs[b] == 0:
-                pool.free(b, 1)
+                release(b)
 
     def swap_out(self, seq_ids: list[int]) -> list[tuple[int, int]]:
         moved = self._move_group(self._check_group(seq_ids, swapped=False), to_cpu=True)
@@ -265,22 +276,22 @@ class BlockManager:
         return moved
 
     def can_swap_in(self, seq_ids: list[int]) -> bool:
-        return self._distinct_blocks(self._check_group(seq_ids, swapped=True)) <= self._gpu.num_free_blocks
+        return self._distinct_blocks(self._check_group(seq_ids, swapped=True)) <= self.num_free_gpu_blocks
 
     def _distinct_blocks(self, seq_ids: list[int]) -> int:
         return len({b for sid in seq_ids for b in self._seqs[sid].table})
 
     def _move_group(self, seq_ids: list[int], to_cpu: bool) -> list[tuple[int, int]]:
         needed = self._distinct_blocks(seq_ids)
-        device, free = ("cpu", self._cpu.num_free_blocks) if to_cpu else ("gpu", self._gpu.num_free_blocks)
+        device, free = ("cpu", self._cpu.num_free_blocks) if to_cpu else ("gpu", self.num_free_gpu_blocks)
         if needed > free:
             raise out_of_blocks(needed, free, device)
         mapping: dict[int, int] = {}
         copies: list[tuple[int, int]] = []
-        if to_cpu:
-            src_pool, src_refs, dst_pool, dst_refs = self._gpu, self._gpu_refs, self._cpu, self._cpu_refs
+        if to_cpu:  # a cached GPU block released here stays evictable: its copy is still a valid prefix
+            take, src_refs, dst_refs, release = self._cpu.allocate, self._gpu_refs, self._cpu_refs, self._release_block
         else:
-            src_pool, src_refs, dst_pool, dst_refs = self._cpu, self._cpu_refs, self._gpu, self._gpu_refs
+            take, src_refs, dst_refs, release = self._take_block, self._cpu_refs, self._gpu_refs, self._cpu.free
         for sid in seq_ids:
             seq = self._seqs.pop(sid)
             if to_cpu:
@@ -290,13 +301,13 @@ class BlockManager:
             for i, src in enumerate(seq.table):
                 dst = mapping.get(src)
                 if dst is None:
-                    dst = dst_pool.allocate(1)
+                    dst = take()
                     mapping[src] = dst
                     copies.append((src, dst))
                 dst_refs[dst] += 1
                 src_refs[src] -= 1
                 if src_refs[src] == 0:
-                    src_pool.free(src, 1)
+                    release(src)
                 seq.table[i] = dst
             seq.on_gpu = not to_cpu
             self._seqs[sid] = seq
@@ -337,7 +348,7 @@ class BlockManager:
                 fill[b] = max(fill.get(b, 0), min(seq.num_tokens - i * bs, bs))
             pairs += max(len(seq.table) - 1, 0)
             contiguous += sum(1 for a, b in zip(seq.table, seq.table[1:], strict=False) if b == a + 1)
-        free = self._gpu.num_free_blocks
+        free, pool_free = self.num_free_gpu_blocks, self._gpu.num_free_blocks  # evictable blocks count as free
         used = self._gpu.num_blocks - free
         stored = sum(fill.values())
         largest = self._gpu.largest_free_run()
@@ -354,13 +365,13 @@ class BlockManager:
             "allocated_slots": used * bs,
             "unused_slots": used * bs - stored,
             "largest_free_run": largest,
-            "external_fragmentation": 0.0 if free == 0 else 1.0 - largest / free,
+            "external_fragmentation": 0.0 if pool_free == 0 else 1.0 - largest / pool_free,
             "table_contiguity": 1.0 if pairs == 0 else contiguous / pairs,
             "cow_copies": self._cow_copies,
             "preemptions": self._preemptions,
             "swapped_out_blocks": self._swapped_out,
             "swapped_in_blocks": self._swapped_in,
-        }
+        } | self._prefix_stats()
 
     def memory_bytes(self) -> int:
         """Bytes of Python objects behind the manager's state (containers and the ints they hold)."""
@@ -397,6 +408,7 @@ class BlockManager:
             for b, (c, r) in enumerate(zip(counted, refs, strict=True)):
                 if c != r:
                     problems.append(f"{name} block {b}: {c} table references, ref count {r}")
-                if pool.is_allocated(b) != (r > 0):
-                    problems.append(f"{name} block {b}: ref count {r} but allocated={r == 0}")
-        return problems
+                held = r > 0 or (name == "gpu" and self._is_evictable(b))  # evictable: kept allocated
+                if pool.is_allocated(b) != held:
+                    problems.append(f"{name} block {b}: ref count {r} but allocated={not held}")
+        return problems + self._prefix_problems()

@@ -28,7 +28,8 @@ temperature / top-p / top-k / seed), ``engine.BatchingEngine`` (scheduler + runn
 offline ``generate`` and the background ``EngineLoop``), ``server`` (FastAPI: ``/v1/completions``,
 ``/v1/chat/completions`` with SSE streaming, ``/v1/models``, ``/health``, ``/metrics``),
 ``loadgen`` (HTTP and offline load), ``disagg`` (prefill/decode disaggregation: prefill and decode
-workers, KV transfer, router), ``bench``/``checks`` (P4.1–P4.7).
+workers, KV transfer, router), ``prefix_bench`` (prefix caching), ``step_roofline`` (a run against its
+roofline), ``bench``/``checks`` (P4.1–P4.10).
 Run the server: ``python -m phase4_scheduler serve --model kjv-llama-18m --port 8000``.
 """
 

@@ -1,7 +1,9 @@
 """Phase 4 benchmark: offline throughput (solution vs static batching vs HF ``generate_batch``), GPU
 busy under saturating load, HTTP TTFT/TPOT, SJF vs FCFS on short requests with aging's bound, and a
 10× overload of a live server, and prefill/decode disaggregation vs the colocated engine on a prefill-heavy
-Poisson load (P4.6, P4.7: GPU; SKIP on CPU, figures in a table) — all in one run.
+Poisson load (P4.6, P4.7: GPU; SKIP on CPU, figures in a table), and the offline run against its roofline
+(P4.9: the sum of its steps' floors over its wall time; P4.10: host time of a full step over the step, GPU;
+``step_roofline`` records the steps of the P4.1 run itself) — all in one run.
 
 P4.1 is continuous vs static batching (the phase's framework): same requests, model and seats, throughput
 computed the same way for both; the HF peer's ratio is reported beside it (GPU). P4.4 counts engine steps,
@@ -9,8 +11,8 @@ not seconds: the same requests under FCFS and SJF, each short request's latency 
 was applied minus the step it was added, so the ratio is the same on any machine.
 
 size "small" (CPU, bundled model, < 1 min): P4.1 (vs static), P4.4 and P4.5 measured for real; the GPU
-targets (P4.2 the GPU trace, P4.3 absolute latencies meant for a GPU) SKIP with their reason, their CPU
-figures shown in the tables. size "full": TinyLlama shapes on CUDA.
+targets (P4.2 the GPU trace, P4.3 absolute latencies meant for a GPU, P4.9 and P4.10 bars set for a GPU) SKIP
+with their reason, their CPU figures shown in the tables. size "full": TinyLlama shapes on CUDA.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import asyncio
 
 import torch
 
-from module0_profiling.targets import BenchResult, Comparison
+from module0_profiling.hardware import detect_device, measured_peaks
+from module0_profiling.roofline import Ceiling
+from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
 from module0_profiling.timing import time_region
 from phase0_prototype.sampling import SamplingParams
 from phase0_prototype.sources import load_model
@@ -27,6 +31,9 @@ from phase4_scheduler.disagg.bench import measure_disaggregation
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.loadgen import Workload, run_http, run_offline
 from phase4_scheduler.plan import SchedulerConfig
+from phase4_scheduler.prefix_bench import measure_prefix_caching
+from phase4_scheduler.step_roofline import StepRecorder, roofline_of
+from phase4_scheduler.step_roofline import table as step_roofline_table
 
 SIZES = {
     "small": dict(model="kjv-llama-18m", dtype="fp32", device="cpu", offline=16, long=60, seqs=8, budget=128,
@@ -51,10 +58,15 @@ def _warm(engine: BatchingEngine) -> BatchingEngine:
     return engine
 
 
-def offline_with_steps(engine: BatchingEngine, w: Workload) -> dict:
-    """``run_offline``'s summary plus ``steps``: the engine steps the run took (rows per step, the idea)."""
+def offline_with_steps(engine: BatchingEngine, w: Workload, recorder: StepRecorder | None = None) -> dict:
+    """``run_offline``'s summary plus ``steps``: the engine steps the run took (rows per step, the idea).
+    ``recorder``: record every step's shape and host time (``step_roofline``; a few µs a step)."""
     before = engine.scheduler.step_count
-    m = run_offline(engine, w)
+    if recorder is None:
+        m = run_offline(engine, w)
+    else:
+        with recorder.attached(engine):
+            m = run_offline(engine, w)
     return {**m, "steps": engine.scheduler.step_count - before}
 
 
@@ -62,7 +74,9 @@ def measure_offline(result: BenchResult, model, impl: str, s: dict) -> None:
     """P4.1: the same requests through static batching (the framework) and ``impl``, same seats and budget."""
     w = Workload(s["offline"], long_tokens=s["long"])
     warm = _warm(_engine(model, impl, s["seqs"], s["budget"]))
-    solution = offline_with_steps(warm, w)
+    recorder = StepRecorder()
+    solution = offline_with_steps(warm, w, recorder)
+    measure_roofline(result, warm, recorder, solution["seconds"], f"{impl}, {len(w.requests())} requests at once")
     static = offline_with_steps(_warm(_engine(model, "framework", s["seqs"], s["budget"])), w)
     tokens = sum(n for _, n, _ in w.requests())
     result.comparisons += [
@@ -107,6 +121,31 @@ def measure_offline(result: BenchResult, model, impl: str, s: dict) -> None:
     result.trace_region = f"offline run of {s['seqs']} requests (saturating the batch)"
     if result.trace.gpu_busy is not None:
         result.metrics["gpu_busy"] = result.trace.gpu_busy
+
+
+def measure_roofline(result: BenchResult, engine: BatchingEngine, recorder: StepRecorder, wall_s: float,
+                     what: str) -> None:
+    """P4.9 (the run's floor over its wall time) and P4.10 (host time of a full step over its wall time), from
+    the steps ``recorder`` saw; both judged on a CUDA GPU, their CPU figures in the table."""
+    device, seqs = detect_device(), engine.config.scheduler.max_num_seqs
+    if device.kind != engine.model.device.type:
+        for metric in ("roofline_fraction", "host_share"):
+            result.skip(metric, f"the measured peaks are the {device.kind}'s, the model runs on "
+                                f"{engine.model.device.type}")
+        return
+    peaks = measured_peaks(device)
+    ceiling = Ceiling(f"measured ({peaks.matmul_dtype} matmul, copy)", peaks.matmul_tflops, peaks.copy_gbps)
+    r = roofline_of(recorder, engine.model.config, engine.model.dtype.itemsize, ceiling, wall_s, seqs)
+    result.tables["Serving against its roofline (P4.9, P4.10)"] = step_roofline_table(r, what, device.is_cuda)
+    result.roofline.append(RooflinePoint(f"offline run, {seqs} seats (all steps)", r.flops, r.bytes, wall_s))
+    if device.is_cuda:
+        result.metrics["roofline_fraction"] = r.fraction
+        result.metrics["host_share"] = r.host_share
+    else:
+        result.skip("roofline_fraction", "the 70 % bar is set for a GPU at max_num_seqs 256: the CPU run's fraction "
+                                         "is in the roofline table")
+        result.skip("host_share", "on a CPU the forward pass runs inside the runner's launch, so host time is no "
+                                  "share of a GPU step: the CPU figures are in the roofline table")
 
 
 def _hf_generate_batch(model, w: Workload) -> tuple[float | None, str]:
@@ -238,6 +277,7 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
     measure_policies(result, model, impl, s)
     measure_http(result, s["model"], s, impl)
     measure_disaggregation(result, size)
+    measure_prefix_caching(result, size)
     result.notes.append("The workload is 50 % short / 50 % long outputs with ignore_eos, greedy. P4.4 and aging "
                         "count engine steps (the same on any machine); every other latency and throughput is "
                         "wall-clock through this process.")

@@ -16,6 +16,8 @@ from phase0_prototype.errors import ModelError
 
 # Rust buddy pools: two u32 free-list links, an order tag, an allocated flag and a u32 ref count.
 BOOKKEEPING_BYTES_PER_BLOCK = 14
+# Prefix caching adds per GPU block an optional 64-bit hash and two u32 links of the eviction list.
+PREFIX_BYTES_PER_BLOCK = 24
 
 
 def host_memory_bytes() -> int:
@@ -70,10 +72,11 @@ def check_kv_memory(num_bytes: int, device, what: str) -> None:
 
 
 def make_block_manager(num_blocks: int, block_size: int = 16, *, watermark: float = 0.01,
-                       impl: str | None = None, num_cpu_blocks: int = 0):
+                       impl: str | None = None, num_cpu_blocks: int = 0, prefix_caching: bool = False):
     """A ``BlockManager`` with ``policy="refuse"``: the scheduler picks its own preemption victims
     (priority-aware), so the manager must only say no. ``impl``: "solution", "reference" or None (best).
-    ``num_cpu_blocks``: the CPU pool that preemption by swap moves victims' blocks to."""
+    ``num_cpu_blocks``: the CPU pool that preemption by swap moves victims' blocks to. ``prefix_caching``:
+    phase 1's automatic prefix caching (asked of the implementation only when on)."""
     import phase1_rust_memory as p1
     from phase1_rust_memory import limits
 
@@ -81,16 +84,24 @@ def make_block_manager(num_blocks: int, block_size: int = 16, *, watermark: floa
     check_size(limits.BLOCK_SIZE, "block_size", block_size)
     check_size(limits.NUM_CPU_BLOCKS, "num_cpu_blocks", num_cpu_blocks)
     pool = f"the KV block manager for {num_blocks} GPU + {num_cpu_blocks} CPU blocks"
-    need, ram = (num_blocks + num_cpu_blocks) * BOOKKEEPING_BYTES_PER_BLOCK, host_memory_bytes()
+    need = (num_blocks + num_cpu_blocks) * BOOKKEEPING_BYTES_PER_BLOCK
+    need += num_blocks * PREFIX_BYTES_PER_BLOCK if prefix_caching else 0
+    ram = host_memory_bytes()
     if ram and need > ram // 2:
         raise ModelError(f"{pool} needs at least {need / 2**30:.1f} GiB of host memory, over half of this "
                          f"host's {ram / 2**30:.1f} GiB: lower --num-blocks / --num-cpu-blocks")
     if impl is None:
         impl = "solution" if p1.native_available() else "reference"
     module = p1.load_impl(impl)
+    options = {"prefix_caching": True} if prefix_caching else {}
     try:
         return module.BlockManager(num_blocks, block_size, num_cpu_blocks=num_cpu_blocks, watermark=watermark,
-                                   policy="refuse")
+                                   policy="refuse", **options)
+    except TypeError:
+        if not prefix_caching:
+            raise
+        raise ModelError(f"the block manager of phase1={impl} has no prefix caching (no prefix_caching argument): "
+                         "use phase1=solution or drop --enable-prefix-caching") from None
     except MemoryError as e:
         why = str(e) or "MemoryError"
         raise ModelError(f"{pool} does not fit in host memory ({why}): lower --num-blocks / --num-cpu-blocks"

@@ -1,4 +1,4 @@
-"""Phase 4 acceptance targets (P4.1–P4.7), evaluated on ``bench.run``'s metrics.
+"""Phase 4 acceptance targets (P4.1–P4.10), evaluated on ``bench.run``'s metrics.
 
 P4.1 compares continuous batching with the phase's own static batching (the framework) on the same requests
 and seats — the gain the lesson is about; HF ``generate_batch``'s ratio (``throughput_vs_hf``, GPU) is
@@ -7,6 +7,10 @@ every seat's request fitting the KV pool, it is at most about 2 · 200 / (10 + 2
 (static batching pays each batch's long request; continuous batching, the tokens spread over the seats), so
 the bar is 1.5×, not 2×.
 P4.4 counts engine steps, so its verdict is the same on every machine.
+P4.9 sets the same offline run (max_num_seqs 256) against its roofline: per step, max(bytes / measured copy
+bandwidth, FLOPs / measured matmul peak), summed over the steps the scheduler ran (``step_roofline``), over the
+run's wall time. P4.10 is the host's part of a full step (schedule + the runner's launch) over the step's wall
+time. Both are judged on a CUDA GPU; on a CPU they SKIP and their figures are in the report's roofline table.
 """
 
 from module0_profiling.targets import Target, pct, times
@@ -31,4 +35,15 @@ TARGETS = [
            "measured copy bandwidth, one GPU", "≥ 50 %", ["p4_6_kv_transfer_vs_copy"], lambda r: r >= 0.5, pct),
     Target("P4.7", "PD disaggregation: decode TPOT p99 under a prefill-heavy Poisson load vs the colocated engine",
            "≤ 0.7×", ["p4_7_tpot_p99_ratio"], lambda r: r <= 0.7, times),
+    Target("P4.8", "prefix caching on a shared-prefix workload (requests sharing a long system prompt + few-shot "
+           "examples, short suffixes and outputs; repeated sampling of one prompt): throughput with vs without "
+           "the cache, one process; hit rate reported; greedy tokens identical", "≥ 3×; identical",
+           ["p4_8_prefix_speedup", "prefix_hit_rate", "prefix_greedy_identical"],
+           lambda s, _h, same: s >= 3.0 and same == 1.0,
+           lambda s, h, same: f"{s:.2f}×, hit rate {h * 100:.0f} %, greedy {'identical' if same else 'DIFFERENT'}"),
+    Target("P4.9", "offline mixed workload at max_num_seqs 256 vs its roofline: the sum over its steps of max(bytes "
+           "/ copy bandwidth, FLOPs / matmul peak), measured peaks, over the run's wall time", "≥ 70 %",
+           ["roofline_fraction"], lambda f: f >= 0.7, pct),
+    Target("P4.10", "host time of a full step (scheduler + the runner's launch) over the step's wall time, same run",
+           "< 20 %", ["host_share"], lambda s: s < 0.2, pct),
 ]

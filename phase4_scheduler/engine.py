@@ -73,7 +73,11 @@ class BatchingConfig:
     ``swap_space`` GiB of KV blocks (or exactly ``num_cpu_blocks``) that victims' blocks are copied to
     instead of being recomputed. It buys a preempted request its progress back for a PCIe round trip of
     its KV (~25 GB/s) instead of re-running its prompt + output through the model; it costs that host
-    memory and the copies. A victim that does not fit the pool is recomputed. Unused with recompute."""
+    memory and the copies. A victim that does not fit the pool is recomputed. Unused with recompute.
+
+    ``enable_prefix_caching`` (vLLM's ``--enable-prefix-caching``): full KV blocks are kept, named by a
+    hash of their tokens, after their request ends, and a request starting with the same tokens reuses
+    them instead of prefilling them again (phase 1's ``allocate_cached``); ``prefix_cache_stats()``."""
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     scheduler_impl: str = "solution"
@@ -88,6 +92,7 @@ class BatchingConfig:
     block_manager_impl: str | None = None  # phase 1's: "solution" (Rust), "reference", a module path; None: best
     attention_impl: str | None = None  # phase 3's: "solution" (Triton), "reference", ...; None: per device
     gpu_memory_utilization: float | None = None  # num_blocks=None on CUDA: the pool from free memory (vLLM's)
+    enable_prefix_caching: bool = False  # reuse cached full KV blocks of shared prompt prefixes
 
     def __post_init__(self) -> None:
         from phase1_rust_memory import limits
@@ -211,7 +216,8 @@ class BatchingEngine:
         num_cpu_blocks = config.cpu_blocks(KVSwapSpace.bytes_per_block(
             cfg.num_hidden_layers, config.block_size, cfg.num_key_value_heads, cfg.head_dim, model.dtype))
         self.blocks = make_block_manager(num_blocks, config.block_size, watermark=config.watermark,
-                                         impl=config.block_manager_impl, num_cpu_blocks=num_cpu_blocks)
+                                         impl=config.block_manager_impl, num_cpu_blocks=num_cpu_blocks,
+                                         prefix_caching=config.enable_prefix_caching)
         self.scheduler = load_impl(config.scheduler_impl).build(config.scheduler, self.blocks)
         seqs = config.scheduler.max_num_seqs
         attention = load_attention(config.attention_impl) if config.attention_impl is not None else None
@@ -241,6 +247,15 @@ class BatchingEngine:
         total = torch.cuda.get_device_properties(model.device).total_memory
         return blocks_for_memory(c.gpu_memory_utilization, total, torch.cuda.memory_reserved(model.device),
                                  activations, block_bytes)
+
+    def prefix_cache_stats(self) -> dict[str, float] | None:
+        """Prefix caching's counters (tokens looked up and found, hit rate, cached / evictable blocks,
+        evictions), or None when it is off."""
+        if not self.config.enable_prefix_caching:
+            return None
+        stats = self.blocks.stats()
+        return {k: stats[k] for k in ("prefix_queries", "prefix_hits", "prefix_hit_rate", "cached_blocks",
+                                      "evictable_blocks", "evictions")}
 
     @property
     def tokenizer(self):

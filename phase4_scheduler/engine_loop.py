@@ -1,9 +1,13 @@
 """The engine in a background thread, beside the server's event loop.
 
 Other threads never touch the engine: ``submit`` and ``abort`` put commands in an inbox that the
-engine thread drains between steps, and each request's events go to the callback given at submit
-(the server's callback hands them to its event loop with ``call_soon_threadsafe``). The thread sleeps
-on a condition while there is no work. Event text is decoded here, before the callback.
+engine thread drains between steps, and each request's events go to the callback given at submit. The
+thread sleeps on a condition while there is no work. Event text is decoded here, before the callback.
+
+Delivery: a callback submitted with its asyncio ``event_loop`` (the server's) runs on that loop; a step's
+events for one loop cross in ONE ``call_soon_threadsafe`` (each such call writes to the loop's wake-up pipe
+and hands the GIL over: one per token costs more than the step at hundreds of streams). A callback without
+a loop runs on the engine thread.
 
 Faults: what fails for one request (adding it, sampling or decoding it, its callback) ends that request
 alone with a finished event whose ``finish_reason`` is ``"error: ..."``. What fails for the engine as a
@@ -18,7 +22,9 @@ forever. ``shutdown`` does that, then ends the thread once nothing is left.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -27,6 +33,8 @@ from typing import Callable
 from phase0_prototype.errors import ModelError
 from phase4_scheduler.engine import BatchingEngine, Event, describe_error
 from phase4_scheduler.request import Request
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
@@ -42,6 +50,16 @@ class EngineDead(RuntimeError):
 
 
 Callback = Callable[[Event], None]
+Target = tuple[Callback, "asyncio.AbstractEventLoop | None"]  # a callback and the event loop it runs on
+
+
+def _run_all(pairs: list[tuple[Callback, Event]]) -> None:
+    """One step's events, on their event loop's thread (a failing callback must not starve the others)."""
+    for callback, ev in pairs:
+        try:
+            callback(ev)
+        except Exception:
+            log.exception("delivering an event failed")
 
 
 class EngineLoop:
@@ -52,7 +70,7 @@ class EngineLoop:
             raise ModelError(f"max_queue (--max-queue) must be an integer >= 1, got {max_queue}")
         self.engine, self.max_queue, self.on_step, self.on_death = engine, max_queue, on_step, on_death
         self._inbox: deque = deque()
-        self._callbacks: dict[int, tuple[Request, Callback]] = {}  # the added, unfinished requests
+        self._callbacks: dict[int, tuple[Request, Target]] = {}  # the added, unfinished requests
         self._cv = threading.Condition()
         self._accepting, self._stop_when_idle = True, False
         self._deadline: float | None = None  # drain: unfinished requests fail past this (monotonic)
@@ -65,7 +83,9 @@ class EngineLoop:
         return self
 
     # ------------------------------------------------------------------ called from other threads
-    def submit(self, request: Request, callback: Callback) -> None:
+    def submit(self, request: Request, callback: Callback,
+               event_loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue ``request``; its events go to ``callback``, run on ``event_loop`` when given (module docstring)."""
         with self._cv:
             if self.error is not None:
                 raise EngineDead(f"the engine stopped ({describe_error(self.error)}): restart the server")
@@ -74,7 +94,7 @@ class EngineLoop:
             if self.engine.scheduler.num_waiting + self._pending_adds >= self.max_queue:
                 raise QueueFull(f"the queue holds {self.max_queue} waiting requests: retry later")
             self._pending_adds += 1
-            self._inbox.append(("add", request, callback))
+            self._inbox.append(("add", request, (callback, event_loop)))
             self._cv.notify()
 
     def abort(self, request_id: int) -> None:
@@ -147,13 +167,14 @@ class EngineLoop:
                 try:
                     self.engine.add(item)
                 except Exception as e:  # cannot fit, bad parameters...: this request alone ends
-                    self._send(callback, Event(self.engine.fail(item, e), "", True))
+                    self._hand_over([(callback, Event(self.engine.fail(item, e), "", True))])
                     continue
                 self._callbacks[item.request_id] = (item, callback)
             elif self.engine.abort(item) is not None:
                 self._callbacks.pop(item, None)
 
     def _deliver(self, events) -> None:
+        pairs = []
         for ev in events:
             r = ev.request
             entry = self._callbacks.get(r.request_id)
@@ -165,19 +186,32 @@ class EngineLoop:
                 ev = Event(self.engine.fail(r, e), "", True)
             if ev.finished:
                 del self._callbacks[r.request_id]
-            if not self._send(entry[1], ev) and not ev.finished:  # a broken callback: stop its request
-                del self._callbacks[r.request_id]
-                self.engine.fail(r, RuntimeError("its event callback failed"))
+            pairs.append((entry[1], ev))
+        for ev in self._hand_over(pairs):  # a broken callback: stop its request
+            if not ev.finished and self._callbacks.pop(ev.request.request_id, None) is not None:
+                self.engine.fail(ev.request, RuntimeError("its event callback failed"))
 
     @staticmethod
-    def _send(callback: Callback, event: Event) -> bool:
-        try:
-            callback(event)
-        except Exception:
-            return False
-        return True
+    def _hand_over(pairs: list[tuple[Target, Event]]) -> list[Event]:
+        """Every event to its callback — one hand-over per event loop, in order — and the events that could
+        not be delivered (a callback that raised on this thread, an event loop already closed)."""
+        failed, by_loop = [], {}
+        for (callback, event_loop), ev in pairs:
+            if event_loop is not None:
+                by_loop.setdefault(event_loop, []).append((callback, ev))
+                continue
+            try:
+                callback(ev)
+            except Exception:
+                failed.append(ev)
+        for event_loop, group in by_loop.items():
+            try:
+                event_loop.call_soon_threadsafe(_run_all, group)
+            except RuntimeError:  # its loop is closed: nobody waits for these events any more
+                failed += [ev for _, ev in group]
+        return failed
 
-    def _take_waiting(self) -> list[tuple[Request, Callback]]:
+    def _take_waiting(self) -> list[tuple[Request, Target]]:
         """Every accepted, unfinished request (registered and still in the inbox), forgotten here."""
         with self._cv:
             commands = list(self._inbox)
@@ -188,18 +222,22 @@ class EngineLoop:
         return waiting
 
     def _fail_all(self, reason: str) -> None:
+        pairs = []
         for r, callback in self._take_waiting():
             self.engine.abort(r.request_id)
             r.finish_reason = reason
-            self._send(callback, Event(r, "", True))
+            pairs.append((callback, Event(r, "", True)))
+        self._hand_over(pairs)
 
     def _die(self, error: BaseException) -> None:
         with self._cv:
             self.error, self._accepting = error, False
         reason = f"error: the engine stopped: {describe_error(error)}"
+        pairs = []
         for r, callback in self._take_waiting():  # the engine's state is suspect: only tell the clients
             r.finish_reason = reason
-            self._send(callback, Event(r, "", True))
+            pairs.append((callback, Event(r, "", True)))
+        self._hand_over(pairs)
         if self.on_death is not None:
             with contextlib.suppress(Exception):
                 self.on_death(error)

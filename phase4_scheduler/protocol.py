@@ -32,6 +32,7 @@ MAX_PROMPT_TOKEN_IDS = 1 << 20  # a token-id prompt; the server's context check 
 MAX_MODEL_NAME = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+MAX_N = 128  # choices per request (OpenAI's limit): each is an engine request of its own
 
 
 def _utf8(text):
@@ -103,7 +104,7 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     # Sent by real clients, not served (yet): refused by name unless neutral.
     echo: unsupported(None, False, fix="omit it, or send false") = None
-    best_of: unsupported(None, 1, fix="omit it, or send 1") = None
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N)  # only = n (vLLM V1 dropped best_of): the server checks
     # Logits processing (``logits_processing``): OpenAI's penalties and bias, vLLM's repetition_penalty, min_tokens.
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -122,7 +123,7 @@ class SamplingFields(BaseModel):
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], lt=SEED_RANGE[1] + 1)
     stop: Stop | None = None
     stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)  # one choice per request
+    n: int = Field(default=1, ge=1, le=MAX_N)  # choices: n engine requests of one prompt (seeds seed, seed+1, ...)
     priority: int = Field(default=0, ge=INT64[0], lt=INT64[1])  # an extension: lower is served first
     ignore_eos: bool = False  # an extension for benchmarks: run to max_tokens
 

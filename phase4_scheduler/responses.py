@@ -1,7 +1,39 @@
-"""Parts of OpenAI's response bodies that read a finished or running request: its ``usage`` and its ``logprobs``
-(chat's per-token objects, or completions' parallel lists), as the server sends them."""
+"""Parts of OpenAI's response bodies that read finished or running engine requests: ``usage``, ``logprobs``
+(chat's per-token objects, or completions' parallel lists), and ``ParentRequest``, the ``n`` engine requests
+behind one OpenAI request whose ``n`` choices they are."""
 
 from __future__ import annotations
+
+
+class ParentRequest:
+    """One OpenAI request of ``n`` choices fanned out into ``n`` engine requests (its children, vLLM V1's
+    ``ParentRequest``): choice ``i`` is child ``i``, sampled alone with its own seed (``seed + i``) and
+    scheduled like any request (with prefix caching, the children share the prompt's KV blocks). The
+    parent gathers their events (``index``), remembers which finished and, while streaming, how many of
+    each child's token logprobs were sent already."""
+
+    def __init__(self, children: list):
+        self.children = children
+        self._index = {r.request_id: i for i, r in enumerate(children)}
+        self.done: set[int] = set()  # choices whose finished event arrived
+        self.logprobs_sent = [0] * len(children)
+
+    def index(self, request) -> int:
+        return self._index[request.request_id]
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.children)
+
+    def unfinished_ids(self) -> list[int]:
+        """Engine ids of the children still running (to abort when the request fails or its client leaves)."""
+        return [r.request_id for i, r in enumerate(self.children) if i not in self.done]
+
+    def usage(self) -> dict:
+        """The prompt counted once, the completion tokens of every choice (as OpenAI and vLLM)."""
+        prompt = len(self.children[0].prompt_ids)
+        completion = sum(len(r.output_ids) for r in self.children)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def logprobs_body(tok, r, start: int, chat: bool, end: int | None = None) -> dict:
@@ -26,6 +58,24 @@ def logprobs_body(tok, r, start: int, chat: bool, end: int | None = None) -> dic
             "top_logprobs": [{text(i): v for i, v in top} for _, (_, top) in entries], "text_offset": offsets}
 
 
-def usage(r) -> dict:
-    return {"prompt_tokens": len(r.prompt_ids), "completion_tokens": len(r.output_ids),
-            "total_tokens": len(r.prompt_ids) + len(r.output_ids)}
+def answer_choice(tok, r, index: int, text: str, chat: bool) -> dict:
+    """Choice ``index`` of a whole answer: engine request ``r`` finished with ``text``."""
+    choice = {"index": index, "finish_reason": r.finish_reason,
+              "logprobs": logprobs_body(tok, r, 0, chat) if r.logprobs is not None else None}
+    choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+    return choice
+
+
+def chunk_choice(tok, parent: ParentRequest, index: int, text: str | None, finish: str | None, chat: bool,
+                 first: bool = False) -> dict:
+    """Choice ``index`` of a stream chunk: ``text`` and the token logprobs not sent yet; ``first``: the chunk
+    that opens the choice (chat's role, or completions' echo), without logprobs."""
+    r, lp = parent.children[index], None
+    if r.logprobs is not None and not first:
+        upto = len(r.token_logprobs)
+        lp = logprobs_body(tok, r, parent.logprobs_sent[index], chat, upto)
+        parent.logprobs_sent[index] = upto
+    if chat:
+        delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}
+    return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": lp}

@@ -1,5 +1,6 @@
-"""Starting the server: build the engine for a ``--model``, run uvicorn (in the foreground for the CLI,
-in a thread for tests, benchmarks and the notebook), stop it draining.
+"""Starting the server: build the engine for a ``--model``, warm it up (``warm_up``: every kernel and graph
+a request can need, before the port opens), run uvicorn (in the foreground for the CLI, in a thread for
+tests, benchmarks and the notebook), stop it draining.
 
 ``DrainingServer`` is uvicorn that drains: at SIGTERM / SIGINT (or ``drain()``) the engine loop stops
 admitting at once (new requests get 503) while the accepted ones finish; those still unfinished after
@@ -22,28 +23,74 @@ from typing import Callable
 import uvicorn
 
 from phase0_prototype.errors import ModelError
+from phase0_prototype.sampling import SamplingParams
 from phase0_prototype.sources import load_model
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine, describe_error
 from phase4_scheduler.engine_loop import EngineLoop
+from phase4_scheduler.logits_processing import LogitsProcessing
 from phase4_scheduler.plan import SchedulerConfig
 from phase4_scheduler.server import create_app
 
 ANSWER_GRACE_S = 2.0  # after the drain timeout: time to write the error answers before uvicorn cancels
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def warm_up(engine: BatchingEngine, say: Callable[[str], None] = _stderr) -> float:
+    """Run ``engine`` once through every shape class a server meets, before the port opens, so that no
+    client's request pays a Triton compile, a CUDA graph capture or a first cuBLAS/sampling kernel: a
+    prefill chunk at the full token budget (then a later chunk, when the context allows) and a short one,
+    decode at batch 1 and at ``max_num_seqs`` (every decode bucket's graph on CUDA), and the sampler's
+    paths (top-k/top-p from a seeded generator, penalties and a logit bias, logprobs). Seconds taken.
+
+    It leaves nothing behind: every request finishes (KV blocks all free, nothing running), and the
+    seeded requests never draw from torch's global generator. The limit: Triton specialises kernels on
+    some argument values (divisibility by 16), so a rare shape can still compile once later."""
+    t0 = time.perf_counter()
+    sched, vocab = engine.config.scheduler, engine.model.config.vocab_size
+    seqs, limit = sched.max_num_seqs, engine.context_limit()
+    long = max(min(sched.max_num_batched_tokens + 8, limit - 3), 1)
+    short = max(min(16, sched.max_num_batched_tokens // seqs), 1)  # all seqs prompts prefill in one step
+    say(f"warming up: a {min(long, sched.max_num_batched_tokens)}-token prefill chunk and a short one, decode at "
+        f"batch 1 and {seqs}, sampling with top-p, penalties and logprobs")
+
+    def prompt(n: int, salt: int) -> list[int]:  # distinct prompts (a prefix cache shares nothing)
+        return [(1 + (n + salt) * 7919 + j * 31) % vocab for j in range(n)]
+
+    if engine.runner.graphs is not None:
+        engine.runner.graphs.warmup()  # every decode bucket's CUDA graph
+    kinds = [{}, {"sampling": SamplingParams(1.0, 50, 0.9, seed=0)},
+             {"processing": LogitsProcessing(0.5, 0.5, 1.2, ((0, -1.0),))},
+             {"sampling": SamplingParams(0.7, seed=1), "logprobs": 5}]
+    for batch in ([(long, {})], [(3, {})], [(short, kinds[i % len(kinds)]) for i in range(seqs)]):
+        done = engine.generate([engine.make_request(prompt(n, salt), 3, ignore_eos=True, **kind)
+                                for salt, (n, kind) in enumerate(batch)])
+        failed = next((r.finish_reason for r in done if r.finish_reason.startswith("error")), None)
+        if failed is not None:
+            raise ModelError(f"the warm-up request failed ({failed}): the server cannot serve with this configuration")
+    seconds = time.perf_counter() - t0
+    say(f"warmed up in {seconds:.1f} s")
+    return seconds
+
+
 def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str = "fp32",
               scheduler: SchedulerConfig | None = None, scheduler_impl: str = "solution",
               num_blocks: int | None = None, block_size: int = 16, max_queue: int = 256, warmup: bool = True,
-              swap_space: float = 4.0, num_cpu_blocks: int | None = None):
-    """(app, engine loop) for ``model``; the loop's thread is started. ``swap_space`` (GiB) /
-    ``num_cpu_blocks``: the host KV pool when ``scheduler.preemption == "swap"``."""
+              swap_space: float = 4.0, num_cpu_blocks: int | None = None, enable_prefix_caching: bool = False,
+              say: Callable[[str], None] = _stderr):
+    """(app, engine loop) for ``model``; the loop's thread is started, after the warm-up (``warm_up``,
+    its progress lines to ``say``) unless ``warmup=False``. ``swap_space`` (GiB) / ``num_cpu_blocks``: the
+    host KV pool when ``scheduler.preemption == "swap"``."""
     scheduler = scheduler or SchedulerConfig()
     config = BatchingConfig(scheduler, scheduler_impl, num_blocks, block_size, swap_space=swap_space,
-                          num_cpu_blocks=num_cpu_blocks)  # (checked before the model loads)
+                            num_cpu_blocks=num_cpu_blocks,
+                            enable_prefix_caching=enable_prefix_caching)  # (checked before the model loads)
     loaded = load_model(model, dtype=dtype, device=device)
     engine = BatchingEngine(loaded, config)
-    if warmup and engine.runner.graphs is not None:
-        engine.runner.graphs.warmup()
+    if warmup:
+        warm_up(engine, say)
     loop = EngineLoop(engine, max_queue=max_queue).start()
     return create_app(loop, model), loop
 

@@ -1,10 +1,12 @@
 """The OpenAI-compatible HTTP server: FastAPI routes in front of the engine loop's thread.
 
-Each request becomes an engine ``Request``; the engine thread hands its events to this event loop
-(``call_soon_threadsafe`` into an ``asyncio.Queue``). Streams are server-sent events in OpenAI's chunk
+Each request becomes an engine ``Request``; the engine thread hands each step's events to this event loop
+in one ``call_soon_threadsafe`` (``EngineLoop.submit``'s ``event_loop``) into their requests' ``asyncio.Queue``. Streams are server-sent events in OpenAI's chunk
 format ending with ``data: [DONE]``. A client that goes away gets its request aborted (its KV blocks
 freed). Tokenizing and chat templating run in a worker thread (the tokenizer releases the GIL), so a
-long prompt does not stall the other connections.
+long prompt does not stall the other connections. A request of ``n`` choices is ``n`` engine requests
+(``responses.ParentRequest``, seeds ``seed + i``); its answer waits for all, a stream interleaves their
+chunks by ``index``, and one child's failure or the client leaving aborts the others.
 
 Refusals, in OpenAI's error JSON (``protocol.ApiError``), before any work they would waste: 401 without
 the API key and 413 for a body over ``max_body_bytes``, before the body is read (``RequestGate``); 400
@@ -19,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -29,11 +30,10 @@ from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from phase0_prototype.errors import ModelError
-from phase0_prototype.sampling import SamplingParams
+from phase0_prototype.sampling import SEED_RANGE, SamplingParams
 from phase4_scheduler.engine import describe_error
 from phase4_scheduler.engine_loop import EngineDead, EngineLoop, QueueFull, ShuttingDown
 from phase4_scheduler.metrics import ServerMetrics
@@ -47,7 +47,8 @@ from phase4_scheduler.protocol import (
     SamplingFields,
     validation_message,
 )
-from phase4_scheduler.responses import logprobs_body, usage
+from phase4_scheduler.request_gate import RequestGate
+from phase4_scheduler.responses import ParentRequest, answer_choice, chunk_choice
 
 log = logging.getLogger(__name__)
 
@@ -76,46 +77,6 @@ GENERATION_RESPONSES = {
 # {"error": ...} object when the request failed midway; the last is [DONE].
 STREAM = {"text/event-stream": {"schema": {"type": "object", "required": ["data"],
                                            "properties": {"data": {"type": "string"}}}}}
-
-
-class RequestGate:
-    """Pure ASGI, in front of the routes: the API key of ``/v1/*`` routes (401) and the body size (413:
-    from Content-Length before reading, and counted while reading a body sent in chunks)."""
-
-    def __init__(self, app, *, max_body_bytes: int, api_key: str | None):
-        self.app, self.max_body_bytes = app, max_body_bytes
-        self.api_key = api_key.encode("utf-8") if api_key is not None else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        if self.api_key is not None and scope["path"].startswith("/v1/") and not self._authorized(headers):
-            refusal = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-            return await refusal.response()(scope, receive, send)
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._too_large().response()(scope, receive, send)
-        seen = 0
-
-        async def receive_within_limit():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:
-                raise self._too_large()  # an HTTPException: FastAPI's body reading passes it to the handler
-            return message
-
-        await self.app(scope, receive_within_limit, send)
-
-    def _too_large(self) -> ApiError:
-        return ApiError(413, f"the request body exceeds the server's limit of {self.max_body_bytes} bytes: "
-                        "send a shorter prompt", code="request_too_large")
-
-    def _authorized(self, headers: Headers) -> bool:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode("latin-1"), self.api_key)
 
 
 def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | None = None,
@@ -202,22 +163,32 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             log.exception("tokenizing the %s failed", param)
             raise ApiError(500, f"tokenizing the {param} failed ({describe_error(e)})") from None
 
-    def make(body: SamplingFields, prompt_ids: list[int], param: str, chat: bool):
-        """The engine request (ApiError when it cannot be made)."""
+    def make(body: SamplingFields, prompt_ids: list[int], param: str, chat: bool) -> ParentRequest:
+        """The ``n`` engine requests of one OpenAI request (ApiError when they cannot be made)."""
         if not prompt_ids:
             raise ApiError(400, f"the {param} is empty: give at least one token", param=param)
         if chat and body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if body.n > getattr(loop, "max_queue", body.n):  # (each choice waits in the queue as a request)
+            raise ApiError(400, f"n ({body.n}) exceeds the {loop.max_queue} requests this server's queue holds: "
+                           "lower n", param="n")
+        if body.best_of is not None and body.best_of != body.n:
+            raise ApiError(400, f"best_of ({body.best_of}) other than n ({body.n}) is not supported by this server: "
+                           "omit it, or send n's value", param="best_of")
+        if body.seed is not None and body.seed + body.n - 1 > SEED_RANGE[1]:
+            raise ApiError(400, f"seed: the {body.n} choices sample with seeds seed .. seed + {body.n - 1}, past "
+                           f"int64: send a seed <= {SEED_RANGE[1] - body.n + 1}", param="seed")
         limit, asked = engine.context_limit(), body.max_completion_tokens or body.max_tokens
         room = max(limit - len(prompt_ids), 1)
         # No max_tokens: a chat answers until the context is full (as vLLM does), a completion stops at 16
         # tokens (OpenAI's default for the legacy endpoint).
         max_tokens = asked or (room if chat else min(DEFAULT_MAX_TOKENS, room))
         try:
-            sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
-            return engine.make_request(prompt_ids, max_tokens, sampling, stop=body.stop_strings(),
-                                       priority=body.priority, ignore_eos=body.ignore_eos,
-                                       processing=body.processing(), logprobs=body.logprobs_k())
+            return ParentRequest([engine.make_request(
+                prompt_ids, max_tokens, SamplingParams(body.temperature, body.top_k, body.top_p,
+                                                       None if body.seed is None else body.seed + i),
+                stop=body.stop_strings(), priority=body.priority, ignore_eos=body.ignore_eos,
+                processing=body.processing(), logprobs=body.logprobs_k()) for i in range(body.n)])
         except ModelError as e:
             raise ApiError(400, describe_error(e)) from None
         except ValueError as e:
@@ -228,37 +199,54 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             log.exception("making the request failed")
             raise ApiError(500, f"preparing the request failed ({describe_error(e)})") from None
 
+    def submit(parent: ParentRequest, events: asyncio.Queue) -> None:
+        """Every child into the engine loop, or none (a refusal aborts those already in)."""
+        def deliver(ev):  # on this event loop's thread: a step's events cross in one hand-over (EngineLoop)
+            if ev.finished:
+                metrics.on_finish(ev.request)
+            events.put_nowait(ev)
+
+        submitted, here = [], asyncio.get_running_loop()
+        try:
+            for r in parent.children:
+                loop.submit(r, deliver, here)
+                submitted.append(r.request_id)
+        except QueueFull as e:
+            metrics.rejected.inc()
+            error = ApiError(429, str(e), type_="rate_limit_error", headers={"Retry-After": "1"})
+        except (ShuttingDown, EngineDead) as e:
+            error = ApiError(503, str(e))
+        else:
+            return
+        for rid in submitted:
+            loop.abort(rid)
+        raise error
+
     async def run(http: HttpRequest, body: SamplingFields, prompt_ids: list[int], param: str, chat: bool,
                   echo: str = ""):
         """``echo``: text the answer starts with (completions' ``echo``: the prompt)."""
-        r = make(body, prompt_ids, param, chat)
+        parent = make(body, prompt_ids, param, chat)
         events: asyncio.Queue = asyncio.Queue()
-        aloop = asyncio.get_running_loop()
-
-        def deliver(ev):  # engine thread
-            if ev.finished:
-                metrics.on_finish(ev.request)
-            aloop.call_soon_threadsafe(events.put_nowait, ev)
-
-        try:
-            loop.submit(r, deliver)
-        except QueueFull as e:
-            metrics.rejected.inc()
-            raise ApiError(429, str(e), type_="rate_limit_error", headers={"Retry-After": "1"}) from None
-        except (ShuttingDown, EngineDead) as e:
-            raise ApiError(503, str(e)) from None
+        submit(parent, events)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             with_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(stream(r, events, rid, chat, with_usage, echo), media_type="text/event-stream")
-        return await complete(http, r, events, rid, chat, echo)
+            return StreamingResponse(stream(parent, events, rid, chat, with_usage, echo),
+                                     media_type="text/event-stream")
+        return await complete(http, parent, events, rid, chat, echo)
 
-    async def next_event(r, events: asyncio.Queue, http: HttpRequest | None = None) -> tuple[str, bool] | None:
-        """(new text, finished) of ``r``'s next event; None when ``http``'s client left; ApiError when the
-        request failed (500) or the engine died (503)."""
+    def abort_unfinished(parent: ParentRequest) -> None:
+        """Free the KV blocks of the children still running (the request failed, or its client left)."""
+        for request_id in parent.unfinished_ids():
+            loop.abort(request_id)
+
+    async def next_event(parent: ParentRequest, events: asyncio.Queue,
+                         http: HttpRequest | None = None) -> tuple[int, str, bool] | None:
+        """(choice index, new text, finished) of the next event of ``parent``'s children; None when
+        ``http``'s client left; ApiError when a child failed (500) or the engine died (503)."""
         while True:
             try:
-                ev = await asyncio.wait_for(events.get(), POLL_S)
+                ev = await _next_item(events, POLL_S)
                 break
             except asyncio.TimeoutError:
                 if http is not None and await http.is_disconnected():
@@ -267,6 +255,9 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
                     await asyncio.sleep(0)  # let the events the engine handed over before dying arrive
                     if events.empty():
                         raise engine_stopped() from None
+        r, i = ev.request, parent.index(ev.request)
+        if ev.finished:
+            parent.done.add(i)
         try:
             text = ev.text  # (a lazy event decodes here)
         except Exception as e:
@@ -277,67 +268,72 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
             # the engine died, or the drain deadline ended it: the server's fault of the moment, not the request's
             status = 503 if loop.error is not None or not loop.accepting else 500
             raise ApiError(status, reason.removeprefix("error: "))
-        return text, ev.finished
+        return i, text, ev.finished
 
-    async def complete(http: HttpRequest, r, events: asyncio.Queue, rid: str, chat: bool, echo: str = ""):
-        parts, finished = [echo], False
+    async def complete(http: HttpRequest, parent: ParentRequest, events: asyncio.Queue, rid: str, chat: bool,
+                       echo: str = ""):
+        parts = [[echo] for _ in parent.children]
         try:
-            while not finished:
-                got = await next_event(r, events, http)
+            while not parent.finished:
+                got = await next_event(parent, events, http)
                 if got is None:  # the client left
                     return Response(status_code=499)
-                text, finished = got
-                parts.append(text)
+                parts[got[0]].append(got[1])
         finally:
-            if not finished:  # failed or left: free its KV blocks
-                loop.abort(r.request_id)
-        text = "".join(parts)
-        choice = {"index": 0, "finish_reason": r.finish_reason,
-                  "logprobs": logprobs_body(engine.tokenizer, r, 0, chat) if r.logprobs is not None else None}
-        choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            abort_unfinished(parent)  # failed or left: free the KV blocks of the others
+        choices = [answer_choice(engine.tokenizer, r, i, "".join(parts[i]), chat)
+                   for i, r in enumerate(parent.children)]
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": model_name, "choices": [choice], "usage": usage(r)}
+                "model": model_name, "choices": choices, "usage": parent.usage()}
 
-    async def stream(r, events: asyncio.Queue, rid: str, chat: bool, with_usage: bool, echo: str = ""):
+    async def stream(parent: ParentRequest, events: asyncio.Queue, rid: str, chat: bool, with_usage: bool,
+                     echo: str = ""):
         obj = "chat.completion.chunk" if chat else "text_completion"
         created_at = int(time.time())
 
-        sent = [0]  # token logprobs already sent
-
-        def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
-            lp = None
-            if r.logprobs is not None and not first:
-                upto = len(r.token_logprobs)
-                lp, sent[0] = logprobs_body(engine.tokenizer, r, sent[0], chat, upto), upto
-            if chat:
-                delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
+        def chunk(i: int, text: str | None, finish: str | None, first: bool = False) -> str:
+            choice = chunk_choice(engine.tokenizer, parent, i, text, finish, chat, first)
             return "data: " + json.dumps({"id": rid, "object": obj, "created": created_at, "model": model_name,
                                           "choices": [choice]}) + "\n\n"
 
-        finished = False
         try:
-            if chat:
-                yield chunk("", None, first=True)
-            if echo:
-                yield chunk(echo, None, first=True)
-            while not finished:
-                text, finished = await next_event(r, events)
-                if text or finished:
-                    yield chunk(text, r.finish_reason if finished else None)
+            for i in range(len(parent.children)):
+                if chat:
+                    yield chunk(i, "", None, first=True)
+                if echo:
+                    yield chunk(i, echo, None, first=True)
+            while not parent.finished:
+                # Under load several steps' events wait in the queue: one chunk per choice carries them all (the
+                # per-chunk cost — JSON, SSE framing, a socket write — is what caps a busy server's tokens/s).
+                texts, done, failure = {}, set(), None
+                i, text, finished = await next_event(parent, events)
+                while True:
+                    texts[i] = texts.get(i, "") + text
+                    if finished:
+                        done.add(i)
+                    if events.empty() or parent.finished:
+                        break
+                    try:
+                        i, text, finished = await next_event(parent, events)
+                    except Exception as e:  # send what arrived before the failure, then report it
+                        failure = e
+                        break
+                for i, text in texts.items():
+                    if text or i in done:
+                        yield chunk(i, text, parent.children[i].finish_reason if i in done else None)
+                if failure is not None:
+                    raise failure
         except Exception as e:  # the headers are sent: the failure becomes an event (never a silent end)
             if not isinstance(e, ApiError):
-                log.exception("streaming request %s failed", r.request_id)
+                log.exception("streaming request %s failed", rid)
                 e = ApiError(500, f"streaming failed ({describe_error(e)})")
             yield "data: " + json.dumps(e.body) + "\n\n"
         finally:
-            if not finished:  # failed, or the client went away (the response was cancelled): free its KV blocks
-                loop.abort(r.request_id)
-        if with_usage and finished:  # stream_options.include_usage: OpenAI's last chunk, no choices
+            # failed, or the client went away (the response was cancelled): free the KV blocks of the others
+            abort_unfinished(parent)
+        if with_usage and parent.finished:  # stream_options.include_usage: OpenAI's last chunk, no choices
             yield "data: " + json.dumps({"id": rid, "object": obj, "created": created_at, "model": model_name,
-                                          "choices": [], "usage": usage(r)}) + "\n\n"
+                                          "choices": [], "usage": parent.usage()}) + "\n\n"
         yield "data: [DONE]\n\n"
 
     @app.post("/v1/completions", responses={200: {"model": Completion, "content": STREAM}, **GENERATION_RESPONSES})
@@ -371,6 +367,20 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         return await run(http, body, ids, "messages", chat=True)
 
     return app
+
+
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11+
+
+
+async def _next_item(queue: asyncio.Queue, timeout: float):
+    """The queue's next item, or ``TimeoutError`` after ``timeout`` s. Every stream waits here once per token:
+    ``asyncio.timeout`` arms one timer around the get, where ``wait_for`` also wraps the get in a new task."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if _TIMEOUT is None:
+        return await asyncio.wait_for(queue.get(), timeout)
+    async with _TIMEOUT(timeout):
+        return await queue.get()
 
 
 def _openapi(app: FastAPI, *, secured: bool) -> dict:

@@ -12,6 +12,10 @@ Every step is planned afresh within a token budget (``max_num_batched_tokens``):
 4. **Admission** in policy order (class, then SJF on ``max_tokens``), with *aging*: a request waiting
    ``max_wait_steps`` (or preempted) goes ahead of every younger one. Admission stops at the first
    request that does not fit, so nobody jumps an aged request: its wait is bounded.
+5. **Prefix caching** (a manager built with ``prefix_caching=True``): admission reuses the cached full
+   blocks of the request's tokens and starts its prefill after them; a prefill chunk's full blocks are
+   registered as it is scheduled (a request admitted later in the same step shares them: ``n`` > 1), a
+   decode's once its tokens are on the host (``_cache_computed``).
 
 Limit: the model runner's step, not the scheduler. Freed rows are refilled the next step (GPU busy,
 P4.2) and prefill arrives in budget-sized chunks (inter-token latency, P4.3). The host cost per step,
@@ -20,6 +24,7 @@ O(running + waiting · log waiting), must stay below the GPU step it overlaps (`
 
 from __future__ import annotations
 
+from itertools import chain
 from operator import attrgetter
 
 from phase4_scheduler.plan import ScheduledChunk, SchedulerBase, SchedulerConfig, StepPlan
@@ -44,6 +49,9 @@ class Scheduler(SchedulerBase):
         self._tables: dict[int, list[int]] = {}
         # The same tables as rows of one matrix (a seat per running request): what the runner reads.
         self.table_rows = BlockTableRows(max(config.max_num_seqs, 1))
+        # Prefix caching: full blocks of each running request registered with the manager so far.
+        self._prefix = bool(getattr(block_manager, "prefix_caching", False))
+        self._hashed: dict[int, int] = {}
 
     def _chunk(self, request: Request, num_tokens: int, is_decode: bool | None = None) -> ScheduledChunk:
         table = self._tables.get(request.request_id)
@@ -56,13 +64,43 @@ class Scheduler(SchedulerBase):
         return ScheduledChunk(request, request.num_computed, num_tokens, table, is_decode)
 
     def finish(self, request: Request, reason: str) -> None:
+        if self._prefix and request.status is Status.RUNNING:
+            self._register(request)  # its output's blocks too: a follow-up turn may reuse them
         self._release(request)
         super().finish(request, reason)
+
+    def advance(self, plan: StepPlan) -> None:
+        super().advance(plan)
+        if self._prefix:
+            self._cache_computed(plan)
+
+    def _cache_computed(self, plan: StepPlan) -> None:
+        """Register the full blocks this launched step completed (their K/V is written before any later
+        step reads it: steps run in order on the device). A block whose last token was sampled by a step
+        not read back yet waits until that token is on the host (a later step registers it)."""
+        running = Status.RUNNING
+        for r in chain(plan.decode_requests, (c.request for c in plan.explicit_chunks)):
+            if r.status is running:  # (not aborted since the plan was made)
+                self._register(r)
+
+    def _register(self, r: Request, computed: int | None = None) -> None:
+        """Register ``r``'s full blocks up to ``computed`` tokens (default: ``num_computed``) whose tokens are
+        on the host. A prefill chunk's blocks are registered when it is scheduled, so a request admitted later
+        in the SAME step can share them: the runner writes every scheduled token's K/V into the cache before
+        any attention of the layer reads it (``runner.attend``), and the step is launched right after."""
+        bs = self.blocks.block_size
+        known = len(r.prompt_ids) + len(r.output_ids)
+        full = min(r.num_computed if computed is None else computed, known) // bs
+        if full > self._hashed.get(r.request_id, 0):
+            self.blocks.cache_full_blocks(r.request_id, (r.prompt_ids + r.output_ids)[:full * bs])
+            self._hashed[r.request_id] = full
 
     def _release(self, r: Request, keep_slots: bool = False) -> None:
         """Forget ``r``'s table (finished or preempted): its seat is free for the next admission.
         ``keep_slots``: swapped out — the manager keeps its token count, so ``kv_slots`` stays true."""
         self._tables.pop(r.request_id, None)
+        if not keep_slots:
+            self._hashed.pop(r.request_id, None)
         if r.kv_seat >= 0:
             self.table_rows.remove(r.kv_seat)
         r.kv_table, r.kv_seat = None, -1
@@ -136,6 +174,8 @@ class Scheduler(SchedulerBase):
             if budget > 0 and r.status is running:  # (not preempted just now)
                 n = min(p, budget)
                 plan.explicit_chunks.append(self._chunk(r, n))
+                if self._prefix:
+                    self._register(r, r.num_computed + n)
                 budget -= n
 
         # A step that had to preempt admits nobody: the pool is short, a new prompt would only thrash.
@@ -160,12 +200,24 @@ class Scheduler(SchedulerBase):
             self._admit(r)
             n = min(r.num_pending, budget)
             plan.explicit_chunks.append(self._chunk(r, n))
+            if self._prefix:
+                self._register(r, r.num_computed + n)  # before the next admission: it may share them
             budget -= n
         return plan
 
     def _admit(self, r: Request) -> None:
+        """Blocks for ``r``'s tokens. With prefix caching, a request computing from scratch (not one
+        prefilled elsewhere: its K/V is loaded into private blocks) reuses the cached chain of its tokens
+        and starts after it; the manager never reuses the block of the last token, whose logits are
+        needed (so a request with a token still in flight, unknown to the host, allocates plainly)."""
         rid = r.request_id
-        table = self._tables[rid] = r.kv_table = list(self.blocks.allocate(rid, r.num_tokens))
+        if self._prefix and r.num_computed == 0 and not r.num_in_flight:
+            table, cached = self.blocks.allocate_cached(rid, r.prompt_ids + r.output_ids)
+            r.num_computed = cached
+            self._hashed[rid] = cached // self.blocks.block_size
+        else:
+            table = self.blocks.allocate(rid, r.num_tokens)
+        table = self._tables[rid] = r.kv_table = list(table)
         r.kv_seat = self.table_rows.add(table)
         r.kv_slots = r.num_tokens
         r.status = Status.RUNNING
@@ -208,7 +260,8 @@ class Scheduler(SchedulerBase):
         self.running.remove(r)
         r.num_preemptions += 1
         if self.config.preemption == "swap" and len(r.kv_table) <= self.blocks.num_free_cpu_blocks:
-            # (a table's blocks are distinct: nothing is shared without fork, which the scheduler never calls)
+            # (a table's blocks are distinct; blocks shared through the prefix cache stay on the GPU for
+            # their other readers, and the victim's copies come back as private blocks)
             plan.swap_out = [*plan.swap_out, *self.blocks.swap_out([r.request_id])]
             self._release(r, keep_slots=True)
             r.status = Status.SWAPPED

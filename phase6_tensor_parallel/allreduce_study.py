@@ -141,8 +141,10 @@ def calls_per_sample(n_bytes: int) -> int:
 
 
 def measure(sizes: list[int], *, device: str = "cuda", dtype: torch.dtype = torch.float32,
-            warmup: int = 2, iters: int = 10, graph: bool | None = None) -> tuple[list[float], str]:
-    """Seconds of one ``dist.all_reduce`` per size, measured the way nccl-tests does, and the method used.
+            warmup: int = 2, iters: int = 10, graph: bool | None = None,
+            all_reduce: Callable | None = None) -> tuple[list[float], str]:
+    """Seconds of one ``dist.all_reduce`` (or ``all_reduce``, e.g. the one-shot kernel's) per size, measured the
+    way nccl-tests does, and the method used.
 
     One event pair around a single call times Python and the launch (tens of µs) rather than NCCL: a 1 KB
     all-reduce on NVLink takes a few µs. So each sample brackets k back-to-back all-reduces, per call =
@@ -156,13 +158,14 @@ def measure(sizes: list[int], *, device: str = "cuda", dtype: torch.dtype = torc
 
     cuda = torch.device(device).type == "cuda"
     graph = cuda if graph is None else graph
+    all_reduce = all_reduce or dist.all_reduce
     elem = torch.finfo(dtype).bits // 8
     rank, world = dist.get_rank(), dist.get_world_size()
     out = []
     for n in sizes:
         x = torch.full((max(n // elem, 1),), float(rank + 1), dtype=dtype, device=device)
         dist.barrier()
-        dist.all_reduce(x)
+        all_reduce(x)
         if x[0].item() != world * (world + 1) / 2:
             raise RuntimeError(f"all-reduce of {n} bytes gave {x[0].item()}, expected {world * (world + 1) / 2}")
         x.zero_()  # repeated in-place sums stay finite
@@ -170,21 +173,31 @@ def measure(sizes: list[int], *, device: str = "cuda", dtype: torch.dtype = torc
 
         def calls(x=x, k=k):
             for _ in range(k):
-                dist.all_reduce(x)
+                all_reduce(x)
 
         if graph:
             g = capture_cuda_graph(calls, warmup=1)
             out.append(time_fn(g.replay, warmup=warmup, iters=iters, device=device).median / k)
             del g
         else:
-            out.append(time_fn(lambda x=x: dist.all_reduce(x), warmup=warmup, iters=iters, device=device,
+            out.append(time_fn(lambda x=x: all_reduce(x), warmup=warmup, iters=iters, device=device,
                                calls_per_sample=k).median)
     return out, ("CUDA graph of k calls per sample" if graph else "k eager calls per sample")
 
 
-def study_rank(group, sizes: list[int], algo: str, device: str, iters: int) -> dict:
-    """What one rank measures (the spawned/torchrun entry point)."""
-    seconds, method = measure(sizes, device=device, iters=iters, warmup=min(2, iters))
+def study_rank(group, sizes: list[int], algo: str, device: str, iters: int, oneshot: bool = False) -> dict:
+    """What one rank measures (the spawned/torchrun entry point). ``oneshot``: the one-shot kernel
+    (``oneshot.py``, CUDA only) instead of NCCL, on the sizes it takes (labelled "OneShot")."""
+    reduce = None
+    if oneshot:
+        from phase6_tensor_parallel.dist_env import local_device
+        from phase6_tensor_parallel.oneshot import DEFAULT_MAX_BYTES, OneShotAllReduce
+
+        sizes = [n for n in sizes if n <= DEFAULT_MAX_BYTES and n % 16 == 0]
+        reduce, algo = OneShotAllReduce(group, local_device(device, group), max(sizes)), "OneShot"
+    seconds, method = measure(sizes, device=device, iters=iters, warmup=min(2, iters), all_reduce=reduce)
+    if reduce is not None:
+        reduce.close()
     return {"algo": algo, "world": group.world, "sizes": sizes, "seconds": seconds, "method": method}
 
 
@@ -350,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--sizes", default=None, help="comma-separated bytes (default 1 KB..256 MB ×4)")
     ap.add_argument("--out", required=True, help="JSON file rank 0 writes")
+    ap.add_argument("--oneshot", action="store_true",
+                    help="time the one-shot CUDA-IPC all-reduce (oneshot.py) instead of NCCL, sizes up to 512 KB")
     args = ap.parse_args(argv)
     os.environ.setdefault("NCCL_ALGO", args.algo)  # read by NCCL at communicator creation
     if args.proto is not None:
@@ -359,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     group = init_distributed(args.device)
     try:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes_bytes()
-        run = study_rank(group, sizes, args.algo, args.device, args.iters)
+        run = study_rank(group, sizes, args.algo, args.device, args.iters, oneshot=args.oneshot)
         run["proto"] = args.proto
     finally:
         shutdown()

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +35,8 @@ class TPError(RuntimeError):
 class TPGroup:
     rank: int = 0
     world: int = 1
+    # ``oneshot.OneShotAllReduce`` (CUDA IPC) for the small messages it ``fits``; NCCL / gloo for the rest
+    oneshot: Any = field(default=None, compare=False, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -43,6 +45,8 @@ class TPGroup:
     # --- collectives (identity at world 1) ------------------------------------------------------
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum ``x`` over ranks, in place (the row-parallel partial sums)."""
+        if self.oneshot is not None and self.oneshot.fits(x):
+            return self.oneshot(x)
         if self.distributed:
             dist.all_reduce(x)
         return x

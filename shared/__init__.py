@@ -1,4 +1,7 @@
-"""The assembled TitanInfer engine and the ``titaninfer`` command line.
+"""The assembled TitanInfer engine and the ``titaninfer`` command line: ``from titaninfer import LLMEngine,
+EngineConfig, SamplingParams`` and ``python -m titaninfer …`` once installed — the wheel installs this
+directory as ``titaninfer`` (pyproject's ``package-dir``), which is why its modules import each other
+relatively; the repository's lessons and tests import it as ``shared``.
 
 Public contract (``shared.engine``)::
 
@@ -37,20 +40,24 @@ from __future__ import annotations
 
 from types import ModuleType
 
-__all__ = ["EngineConfig", "LLMEngine", "RequestOutput", "Delta", "load_impl"]
+__all__ = ["EngineConfig", "LLMEngine", "RequestOutput", "Delta", "SamplingParams", "load_impl"]
 
 
 def __getattr__(name: str):
     """``shared.LLMEngine`` etc., imported on first use (``import shared`` stays cheap for the CLI)."""
     if name in ("EngineConfig", "LLMEngine", "RequestOutput", "Delta"):
-        from shared import engine
+        from . import engine
 
         return getattr(engine, name)
-    raise AttributeError(f"module 'shared' has no attribute {name!r}")
+    if name == "SamplingParams":
+        from phase0_prototype.sampling import SamplingParams
+
+        return SamplingParams
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_impl(name: str) -> ModuleType:
     """``solution``, ``framework`` or a module path exposing ``IMPLS`` (a per-phase choice)."""
     from module0_profiling.impl import load_impl as _load
 
-    return _load("shared", name)
+    return _load(__name__, name)

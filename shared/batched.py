@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from phase0_prototype.errors import ModelError
-from shared.outputs import Delta, RequestOutput
+
+from .outputs import Delta, RequestOutput
 
 
 def build_batched(engine):
@@ -32,13 +33,13 @@ def build_batched(engine):
                                 gpu_memory_utilization=c.gpu_memory_utilization,
                                 max_model_len=engine.max_model_len, swap_space=c.swap_space,
                                 num_cpu_blocks=c.num_cpu_blocks, block_manager_impl=impls["phase1"],
-                                attention_impl=impls["phase3"])
+                                attention_impl=impls["phase3"], enable_prefix_caching=c.enable_prefix_caching)
     except ValueError as e:
         raise ModelError(str(e)) from None
     rope = None if impls["phase2"] == "off" else impls["phase2"]
     quantized = engine.quantized if engine.quant else None
     if c.tp > 1:
-        from shared.tp_workers import start_engine
+        from .tp_workers import start_engine
 
         return start_engine(engine.model, config, tp=c.tp, layout=impls["phase6"], seed=c.seed, quantized=quantized,
                             rope=rope)
@@ -48,7 +49,7 @@ def build_batched(engine):
 
         options["rope"] = phase0_rope_fn(rope)
     if quantized is not None:
-        from shared.quant import int4_runner_options
+        from .quant import int4_runner_options
 
         options.update(int4_runner_options(quantized))
     else:

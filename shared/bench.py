@@ -6,7 +6,8 @@ engine) → + INT4 (phase 5) → TP=2 (phase 6), and HF transformers with a dyna
 (compiled) and ``generate_batch`` (paged continuous batching). A row that cannot run here is SKIP with
 its reason. ``impl`` picks the engine under test (``shared.solution``/``shared.framework``/a module with
 ``IMPLS``); E.1 is measured on it. E.2 sets the INT4 row against the bf16 batched row (``bench_int4``):
-offline throughput, and inter-token latency p50 at ``streams`` concurrent streams.
+offline throughput, and inter-token latency p50 at ``streams`` concurrent streams. The tested engine's
+offline workload is also set against its roofline (phase 4's ``step_roofline``, as P4.9): reported, not judged.
 
 size "full" (CUDA): ``random:tinyllama`` bf16; bs=1 at prompt 512 + 128 new tokens (as P0.4); offline
 workload = P4.1's (512 requests, 50 % 10 / 50 % 200 new tokens), 16 streams of 128 tokens. size "small"
@@ -24,14 +25,17 @@ import torch
 
 from module0_profiling.check import ROOT, report_stem
 from module0_profiling.hardware import detect_device, measured_peaks
+from module0_profiling.roofline import Ceiling
 from module0_profiling.targets import BenchResult, Comparison, RooflinePoint
 from phase0_prototype.bench import measure_generate, random_prompt
 from phase0_prototype.sources import load_model
 from phase0_prototype.weights import decode_bytes_per_token
+from phase4_scheduler import step_roofline
 from phase4_scheduler.loadgen import Workload
-from shared import impls as impl_spec
-from shared.bench_int4 import e2_metrics, e2_table, itl_p50, stream_arrivals
-from shared.bench_rows import (
+
+from . import impls as impl_spec
+from .bench_int4 import e2_metrics, e2_table, itl_p50, stream_arrivals
+from .bench_rows import (
     Row,
     engine_latency,
     engine_throughput,
@@ -42,8 +46,8 @@ from shared.bench_rows import (
     tp_row,
     workload_requests,
 )
-from shared.bench_table import comparison_table, path_table, plot_rows
-from shared.engine import EngineConfig, LLMEngine
+from .bench_table import comparison_table, path_table, plot_rows
+from .engine import EngineConfig, LLMEngine
 
 SIZES = {
     "full": dict(model="random:tinyllama", dtype="bf16", prompt=512, new=128, repeats=3, slow_repeats=1,
@@ -138,6 +142,8 @@ def measure_engine(ctx: Context, name: str, link: str, spec, *, quant: str | Non
         region = partial(engine.generate, [ctx.prompt[0].tolist()], max_tokens=32, ignore_eos=True)
     if result is not None:
         bs1_yardstick(ctx, engine, f, result)
+        if batched and not quant and engine.config.tp == 1:  # float weights on one device: the counted bytes
+            offline_roofline(ctx, engine, result)
         from module0_profiling.trace import profile_region
 
         result.trace = profile_region(region, iters=1, warmup=0)
@@ -163,6 +169,18 @@ def bs1_yardstick(ctx: Context, engine: LLMEngine, through_engine: dict, result:
         {"engine": loop, "phase0": alone}, ctx.mbu)
     result.notes.append(f"bs=1 decode: the engine (phase 4's loop, batch 1) {loop * 1e3:.3f} ms/token; phase 0's "
                         f"engine called directly {alone * 1e3:.3f} ms/token ({loop / alone:.2f}× its time)")
+
+
+def offline_roofline(ctx: Context, engine: LLMEngine, result: BenchResult) -> None:
+    """The offline workload once more under phase 4's step recorder: the sum of its steps' floors (measured
+    peaks) over its wall time, as phase 4's P4.9 (``step_roofline``)."""
+    ceiling = Ceiling("measured", ctx.peaks.matmul_tflops, ctx.peaks.copy_gbps)
+    run = partial(engine.generate, ctx.prompts, max_tokens=ctx.lengths, ignore_eos=True)
+    r = step_roofline.measure(engine.batched, run, ceiling, ctx.s["seqs"])
+    if ctx.on_gpu:  # reported, not judged: the CPU's figure stays in the table
+        result.metrics["engine_roofline_fraction"] = r.fraction
+    result.tables["The offline workload against its roofline"] = step_roofline.table(
+        r, f"{len(ctx.prompts)} requests, max_num_seqs {ctx.s['seqs']}", ctx.on_gpu)
 
 
 def int4_row(ctx: Context) -> Row:

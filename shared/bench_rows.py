@@ -138,7 +138,7 @@ def tp_row(spec: str, dtype: str, prompt_len: int, *, gpus: int) -> Row:
 
 def cli_bench(args, config) -> int:
     """``titaninfer bench``: the engine alone — offline throughput and bs=1 decode latency."""
-    from shared.engine import LLMEngine
+    from .engine import LLMEngine
 
     engine = LLMEngine(config)
     engine.warmup()

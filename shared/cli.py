@@ -40,7 +40,7 @@ def dtype_name(text: str) -> str | None:
 
 
 def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False) -> None:
-    from shared.engine import DEFAULT_MODEL
+    from .engine import DEFAULT_MODEL
 
     ap.add_argument("--model", default=DEFAULT_MODEL,
                     help="hub id, local HF directory or .gguf file, bundled model name, smollm2, random:tinyllama "
@@ -73,6 +73,9 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
                         help="size the KV pool so the engine uses this share of the GPU's memory (vLLM's flag; "
                              "default: --max-num-seqs whole contexts)")
         ap.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+        ap.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=False,
+                        help="reuse the KV blocks of a prompt prefix already computed (vLLM's flag): requests "
+                             "sharing a system prompt, and the n choices of one request, prefill it once")
         ap.add_argument("--policy", default="sjf", choices=["fcfs", "priority", "sjf"], help="scheduling order")
         ap.add_argument("--max-wait-steps", type=int, default=64, help="aging bound in steps (0: no aging)")
         ap.add_argument("--preemption", default="recompute", choices=["recompute", "swap"],
@@ -90,7 +93,7 @@ def add_sampling_arguments(ap: argparse.ArgumentParser, max_new_tokens: int) -> 
 
 
 def engine_config(args: argparse.Namespace):
-    from shared.engine import EngineConfig
+    from .engine import EngineConfig
 
     rope = {"cuda": ["phase2=solution"], "torch": ["phase2=off"]}.get(args.rope, [])
     kw = {"max_num_seqs": 1}  # generate and chat: one request at a time, KV blocks for one context
@@ -103,7 +106,8 @@ def engine_config(args: argparse.Namespace):
                   num_blocks=args.num_blocks, gpu_memory_utilization=args.gpu_memory_utilization,
                   block_size=args.block_size, policy=args.policy,
                   max_wait_steps=args.max_wait_steps or None, preemption=args.preemption,
-                  swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks)
+                  swap_space=args.swap_space, num_cpu_blocks=args.num_cpu_blocks,
+                  enable_prefix_caching=args.enable_prefix_caching)
     return EngineConfig(model=args.model, impl=list(args.impl or ["solution"]) + rope, device=args.device,
                         dtype=args.dtype, quant=args.quant, quant_group_size=args.quant_group_size, tp=args.tp,
                         max_model_len=args.max_seq_len, compile=not args.no_compile,
@@ -134,8 +138,8 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shared import ray_serve, serve
-    from shared.engine import DEFAULT_MODEL
+    from . import ray_serve, serve
+    from .engine import DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(prog="titaninfer", description="TitanInfer: a TinyLlama inference engine, phase by phase.")
     ap.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -182,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_generate(args: argparse.Namespace) -> int:
     from phase0_prototype.generate import GenerateStats, describe
     from phase0_prototype.weights import decode_bytes_per_token
-    from shared.engine import LLMEngine
+
+    from .engine import LLMEngine
 
     sampling = sampling_params(args)  # a bad --seed / --temperature is refused before the model loads
     engine = LLMEngine(engine_config(args))
@@ -219,8 +224,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from shared.chat import run_chat
-    from shared.engine import LLMEngine
+    from .chat import run_chat
+    from .engine import LLMEngine
 
     sampling = sampling_params(args)
     engine = LLMEngine(engine_config(args))
@@ -232,7 +237,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
     from phase0_prototype.sources import load_model
-    from shared.quant import save_quantized
+
+    from .quant import save_quantized
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, dtype="bf16" if device == "cuda" else "fp32", device=device)
@@ -243,7 +249,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from shared.bench_rows import cli_bench
+    from .bench_rows import cli_bench
 
     return cli_bench(args, engine_config(args))
 
@@ -254,7 +260,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "chat":
         return cmd_chat(args)
     if args.command == "serve":
-        from shared import ray_serve, serve
+        from . import ray_serve, serve
 
         if ray_serve.wanted(args):  # engine replicas on Ray Serve behind one OpenAI ingress
             return ray_serve.run(args, engine_config(args))
@@ -265,7 +271,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_bench(args)
     from pathlib import Path
 
-    from shared.report_all import run_reports
+    from .report_all import run_reports
 
     return run_reports(args.phases, impl=args.impl, size=args.size, out=Path(args.out) if args.out else None,
                        echo=not args.quiet)

@@ -28,11 +28,12 @@ from phase0_prototype.sampling import GREEDY, SamplingParams
 from phase0_prototype.sources import LoadedModel, load_model
 from phase0_prototype.tokenizer import read_chat_template
 from phase0_prototype.weights import LlamaWeights
-from shared import impls as impl_spec
-from shared.batched import build_batched, run_batched, stream_batched
-from shared.outputs import Delta, RequestOutput, RunStats
-from shared.quant import is_int4_checkpoint, load_int4_checkpoint
-from shared.single import build_single, single_deltas, single_output, static_kv_utilisation
+
+from . import impls as impl_spec
+from .batched import build_batched, run_batched, stream_batched
+from .outputs import Delta, RequestOutput, RunStats
+from .quant import is_int4_checkpoint, load_int4_checkpoint
+from .single import build_single, single_deltas, single_output, static_kv_utilisation
 
 DEFAULT_MODEL = "kjv-llama-18m"  # the bundled model: offline, CPU-friendly
 
@@ -59,6 +60,7 @@ class EngineConfig:
     swap_space: float = 4.0  # GiB of host KV blocks for preemption="swap"
     num_cpu_blocks: int | None = None  # the host pool in blocks (overrides swap_space)
     compile: bool = True  # CUDA graphs on CUDA
+    enable_prefix_caching: bool = False  # reuse cached KV blocks of shared prompt prefixes (phase 4, phase 1)
     chat_template: str | None = None  # a Jinja file or template in place of the model's (vLLM's --chat-template)
 
 
@@ -76,6 +78,8 @@ class LLMEngine:
         self.impls = impl_spec.resolve(chosen, device.type)
         impl_spec.import_module_paths(self.impls)
         self.quant = impl_spec.quant_method(self.impls)
+        if config.enable_prefix_caching and self.impls["phase4"] == "off":
+            raise ModelError("--enable-prefix-caching needs phase 4's scheduler: drop phase4=off")
         if self.impls["phase2"] in ("framework", "solution") and device.type != "cuda":
             raise impl_spec.ImplSpecError(f"phase2={self.impls['phase2']} is a CUDA kernel: use phase2=reference "
                                           "or phase2=off on a CPU")
@@ -92,7 +96,7 @@ class LLMEngine:
         limit = self.model.config.max_position_embeddings
         self.max_model_len = min(config.max_model_len or limit, limit)
         if config.tp > 1:
-            from shared import tp_workers
+            from . import tp_workers
 
             if self.impls["phase4"] == "off":
                 raise ModelError("tensor parallelism runs under phase 4's continuous batching: "
@@ -112,7 +116,7 @@ class LLMEngine:
     def quantized(self):
         """Phase 5's INT4 model (``--quant``), quantized or loaded once for every path."""
         if self._quantized is None:
-            from shared.quant import quantize
+            from .quant import quantize
 
             self._quantized = quantize(self.model, self.quant, group_size=self.config.quant_group_size)
         return self._quantized

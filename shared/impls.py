@@ -73,7 +73,7 @@ def check_name(phase: str, name: str) -> str:
 
 def preset(name: str) -> dict[str, str]:
     """The ``IMPLS`` of ``shared.solution``, ``shared.framework`` or a module path exposing ``IMPLS``."""
-    module_name = f"shared.{name}" if name in PRESET_NAMES else name
+    module_name = f"{__package__}.{name}" if name in PRESET_NAMES else name  # shared. here, titaninfer. installed
     try:
         module = importlib.import_module(module_name)
     except ImportError:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import torch
 
-from shared.engine import EngineConfig
+from .engine import EngineConfig
 
 PROMPT = "And God said, Let there be light"
 DEFAULT_CONFIG = EngineConfig(max_num_seqs=16)
@@ -57,8 +57,9 @@ def hop_cost(config: EngineConfig = DEFAULT_CONFIG, *, requests: int = 32, concu
              tokens: int = 16) -> dict:
     """Direct vs Ray on ``config``: requests/s, p50 latency alone and under load, and what Ray adds."""
     from phase4_scheduler.serve import ServerThread
-    from shared import ray_serve
-    from shared.serve import build_app
+
+    from . import ray_serve
+    from .serve import build_app
 
     shape = {"requests": requests, "concurrency": concurrency, "tokens": tokens}
     app, engine = build_app(config)

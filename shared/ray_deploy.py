@@ -43,7 +43,7 @@ class EngineServer:
     def __init__(self, config, *, max_queue: int, api_key: str | None, drain_timeout: float, threads: int):
         import torch
 
-        from shared.serve import build_app
+        from .serve import build_app
 
         if threads:  # a CPU replica computes on its own share of the cores, not on all of them
             torch.set_num_threads(threads)

@@ -28,7 +28,8 @@ from phase4_scheduler.disagg.kv_transfer import export_kv, import_kv
 from phase4_scheduler.engine import BatchingEngine, Event, error_reason
 from phase4_scheduler.engine_loop import EngineLoop, QueueFull, ShuttingDown
 from phase4_scheduler.text_stream import TextStream
-from shared.ray_deploy import EngineServer
+
+from .ray_deploy import EngineServer
 
 
 def _spec(r) -> dict:
@@ -63,7 +64,7 @@ class PDSide:
     def __init__(self, config, *, max_queue: int, drain_timeout: float, threads: int):
         import torch
 
-        from shared.engine import LLMEngine
+        from .engine import LLMEngine
 
         if threads:  # a CPU side computes on its own share of the cores
             torch.set_num_threads(threads)
@@ -255,8 +256,8 @@ def build_pd_application(config, spec, *, device: str, cpus: float, max_queue: i
     ``DecodeServer`` (each ``spec``'s replicas; on CPU the cores are shared between the two sides)."""
     from ray import serve
 
-    from shared.ray_deploy import OpenAiIngress
-    from shared.ray_serve import deployment_options
+    from .ray_deploy import OpenAiIngress
+    from .ray_serve import deployment_options
 
     options = deployment_options(spec, config, device=device, cpus=cpus / 2, drain_timeout=drain_timeout)
     threads = options["ray_actor_options"]["num_cpus"] if device == "cpu" else 0

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phase0_prototype.errors import ModelError
-from shared import impls as impl_spec
-from shared.serve import is_loopback
+
+from . import impls as impl_spec
+from .serve import is_loopback
 
 APP_NAME = "titaninfer"
 HEALTH_CHECK_S = 2.0  # how often Serve probes each replica: a dead one is replaced within about this
@@ -160,7 +161,7 @@ def build_application(config, spec: RaySpec, *, device: str, cpus: float, max_qu
     """The Serve application: ``OpenAiIngress`` bound to the ``EngineServer`` deployment."""
     from ray import serve
 
-    from shared.ray_deploy import EngineServer, OpenAiIngress
+    from .ray_deploy import EngineServer, OpenAiIngress
 
     options = deployment_options(spec, config, device=device, cpus=cpus, drain_timeout=drain_timeout)
     threads = options["ray_actor_options"]["num_cpus"] if device == "cpu" else 0
@@ -208,7 +209,7 @@ def deploy(config, spec: RaySpec, *, host: str = "127.0.0.1", port: int = 8000, 
     serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
     build = build_application
     if pd:
-        from shared.ray_pd import build_pd_application as build
+        from .ray_pd import build_pd_application as build
     app = build(config, spec, device=device, cpus=resources.get("CPU", 1), max_queue=max_queue,
               api_key=api_key, drain_timeout=drain_timeout)
     try:

@@ -38,15 +38,16 @@ def build_app(config, *, max_queue: int = 256, engine=None, api_key: str | None 
     """``(app, engine)``: phase 4's app over the engine's batched path; its loop thread is started."""
     from phase0_prototype.errors import ModelError
     from phase4_scheduler.engine_loop import EngineLoop
+    from phase4_scheduler.serve import warm_up
     from phase4_scheduler.server import create_app
-    from shared.engine import LLMEngine
+
+    from .engine import LLMEngine
 
     engine = engine or LLMEngine(config)
     if engine.impls["phase4"] == "off":
         raise ModelError("serve runs phase 4's continuous batching: drop phase4=off")
     batched = engine.batched
-    if batched.runner.graphs is not None:
-        batched.runner.graphs.warmup()
+    warm_up(batched)  # every graph and kernel a request can need, before the port opens
     extra = {"api_key": api_key} if api_key is not None else {}
     name = served_model_name or engine.config.model
     return create_app(EngineLoop(batched, max_queue=max_queue).start(), name, **extra), engine

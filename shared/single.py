@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from shared.outputs import Delta, RequestOutput
-from shared.streaming import token_chunks
+from .outputs import Delta, RequestOutput
+from .streaming import token_chunks
 
 
 def build_single(engine):
     """Phase 0's engine (``impls["phase0"]``) for ``shared.engine.LLMEngine`` ``engine``, warmed up."""
     if engine.quant:
-        from shared.quant import build_engine
+        from .quant import build_engine
 
         single = build_engine(engine.model, engine.quantized, max_seq_len=engine.max_model_len,
                               compile=engine.config.compile)

@@ -39,17 +39,22 @@ Then, in this order:
 
 1. **A static KV cache.** Preallocate `[layers, 2, batch, kv_heads, max_seq_len, head_dim]`; the prefill writes
    the prompt's K and V, each decode step processes one token and attends over the cached positions.
-   Rewarded by **P0.2** (≥ 10× end to end against the framework at prompt 512, your engine built with
-   `compile=True`): on a GPU an eager cached step is launch-bound, not much faster per token than the
-   framework's recomputation (the before/after table of the committed report), so P0.2 needs task 4 too.
+   Rewarded by **P0.2** (your engine eager against the eager framework, per decode token: ≥ 1.5× at 8192
+   tokens of context). On a GPU an eager cached step is launch-bound: at prompt 512 it is no faster than the
+   framework's recomputation (0.82× in the committed report), so the check sweeps the context and prints
+   where the cache starts to win (section 5).
 2. **Fused projections.** q|k|v and gate|up as one matrix each (`weights.fuse`): one launch and one read of
    the activation instead of three or two. Fewer launches feed P0.3 and P0.4.
 3. **Triton decode kernels.** At batch 1 each projection is a GEMV that should stream its weight at copy
    bandwidth: RMSNorm fused in front, the residual add and SiLU·up fused behind, RoPE + cache write +
    attention in one kernel. Rewarded by **P0.4** (MBU ≥ 70 %, ≥ 2× HF's compiled static-cache generate).
 4. **A CUDA graph of the whole step** when `compile=True` on a GPU: static shapes (mask the cache slots not
-   yet written), capture once, one replay per token, no host read per token. Rewarded by **P0.3** (≥ 1.5×
-   against your eager step) and P0.4.
+   yet written), capture once, one replay per token, no host read per token. Start with `torch.compile` of
+   your PyTorch step (gpt-fast's recipe): **P0.3** asks ≥ 1.5× against your eager step and prints the Triton
+   step's gain beside it; your kernels inside the graph then serve P0.4.
+5. **Speculative decoding** (read `speculative.py`, section 11): several greedy tokens per forward when the
+   text repeats itself. **P0.7** measures it on the solution's engine: ≥ 1.5× on an editing prompt, ≥ 0.95×
+   on random text (it switches itself off), acceptance reported.
 
 **P0.1** (greedy tokens identical to HF transformers for 64 tokens, fp32) must hold at every step, eager and
 compiled. **P0.5** measures the CUDA basics (`cuda_basics/*.cu`: tiled vs naive matmul, coalesced vs strided
@@ -208,8 +213,10 @@ print(f"matmul FLOPs per token at prompt {LONG}: framework {flops_fw / 1e9:.2f} 
 """)
 md(r"""
 The FLOP ratio is the prompt length, but the speed ratio is smaller: the framework's big matmuls run near the
-compute roof while the cached step is a chain of tiny launch-bound kernels. Removing recomputation is the
-first step; removing launch overhead is the second.
+compute roof while the cached step is a chain of tiny launch-bound kernels. On an H100 at batch 1 both eager
+engines cost about their launches until the framework's work per token outgrows them, far past prompt 512:
+P0.2 sweeps contexts 256 … 8192 and prints the crossover, the shortest context where the cache wins. Removing
+recomputation is the first step; removing launch overhead is the second.
 
 **Your turn.** A cache must not change the numbers: your engine's logits of every position (`forward_logits`,
 a fresh prompt) and its greedy continuation of a prompt of a different length, against the framework's.
@@ -328,7 +335,7 @@ if GPU:
         eager = impl.build(model, max_seq_len=LONG + NEW + 64, compile=False)
         eager_rate, graph_rate = decode_rate(eager, SHORT), decode_rate(compiled, SHORT)
         print(f"{name}: eager {eager_rate:.1f} tok/s -> {compiled.mode} {graph_rate:.1f} tok/s "
-              f"({graph_rate / eager_rate:.2f}×, P0.3 asks ≥ 1.5×), "
+              f"({graph_rate / eager_rate:.2f}×; P0.3 asks ≥ 1.5× of torch.compile's step), "
               f"{100 * bytes_tok * graph_rate / 1e9 / peaks.copy_gbps:.1f} % of copy BW")
         s = profile_region(lambda: compiled.generate(prompt, 16, stop_on_eos=False), iters=1)
         print(f"  {s.launches} kernels for 16 tokens; GPU busy {s.gpu_busy:.0%}")
@@ -417,6 +424,36 @@ The report of `make check-phase0` asks you to explain your figures:
 3. Where does each version sit on the roofline? All decode rows share one intensity and differ only in height.
 4. Why does the stride-32 copy lose to the coalesced one although it moves the same useful bytes, and which
    TILE of the CUDA-basics matmul wins?
+""")
+
+md(r"""
+## 11. Task 5 — speculative decoding: more than one token per forward
+
+At batch 1 a forward over a few positions costs about one step (the weights are read once either way). Prompt
+lookup guesses the next k tokens from the text itself: the latest earlier occurrence of the last n-gram
+(n = 3, 2, 1) and what followed it. One verify forward runs the last token and the k drafts over the static KV
+cache; the drafts equal to the model's argmax are kept, plus the model's own next token — so the tokens are
+exactly the plain greedy ones. When drafts keep failing, a verify costs more than the step it replaces, and
+`SpeculativeDecoder` switches itself to plain steps (it keeps drafting "in the shadow" to know when to come
+back). The bundled trained model continues a held-out passage given with its opening repeated (an
+editing prompt); a random model would predict nothing a draft can match.
+""")
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+from phase0_prototype.bench import edit_prompt
+from phase0_prototype.speculative import SpeculativeDecoder
+
+kjv = load_model("kjv-llama-18m", dtype="fp32", device="cpu")
+plain_engine = load_impl("solution").build(kjv, compile=False)
+speculative = SpeculativeDecoder(plain_engine, k=8)
+edit = edit_prompt(kjv, 200)
+plain_out = plain_engine.generate(edit, 48, stop_on_eos=False).tokens
+spec_out = speculative.generate(edit, 48, stop_on_eos=False).tokens
+s = speculative.stats
+print(f"same tokens as plain decoding: {torch.equal(plain_out, spec_out)}; {s.verifies} verifies, "
+      f"{100 * s.acceptance:.0f} % of {s.drafted} drafts accepted, {s.plain_tokens} plain tokens, "
+      f"switched off {s.switched_off}×")
+print(repr(kjv.tokenizer.decode(spec_out[0].tolist())))
 """)
 
 nb.write(Path(__file__).resolve().parents[1])

@@ -42,8 +42,7 @@ def main() -> None:
     p.add_argument("--model", default="random:tinyllama")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    model = load_model(args.model, dtype="fp32", device="meta" if False else "cpu") if args.model != "random:tinyllama" \
-        else _meta_tinyllama()
+    model = _meta_tinyllama() if args.model == "random:tinyllama" else load_model(args.model, dtype="fp32", device="cpu")
     engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(256, 2048), num_blocks=256 * 128, cuda_graphs=False))
     stub_forward(engine.runner)
     tok = engine.tokenizer

@@ -64,6 +64,10 @@ The targets (the next cell prints them from `checks.py`, so they are the ones th
 - **P4.6, P4.7** prefill/decode disaggregation (`disagg/`, section 6): the KV transfer's bandwidth against the copy
   bandwidth, and the decode side's TPOT p99 against the colocated engine's (GPU). They measure the phase's
   `disagg/` package on the solution's scheduler, whatever `IMPL` names.
+- **P4.8** prefix caching (`--enable-prefix-caching`): a shared-prefix workload with and without the cache,
+  greedy tokens identical, hit rate reported.
+- **P4.9, P4.10** the offline run against its roofline (per step, max(bytes / copy bandwidth, FLOPs / matmul peak),
+  summed over the steps) and the host's share of a step at 256 requests (GPU).
 
 **Hints.** Subclass `plan.SchedulerBase` as the framework does: it keeps the queues and does the end of a step
 (`update` = `advance` + `apply`), `finish` and `abort`; you write `schedule`. `Request.num_pending` is what a request

@@ -5,6 +5,7 @@ loop and every waiting request hears of it at once; the drain deadline; the seed
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -136,6 +137,58 @@ def test_a_fault_in_one_request_ends_that_request_alone(engine, reference, monke
     finally:
         loop.shutdown(drain=False)
     assert not loop._thread.is_alive()
+
+
+def test_callbacks_on_an_event_loop_get_each_steps_events_in_one_hand_over(engine, reference):
+    """Callbacks submitted with an asyncio loop (the server's path) run on that loop's thread, a step's events
+    crossing in one ``call_soon_threadsafe``; every request still gets phase 0's text."""
+    aloop, handed = asyncio.new_event_loop(), []
+    original = aloop.call_soon_threadsafe
+
+    def counting(fn, pairs):
+        handed.append(len(pairs))
+        return original(fn, pairs)
+
+    aloop.call_soon_threadsafe = counting
+    thread = threading.Thread(target=aloop.run_forever, daemon=True)
+    thread.start()
+    loop = EngineLoop(engine).start()
+    ran_on = set()
+    try:
+        outcomes = [Outcome(_request(engine, p), p) for p in PROMPTS]
+        for o in outcomes:
+            def on_loop(ev, o=o):
+                ran_on.add(threading.current_thread())
+                o(ev)
+            loop.submit(o.request, on_loop, aloop)
+        for o in outcomes:
+            assert o.wait().text == reference[o.prompt], o.prompt
+        assert ran_on == {thread}
+        assert max(handed) > 1 and sum(handed) == sum(len(o.texts) for o in outcomes)
+    finally:
+        loop.shutdown(drain=False)
+        original(aloop.stop)
+        thread.join(WAIT_S)
+        aloop.close()
+
+
+def test_a_closed_event_loop_fails_its_requests_and_the_loop_goes_on(engine, reference):
+    loop, gone = EngineLoop(engine).start(), asyncio.new_event_loop()
+    gone.close()  # the client's loop ended (asyncio.run returned) before its events came
+    try:
+        failed = _request(engine, PROMPTS[0])
+        loop.submit(failed, lambda ev: None, gone)
+        deadline = time.monotonic() + WAIT_S
+        while not failed.finished:  # its callback can never run: watch the request itself
+            assert time.monotonic() < deadline, "the request never failed"
+            time.sleep(0.01)
+        assert failed.finish_reason == "error: RuntimeError: its event callback failed"
+        after = _submit(loop, _request(engine, PROMPTS[1]), PROMPTS[1]).wait()
+        assert after.text == reference[PROMPTS[1]] and loop.error is None
+        _wait_idle(loop)
+        assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
+    finally:
+        loop.shutdown(drain=False)
 
 
 def test_a_failing_step_kills_the_loop_and_every_waiting_request_hears_at_once(engine, monkeypatch):

@@ -8,23 +8,8 @@ import openai
 import pytest
 
 from phase0_prototype import load_impl as phase0_impl
-from phase4_scheduler import SchedulerConfig
-from phase4_scheduler.serve import ServerThread, build_app
 
-MODEL = "kjv-llama-18m"
-
-
-@pytest.fixture(scope="module")
-def server():
-    app, loop = build_app(MODEL, scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64), max_queue=16)
-    with ServerThread(app) as srv:
-        srv.loop = loop
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+MODEL = "kjv-llama-18m"  # (the ``server`` and ``client`` fixtures: conftest.py)
 
 
 def _reference(loop, messages: list[dict], n: int) -> str:
@@ -64,7 +49,7 @@ def test_stream_options_include_usage_ends_with_the_usage_chunk(client):
 
 @pytest.mark.parametrize("field, value", [
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-    ("response_format", {"type": "json_object"}), ("n", 2),
+    ("response_format", {"type": "json_object"}),
 ])
 def test_unserved_chat_fields_are_refused_by_name(client, field, value):
     with pytest.raises(openai.BadRequestError) as e:
@@ -73,7 +58,7 @@ def test_unserved_chat_fields_are_refused_by_name(client, field, value):
     assert e.value.body["param"] == field and field in e.value.body["message"]
 
 
-@pytest.mark.parametrize("field, value", [("best_of", 2)])
+@pytest.mark.parametrize("field, value", [("best_of", 2)])  # (best_of = n is served: test_p4_n_samples)
 def test_unserved_completion_fields_are_refused_by_name(client, field, value):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="hi", max_tokens=2, **{field: value})

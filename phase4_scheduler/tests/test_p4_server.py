@@ -123,7 +123,7 @@ def test_models_health_and_metrics(server, client):
     ({"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature"),
     ({"model": MODEL}, 400, "prompt"),
     ({"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": MODEL, "prompt": "x", "n": 2}, 400, "n"),
+    ({"model": MODEL, "prompt": "x", "n": 129}, 400, "n"),
     ({"model": MODEL, "prompt": "x", "max_tokens": 600}, 400, "context limit of 512 tokens"),
     ({"model": "gpt-4", "prompt": "x"}, 404, "does not exist"),
 ])

@@ -100,7 +100,7 @@ C, CHAT = "/v1/completions", "/v1/chat/completions"
     (C, completion(top_p=0), 400, "top_p"),
     (C, completion(top_k=-1), 400, "top_k"),
     (C, completion(priority=2**63), 400, "priority"),
-    (C, completion(n=2), 400, "n"),
+    (C, completion(n=129), 400, "n"),
     (C, completion(stream="maybe"), 400, "stream"),
     (C, completion(stop=["x"] * 17), 400, "stop"),
     (C, completion(stop=["ok", "x" * 513]), 400, "stop.1"),
@@ -249,7 +249,7 @@ def test_dead_engine_is_a_503_at_once_and_health_says_why(loaded, monkeypatch):
 
 def test_submit_raising_engine_dead_is_a_503(loaded):
     class Dying(EngineLoop):
-        def submit(self, request, callback):
+        def submit(self, request, callback, event_loop=None):
             raise EngineDead("the engine stopped (RuntimeError: boom): restart the server")
 
     err = assert_error(post(create_app(engine_loop(loaded, Dying), MODEL), C, completion()), 503, None)
@@ -305,7 +305,7 @@ class _BrokenText:
 
 def test_text_that_cannot_be_decoded_fails_that_request_and_aborts_it(loaded):
     class BrokenLoop(EngineLoop):
-        def submit(self, request, callback):
+        def submit(self, request, callback, event_loop=None):
             callback(_BrokenText(request))
 
         def abort(self, request_id):

@@ -1,4 +1,5 @@
-"""Two gloo processes on CPU: every layer type vs its unsharded twin; TP=2 vs TP=1 logits and greedy tokens.
+"""Two gloo processes on CPU: every layer type vs its unsharded twin; TP=2 vs TP=1 logits and greedy tokens of
+each implementation under test (``IMPL``: ``p6_impls``), with and without the overlap.
 
 Each test spawns 2 ranks once (a few seconds of imports) and checks many things from what they return.
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from p6_impls import IMPLS, build_or_skip, impl_outputs, skip_if_refused
 
 from phase0_prototype import load_impl as load_p0
 from phase0_prototype import load_model
-from phase6_tensor_parallel import framework, solution
+from phase6_tensor_parallel import solution
 from phase6_tensor_parallel.dist_env import TPError, TPGroup, spawn
-from phase6_tensor_parallel.testing import failing_rank, layer_errors, measurement_smoke, model_outputs
+from phase6_tensor_parallel.testing import failing_rank, layer_errors, measurement_smoke
 
 SPEC = "random:tiny"  # kv heads 2, vocab 320, intermediate 352: all divisible by 2
 
@@ -27,7 +29,7 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def tp2(inputs):
-    return spawn(model_outputs, 2, SPEC, inputs["tokens"], inputs["prompt"], inputs["new"], timeout_s=150)
+    return spawn(impl_outputs, 2, SPEC, inputs["tokens"], inputs["prompt"], inputs["new"], IMPLS, timeout_s=150)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +48,13 @@ def test_every_layer_matches_its_unsharded_twin():
             assert err < 1e-5, f"rank {rank} {name}: max error {err}"
 
 
-@pytest.mark.parametrize("name", ["framework", "solution", "solution_no_overlap"])
-def test_tp2_equals_tp1_and_phase0(tp2, reference, inputs, name):
-    model = load_model(SPEC, dtype="fp32", seed=1)
-    impl = framework if name == "framework" else solution
-    tp1 = impl.build(model, overlap=name == "solution")
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tp2_equals_tp1_and_phase0(tp2, reference, inputs, impl, overlap):
+    name = impl if overlap else f"{impl}_no_overlap"
+    for out in tp2:
+        skip_if_refused(out[name])
+    tp1 = build_or_skip(impl, load_model(SPEC, dtype="fp32", seed=1), overlap=overlap)
     tp1_logits = tp1.forward_logits(inputs["tokens"])
     torch.testing.assert_close(tp1_logits, reference["logits"], rtol=1e-5, atol=1e-5)
     for rank, out in enumerate(tp2):
@@ -63,11 +67,13 @@ def test_tp2_equals_tp1_and_phase0(tp2, reference, inputs, name):
     assert torch.equal(tp2[0][name]["logits"], tp2[1][name]["logits"])
 
 
-def test_overlap_equals_no_overlap(tp2):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_overlap_equals_no_overlap(tp2, impl):
     for out in tp2:
-        torch.testing.assert_close(out["solution"]["logits"], out["solution_no_overlap"]["logits"],
-                                   rtol=1e-5, atol=1e-6)
-        assert torch.equal(out["solution"]["greedy"], out["solution_no_overlap"]["greedy"])
+        skip_if_refused(out[impl])
+        skip_if_refused(out[f"{impl}_no_overlap"])
+        torch.testing.assert_close(out[impl]["logits"], out[f"{impl}_no_overlap"]["logits"], rtol=1e-5, atol=1e-6)
+        assert torch.equal(out[impl]["greedy"], out[f"{impl}_no_overlap"]["greedy"])
 
 
 def test_failing_rank_ends_the_group_with_a_clear_error():

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from p6_impls import IMPLS, build_or_skip
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,18 +71,17 @@ def test_static_greedy_with_kernels_equals_eager_generate():
     assert torch.equal(fused, eager)
 
 
-@pytest.mark.parametrize("impl", ["framework", "solution"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_kernels_in_the_overlapped_half_batches(impl):
     """One rank's shard (world 2, collectives as no-ops) with the half-batch overlap: each half's attention
     kernel gets its rows of the cache and of the positions; same logits as the PyTorch static step."""
-    from phase6_tensor_parallel import load_impl
     from phase6_tensor_parallel.static_decode import StaticDecoder
     from phase6_tensor_parallel.throughput import NoCommGroup
 
     model = load_model("random:tiny", dtype="fp32", device=DEVICE, seed=9)
     logits = {}
     for use in (True, False):
-        engine = load_impl(impl).build(model, group=NoCommGroup(1, 2), overlap=True, kernels=use)
+        engine = build_or_skip(impl, model, group=NoCommGroup(1, 2), overlap=True, kernels=use)
         with torch.inference_mode():
             decoder = StaticDecoder(engine, 4, max_len=12)
             decoder.fill_cache_randomly(6, seed=2)

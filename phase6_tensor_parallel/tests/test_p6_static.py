@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from p6_impls import IMPLS, build_or_skip
 
 from phase0_prototype import load_model
-from phase6_tensor_parallel import framework, solution
+from phase6_tensor_parallel import solution
 from phase6_tensor_parallel.static_decode import StaticDecoder, graph_generate
 from phase6_tensor_parallel.sweep_tables import allreduce_model_us, exposed_at
 from phase6_tensor_parallel.throughput import comm_overlap
@@ -24,12 +25,12 @@ def model():
     return load_model(SPEC, dtype="fp32", seed=4)
 
 
-@pytest.mark.parametrize("impl", [framework, solution])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_static_forward_matches_dynamic_forward(model, impl, chunk):
     """Same prompt, same next tokens: the static forward's logits equal the dynamic one's at every step."""
     g = torch.Generator().manual_seed(11)
-    engine = impl.build(model)
+    engine = build_or_skip(impl, model)
     prompt = torch.randint(3, model.config.vocab_size, (3, 7), generator=g)
     follow = torch.randint(3, model.config.vocab_size, (3, 4 * chunk), generator=g)
     with torch.inference_mode():
@@ -75,12 +76,12 @@ def test_capture_on_cpu_is_refused_with_a_reason(model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph capture)")
-def test_graph_generate_equals_eager_on_gpu():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_graph_generate_equals_eager_on_gpu(impl):
     m = load_model(SPEC, dtype="fp32", device="cuda", seed=4)
     prompt = torch.randint(3, m.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(8))
-    for impl in (framework, solution):
-        engine = impl.build(m)
-        assert torch.equal(engine.generate(prompt, 12), engine.generate(prompt, 12, graph=False)), impl.__name__
+    engine = build_or_skip(impl, m)
+    assert torch.equal(engine.generate(prompt, 12), engine.generate(prompt, 12, graph=False)), impl
 
 
 def _kernel(name: str, ts: float, dur: float) -> dict:

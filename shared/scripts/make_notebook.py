@@ -37,7 +37,7 @@ from module0_profiling.notebook_env import import_phases_as_packages
 import_phases_as_packages()  # this folder's kernels/ must not shadow the `kernels` package transformers imports
 import torch
 from phase0_prototype import SamplingParams
-from shared.engine import EngineConfig, LLMEngine
+from titaninfer import EngineConfig, LLMEngine  # the engine (this folder, installed as titaninfer)
 
 GPU = torch.cuda.is_available()
 if not GPU:
@@ -96,7 +96,7 @@ code(r"""
 # NBVAL_IGNORE_OUTPUT
 import tempfile
 from IPython.display import Markdown
-from shared.bench import run
+from titaninfer.bench import run
 
 result = run("solution", "small", out_dir=tempfile.mkdtemp())
 Markdown(result.tables["The engine, phase by phase (beside HF transformers)"].replace("../../", "../"))

@@ -31,6 +31,17 @@ def test_batching_defaults_follow_the_device_and_flags_win():
     assert (gpu.max_num_seqs, gpu.max_num_batched_tokens) == BATCH_DEFAULTS["cuda"]
 
 
+def test_prefix_caching_flag_is_vllms_and_off_by_default():
+    assert config_of().enable_prefix_caching is False
+    assert config_of("--enable-prefix-caching").enable_prefix_caching is True
+    assert config_of("--enable-prefix-caching", "--no-enable-prefix-caching").enable_prefix_caching is False
+
+
+def test_prefix_caching_without_the_scheduler_is_one_line(capsys):
+    assert main(["serve", "--device", "cpu", "--port", "0", "--enable-prefix-caching", "--impl", "phase4=off"]) != 0
+    assert "error: --enable-prefix-caching needs phase 4's scheduler: drop phase4=off" in capsys.readouterr().err
+
+
 def test_help_shows_defaults_and_version_prints(capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])

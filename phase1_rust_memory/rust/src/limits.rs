@@ -86,6 +86,12 @@ pub const NUM_TOKENS: IntSpec = spec(
     USIZE_MAX,
     "a token count is an unsigned 64-bit integer",
 );
+pub const TOKEN_IDS: IntSpec = spec(
+    "each of token_ids",
+    0,
+    u32::MAX as u64,
+    "token ids are unsigned 32-bit integers",
+);
 pub const BLOCK: IntSpec = spec("block", 0, u32::MAX as u64, BLOCK_HINT);
 pub const START: IntSpec = spec("start", 0, u32::MAX as u64, BLOCK_HINT);
 pub const RUN_LENGTH: IntSpec = spec(

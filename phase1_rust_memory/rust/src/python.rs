@@ -19,9 +19,10 @@ use crate::lifo::LifoBlockAllocator as CoreLifo;
 use crate::pool::AllocatorKind;
 
 mod args;
+mod stats;
 use args::{
-    extract_ids, Block, BlockSize, ChildId, Int, NumBlocks, NumCpuBlocks, NumGpuBlocks, NumTokens,
-    ParentId, RunLength, SeqId, Start,
+    extract_ids, extract_tokens, Block, BlockSize, ChildId, Int, NumBlocks, NumCpuBlocks,
+    NumGpuBlocks, NumTokens, ParentId, RunLength, SeqId, Start,
 };
 
 create_exception!(
@@ -228,7 +229,8 @@ pub struct BlockManager {
 #[pymethods]
 impl BlockManager {
     #[new]
-    #[pyo3(signature = (num_gpu_blocks, block_size=Int::of(16), *, num_cpu_blocks=Int::of(0), watermark=0.01, policy="refuse", allocator="buddy"))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments, one Rust argument each
+    #[pyo3(signature = (num_gpu_blocks, block_size=Int::of(16), *, num_cpu_blocks=Int::of(0), watermark=0.01, policy="refuse", allocator="buddy", prefix_caching=false))]
     fn new(
         py: Python<'_>,
         num_gpu_blocks: Int<NumGpuBlocks>,
@@ -237,18 +239,24 @@ impl BlockManager {
         watermark: f64,
         policy: &str,
         allocator: &str,
+        prefix_caching: bool,
     ) -> PyResult<Self> {
         let build = || -> KvResult<CoreManager> {
             let policy = Policy::parse(policy)?;
             let kind = AllocatorKind::parse(allocator)?;
-            CoreManager::new(
+            let core = CoreManager::new(
                 num_gpu_blocks.usize(),
                 block_size.usize(),
                 num_cpu_blocks.usize(),
                 watermark,
                 policy,
                 kind,
-            )
+            )?;
+            if prefix_caching {
+                core.with_prefix_caching()
+            } else {
+                Ok(core)
+            }
         };
         build()
             .map(|core| Self {
@@ -282,6 +290,10 @@ impl BlockManager {
     fn watermark_blocks(&self) -> usize {
         self.core.watermark_blocks()
     }
+    #[getter]
+    fn prefix_caching(&self) -> bool {
+        self.core.prefix_caching()
+    }
 
     fn can_allocate(&self, num_tokens: Int<NumTokens>) -> bool {
         self.core.can_allocate(num_tokens.usize())
@@ -294,6 +306,31 @@ impl BlockManager {
     ) -> PyResult<Vec<u32>> {
         guarded(py, &mut self.poisoned, &mut self.core, |c| {
             c.allocate(seq_id.0, num_tokens.usize())
+        })
+    }
+    /// Prefix caching: a new sequence reusing the longest cached chain of full blocks of
+    /// `token_ids`; `(block table, tokens already cached)`.
+    fn allocate_cached(
+        &mut self,
+        py: Python<'_>,
+        seq_id: Int<SeqId>,
+        token_ids: &Bound<'_, PyAny>,
+    ) -> PyResult<(Vec<u32>, usize)> {
+        let tokens = extract_tokens(token_ids)?;
+        guarded(py, &mut self.poisoned, &mut self.core, |c| {
+            c.allocate_cached(seq_id.0, &tokens)
+        })
+    }
+    /// Prefix caching: register the full blocks of the sequence's computed `token_ids`.
+    fn cache_full_blocks(
+        &mut self,
+        py: Python<'_>,
+        seq_id: Int<SeqId>,
+        token_ids: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let tokens = extract_tokens(token_ids)?;
+        guarded(py, &mut self.poisoned, &mut self.core, |c| {
+            c.cache_full_blocks(seq_id.0, &tokens)
         })
     }
     fn append_slot(
@@ -383,27 +420,7 @@ impl BlockManager {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.core.stats();
-        let d = PyDict::new(py);
-        d.set_item("num_gpu_blocks", s.num_gpu_blocks)?;
-        d.set_item("free_gpu_blocks", s.free_gpu_blocks)?;
-        d.set_item("used_gpu_blocks", s.used_gpu_blocks)?;
-        d.set_item("num_cpu_blocks", s.num_cpu_blocks)?;
-        d.set_item("free_cpu_blocks", s.free_cpu_blocks)?;
-        d.set_item("num_running", s.num_running)?;
-        d.set_item("num_swapped", s.num_swapped)?;
-        d.set_item("shared_blocks", s.shared_blocks)?;
-        d.set_item("stored_tokens", s.stored_tokens)?;
-        d.set_item("allocated_slots", s.allocated_slots)?;
-        d.set_item("unused_slots", s.unused_slots)?;
-        d.set_item("largest_free_run", s.largest_free_run)?;
-        d.set_item("external_fragmentation", s.external_fragmentation)?;
-        d.set_item("table_contiguity", s.table_contiguity)?;
-        d.set_item("cow_copies", s.cow_copies)?;
-        d.set_item("preemptions", s.preemptions)?;
-        d.set_item("swapped_out_blocks", s.swapped_out_blocks)?;
-        d.set_item("swapped_in_blocks", s.swapped_in_blocks)?;
-        Ok(d)
+        stats::stats_dict(py, &self.core.stats())
     }
 
     /// Test hook: panics inside Rust, to show a panic arrives as RuntimeError and poisons the object.

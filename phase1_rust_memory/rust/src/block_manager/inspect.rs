@@ -20,7 +20,8 @@ impl BlockManager {
             pairs += seq.table.len().saturating_sub(1);
             contiguous += seq.table.windows(2).filter(|w| w[1] == w[0] + 1).count();
         }
-        let free = self.gpu.num_free_blocks();
+        // Evictable cached blocks count as free; fragmentation is the allocator's own.
+        let (free, pool_free) = (self.num_free_gpu_blocks(), self.gpu.num_free_blocks());
         let used = self.gpu.num_blocks() - free;
         let stored: usize = fill.values().sum();
         let largest = self.gpu.largest_free_run();
@@ -37,10 +38,10 @@ impl BlockManager {
             allocated_slots: used * bs,
             unused_slots: used * bs - stored,
             largest_free_run: largest,
-            external_fragmentation: if free == 0 {
+            external_fragmentation: if pool_free == 0 {
                 0.0
             } else {
-                1.0 - largest as f64 / free as f64
+                1.0 - largest as f64 / pool_free as f64
             },
             table_contiguity: if pairs == 0 {
                 1.0
@@ -51,6 +52,7 @@ impl BlockManager {
             preemptions: self.preemptions,
             swapped_out_blocks: self.swapped_out_blocks,
             swapped_in_blocks: self.swapped_in_blocks,
+            prefix: self.prefix_stats(),
         }
     }
 
@@ -64,6 +66,7 @@ impl BlockManager {
             + (self.gpu_refs.capacity() + self.cpu_refs.capacity()) * 4
             + self.gpu.memory_bytes()
             + self.cpu.memory_bytes()
+            + self.prefix.as_ref().map_or(0, |c| c.memory_bytes())
     }
 
     /// Recount everything from the block tables and compare: for tests and the stress run.
@@ -103,10 +106,12 @@ impl BlockManager {
                         "{name} block {b}: {c} table references, ref count {r}"
                     ));
                 }
-                if pool.is_allocated(b as u32).unwrap_or(false) != (r > 0) {
+                // An evictable cached block has no reference but stays allocated (its K/V is kept).
+                let held = r > 0 || (name == "gpu" && self.is_evictable(b as u32));
+                if pool.is_allocated(b as u32).unwrap_or(false) != held {
                     problems.push(format!(
                         "{name} block {b}: ref count {r} but allocated={}",
-                        r == 0
+                        !held
                     ));
                 }
             }
@@ -114,6 +119,7 @@ impl BlockManager {
         if self.running.len() != self.seqs.values().filter(|s| s.on_gpu).count() {
             problems.push("running queue length differs from GPU-resident sequences".to_string());
         }
+        problems.extend(self.prefix_problems());
         problems
     }
 }

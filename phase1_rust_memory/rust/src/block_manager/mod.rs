@@ -6,7 +6,8 @@
 //! counts; the first write into a shared, partly filled last block copies it (copy-on-write). When
 //! blocks run out, the policy either refuses (nothing changes) or preempts the most recently admitted
 //! sequences (their blocks are freed; the caller recomputes them later). Swap-out/in moves a group of
-//! sequences between the GPU pool and a CPU pool and returns the block copies to perform.
+//! sequences between the GPU pool and a CPU pool and returns the block copies to perform. Prefix
+//! caching (`prefix.rs`, off unless `with_prefix_caching`) reuses full blocks across sequences by content.
 //!
 //! Every public method validates its arguments before it changes anything, so an error leaves the
 //! manager as it was. The Python reference (`phase1_rust_memory/reference_block_manager.py`) is this
@@ -20,7 +21,10 @@ use crate::limits::{filled, BLOCK_SIZE, NUM_CPU_BLOCKS, NUM_GPU_BLOCKS};
 use crate::pool::{AllocatorKind, Pool};
 
 mod inspect;
+mod prefix;
 mod swap;
+
+pub use prefix::{block_hash, PrefixStats, ROOT_HASH};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -48,6 +52,8 @@ struct Sequence {
     /// The number of the last call that named this sequence: finds duplicates in a batch without
     /// building a hash set per step.
     mark: u64,
+    /// Prefix caching: the chained hashes of its leading full blocks hashed so far.
+    hashes: Vec<u64>,
 }
 
 impl Sequence {
@@ -58,6 +64,7 @@ impl Sequence {
             on_gpu: true,
             admitted,
             mark: 0,
+            hashes: Vec::new(),
         }
     }
 }
@@ -93,6 +100,7 @@ pub struct Stats {
     pub preemptions: u64,
     pub swapped_out_blocks: u64,
     pub swapped_in_blocks: u64,
+    pub prefix: Option<PrefixStats>,
 }
 
 pub struct BlockManager {
@@ -112,6 +120,7 @@ pub struct BlockManager {
     preemptions: u64,
     swapped_out_blocks: u64,
     swapped_in_blocks: u64,
+    prefix: Option<prefix::PrefixCache>,
 }
 
 impl BlockManager {
@@ -148,6 +157,7 @@ impl BlockManager {
             preemptions: 0,
             swapped_out_blocks: 0,
             swapped_in_blocks: 0,
+            prefix: None,
         })
     }
 
@@ -163,8 +173,9 @@ impl BlockManager {
     pub fn num_cpu_blocks(&self) -> usize {
         self.cpu.num_blocks()
     }
+    /// Free for a new block: the allocator's free blocks and the evictable cached ones.
     pub fn num_free_gpu_blocks(&self) -> usize {
-        self.gpu.num_free_blocks()
+        self.gpu.num_free_blocks() + self.num_evictable()
     }
     pub fn num_free_cpu_blocks(&self) -> usize {
         self.cpu.num_free_blocks()
@@ -230,7 +241,7 @@ impl BlockManager {
 
     /// Whether a prompt of `num_tokens` fits while keeping `watermark` of the pool free for growth.
     pub fn can_allocate(&self, num_tokens: usize) -> bool {
-        let (free, needed) = (self.gpu.num_free_blocks(), self.blocks_for(num_tokens));
+        let (free, needed) = (self.num_free_gpu_blocks(), self.blocks_for(num_tokens));
         free >= needed && free - needed >= self.watermark_blocks
     }
 
@@ -239,7 +250,7 @@ impl BlockManager {
     pub fn allocate(&mut self, seq_id: u64, num_tokens: usize) -> KvResult<Vec<u32>> {
         self.check_new_id(seq_id)?;
         let needed = self.blocks_for(num_tokens);
-        let free = self.gpu.num_free_blocks();
+        let free = self.num_free_gpu_blocks();
         if needed > free {
             return Err(KvError::OutOfBlocks {
                 needed,
@@ -247,6 +258,18 @@ impl BlockManager {
                 device: Device::Gpu,
             });
         }
+        let table = self.take_runs(needed)?;
+        let admitted = self.admit(seq_id);
+        let result = table.clone();
+        self.seqs
+            .insert(seq_id, Sequence::new(table, num_tokens, admitted));
+        Ok(result)
+    }
+
+    /// `needed` blocks as the longest contiguous runs the pool has (evicting cached blocks first
+    /// when the allocator alone is short); the caller has checked they are free.
+    fn take_runs(&mut self, needed: usize) -> KvResult<Vec<u32>> {
+        self.evict_for(needed)?;
         let mut table = Vec::with_capacity(needed);
         let mut remaining = needed;
         while remaining > 0 {
@@ -261,11 +284,7 @@ impl BlockManager {
             }
             remaining -= run;
         }
-        let admitted = self.admit(seq_id);
-        let result = table.clone();
-        self.seqs
-            .insert(seq_id, Sequence::new(table, num_tokens, admitted));
-        Ok(result)
+        Ok(table)
     }
 
     /// New blocks the next token of each sequence needs, counting each copy-on-write once per sharer
@@ -300,7 +319,7 @@ impl BlockManager {
         let t = seq.num_tokens;
         let (mut new_block, mut copy) = (None, None);
         if t == seq.table.len() * bs {
-            let b = self.gpu.allocate(1)?.expect("a free block was checked");
+            let b = prefix::take(&mut self.gpu, &mut self.prefix)?;
             self.gpu_refs[b as usize] = 1;
             seq.table.push(b);
             new_block = Some(b);
@@ -308,7 +327,7 @@ impl BlockManager {
             let last = *seq.table.last().expect("a partly filled block exists");
             if self.gpu_refs[last as usize] > 1 {
                 // Copy-on-write: others still read this block's first slots; we get a private copy.
-                let dst = self.gpu.allocate(1)?.expect("a free block was checked");
+                let dst = prefix::take(&mut self.gpu, &mut self.prefix)?;
                 self.gpu_refs[last as usize] -= 1;
                 self.gpu_refs[dst as usize] = 1;
                 *seq.table.last_mut().expect("non-empty") = dst;
@@ -327,7 +346,7 @@ impl BlockManager {
     pub fn append_slot(&mut self, seq_id: u64) -> KvResult<(u64, Option<(u32, u32)>)> {
         self.gpu_seq(seq_id)?;
         let needed = self.blocks_needed(&[seq_id]);
-        let free = self.gpu.num_free_blocks();
+        let free = self.num_free_gpu_blocks();
         if needed > free {
             return Err(KvError::OutOfBlocks {
                 needed,
@@ -341,7 +360,7 @@ impl BlockManager {
 
     pub fn can_append(&mut self, seq_ids: &[u64]) -> KvResult<bool> {
         self.check_group(seq_ids, false)?;
-        Ok(self.blocks_needed(seq_ids) <= self.gpu.num_free_blocks())
+        Ok(self.blocks_needed(seq_ids) <= self.num_free_gpu_blocks())
     }
 
     /// The batched per-step API: one slot for every sequence in `seq_ids`, applying the policy.
@@ -351,7 +370,7 @@ impl BlockManager {
         let mut live = seq_ids.to_vec();
         loop {
             let needed = self.blocks_needed(&live);
-            let free = self.gpu.num_free_blocks();
+            let free = self.num_free_gpu_blocks();
             if needed <= free {
                 break;
             }
@@ -391,10 +410,14 @@ impl BlockManager {
         for &b in &table {
             self.gpu_refs[b as usize] += 1;
         }
-        let num_tokens = self.seqs[&parent].num_tokens;
+        let (num_tokens, hashes) = {
+            let p = &self.seqs[&parent];
+            (p.num_tokens, p.hashes.clone())
+        };
         let admitted = self.admit(child);
-        self.seqs
-            .insert(child, Sequence::new(table, num_tokens, admitted));
+        let mut seq = Sequence::new(table, num_tokens, admitted);
+        seq.hashes = hashes;
+        self.seqs.insert(child, seq);
         Ok(())
     }
 
@@ -405,17 +428,22 @@ impl BlockManager {
 
     fn free_seq(&mut self, seq_id: u64) -> KvResult<()> {
         let seq = self.seqs.remove(&seq_id).expect("validated sequence");
-        let (pool, refs) = if seq.on_gpu {
+        // Last block first, so a LIFO pool hands the table back out in its original order (and the
+        // prefix cache evicts a sequence's tail before its head, which more sequences share).
+        if seq.on_gpu {
             self.running.remove(&seq.admitted);
-            (&mut self.gpu, &mut self.gpu_refs)
+            for &b in seq.table.iter().rev() {
+                self.gpu_refs[b as usize] -= 1;
+                if self.gpu_refs[b as usize] == 0 {
+                    prefix::release(&mut self.gpu, &mut self.prefix, b)?;
+                }
+            }
         } else {
-            (&mut self.cpu, &mut self.cpu_refs)
-        };
-        // Last block first, so a LIFO pool hands the table back out in its original order.
-        for &b in seq.table.iter().rev() {
-            refs[b as usize] -= 1;
-            if refs[b as usize] == 0 {
-                pool.free(b, 1)?;
+            for &b in seq.table.iter().rev() {
+                self.cpu_refs[b as usize] -= 1;
+                if self.cpu_refs[b as usize] == 0 {
+                    self.cpu.free(b, 1)?;
+                }
             }
         }
         Ok(())

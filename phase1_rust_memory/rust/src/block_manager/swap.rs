@@ -1,7 +1,7 @@
 //! Swap-out/in bookkeeping for preemption by swapping (vLLM §4.5): a group of sequences moves between
 //! the GPU pool and the CPU pool; blocks shared inside the group are copied once and stay shared.
 
-use super::BlockManager;
+use super::{prefix, BlockManager};
 use crate::errors::{Device, KvError, KvResult};
 use crate::fxhash::{FxHashMap, FxHashSet};
 
@@ -25,7 +25,7 @@ impl BlockManager {
 
     pub fn can_swap_in(&mut self, seq_ids: &[u64]) -> KvResult<bool> {
         self.check_group(seq_ids, true)?;
-        Ok(self.distinct_blocks(seq_ids) <= self.gpu.num_free_blocks())
+        Ok(self.distinct_blocks(seq_ids) <= self.num_free_gpu_blocks())
     }
 
     fn distinct_blocks(&self, seq_ids: &[u64]) -> usize {
@@ -41,7 +41,7 @@ impl BlockManager {
         let (device, free) = if to_cpu {
             (Device::Cpu, self.cpu.num_free_blocks())
         } else {
-            (Device::Gpu, self.gpu.num_free_blocks())
+            (Device::Gpu, self.num_free_gpu_blocks())
         };
         if needed > free {
             return Err(KvError::OutOfBlocks {
@@ -59,36 +59,34 @@ impl BlockManager {
             } else {
                 seq.admitted = self.admit(id);
             }
-            let (src_pool, src_refs, dst_pool, dst_refs) = if to_cpu {
-                (
-                    &mut self.gpu,
-                    &mut self.gpu_refs,
-                    &mut self.cpu,
-                    &mut self.cpu_refs,
-                )
-            } else {
-                (
-                    &mut self.cpu,
-                    &mut self.cpu_refs,
-                    &mut self.gpu,
-                    &mut self.gpu_refs,
-                )
-            };
             for entry in seq.table.iter_mut() {
                 let src = *entry;
                 let dst = match mapping.get(&src) {
                     Some(&d) => d,
                     None => {
-                        let d = dst_pool.allocate(1)?.expect("free blocks were checked");
+                        let d = if to_cpu {
+                            self.cpu.allocate(1)?.expect("free blocks were checked")
+                        } else {
+                            prefix::take(&mut self.gpu, &mut self.prefix)?
+                        };
                         mapping.insert(src, d);
                         copies.push((src, d));
                         d
                     }
                 };
-                dst_refs[dst as usize] += 1;
-                src_refs[src as usize] -= 1;
-                if src_refs[src as usize] == 0 {
-                    src_pool.free(src, 1)?;
+                if to_cpu {
+                    self.cpu_refs[dst as usize] += 1;
+                    self.gpu_refs[src as usize] -= 1;
+                    if self.gpu_refs[src as usize] == 0 {
+                        // A cached block stays evictable: the GPU copy is still a valid prefix.
+                        prefix::release(&mut self.gpu, &mut self.prefix, src)?;
+                    }
+                } else {
+                    self.gpu_refs[dst as usize] += 1;
+                    self.cpu_refs[src as usize] -= 1;
+                    if self.cpu_refs[src as usize] == 0 {
+                        self.cpu.free(src, 1)?;
+                    }
                 }
                 *entry = dst;
             }

@@ -97,3 +97,20 @@ pub fn extract_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         .map(|item| checked_int(&item?, &limits::SEQ_IDS))
         .collect()
 }
+
+/// Token ids (prefix caching's block contents), each checked against `TOKEN_IDS` as the reference does.
+pub fn extract_tokens(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    if let Ok(list) = obj.cast::<PyList>() {
+        let mut tokens = Vec::with_capacity(list.len());
+        for item in list.iter() {
+            match item.extract::<u32>() {
+                Ok(t) => tokens.push(t),
+                Err(e) => return Err(range_error(&item, &limits::TOKEN_IDS, e)),
+            }
+        }
+        return Ok(tokens);
+    }
+    obj.try_iter()?
+        .map(|item| checked_int(&item?, &limits::TOKEN_IDS).map(|t| t as u32))
+        .collect()
+}
