@@ -65,8 +65,12 @@ def warm_up(engine: BatchingEngine, say: Callable[[str], None] = _stderr) -> flo
              {"processing": LogitsProcessing(0.5, 0.5, 1.2, ((0, -1.0),))},
              {"sampling": SamplingParams(0.7, seed=1), "logprobs": 5}]
     for batch in ([(long, {})], [(3, {})], [(short, kinds[i % len(kinds)]) for i in range(seqs)]):
-        done = engine.generate([engine.make_request(prompt(n, salt), 3, ignore_eos=True, **kind)
-                                for salt, (n, kind) in enumerate(batch)])
+        try:
+            done = engine.generate([engine.make_request(prompt(n, salt), 3, ignore_eos=True, **kind)
+                                    for salt, (n, kind) in enumerate(batch)])
+        except Exception as e:  # a step failed (out of memory, a device fault): serving would fail the same way
+            raise ModelError(f"the warm-up failed ({describe_error(e)}): the server cannot serve with this "
+                             "configuration (lower --max-num-batched-tokens / --max-num-seqs?)") from None
         failed = next((r.finish_reason for r in done if r.finish_reason.startswith("error")), None)
         if failed is not None:
             raise ModelError(f"the warm-up request failed ({failed}): the server cannot serve with this configuration")

@@ -142,7 +142,7 @@ class DecodeServer(PDSide):
         lead = TextStream(engine.tokenizer, r.stop, r.eos_ids).push(first)[0] if r.stop else ""
         engine.loads[r.request_id] = lambda caches, table: import_kv(caches, table, payload)
         try:
-            self.loop.submit(r, lambda ev: aloop.call_soon_threadsafe(events.put_nowait, (ev.text, ev.finished)))
+            self.loop.submit(r, lambda ev: events.put_nowait((ev.text, ev.finished)), aloop)  # (run on aloop)
         except BaseException:
             engine.loads.pop(r.request_id, None)
             raise
@@ -185,7 +185,8 @@ class PDLoop:
     def num_waiting(self) -> int:
         return len(self.tasks)
 
-    def submit(self, request, callback) -> None:
+    def submit(self, request, callback, event_loop=None) -> None:
+        """(``event_loop``: the app's, where the request's task — and so ``callback`` — runs anyway.)"""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new requests")
         if len(self.tasks) >= self.max_queue:

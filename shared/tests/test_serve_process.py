@@ -173,8 +173,12 @@ def test_a_dead_engine_stops_the_server_with_exit_1(capsys, monkeypatch):
     with one line naming the cause (so that a supervisor restarts it)."""
     from phase4_scheduler.engine import BatchingEngine
 
-    def broken_step(self):
-        raise RuntimeError("injected device fault")
+    step = BatchingEngine.step
+
+    def broken_step(self):  # the serving loop's steps fail; the warm-up's (on the starting thread) run
+        if threading.current_thread().name == "engine-loop":
+            raise RuntimeError("injected device fault")
+        return step(self)
 
     monkeypatch.setattr(BatchingEngine, "step", broken_step)
     code: list[int] = []
@@ -201,6 +205,20 @@ def test_a_dead_engine_stops_the_server_with_exit_1(capsys, monkeypatch):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == ["error: the engine stopped (RuntimeError: injected device fault): the server exits for a "
                       "restart"], err
+
+
+def test_a_step_failing_in_the_warm_up_is_one_error_line_before_the_port_opens(capsys, monkeypatch):
+    from phase4_scheduler.engine import BatchingEngine
+
+    def broken_step(self):
+        raise RuntimeError("injected device fault")
+
+    monkeypatch.setattr(BatchingEngine, "step", broken_step)
+    assert main(["serve", "--model", MODEL, "--port", "0", "--max-num-seqs", "4"]) != 0
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the warm-up failed (RuntimeError: injected device fault)" in errors[0], err
+    assert "Traceback" not in err and "/v1" not in err  # never announced a port
 
 
 def test_seed_outside_int64_is_one_error_line(capsys):
