@@ -158,8 +158,8 @@ def context_sweep(impl: str, model, shapes: dict) -> list[tuple[int, float, floa
     """P0.2's crossover: ``(context, no-cache s/token, eager-cache s/token)`` at each of ``shapes["contexts"]``,
     both engines eager, decode time per token by ``measure_generate`` over ``SWEEP_NEW`` tokens.
 
-    The sweep runs past TinyLlama's 2048 positions (on an H100 the eager cache is launch-bound and wins
-    only beyond them): the model is random, so raising the position limit changes no speed, only the
+    The sweep runs past TinyLlama's 2048 positions (on an H100 the eager cache is launch-bound and is expected
+    to win only beyond them): the model is random, so raising the position limit changes no speed, only the
     RoPE table's length. Each engine is built for its context, so the cache scores no extra slots.
     """
     need = shapes["contexts"][-1] + SWEEP_NEW
