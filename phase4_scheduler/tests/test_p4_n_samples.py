@@ -96,24 +96,6 @@ def test_one_failing_child_fails_the_request_once_and_frees_the_others(server, c
     _idle_and_free(server.loop)
 
 
-def test_client_leaving_aborts_every_child(server, monkeypatch):
-    engine = server.loop.engine
-    step = engine.step
-
-    def slow_step():  # 400 steps take 20 s: only the abort can free the blocks within the wait below
-        time.sleep(0.05)
-        return step()
-
-    monkeypatch.setattr(engine, "step", slow_step)
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 400, "stream": True, "ignore_eos": True, "n": 3}
-    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as resp:
-        for line in resp.iter_lines():
-            if line.startswith("data: "):
-                break  # tokens arrive: the children hold KV blocks now
-        assert engine.scheduler.num_running == 3
-    _idle_and_free(server.loop)
-
-
 def test_with_prefix_caching_the_choices_share_the_prompt_and_answer_the_same():
     """The children of one request reuse the prompt's cached blocks (their prefill is chunked, so later
     chunks find the first child's blocks), and sharing changes no choice."""

@@ -139,7 +139,9 @@ def test_openai_client_raises_on_context_overflow(client):
         client.completions.create(model=MODEL, prompt="In the beginning " * 200, max_tokens=100)
 
 
-def test_client_disconnect_aborts_and_frees_blocks(server, monkeypatch):
+@pytest.mark.parametrize("n", [1, 3])
+def test_client_disconnect_aborts_and_frees_blocks(server, monkeypatch, n):
+    """A client leaving mid-stream aborts its request — every one of its ``n`` choices — and frees the blocks."""
     engine = server.loop.engine
     step = engine.step
 
@@ -148,12 +150,13 @@ def test_client_disconnect_aborts_and_frees_blocks(server, monkeypatch):
         return step()
 
     monkeypatch.setattr(engine, "step", slow_step)
-    body = {"model": MODEL, "prompt": "In the beginning", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": "In the beginning", "max_tokens": 400, "stream": True, "ignore_eos": True,
+            "n": n}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as resp:
         for line in resp.iter_lines():
             if line.startswith("data: "):
-                break  # one token arrived: the request holds KV blocks now
-        assert engine.blocks.num_free_gpu_blocks < engine.blocks.num_gpu_blocks
+                break  # tokens arrive: the choices hold KV blocks now
+        assert engine.scheduler.num_running == n and engine.blocks.num_free_gpu_blocks < engine.blocks.num_gpu_blocks
     _wait_idle(server.loop)  # leaving the block closed the connection mid-stream
     assert engine.blocks.num_free_gpu_blocks == engine.blocks.num_gpu_blocks
 
