@@ -46,14 +46,14 @@ documents. The framework is the Python reference manager over the Rust LIFO free
    the first append into a shared, partly filled last block takes a new block and reports the
    `(src, dst)` copy to do first (section 4).
 3. **The manager in Rust** — P1.1 asks for 10× the Python reference's throughput on the same trace.
-   Rewriting the Python does not get there: the framework measures about 1× (section 5 shows why). Move
+   Rewriting the Python does not get there: the framework measures about 1× (section 6 shows why). Move
    the block tables, `step` and the refuse/preempt policies into Rust and call it once per decode step.
 
 The Rust goes into a crate of your own (a pyo3 extension built by maturin, as `rust/` is): copy
 `rust/Cargo.toml` and `rust/pyproject.toml` into a new folder, rename the package, the library, the
 `module-name` and your `#[pymodule]` function (say `my_kvcache`) so your wheel does not replace the
 solution's `titaninfer_kvcache`, and start from the framework's Rust: `lifo.rs`, `limits.rs`, `errors.rs`.
-`rust/src/buddy.rs`, `block_manager/` and `python.rs` are the worked answer (section 7). `mine.py` then
+`rust/src/buddy.rs`, `block_manager/` and `python.rs` are the worked answer (section 8). `mine.py` then
 imports your module and exports its types under the contract's names.
 
 The targets (the next cell prints them from `checks.py`, so they are the ones the check applies):
@@ -86,7 +86,7 @@ must leave the manager as it was.
 
 The check writes `reports/phase1_rust_memory/<machine>.md` for the solution at full size and
 `<machine>.phase1_rust_memory.mine.<size>.md` beside it for your module; its template asks the
-questions of section 7.
+questions of section 8.
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
@@ -309,7 +309,36 @@ else:
 """)
 
 md(r"""
-## 5. What P1.1 measures, and where Python's time goes
+## 5. Prefix caching: blocks named by their tokens
+
+`fork` shares blocks the caller knows are equal. *Automatic* prefix caching finds them: with
+`prefix_caching=True` every full block gets a 64-bit hash of its tokens chained to the previous block's hash (a
+block's K/V depends on every token before it, not only its own), registered by `cache_full_blocks` once its K/V is
+computed. `allocate_cached(seq, tokens)` reuses the longest chain of registered blocks of `tokens` (one more
+reference each) and allocates the rest; it never reuses the block holding the last token, whose logits the
+scheduler needs. A cached block whose last reference goes is not freed: it stays *evictable* — counted among the
+free blocks, evicted least recently released first when the allocator is empty. Phase 4 turns it on with
+`--enable-prefix-caching` (its P4.8).
+""")
+code(r"""
+m = reference.BlockManager(8, 4, watermark=0.0, prefix_caching=True)
+prompt = list(range(100, 110))  # 10 tokens: two full blocks of 4, then 2 tokens
+table, cached = m.allocate_cached(1, prompt)
+m.cache_full_blocks(1, prompt)  # (after the step that computed its K/V)
+m.free(1)
+print("first request: table", table, "cached tokens", cached, "| after free:", m.num_free_gpu_blocks, "free,",
+      m.stats()["evictable_blocks"], "of them evictable")
+table2, cached2 = m.allocate_cached(2, prompt + [7, 8])
+print("same prompt + 2 tokens: table", table2, "cached tokens", cached2, "(its first two blocks are the first's)")
+m.free(2)
+table3, cached3 = m.allocate_cached(3, list(range(200, 229)))  # 8 blocks, the whole pool: evicts the cached ones
+s = m.stats()
+print("a different prompt of 29 tokens: cached", cached3, "| evictions", s["evictions"], "| hit rate",
+      f"{s['prefix_hit_rate']:.0%}", "| invariants:", m.check_invariants() or "ok")
+""")
+
+md(r"""
+## 6. What P1.1 measures, and where Python's time goes
 
 The check records every call of the trace (the `can_allocate` / `allocate` / `step` / `free` of each
 decode step) and replays the same calls on the Python reference and on your module; P1.1 is the ratio of
@@ -358,16 +387,16 @@ print(f"Python reference {sim.work_items / ref_t / 1e6:.2f} M ops/s, {LEARNER} {
 """)
 
 md(r"""
-## 6. How vLLM's block manager differs from ours
+## 7. How vLLM's block manager differs from ours
 
 - **One allocator, no buddy.** vLLM (v0 `BlockSpaceManager`, v1 `KVCacheManager`/`BlockPool`) keeps
   free blocks in a plain free queue: every block is the same size, the attention kernel reads through
   the block table, so contiguity buys it nothing. Our buddy allocator is for the cases where contiguity
   does pay: prompt blocks written by one prefill kernel, CPU swap buffers copied in one DMA, and
   variable-size allocations.
-- **Prefix caching.** vLLM v1 hashes full blocks by their token content and keeps freed blocks
-  cached in an LRU-ordered free queue, so a new request that shares a prompt prefix re-uses the
-  blocks without recomputing them. We share blocks only through an explicit `fork`.
+- **Prefix caching.** Both hash full blocks by their tokens chained to the previous block's hash and keep
+  unreferenced cached blocks evictable in LRU order (section 5). vLLM v1's free queue holds free and cached blocks
+  alike; ours evicts only when the allocator itself is empty, so a cached block outlives plain free ones.
 - **Preemption.** vLLM v1 preempts by recompute only (swap was removed); v0 swapped sequence groups
   with several sequences and recomputed single ones. We expose both: `policy="preempt"` recomputes
   (victims freed, most recently admitted first, as vLLM), `swap_out`/`swap_in` are the caller's choice.
@@ -375,7 +404,7 @@ md(r"""
   per-request state and batches its bookkeeping; ours does the same work per step in Rust behind one
   call per step, and the Python reference shows what the naive per-token version costs.
 
-## 7. Worked answer: how `solution.py` does it
+## 8. Worked answer: how `solution.py` does it
 
 `solution.py` only re-exports the types of the Rust extension `titaninfer_kvcache`, built from `rust/`
 by `make setup`. Read `rust/src` beside this summary.
@@ -396,7 +425,7 @@ by `make setup`. Read `rust/src` beside this summary.
   refuse or preempt on exhaustion, swap bookkeeping, and `step` — the whole batch's slots in one call.
   Every method validates before it changes anything.
 
-The same calls as section 5, on the solution:
+The same calls as section 6, on the solution:
 """)
 code(r"""
 # NBVAL_IGNORE_OUTPUT
