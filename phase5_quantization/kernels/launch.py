@@ -7,8 +7,8 @@ Routing (``kernel_for``; ``config["KERNEL"]`` forces a kernel), for the row layo
     1      row GEMV (``w4a16_rows``)                          configs.row_gemv_config (fixed)
     2-64   Gluon wgmma kernel (``w4a16_wgmma``) on Hopper     configs.wgmma_config (fixed)
            else the Triton small-batch kernel (``w4a16_rows_mma``)  configs.mma_config (fixed)
-    65-DEQUANT_MIN_ROWS-1   tensor-core GEMM (``w4a16._gemm_kernel``)   autotuned; PREFILL_CONFIG when compiled
-    more   ``dequantize_rows`` + cuBLAS (``F.linear``)        compute-bound: cuBLAS's GEMM, one float temporary
+    more   ``dequantize_rows`` + cuBLAS (``F.linear``)        one float temporary, then cuBLAS's GEMM
+           (in Triton's interpreter: the tensor-core GEMM ``w4a16._gemm_kernel``, autotuned)
 
 ``wgmma_reason`` says when the Gluon kernel cannot run (then the Triton one does); the products in
 ``WGMMA_ONE_ROW`` take it at one row too. A ``config`` with ``BLOCK_KW`` sends 2–8 rows to the row GEMV (its
@@ -59,10 +59,9 @@ def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 ROW_GEMV_MAX_ROWS = 8  # the row GEMV's batched form (with a BLOCK_KW config) takes up to this many rows
 MMA_MIN_ROWS = 2  # the small-batch tensor-core kernel from this many rows (the row GEMV below) ...
 MMA_MAX_ROWS = 64  # ... up to this many (the GEMM above: prefill)
-# From this many rows a product is compute-bound, where cuBLAS's bf16 GEMM should beat a GEMM that dequantizes
-# in its inner loop and writing the float matrix once costs a small share (vLLM's AWQ layer turns at 256 too).
-# Not yet measured here: ``shared/scripts/gpu_e2.py`` times both (phase 5's NOTES.md).
-DEQUANT_MIN_ROWS = 256
+# Past the small-batch kernels, writing the float matrix once and running cuBLAS beats the Triton GEMM that
+# dequantizes in its inner loop at every size measured on the H100, 128 to 1,024 rows (phase 5's NOTES.md).
+DEQUANT_MIN_ROWS = MMA_MAX_ROWS + 1
 # (n, k, epilogue) products that take the Gluon kernel at one row instead of the row GEMV: the plain down
 # projection (K = 5632 over few rows: the row GEMV has few programs unless it splits K). With the residual
 # fused, as the decode step calls it, the row GEMV stays: the whole step is faster with it (NOTES.md).
