@@ -18,7 +18,6 @@ PyTorch step (torch.compile + CUDA graph on a GPU; the Triton kernels take one q
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -198,17 +197,10 @@ class SpeculativeDecoder:
         """Break-even = (verify time / plain time per token) − 1 accepted drafts per verify, + ``MARGIN``,
         timed here through the same calls ``generate`` makes (host work included); the writes land in
         slots a later prefill and steps overwrite."""
-        def seconds(fn) -> float:
-            fn()
-            samples = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - t0)
-            return sorted(samples)[1]
+        from module0_profiling.timing import time_region
 
-        verify = seconds(lambda: self._verify(0, [0] * self.k, 0))
-        plain = seconds(lambda: self._plain(0, 0, self.OFF_BURST)) / self.OFF_BURST
+        verify = time_region(lambda: self._verify(0, [0] * self.k, 0), repeats=3).median
+        plain = time_region(lambda: self._plain(0, 0, self.OFF_BURST), repeats=3).median / self.OFF_BURST
         self.break_even = max(verify / plain - 1.0, 0.0) + self.MARGIN
 
     @torch.inference_mode()

@@ -19,10 +19,10 @@ per step (seconds). size "full": ``random:tinyllama`` on CUDA, bf16, a 1,536-tok
 from __future__ import annotations
 
 import random
-import time
 
 import torch
 
+from module0_profiling.timing import time_region
 from phase0_prototype.sources import load_model
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
 from phase4_scheduler.plan import SchedulerConfig
@@ -55,20 +55,11 @@ def _generate(model, prompts: list[list[int]], s: dict, cache: bool) -> tuple[li
     engine.generate(warm)
     before = engine.prefix_cache_stats()
     requests = [engine.make_request(p, s["max_tokens"], ignore_eos=True) for p in prompts]
-    _sync(model.device)
-    t0 = time.perf_counter()
-    engine.generate(requests)
-    _sync(model.device)
-    seconds = time.perf_counter() - t0
+    seconds = time_region(lambda: engine.generate(requests), repeats=1, warmup=0).median  # (requests run once)
     stats = engine.prefix_cache_stats()
     if stats is not None:  # the timed run's own lookups, not the warm-up's
         stats = {k: stats[k] - before[k] for k in ("prefix_queries", "prefix_hits", "evictions")}
     return [r.output_ids for r in requests], seconds, stats
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_prefix_bench(size: str = "small", seed: int = 0) -> dict[str, float]:
