@@ -109,7 +109,7 @@ check-phase2: setup ## P2.1–P2.5: RoPE CUDA kernels (P2.5: vs FlashInfer)
 	$(CHECK) phase2
 check-phase3: setup ## P3.1–P3.6: Triton paged attention and FA-2 prefill (P3.6: vs FlashInfer)
 	$(CHECK) phase3
-check-phase4: setup ## P4.1–P4.10: continuous batching, the server, PD disaggregation, prefix caching, roofline
+check-phase4: setup ## P4.1–P4.12: continuous batching, the server, PD disaggregation, prefix caching, roofline, online serving
 	$(CHECK) phase4
 check-phase5: setup ## P5.1–P5.3: INT4 weight-only quantization
 	$(CHECK) phase5

@@ -29,7 +29,7 @@ offline ``generate`` and the background ``EngineLoop``), ``server`` (FastAPI: ``
 ``/v1/chat/completions`` with SSE streaming, ``/v1/models``, ``/health``, ``/metrics``),
 ``loadgen`` (HTTP and offline load), ``disagg`` (prefill/decode disaggregation: prefill and decode
 workers, KV transfer, router), ``prefix_bench`` (prefix caching), ``step_roofline`` (a run against its
-roofline), ``bench``/``checks`` (P4.1–P4.10).
+roofline), ``online_bench`` (serving at three loads), ``bench``/``checks`` (P4.1–P4.12).
 Run the server: ``python -m phase4_scheduler serve --model kjv-llama-18m --port 8000``.
 """
 

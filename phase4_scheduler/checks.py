@@ -1,4 +1,4 @@
-"""Phase 4 acceptance targets (P4.1–P4.10), evaluated on ``bench.run``'s metrics.
+"""Phase 4 acceptance targets (P4.1–P4.12), evaluated on ``bench.run``'s metrics.
 
 P4.1 compares continuous batching with the phase's own static batching (the framework) on the same requests
 and seats — the gain the lesson is about; HF ``generate_batch``'s ratio (``throughput_vs_hf``, GPU) is
@@ -11,6 +11,8 @@ P4.9 sets the same offline run (max_num_seqs 256) against its roofline: per step
 bandwidth, FLOPs / measured matmul peak), summed over the steps the scheduler ran (``step_roofline``), over the
 run's wall time. P4.10 is the host's part of a full step (schedule + the runner's launch) over the step's wall
 time. Both are judged on a CUDA GPU; on a CPU they SKIP and their figures are in the report's roofline table.
+P4.11 and P4.12 serve the mixed workload over HTTP (``online_bench``): the default flags against the best
+scheduler setting tried, and against the same engine offline, at saturation; GPU only, like P4.9.
 """
 
 from module0_profiling.targets import Target, pct, times
@@ -46,4 +48,10 @@ TARGETS = [
            ["roofline_fraction"], lambda f: f >= 0.7, pct),
     Target("P4.10", "host time of a full step (scheduler + the runner's launch) over the step's wall time, same run",
            "< 20 %", ["host_share"], lambda s: s < 0.2, pct),
+    Target("P4.11", "online serving at saturation (HTTP + SSE, mixed prompts and outputs): the default flags' output "
+           "throughput vs the best scheduler setting tried, same requests", "≥ 0.9×", ["online_default_vs_best"],
+           lambda r: r >= 0.9, times),
+    Target("P4.12", "online serving at saturation with the default flags vs the same engine offline on the same "
+           "requests (does the host path keep up with the GPU?)", "≥ 0.5×", ["online_vs_offline"],
+           lambda r: r >= 0.5, times),
 ]

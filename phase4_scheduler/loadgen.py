@@ -1,6 +1,8 @@
 """Load generator: a mixed workload (50 % short / 50 % long outputs) sent to a server over HTTP
 (Poisson arrivals at a rate, or a closed loop of N concurrent clients), or run offline through the
 engine; reports throughput, TTFT and TPOT percentiles, KV usage, and the requests lost or refused.
+Optionally mixed prompt lengths and clients that hang up after their first tokens (a served request the
+server must abort, not stream to nobody).
 
 TTFT is arrival to the first streamed token; TPOT is the mean gap between a request's later tokens.
 Requests ask for ``ignore_eos`` so every one produces exactly its ``max_tokens`` (the workload, not
@@ -29,6 +31,8 @@ class Workload:
     rate: float | None = None  # requests/s, Poisson; None = all at once (or closed loop)
     concurrency: int | None = None  # closed loop: this many clients, each sends its next request when done
     seed: int = 0
+    prompt_words_max: int | None = None  # prompts of prompt_words..prompt_words_max words (uniform) when set
+    hangup_fraction: float = 0.0  # these clients close the stream after HANGUP_AFTER chunks
 
     def requests(self) -> list[tuple[float, int, str]]:
         """(arrival offset in s, max_tokens, prompt) per request, shuffled short/long, fixed by ``seed``."""
@@ -36,14 +40,28 @@ class Workload:
         n_short = round(self.num_requests * self.short_fraction)
         lengths = [self.short_tokens] * n_short + [self.long_tokens] * (self.num_requests - n_short)
         rng.shuffle(lengths)
+        lengths_of = None
+        if self.prompt_words_max is not None:  # drawn apart: the arrivals and outputs stay the same
+            words_rng = random.Random(self.seed + 2)
+            lengths_of = iter([words_rng.randint(self.prompt_words, self.prompt_words_max) for _ in lengths])
         t, out = 0.0, []
         for n in lengths:
             if self.rate:
                 t += rng.expovariate(self.rate)
             start = rng.randrange(len(PROMPT_WORDS))
-            prompt = " ".join((PROMPT_WORDS * 4)[start:start + self.prompt_words])
+            words = next(lengths_of) if lengths_of else self.prompt_words
+            prompt = " ".join((PROMPT_WORDS * (words // len(PROMPT_WORDS) + 2))[start:start + words])
             out.append((t if self.rate else 0.0, n, prompt))
         return out
+
+    def hangups(self) -> set[int]:
+        """Indices (into ``requests()``) of the clients that hang up; their own RNG, so the rest of the
+        workload is the same with or without them."""
+        rng = random.Random(self.seed + 1)
+        return set(rng.sample(range(self.num_requests), round(self.hangup_fraction * self.num_requests)))
+
+
+HANGUP_AFTER = 2  # SSE chunks a hanging-up client reads before it closes the connection
 
 
 @dataclass
@@ -55,6 +73,7 @@ class Record:
     last: float | None = None
     tokens: int = 0
     finish_reason: str | None = None
+    hangup: bool = False  # this client closes the stream after HANGUP_AFTER chunks (not counted as lost)
 
     @property
     def ok(self) -> bool:
@@ -86,7 +105,9 @@ def summarize(records: list[Record], seconds: float, kv_samples: list[float] = (
     latency_short = [r.last - r.sent for r in ok if r.last is not None and r.max_tokens == min(x.max_tokens for x in records)]
     return {
         "requests": len(records), "completed": len(ok), "rejected": sum(r.status == 429 for r in records),
-        "failed": sum(r.status != 429 and not r.ok for r in records), "seconds": seconds,
+        "hung_up": sum(r.hangup and r.status == 200 and not r.ok for r in records),
+        "failed": sum(r.status != 429 and not r.ok and not (r.hangup and r.status == 200) for r in records),
+        "seconds": seconds,
         "throughput_tok_s": tokens / seconds if seconds > 0 else 0.0,
         "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
         "tpot_p50": percentile(tpot, 50), "tpot_p99": percentile(tpot, 99),
@@ -107,6 +128,7 @@ async def _one(client, url: str, model: str, max_tokens: int, prompt: str, recor
             if resp.status_code != 200:
                 await resp.aread()
                 return
+            chunks = 0
             async for line in resp.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -117,6 +139,9 @@ async def _one(client, url: str, model: str, max_tokens: int, prompt: str, recor
                 record.last = now
                 if choice.get("finish_reason"):
                     record.finish_reason = choice["finish_reason"]
+                chunks += 1
+                if record.hangup and chunks >= HANGUP_AFTER and not record.finish_reason:
+                    return  # leaving the block closes the connection mid-stream
         record.tokens = max_tokens if record.finish_reason == "length" else record.tokens
     except Exception:  # noqa: BLE001 - a failed connection is a lost request, counted as such
         record.status = 0
@@ -140,8 +165,8 @@ async def _kv_sampler(client, url: str, samples: list[float], done: asyncio.Even
 async def run_http(url: str, model: str, workload: Workload, timeout: float = 600.0) -> dict:
     import httpx
 
-    reqs = workload.requests()
-    records = [Record(n) for _, n, _ in reqs]
+    reqs, hangups = workload.requests(), workload.hangups()
+    records = [Record(n, hangup=i in hangups) for i, (_, n, _) in enumerate(reqs)]
     kv: list[float] = []
     limits = httpx.Limits(max_connections=max(len(reqs), 1) + 2)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
@@ -197,10 +222,21 @@ def add_arguments(p) -> None:
     p.add_argument("--concurrency", type=int, default=None, help="closed-loop clients")
     p.add_argument("--short-tokens", type=int, default=10)
     p.add_argument("--long-tokens", type=int, default=200)
+    p.add_argument("--prompt-words", type=int, default=12, help="prompt length in words (the minimum with --prompt-words-max)")
+    p.add_argument("--prompt-words-max", type=int, default=None, help="prompts of --prompt-words..this many words")
+    p.add_argument("--hangup-fraction", type=float, default=0.0,
+                   help=f"share of clients that close the stream after {HANGUP_AFTER} chunks")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def workload_of(args) -> Workload:
+    return Workload(args.num_requests, args.short_tokens, args.long_tokens, prompt_words=args.prompt_words,
+                    rate=args.rate, concurrency=args.concurrency, seed=args.seed,
+                    prompt_words_max=args.prompt_words_max, hangup_fraction=args.hangup_fraction)
 
 
 def main(args) -> None:
-    w = Workload(args.num_requests, args.short_tokens, args.long_tokens, rate=args.rate, concurrency=args.concurrency)
+    w = workload_of(args)
     if args.url:
         summary = asyncio.run(run_http(args.url.rstrip("/"), args.model, w))
     else:

@@ -21,6 +21,11 @@ POLICIES = ("fcfs", "priority", "sjf")
 PREEMPTION_MODES = ("recompute", "swap")
 
 
+# A server's (max_num_seqs, max_num_batched_tokens) when the user gives neither: a GPU batches like vLLM
+# (hundreds of sequences, thousands of tokens a step, or the card idles on a 1 B model); a CPU stays small.
+SERVING_DEFAULTS = {"cuda": (256, 4096), "cpu": (32, 512)}
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """``max_num_batched_tokens``: the per-step token budget (decodes + prefill chunks).

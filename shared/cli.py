@@ -21,12 +21,11 @@ import argparse
 import sys
 import time
 
+from phase4_scheduler.plan import SERVING_DEFAULTS
+
 COMMANDS = ("generate", "chat", "serve", "quantize", "bench", "report", "check", "hardware")
 
 
-# (max_num_seqs, max_num_batched_tokens) when not given: a GPU batches like vLLM (hundreds of sequences,
-# thousands of tokens a step, or the card idles on a 1 B model); a CPU stays small.
-BATCH_DEFAULTS = {"cuda": (256, 4096), "cpu": (32, 512)}
 DTYPE_NAMES = {"auto": None, "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16",
                "fp32": "fp32", "float32": "fp32", "float": "fp32"}
 
@@ -63,11 +62,11 @@ def add_engine_arguments(ap: argparse.ArgumentParser, *, batching: bool = False)
                     help="cuda = phase 2's kernel (same as --impl phase2=solution); torch = phase 0's")
     if batching:
         ap.add_argument("--max-num-seqs", type=int, default=None,
-                        help=f"sequences per step (default: {BATCH_DEFAULTS['cuda'][0]} on cuda, "
-                             f"{BATCH_DEFAULTS['cpu'][0]} on cpu)")
+                        help=f"sequences per step (default: {SERVING_DEFAULTS['cuda'][0]} on cuda, "
+                             f"{SERVING_DEFAULTS['cpu'][0]} on cpu)")
         ap.add_argument("--max-num-batched-tokens", type=int, default=None,
-                        help=f"tokens per step (default: {BATCH_DEFAULTS['cuda'][1]} on cuda, "
-                             f"{BATCH_DEFAULTS['cpu'][1]} on cpu)")
+                        help=f"tokens per step (default: {SERVING_DEFAULTS['cuda'][1]} on cuda, "
+                             f"{SERVING_DEFAULTS['cpu'][1]} on cpu)")
         ap.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: sized by the engine)")
         ap.add_argument("--gpu-memory-utilization", type=float, default=None, metavar="FRACTION",
                         help="size the KV pool so the engine uses this share of the GPU's memory (vLLM's flag; "
@@ -101,7 +100,7 @@ def engine_config(args: argparse.Namespace):
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        seqs, tokens = BATCH_DEFAULTS[device]
+        seqs, tokens = SERVING_DEFAULTS[device]
         kw = dict(max_num_seqs=args.max_num_seqs or seqs, max_num_batched_tokens=args.max_num_batched_tokens or tokens,
                   num_blocks=args.num_blocks, gpu_memory_utilization=args.gpu_memory_utilization,
                   block_size=args.block_size, policy=args.policy,

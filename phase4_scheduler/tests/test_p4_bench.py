@@ -16,12 +16,16 @@ def test_small_bench_measures_p44_p45_and_skips_gpu_targets():
     # CPU too (wall clock: its verdict is not asserted, its step count is); the GPU targets SKIP with a reason.
     assert outcomes["P4.5"].status == PASS, outcomes["P4.5"]
     assert outcomes["P4.4"].status == PASS, outcomes["P4.4"]
-    for gpu_target in ("P4.2", "P4.3", "P4.6", "P4.7", "P4.9", "P4.10"):
+    for gpu_target in ("P4.2", "P4.3", "P4.6", "P4.7", "P4.9", "P4.10", "P4.11", "P4.12"):
         assert outcomes[gpu_target].status == SKIP and outcomes[gpu_target].reason
     assert outcomes["P4.1"].status != SKIP and result.metrics["steps_vs_static"] > 1.5
     # P4.9's CPU figures: the P4.1 run's steps against the CPU's measured peaks, in the report's table
     assert "achieved fraction of the roofline" in result.tables["Serving against its roofline (P4.9, P4.10)"]
     assert len(result.roofline) == 1 and 0 < result.roofline[0].flops and 0 < result.roofline[0].bytes
+    # P4.11/P4.12's CPU figures: every setting at every load served all its requests (hang-ups excepted)
+    online = next(v for k, v in result.tables.items() if k.startswith("Online serving"))
+    rows = [line.split(" | ") for line in online.splitlines()[2:-1]]
+    assert len(rows) == 4 and all(row[-1].rstrip(" |") == "0" for row in rows), online
 
 
 def test_cli_reports_a_bad_model_in_one_line(capsys):

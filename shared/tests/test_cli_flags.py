@@ -6,7 +6,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from shared.cli import BATCH_DEFAULTS, build_parser, engine_config, main
+from phase4_scheduler.plan import SERVING_DEFAULTS
+from shared.cli import build_parser, engine_config, main
 
 
 def config_of(*argv: str):
@@ -24,11 +25,11 @@ def test_vllm_spellings_equal_ours():
 
 def test_batching_defaults_follow_the_device_and_flags_win():
     c = config_of()
-    assert (c.max_num_seqs, c.max_num_batched_tokens) == BATCH_DEFAULTS["cpu"]
+    assert (c.max_num_seqs, c.max_num_batched_tokens) == SERVING_DEFAULTS["cpu"]
     c = config_of("--max-num-seqs", "7", "--max-num-batched-tokens", "99")
     assert (c.max_num_seqs, c.max_num_batched_tokens) == (7, 99)
     gpu = engine_config(build_parser().parse_args(["serve", "--device", "cuda"]))
-    assert (gpu.max_num_seqs, gpu.max_num_batched_tokens) == BATCH_DEFAULTS["cuda"]
+    assert (gpu.max_num_seqs, gpu.max_num_batched_tokens) == SERVING_DEFAULTS["cuda"]
 
 
 def test_prefix_caching_flag_is_vllms_and_off_by_default():
