@@ -121,10 +121,12 @@ def build_fields(
     if result.ncu:
         f["ncu"] = md_table(
             ["kernel", "launches", "DRAM throughput", "SM throughput", "achieved occupancy",
-             "registers/thread", "duration"],
+             "registers/thread", "duration", "DRAM read", "global-load sectors"],
             [[f"`{_short(k['name'], 50)}`", k["n"], _opt(k["dram_pct"], "{:.1f} %"),
               _opt(k["sm_pct"], "{:.1f} %"), _opt(k["occupancy_pct"], "{:.1f} %"),
-              _opt(k["registers"], "{:.0f}"), format_seconds(k["duration_s"]) if k["duration_s"] else "—"]
+              _opt(k["registers"], "{:.0f}"), format_seconds(k["duration_s"]) if k["duration_s"] else "—",
+              _opt(k["dram_read_bytes"] and k["dram_read_bytes"] / 1e6, "{:.2f} MB"),
+              _opt(k["load_sectors"], "{:,.0f}")]
              for k in _ncu_by_name(result.ncu)],
         ) + ("\n\nncu replays each kernel with cold caches (`--cache-control all`), so its durations are "
              "HBM-bound figures.")
@@ -197,7 +199,7 @@ def _ncu_by_name(kernels: list) -> list[dict]:
     rows = []
     for name, ks in groups.items():
         row = {"name": name, "n": len(ks)}
-        for f in ("dram_pct", "sm_pct", "occupancy_pct", "registers", "duration_s"):
+        for f in ("dram_pct", "sm_pct", "occupancy_pct", "registers", "duration_s", "dram_read_bytes", "load_sectors"):
             vals = [getattr(k, f) for k in ks if getattr(k, f) is not None]
             row[f] = sum(vals) / len(vals) if vals else None
         rows.append(row)

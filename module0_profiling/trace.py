@@ -227,6 +227,8 @@ class NcuKernel:
     occupancy_pct: float | None  # achieved occupancy (active warps / max)
     registers: int | None  # registers per thread
     duration_s: float | None
+    dram_read_bytes: float | None = None  # bytes read from DRAM (what a kernel really costs in HBM traffic)
+    load_sectors: float | None = None  # 32-byte L1 sectors of global loads (uncoalesced access multiplies them)
 
 
 NCU_METRICS = {
@@ -235,7 +237,10 @@ NCU_METRICS = {
     "sm__warps_active.avg.pct_of_peak_sustained_active": "occupancy_pct",
     "launch__registers_per_thread": "registers",
     "gpu__time_duration.sum": "duration_s",
+    "dram__bytes_read.sum": "dram_read_bytes",
+    "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum": "load_sectors",
 }
+BYTE_UNITS = {"byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "Tbyte": 1e12}
 
 
 def ncu_status() -> str | None:
@@ -280,14 +285,15 @@ def parse_ncu_csv(text: str) -> list[NcuKernel]:
         unit = (row.get("Metric Unit") or "").strip()
         if field_name == "duration_s":
             value *= {"nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0}.get(unit, 1e-9)
+        if field_name == "dram_read_bytes":
+            value *= BYTE_UNITS.get(unit, 1.0)
         if field_name == "registers":
             value = int(value)
         kernels[key][field_name] = value
     out = []
     for key in order:
         k = kernels[key]
-        fields = ("name", "dram_pct", "sm_pct", "occupancy_pct", "registers", "duration_s")
-        out.append(NcuKernel(**{f: k.get(f) for f in fields}))
+        out.append(NcuKernel(**{f: k.get(f) for f in ("name", *NCU_METRICS.values())}))
     return out
 
 
@@ -330,3 +336,16 @@ def run_ncu(
         raise RuntimeError("ncu profiled no kernel; its output ends: "
                            + (proc.stdout + proc.stderr).strip()[-300:])
     return kernels
+
+
+def ncu_section(result, python_code: str, **kw) -> None:
+    """A bench's ncu section: ``result.ncu`` from ``run_ncu(python_code, **kw)``, or ``result.ncu_reason``
+    saying why not (no GPU, no ncu, or ncu unable to read counters — a SKIP of the section, never a crash)."""
+    reason = ncu_status()
+    if reason:
+        result.ncu_reason = reason
+        return
+    try:
+        result.ncu = run_ncu(python_code, **kw)
+    except Exception as e:  # noqa: BLE001 - present but unusable (permissions, a virtualised GPU, a timeout)
+        result.ncu_reason = f"ncu failed: {e}"

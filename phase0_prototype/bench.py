@@ -286,6 +286,7 @@ def _run(impl: str, size: str) -> BenchResult:
     trace_engine = compiled_engine or load_impl(impl).build(
         model, max_seq_len=prompt.shape[1] + shapes["new"], compile=False)
     trace_decode(result, trace_engine, prompt)
+    ncu_kernels(result, impl, size)
     cuda_basics_metrics(result, size)
     speculative_metrics(result, impl, size, device, dtype)
     return result
@@ -312,6 +313,40 @@ def trace_decode(result: BenchResult, engine, prompt: torch.Tensor) -> None:
     result.trace = profile_region(lambda: engine.generate(prompt, n, stop_on_eos=False), iters=1, warmup=1)
     result.trace_region = (f"{engine.name} ({engine.mode}): prefill of {prompt.shape[1]} tokens + {n - 1} "
                            "decode steps")
+
+
+NCU_SNIPPET = """
+import torch
+from phase0_prototype import cuda_basics, load_impl, load_model
+from phase0_prototype.solution import SolutionEngine
+x = torch.randn(1 << 24, device="cuda"); y = torch.empty_like(x)
+a, b = torch.randn(1024, 1024, device="cuda"), torch.randn(1024, 1024, device="cuda")
+engine = load_impl({impl!r}).build(load_model("random:tinyllama", dtype="bf16", device="cuda"), compile=True)
+step = None
+if isinstance(engine, SolutionEngine):  # the fused decode step; another engine is profiled by its trace only
+    engine.prefill(torch.randint(3, 32000, (1, 512), device="cuda"))
+    step, token, pos = engine._step_for(1), torch.tensor([5], device="cuda"), torch.tensor([512], device="cuda")
+    step(token, pos)
+torch.cuda.synchronize()
+with torch.cuda.nvtx.range("titaninfer"):
+    cuda_basics.copy(x, y); cuda_basics.copy(x, y, stride=32)
+    for version in ("naive", "tiled_8", "tiled_16", "tiled_32"):
+        cuda_basics.matmul(a, b, version)
+    if step is not None:
+        step(token, pos)
+torch.cuda.synchronize()
+"""
+
+
+def ncu_kernels(result: BenchResult, impl: str, size: str) -> None:
+    """Nsight Compute on the lesson's kernels: coalesced vs stride-32 copy (global-load sectors), naive vs
+    tiled matmul (DRAM bytes, achieved occupancy per tile), then the first layer of the decode step."""
+    from module0_profiling.trace import ncu_section
+
+    if size != "full":
+        result.ncu_reason = "SIZE=small: ncu profiles TinyLlama's decode step and the CUDA basics (SIZE=full, a GPU)"
+        return
+    ncu_section(result, NCU_SNIPPET.format(impl=impl), launch_count=14)
 
 
 def cuda_basics_metrics(result: BenchResult, size: str) -> None:

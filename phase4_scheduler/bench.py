@@ -115,9 +115,11 @@ def measure_offline(result: BenchResult, model, impl: str, s: dict) -> None:
         + hf_row)
     if model.device.type != "cuda":
         result.skip("gpu_busy", "GPU busy needs a CUDA GPU (module0 trace)")
+        result.ncu_reason = "no CUDA GPU: ncu profiles a 64-request decode step of TinyLlama on a GPU"
         return
-    from module0_profiling.trace import profile_region
+    from module0_profiling.trace import ncu_section, profile_region
 
+    ncu_section(result, NCU_SNIPPET.format(impl=impl), launch_count=16)
     busy_engine = warm
     result.trace = profile_region(lambda: run_offline(busy_engine, Workload(s["seqs"], long_tokens=64)), iters=1, warmup=0)
     result.trace_region = f"offline run of {s['seqs']} requests (saturating the batch)"
@@ -148,6 +150,24 @@ def measure_roofline(result: BenchResult, engine: BatchingEngine, recorder: Step
                                          "is in the roofline table")
         result.skip("host_share", "on a CPU the forward pass runs inside the runner's launch, so host time is no "
                                   "share of a GPU step: the CPU figures are in the roofline table")
+
+
+NCU_SNIPPET = """
+import torch
+from phase0_prototype.sources import load_model
+from phase4_scheduler.engine import BatchingConfig, BatchingEngine
+from phase4_scheduler.plan import SchedulerConfig
+model = load_model("random:tinyllama", dtype="bf16", device="cuda")
+engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(64, 8192), {impl!r}, cuda_graphs=False))
+for i in range(64):  # 64 requests of 512 prompt tokens: one prefill step, then decode-only steps
+    engine.add(engine.make_request(list(range(3 + i, 515 + i)), 16, ignore_eos=True))
+for _ in range(4):
+    engine.step()
+torch.cuda.synchronize()
+with torch.cuda.nvtx.range("titaninfer"):  # a decode step of 64 rows: its first layer's kernels
+    engine.step()
+torch.cuda.synchronize()
+"""
 
 
 def _hf_generate_batch(model, w: Workload) -> tuple[float | None, str]:

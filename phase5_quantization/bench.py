@@ -32,6 +32,7 @@ import torch
 
 from module0_profiling.hardware import detect_device
 from module0_profiling.targets import BenchResult
+from module0_profiling.trace import ncu_section
 from phase0_prototype.evaluate import evaluate_ids
 from phase0_prototype.sources import load_model
 
@@ -199,10 +200,30 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
 
         kernel_speed(res)
         decode_speed(res)
+        ncu_section(res, NCU_SNIPPET, launch_count=8)
         res.context.update(speed_model="random:tinyllama bf16", decode="bs=1, prompt 512, 128 new tokens")
     else:
         why = ("needs a CUDA GPU (TinyLlama shapes)" if not on_gpu
                else "SIZE=small: the speed targets are defined at TinyLlama shapes (SIZE=full)")
         for metric in SPEED_METRICS:
             res.skip(metric, why)
+        res.ncu_reason = f"ncu profiles the W4A16 and bf16 products at TinyLlama's MLP shape: {why}"
     return res
+
+
+NCU_SNIPPET = """
+import torch
+from phase5_quantization.bench_speed import _random_int4
+from phase5_quantization.kernels import to_kernel_layout, w4a16_linear
+k, n = 2048, 5632  # TinyLlama's MLP up-projection
+kw = to_kernel_layout(_random_int4(n, k, 0))
+w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in (1, 16)]
+for x in xs:
+    w4a16_linear(x, kw); torch.nn.functional.linear(x, w)
+torch.cuda.synchronize()
+with torch.cuda.nvtx.range("titaninfer"):  # W4A16 then bf16 at M = 1, then at M = 16: DRAM bytes side by side
+    for x in xs:
+        w4a16_linear(x, kw); torch.nn.functional.linear(x, w)
+torch.cuda.synchronize()
+"""

@@ -94,9 +94,13 @@ def test_parse_ncu_csv():
         '"0","1","gemv_kernel","dram__throughput.avg.pct_of_peak_sustained_elapsed","%","87.5"\n'
         '"0","1","gemv_kernel","launch__registers_per_thread","register/thread","40"\n'
         '"0","1","gemv_kernel","gpu__time_duration.sum","usecond","12.5"\n'
+        '"0","1","gemv_kernel","dram__bytes_read.sum","Mbyte","23.07"\n'
+        '"0","1","gemv_kernel","l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum","sector","720,896"\n'
         '"1","1","other","sm__warps_active.avg.pct_of_peak_sustained_active","%","55"\n'
+        '"1","1","other","dram__bytes_read.sum","Kbyte","4.10"\n'
     )
     ks = parse_ncu_csv(text)
     assert [k.name for k in ks] == ["gemv_kernel", "other"]
     assert ks[0].dram_pct == 87.5 and ks[0].registers == 40 and ks[0].duration_s == pytest.approx(12.5e-6)
-    assert ks[1].occupancy_pct == 55 and ks[1].dram_pct is None
+    assert ks[0].dram_read_bytes == pytest.approx(23.07e6) and ks[0].load_sectors == 720_896
+    assert ks[1].occupancy_pct == 55 and ks[1].dram_pct is None and ks[1].dram_read_bytes == pytest.approx(4100)
