@@ -68,6 +68,9 @@ The targets (the next cell prints them from `checks.py`, so they are the ones th
   greedy tokens identical, hit rate reported.
 - **P4.9, P4.10** the offline run against its roofline (per step, max(bytes / copy bandwidth, FLOPs / matmul peak),
   summed over the steps) and the host's share of a step at 256 requests (GPU).
+- **P4.11, P4.12** online serving through the HTTP server (`online_bench`: two Poisson rates where some clients hang
+  up, then a burst): the default flags against the best scheduler setting tried, and against the same engine
+  offline — does the host path (HTTP, SSE, tokenizing) keep up with the GPU? (GPU)
 
 **Hints.** Subclass `plan.SchedulerBase` as the framework does: it keeps the queues and does the end of a step
 (`update` = `advance` + `apply`), `finish` and `abort`; you write `schedule`. `Request.num_pending` is what a request
@@ -411,8 +414,8 @@ md(r"""
 --impl phase4_scheduler.mine --size small`) measures P4.1 (against static batching), P4.4 (SJF vs FCFS in steps, aging's bound) and P4.5 (10× overload:
 429s, nothing lost, KV free) on a CPU in under a minute (run it from a terminal: sections 3 and 5 ran its two
 measurements in small) and P4.8 (prefix caching, section 7); the GPU targets P4.2–P4.3
-(GPU busy, TTFT/TPOT), P4.6–P4.7 (disaggregation) and P4.9–P4.10 (roofline, host share) need a CUDA GPU and are
-SKIP there.
+(GPU busy, TTFT/TPOT), P4.6–P4.7 (disaggregation), P4.9–P4.10 (roofline, host share) and P4.11–P4.12 (online
+serving) need a CUDA GPU and are SKIP there (the online serving table still shows the CPU's figures).
 
 The report asks you to explain your figures:
 
