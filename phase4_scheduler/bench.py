@@ -4,7 +4,8 @@ busy under saturating load, HTTP TTFT/TPOT, SJF vs FCFS on short requests with a
 Poisson load (P4.6, P4.7: GPU; SKIP on CPU, figures in a table), and the offline run against its roofline
 (P4.9: the sum of its steps' floors over its wall time; P4.10: host time of a full step over the step, GPU;
 ``step_roofline`` records the steps of the P4.1 run itself), and online serving at three loads under the
-default flags and other settings, against the offline engine (P4.11, P4.12: ``online_bench``) — all in one run.
+default flags and other settings, against the offline engine (P4.11, P4.12: ``online_bench``), with the host
+CPU a streamed request costs by stage, the model stubbed (``host_costs``) — all in one run.
 
 P4.1 is continuous vs static batching (the phase's framework): same requests, model and seats, throughput
 computed the same way for both; the HF peer's ratio is reported beside it (GPU). P4.4 counts engine steps,
@@ -30,6 +31,7 @@ from phase0_prototype.sampling import SamplingParams
 from phase0_prototype.sources import load_model
 from phase4_scheduler.disagg.bench import measure_disaggregation
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
+from phase4_scheduler.host_costs import measure_host_costs
 from phase4_scheduler.loadgen import Workload, run_http, run_offline
 from phase4_scheduler.online_bench import measure_online
 from phase4_scheduler.plan import SchedulerConfig
@@ -301,6 +303,7 @@ def run(impl: str = "solution", size: str = "small") -> BenchResult:
     measure_disaggregation(result, size)
     measure_prefix_caching(result, size)
     measure_online(result, size, impl)
+    measure_host_costs(result, size)
     result.notes.append("The workload is 50 % short / 50 % long outputs with ignore_eos, greedy. P4.4 and aging "
                         "count engine steps (the same on any machine); every other latency and throughput is "
                         "wall-clock through this process.")

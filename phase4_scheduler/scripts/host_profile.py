@@ -17,21 +17,9 @@ import torch
 
 from phase0_prototype.sources import load_model
 from phase4_scheduler.engine import BatchingConfig, BatchingEngine
+from phase4_scheduler.host_costs import meta_tinyllama, stub_forward
 from phase4_scheduler.loadgen import Workload
 from phase4_scheduler.plan import SchedulerConfig
-
-
-def stub_forward(runner):
-    """Replace the model with logits that favour a fixed token: the host path runs unchanged."""
-    vocab = runner.config.vocab_size
-
-    logits = torch.zeros(1024, vocab)
-    logits[:, 65] = 1.0
-
-    def forward(inputs):
-        return logits[: len(inputs.host.sampled)]
-
-    runner.forward = forward
 
 
 def main() -> None:
@@ -42,7 +30,7 @@ def main() -> None:
     p.add_argument("--model", default="random:tinyllama")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    model = _meta_tinyllama() if args.model == "random:tinyllama" else load_model(args.model, dtype="fp32", device="cpu")
+    model = meta_tinyllama() if args.model == "random:tinyllama" else load_model(args.model, dtype="fp32", device="cpu")
     engine = BatchingEngine(model, BatchingConfig(SchedulerConfig(256, 2048), num_blocks=256 * 128, cuda_graphs=False))
     stub_forward(engine.runner)
     tok = engine.tokenizer
@@ -67,18 +55,6 @@ def main() -> None:
           f"median {sorted(dec)[len(dec) // 2] * 1e6 if dec else float('nan'):.0f} µs")
     if prof:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
-
-
-def _meta_tinyllama():
-    """TinyLlama's config with a tiny random model behind it: the host path sees real shapes (vocab, context)."""
-    from dataclasses import replace
-
-    from phase0_prototype.config import PRESETS
-
-    m = load_model("random:tiny", dtype="fp32", device="cpu")
-    m.config = replace(m.config,
-                       max_position_embeddings=PRESETS["tinyllama"].max_position_embeddings)
-    return m
 
 
 if __name__ == "__main__":
