@@ -55,12 +55,11 @@ from phase4_scheduler.blocks import (
     step_activation_bytes,
 )
 from phase4_scheduler.kv_swap import KVSwapSpace
-from phase4_scheduler.logits_processing import LogitsProcessing
 from phase4_scheduler.plan import SchedulerConfig, StepPlan
-from phase4_scheduler.request import Request, Status
+from phase4_scheduler.request import Request, RequestLimits, Status
 from phase4_scheduler.runner import Linear, PagedModelRunner, PendingStep, graph_sizes_for
 from phase4_scheduler.sampler import Sampler
-from phase4_scheduler.text_stream import TextStream, check_stop
+from phase4_scheduler.text_stream import TextStream
 
 _output_ids = attrgetter("output_ids")
 
@@ -264,30 +263,17 @@ class BatchingEngine:
     def context_limit(self) -> int:
         return min(self.max_model_len, self.scheduler.max_request_tokens())
 
-    def make_request(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams = GREEDY, *,
-                     stop: tuple[str, ...] = (), priority: int = 0, ignore_eos: bool = False,
-                     processing: LogitsProcessing | None = None, logprobs: int | None = None) -> Request:
-        """A checked request (ValueError naming the limit when it cannot fit or its stop strings are
-        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``). ``processing``: penalties, logit bias, min_tokens;
-        ``logprobs``: k to return each token's log-probability and the k most likely (None: none)."""
-        stop = check_stop(stop)
-        vocab = self.model.config.vocab_size
-        if not all(0 <= t < vocab for t in prompt_ids):
-            raise ModelError(f"prompt token ids must be in [0, {vocab}) for this model's vocabulary")
-        limit = self.context_limit()
-        if len(prompt_ids) + max_tokens > limit:
-            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
-                             f"limit of {limit} tokens: shorten the prompt or lower max_tokens")
-        if processing is not None:
-            processing.check_vocab(vocab)
-            if processing.min_tokens > max_tokens:
-                raise ModelError(f"min_tokens ({processing.min_tokens}) exceeds max_tokens ({max_tokens})")
-        eos = () if ignore_eos else tuple(self.tokenizer.eos_ids)
-        if logprobs is not None and not 0 <= logprobs <= vocab:
-            raise ModelError(f"logprobs must be in [0, {vocab}], got {logprobs}")
-        return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=stop,
-                       processing=processing if processing is not None and processing.active else None,
-                       logprobs=logprobs)
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(self.vocab_size, self.context_limit(), tuple(self.tokenizer.eos_ids))
+
+    def make_request(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams = GREEDY,
+                     **options) -> Request:
+        """A checked request (``RequestLimits.make_request``)."""
+        return self.request_limits().make_request(prompt_ids, max_tokens, sampling, **options)
 
     def add(self, request: Request) -> Request:
         """Queue ``request``; if any part of that fails, it is not left half-added (then re-raised)."""

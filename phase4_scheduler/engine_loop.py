@@ -62,6 +62,26 @@ def _run_all(pairs: list[tuple[Callback, Event]]) -> None:
             log.exception("delivering an event failed")
 
 
+def hand_over(pairs: list[tuple[Target, Event]]) -> list[Event]:
+    """Every event to its callback — one hand-over per event loop, in order — and the events that could
+    not be delivered (a callback that raised on this thread, an event loop already closed)."""
+    failed, by_loop = [], {}
+    for (callback, event_loop), ev in pairs:
+        if event_loop is not None:
+            by_loop.setdefault(event_loop, []).append((callback, ev))
+            continue
+        try:
+            callback(ev)
+        except Exception:
+            failed.append(ev)
+    for event_loop, group in by_loop.items():
+        try:
+            event_loop.call_soon_threadsafe(_run_all, group)
+        except RuntimeError:  # its loop is closed: nobody waits for these events any more
+            failed += [ev for _, ev in group]
+    return failed
+
+
 class EngineLoop:
     def __init__(self, engine: BatchingEngine, *, max_queue: int = 256,
                  on_step: Callable[[BatchingEngine, float], None] | None = None,
@@ -167,7 +187,7 @@ class EngineLoop:
                 try:
                     self.engine.add(item)
                 except Exception as e:  # cannot fit, bad parameters...: this request alone ends
-                    self._hand_over([(callback, Event(self.engine.fail(item, e), "", True))])
+                    hand_over([(callback, Event(self.engine.fail(item, e), "", True))])
                     continue
                 self._callbacks[item.request_id] = (item, callback)
             elif self.engine.abort(item) is not None:
@@ -187,29 +207,9 @@ class EngineLoop:
             if ev.finished:
                 del self._callbacks[r.request_id]
             pairs.append((entry[1], ev))
-        for ev in self._hand_over(pairs):  # a broken callback: stop its request
+        for ev in hand_over(pairs):  # a broken callback: stop its request
             if not ev.finished and self._callbacks.pop(ev.request.request_id, None) is not None:
                 self.engine.fail(ev.request, RuntimeError("its event callback failed"))
-
-    @staticmethod
-    def _hand_over(pairs: list[tuple[Target, Event]]) -> list[Event]:
-        """Every event to its callback — one hand-over per event loop, in order — and the events that could
-        not be delivered (a callback that raised on this thread, an event loop already closed)."""
-        failed, by_loop = [], {}
-        for (callback, event_loop), ev in pairs:
-            if event_loop is not None:
-                by_loop.setdefault(event_loop, []).append((callback, ev))
-                continue
-            try:
-                callback(ev)
-            except Exception:
-                failed.append(ev)
-        for event_loop, group in by_loop.items():
-            try:
-                event_loop.call_soon_threadsafe(_run_all, group)
-            except RuntimeError:  # its loop is closed: nobody waits for these events any more
-                failed += [ev for _, ev in group]
-        return failed
 
     def _take_waiting(self) -> list[tuple[Request, Target]]:
         """Every accepted, unfinished request (registered and still in the inbox), forgotten here."""
@@ -227,7 +227,7 @@ class EngineLoop:
             self.engine.abort(r.request_id)
             r.finish_reason = reason
             pairs.append((callback, Event(r, "", True)))
-        self._hand_over(pairs)
+        hand_over(pairs)
 
     def _die(self, error: BaseException) -> None:
         with self._cv:
@@ -237,7 +237,7 @@ class EngineLoop:
         for r, callback in self._take_waiting():  # the engine's state is suspect: only tell the clients
             r.finish_reason = reason
             pairs.append((callback, Event(r, "", True)))
-        self._hand_over(pairs)
+        hand_over(pairs)
         if self.on_death is not None:
             with contextlib.suppress(Exception):
                 self.on_death(error)

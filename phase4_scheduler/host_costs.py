@@ -86,23 +86,29 @@ def _client_process(url: str, requests: int, concurrency: int, tokens: int, out)
     out.send((chunks, time.perf_counter() - t0, time.process_time() - c0))
 
 
-def online(requests: int, concurrency: int, tokens: int, max_num_seqs: int) -> dict[str, float]:
+def online(requests: int, concurrency: int, tokens: int, max_num_seqs: int, api_servers: int = 1) -> dict[str, float]:
     """The stubbed server streaming to clients in another process: wall seconds, the SSE chunks they counted,
-    and the CPU seconds of the server process and of the client (near the wall time: the client limits)."""
+    and the CPU seconds of the client (near the wall time: the client limits) and of the server process (with
+    ``api_servers`` > 1, ``api_servers.ApiServers``: the engine process's alone)."""
+    from phase4_scheduler.api_servers import ApiServers
     from phase4_scheduler.engine_loop import EngineLoop
     from phase4_scheduler.serve import ServerThread
     from phase4_scheduler.server import create_app
 
     loop = EngineLoop(stubbed_engine(max_num_seqs), max_queue=requests).start()
-    with ServerThread(create_app(loop, "stub")) as server:
-        recv, send = mp.Pipe(duplex=False)
-        client = mp.get_context("spawn").Process(target=_client_process,
-                                                 args=(server.url, requests, concurrency, tokens, send))
-        client.start()
-        c0 = time.process_time()
-        chunks, seconds, client_cpu = recv.recv()
-        server_cpu = time.process_time() - c0
-        client.join()
+    if api_servers > 1:
+        server = ApiServers(loop, "stub", api_servers, max_queue=requests).wait_ready()
+    else:
+        server = ServerThread(create_app(loop, "stub")).start()
+    recv, send = mp.Pipe(duplex=False)
+    client = mp.get_context("spawn").Process(target=_client_process,
+                                             args=(server.url, requests, concurrency, tokens, send))
+    client.start()
+    c0 = time.process_time()
+    chunks, seconds, client_cpu = recv.recv()
+    server_cpu = time.process_time() - c0
+    client.join()
+    server.stop()
     loop.shutdown()
     return {"seconds": seconds, "chunks": chunks, "server_cpu_s": server_cpu, "client_cpu_s": client_cpu}
 

@@ -26,13 +26,16 @@ class ServerMetrics:
                               registry=r, buckets=LATENCY_BUCKETS)
 
     def on_step(self, engine, seconds: float) -> None:
-        sched = engine.scheduler
-        self.queue.set(sched.num_waiting)
-        self.running.set(sched.num_running)
-        self.kv_usage.set(sched.kv_usage())
-        n = engine.last_step.num_sampled if engine.last_step else 0
-        self.generated.inc(n)
-        self.tokens_per_s.set(n / seconds if seconds > 0 else 0.0)
+        self.record_step(engine_stats(engine), engine.last_step.num_sampled if engine.last_step else 0, seconds)
+
+    def record_step(self, stats: tuple[int, int, float], sampled: int, seconds: float) -> None:
+        """A step's figures: ``stats`` = (waiting, running, KV usage) after it, ``sampled`` tokens, its seconds
+        (an API server process gets them from the engine process, ``api_servers``)."""
+        self.queue.set(stats[0])
+        self.running.set(stats[1])
+        self.kv_usage.set(stats[2])
+        self.generated.inc(sampled)
+        self.tokens_per_s.set(sampled / seconds if seconds > 0 else 0.0)
 
     def on_finish(self, request) -> None:
         self.requests.labels(finish_reason=(request.finish_reason or "unknown").split(":")[0]).inc()
@@ -44,3 +47,9 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def engine_stats(engine) -> tuple[int, int, float]:
+    """(waiting, running, KV usage) of a ``BatchingEngine`` now (read on its own thread)."""
+    sched = engine.scheduler
+    return sched.num_waiting, sched.num_running, sched.kv_usage()

@@ -14,7 +14,9 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from phase0_prototype.sampling import SamplingParams
+from phase0_prototype.errors import ModelError
+from phase0_prototype.sampling import GREEDY, SamplingParams
+from phase4_scheduler.text_stream import check_stop
 
 
 class Status(enum.Enum):
@@ -97,3 +99,54 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a new request is checked against — the vocabulary, the context limit, the EOS ids — apart from the
+    engine, so that a process without the model (an API server process, ``api_servers``) makes the same requests."""
+
+    vocab_size: int
+    context_limit: int
+    eos_ids: tuple[int, ...]
+
+    def make_request(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams = GREEDY, *,
+                     stop: tuple[str, ...] = (), priority: int = 0, ignore_eos: bool = False,
+                     processing=None, logprobs: int | None = None) -> Request:
+        """A checked request (ValueError naming the limit when it cannot fit or its stop strings are
+        past ``MAX_STOP_STRINGS`` / ``MAX_STOP_LENGTH``). ``processing``: penalties, logit bias, min_tokens;
+        ``logprobs``: k to return each token's log-probability and the k most likely (None: none)."""
+        stop = check_stop(stop)
+        vocab = self.vocab_size
+        if not all(0 <= t < vocab for t in prompt_ids):
+            raise ModelError(f"prompt token ids must be in [0, {vocab}) for this model's vocabulary")
+        limit = self.context_limit
+        if len(prompt_ids) + max_tokens > limit:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
+                             f"limit of {limit} tokens: shorten the prompt or lower max_tokens")
+        if processing is not None:
+            processing.check_vocab(vocab)
+            if processing.min_tokens > max_tokens:
+                raise ModelError(f"min_tokens ({processing.min_tokens}) exceeds max_tokens ({max_tokens})")
+        eos = () if ignore_eos else self.eos_ids
+        if logprobs is not None and not 0 <= logprobs <= vocab:
+            raise ModelError(f"logprobs must be in [0, {vocab}], got {logprobs}")
+        return Request(list(prompt_ids), max_tokens, sampling, priority=priority, eos_ids=eos, stop=stop,
+                       processing=processing if processing is not None and processing.active else None,
+                       logprobs=logprobs)
+
+
+class RemoteEngine:
+    """What the server reads of an engine, in a process without the model (an API process of ``api_servers``,
+    the Ray Serve front of prefill/decode disaggregation): the tokenizer, the limits, requests made from them."""
+
+    def __init__(self, tokenizer, limits: RequestLimits):
+        self.tokenizer, self.limits = tokenizer, limits
+        self.make_request = limits.make_request
+
+    @property
+    def vocab_size(self) -> int:
+        return self.limits.vocab_size
+
+    def context_limit(self) -> int:
+        return self.limits.context_limit

@@ -136,16 +136,21 @@ class DrainingServer(uvicorn.Server):
 
     def bind(self) -> socket.socket:
         """The listening socket for ``run(sockets=[...])`` (port 0: a free one; read it back from it)."""
-        host, port = self.config.host, self.config.port
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except (OSError, OverflowError) as e:  # (OverflowError: a port past 65535)
-            sock.close()
-            raise ModelError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): "
-                             "pick another --port or --host") from None
-        return sock
+        return listen(self.config.host, self.config.port)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` and listening (port 0: a free one), or one ``ModelError`` line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:  # (OverflowError: a port past 65535)
+        sock.close()
+        raise ModelError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}): "
+                         "pick another --port or --host") from None
+    sock.listen(2048)  # connections wait in the backlog until a server process accepts them
+    return sock
 
 
 def run_foreground(app, *, host: str, port: int, drain_timeout: float = 30.0,

@@ -342,7 +342,7 @@ def create_app(loop: EngineLoop, model_name: str, *, metrics: ServerMetrics | No
         p = body.prompt
         if isinstance(p, list) and isinstance(p[0], int):  # token ids (pydantic made sure there is one)
             check_length(len(p), "tokens", "prompt")
-            vocab = engine.model.config.vocab_size
+            vocab = engine.vocab_size
             bad = next((i for i, t in enumerate(p) if t >= vocab), None)
             if bad is not None:
                 raise ApiError(400, f"prompt token id {p[bad]} is outside the vocabulary: give ids in [0, {vocab})",

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from types import SimpleNamespace
 
 import ray
 
 from phase4_scheduler.disagg.kv_transfer import export_kv, import_kv
 from phase4_scheduler.engine import BatchingEngine, Event, error_reason
 from phase4_scheduler.engine_loop import EngineLoop, QueueFull, ShuttingDown
+from phase4_scheduler.request import RemoteEngine
 from phase4_scheduler.text_stream import TextStream
 
 from .ray_deploy import EngineServer
@@ -76,8 +76,7 @@ class PDSide:
 
     def describe(self) -> dict:
         """What the front needs to check and tokenize requests as this engine would."""
-        return {"tokenizer": self.engine.tokenizer, "context_limit": self.engine.context_limit(),
-                "vocab_size": self.engine.model.config.vocab_size}
+        return {"tokenizer": self.engine.tokenizer, "limits": self.engine.request_limits()}
 
     def kv_free(self) -> tuple[int, int]:
         """(free, total) KV blocks; with no request under way all of them are free."""
@@ -157,25 +156,11 @@ class DecodeServer(PDSide):
                 self.loop.abort(r.request_id)
 
 
-class FrontEngine:
-    """The part of a ``BatchingEngine`` phase 4's app reads: the decode side's tokenizer and limits, and
-    phase 4's own ``make_request`` checks over them (no weights, no KV)."""
-
-    make_request = BatchingEngine.make_request
-
-    def __init__(self, tokenizer, context_limit: int, vocab_size: int):
-        self.tokenizer, self._limit = tokenizer, context_limit
-        self.model = SimpleNamespace(config=SimpleNamespace(vocab_size=vocab_size))
-
-    def context_limit(self) -> int:
-        return self._limit
-
-
 class PDLoop:
     """Phase 4's ``EngineLoop`` interface over the prefill and decode deployments: ``submit`` starts a
     task (prefill, then decode) that hands the app phase 4's ``Event``s; ``abort`` cancels it."""
 
-    def __init__(self, engine: FrontEngine, prefill, decode, *, max_queue: int):
+    def __init__(self, engine, prefill, decode, *, max_queue: int):
         self.engine, self.prefill, self.decode = engine, prefill, decode
         self.decoding = decode.options(stream=True)  # (its tokens as they come)
         self.max_queue, self.tasks = max_queue, {}
@@ -242,8 +227,9 @@ class PDFront(EngineServer):
         from phase4_scheduler.server import create_app
 
         prefill, decode = await self.loop.prefill.describe.remote(), await self.loop.decode.describe.remote()
-        self.loop.engine = FrontEngine(decode["tokenizer"], min(prefill["context_limit"], decode["context_limit"]),
-                                       decode["vocab_size"])
+        limits = dataclasses.replace(decode["limits"], context_limit=min(prefill["limits"].context_limit,
+                                                             decode["limits"].context_limit))
+        self.loop.engine = RemoteEngine(decode["tokenizer"], limits)
         extra = {"api_key": self.api_key} if self.api_key is not None else {}
         return create_app(self.loop, self.model_name, **extra)
 

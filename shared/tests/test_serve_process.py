@@ -1,6 +1,7 @@
 """``titaninfer serve`` as a process: SIGTERM with requests in flight drains (every accepted request
 completes with its full text, new ones are refused, exit 0 within the drain timeout); a dead engine
-makes the server exit 1 with one line; ``--api-key``; a seed outside int64 is one ``error:`` line."""
+makes the server exit 1 with one line; ``--api-key``; a seed outside int64 is one ``error:`` line. The drain
+tests run with one process and with ``--api-server-count 2`` (API processes in front of the engine process)."""
 
 from __future__ import annotations
 
@@ -121,10 +122,11 @@ def _terminate(srv: Served, threads: list, timeout: float) -> tuple[int, float, 
     return code, unfinished
 
 
-def test_sigterm_drains_requests_in_flight_and_exits_0():
+@pytest.mark.parametrize("api_servers", ["1", "2"])
+def test_sigterm_drains_requests_in_flight_and_exits_0(api_servers):
     """The drained texts must equal the same server's undisturbed answers (that those equal phase 0's
-    greedy text is test_p4_server's business)."""
-    srv = Served("--drain-timeout", str(DRAIN_S), "--api-key", "s3cret")
+    greedy text is test_p4_server's business); with two API processes in front of the engine as with one."""
+    srv = Served("--drain-timeout", str(DRAIN_S), "--api-key", "s3cret", "--api-server-count", api_servers)
     auth = {"Authorization": "Bearer s3cret"}
     try:
         assert httpx.post(srv.url + "/v1/completions", json={}, timeout=10).status_code == 401
@@ -152,8 +154,9 @@ def test_sigterm_drains_requests_in_flight_and_exits_0():
         assert (status, reason) == (200, "length") and text == reference[prompt], (prompt, stream, text)
 
 
-def test_requests_outliving_the_drain_timeout_get_an_error_answer_not_a_cut():
-    srv = Served("--drain-timeout", "1")
+@pytest.mark.parametrize("api_servers", ["1", "2"])
+def test_requests_outliving_the_drain_timeout_get_an_error_answer_not_a_cut(api_servers):
+    srv = Served("--drain-timeout", "1", "--api-server-count", api_servers)
     try:
         jobs = [(p, s) for p in PROMPTS[:2] for s in (False, True)]
         threads, results = _in_flight(srv, jobs, 400, {})
