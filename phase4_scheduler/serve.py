@@ -79,14 +79,14 @@ def warm_up(engine: BatchingEngine, say: Callable[[str], None] = _stderr) -> flo
     return seconds
 
 
-def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str = "fp32",
-              scheduler: SchedulerConfig | None = None, scheduler_impl: str = "solution",
-              num_blocks: int | None = None, block_size: int = 16, max_queue: int = 256, warmup: bool = True,
-              swap_space: float = 4.0, num_cpu_blocks: int | None = None, enable_prefix_caching: bool = False,
-              say: Callable[[str], None] = _stderr):
-    """(app, engine loop) for ``model``; the loop's thread is started, after the warm-up (``warm_up``,
-    its progress lines to ``say``) unless ``warmup=False``. ``swap_space`` (GiB) / ``num_cpu_blocks``: the
-    host KV pool when ``scheduler.preemption == "swap"``."""
+def start_engine_loop(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str = "fp32",
+                      scheduler: SchedulerConfig | None = None, scheduler_impl: str = "solution",
+                      num_blocks: int | None = None, block_size: int = 16, max_queue: int = 256, warmup: bool = True,
+                      swap_space: float = 4.0, num_cpu_blocks: int | None = None, enable_prefix_caching: bool = False,
+                      say: Callable[[str], None] = _stderr) -> EngineLoop:
+    """The engine loop a server drives for ``model``, its thread started after the warm-up (``warm_up``, its
+    progress lines to ``say``) unless ``warmup=False``. ``swap_space`` (GiB) / ``num_cpu_blocks``: the host KV
+    pool when ``scheduler.preemption == "swap"``."""
     scheduler = scheduler or SchedulerConfig()
     config = BatchingConfig(scheduler, scheduler_impl, num_blocks, block_size, swap_space=swap_space,
                             num_cpu_blocks=num_cpu_blocks,
@@ -95,7 +95,12 @@ def build_app(model: str = "kjv-llama-18m", *, device: str = "cpu", dtype: str =
     engine = BatchingEngine(loaded, config)
     if warmup:
         warm_up(engine, say)
-    loop = EngineLoop(engine, max_queue=max_queue).start()
+    return EngineLoop(engine, max_queue=max_queue).start()
+
+
+def build_app(model: str = "kjv-llama-18m", **options):
+    """(app, engine loop) for ``model``: phase 4's app over ``start_engine_loop(model, **options)``."""
+    loop = start_engine_loop(model, **options)
     return create_app(loop, model), loop
 
 
