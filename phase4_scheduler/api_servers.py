@@ -192,9 +192,14 @@ class RemoteLoop:
     def num_waiting(self) -> int:
         return self._waiting + self._sent_since
 
-    def _send(self, message: tuple) -> None:
-        with self._send_lock:
-            self.conn.send(message)
+    def _send(self, message: tuple) -> bool:
+        """Whether ``message`` went out (False once the engine process is gone: its death is on its way)."""
+        try:
+            with self._send_lock:
+                self.conn.send(message)
+        except OSError:
+            return False
+        return True
 
     def submit(self, request, callback, event_loop=None) -> None:
         with self._lock:
@@ -206,7 +211,10 @@ class RemoteLoop:
                 raise QueueFull(f"the queue holds {self.max_queue} waiting requests: retry later")
             self._requests[request.request_id] = (request, callback, event_loop)
             self._sent_since += 1
-        self._send(("add", request))
+        if not self._send(("add", request)):
+            with self._lock:
+                self._requests.pop(request.request_id, None)
+            raise EngineDead("the engine process is gone: restart the server")
 
     def abort(self, request_id: int) -> None:
         with self._lock:
